@@ -1,0 +1,113 @@
+"""Checkpoints: safetensors tensors plus JSON, written atomically, validated on load. No pickle anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
+
+from diffusa.errors import DiffusaError
+
+FORMAT = "diffusa-run"
+FORMAT_VERSION = 1
+
+
+def _atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # a unique name created by the writer itself, so the file gets the user's umask (mkstemp's would be 0600)
+    tmp = str(path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp"))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save a flat dict of tensors as safetensors, atomically."""
+    data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    # serialise in memory and write the bytes ourselves: safetensors' save_file creates its files 0600
+    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(save(data, metadata=metadata)))
+
+
+def save_json(path: Path, obj: dict[str, Any]) -> None:
+    """Save JSON atomically."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load safetensors; a missing, truncated or foreign file is a DiffusaError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffusaError(f"{path} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DiffusaError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+def load_json(path: Path) -> dict[str, Any]:
+    """Load a JSON object; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DiffusaError(f"{path} does not exist")
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DiffusaError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise DiffusaError(f"{path} does not hold a JSON object")
+    return obj
+
+
+def load_state_dict_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load weights, turning any missing/unexpected key or shape mismatch into one readable error."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(tensors))
+    extra = sorted(set(tensors) - set(own))
+    if missing or extra:
+        detail = (f"missing {len(missing)} (e.g. {missing[0]})" if missing else "") + \
+                 (", " if missing and extra else "") + (f"unexpected {len(extra)} (e.g. {extra[0]})" if extra else "")
+        raise DiffusaError(f"{source} does not match the run's network ({detail}); is it from another model?")
+    for k, v in tensors.items():
+        if v.shape != own[k].shape:
+            raise DiffusaError(f"{source}: tensor {k} has shape {tuple(v.shape)}, the network expects "
+                               f"{tuple(own[k].shape)}; is it from another model?")
+    module.load_state_dict(tensors)
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer's state into tensors (for safetensors) and JSON-able hyper-parameters."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{pid}.{key}"] = val
+            else:
+                scalars.setdefault(str(pid), {})[key] = val
+    groups = [{k: v for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
+
+
+def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Inverse of `optimizer_to_tensors`."""
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    for pid, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(sc)
+    try:
+        opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    except (KeyError, ValueError) as e:
+        raise DiffusaError(f"optimizer state does not match the network: {e}") from None

@@ -1,0 +1,271 @@
+"""`diffusa ...`: a thin command-line layer over the Python API.
+
+Every problem a user can cause ends in one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from diffusa.errors import DiffusaError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line (no usage dump) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        sys.exit(EXIT_USAGE)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _set_caches() -> None:
+    """Keep every cache inside the project or a temporary folder, never in the home directory."""
+    base = Path(tempfile.gettempdir()) / "diffusa-cache"
+    for var, sub in (("MPLCONFIGDIR", "matplotlib"), ("TORCH_HOME", "torch"), ("HF_HOME", "huggingface"),
+                     ("XDG_CACHE_HOME", "xdg")):
+        os.environ.setdefault(var, str(base / sub))
+
+
+# -- train ------------------------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from diffusa.config import load_config
+    from diffusa.runs import read_run_meta
+    from diffusa.train import Trainer
+
+    overrides = list(args.set or [])
+    base = None
+    if args.resume:
+        base = read_run_meta(Path(args.out))["config"]
+    elif args.data is not None:
+        overrides.insert(0, f"data.name={json.dumps(args.data)}")
+    for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
+                      ("minutes", "train.max_minutes")):
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    cfg = load_config(args.config, overrides, base=base)
+    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
+    if trainer.dist.main:
+        print(f"training {trainer.kind} ({sum(p.numel() for p in trainer.net.parameters()) / 1e6:.2f}M parameters) "
+              f"on {trainer.data.name} {list(trainer.data.shape)} x {len(trainer.data)} -> {args.out}", flush=True)
+    out = trainer.fit()
+    if trainer.dist.main:
+        print(f"done: {out}/model.safetensors, samples in {out}/samples/, loss curve {out}/loss.png")
+    return 0
+
+
+# -- sample -----------------------------------------------------------------------------------
+def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Sampler-specific flags that were given."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "eta", None) is not None:
+        opts["eta"] = args.eta
+    if getattr(args, "variance", None) is not None:
+        opts["variance"] = args.variance
+    return opts
+
+
+def generate(run: Any, n: int, sampler: str, steps: int, seed: int, spacing: str | None,
+             options: dict[str, Any], batch: int = 250, callback: Any = None) -> torch.Tensor:
+    """n samples from a loaded run, in batches, reproducible from the seed."""
+    from diffusa.samplers import sample
+
+    g = torch.Generator().manual_seed(seed)
+    x_T = run.denoiser.process.prior_sample((n, *run.data_shape), generator=g)
+    chunks = []
+    for i in range(0, n, batch):
+        chunks.append(sample(run.denoiser, x_T[i:i + batch].shape, sampler, steps, generator=g, spacing=spacing,
+                             x_T=x_T[i:i + batch], callback=callback if i == 0 else None, **options))
+    return torch.cat(chunks)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from diffusa.data import unit_to_uint8
+    from diffusa.runs import load_run
+    from diffusa.schedules import check_steps
+    from diffusa.viz import save_samples, save_strip
+
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npz"):
+        raise DiffusaError(f"--out must end in .png (a grid) or .npz (arrays), got {out.name!r}")
+    check_steps(args.steps)
+    run = load_run(args.run)
+    frames: list[torch.Tensor] = []
+    labels: list[str] = []
+    callback = None
+    if args.trajectory:
+        if not run.is_image:
+            raise DiffusaError("--trajectory draws images; this run's data are points")
+        keep = set(np.linspace(0, args.steps - 1, min(args.steps, 10)).round().astype(int).tolist())
+
+        def callback(info: dict[str, Any]) -> None:
+            if info["i"] in keep:
+                frames.append(info["x"][:8].clone())
+                labels.append(f"t={float(info['s']):.2f}")
+
+    x = generate(run, args.n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args),
+                 callback=callback)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".png":
+        save_samples(x, out)
+    else:
+        arrays = {"samples": x.numpy().astype(np.float32)}
+        if run.is_image:
+            arrays["images"] = unit_to_uint8(x)
+        tmp = out.with_name(f".{out.stem}.tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, out)
+    if args.trajectory:
+        g = torch.Generator().manual_seed(args.seed)
+        x_T = run.denoiser.process.prior_sample((min(8, args.n), *run.data_shape), generator=g)
+        save_strip([x_T, *frames], args.trajectory, ["x_T (t=1)", *labels])
+        print(f"wrote {args.trajectory}")
+    print(f"wrote {args.n} samples to {out}")
+    return 0
+
+
+# -- eval -------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from diffusa.data import load_dataset
+    from diffusa.metrics import image_metrics, point_metrics
+    from diffusa.runs import load_run
+    from diffusa.schedules import check_steps
+
+    check_steps(args.steps)
+    run = load_run(args.run)
+    dc = run.config.data
+    test = load_dataset(dc.name, "test", dc.image_size, dc.grayscale)
+    train = load_dataset(dc.name, "train", dc.image_size, dc.grayscale)
+    n = args.n or (1000 if run.is_image else 2000)
+    x = generate(run, n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args))
+    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    floor_set = train.x[perm[:n]]
+    metrics = image_metrics(x, test.x, floor_set) if run.is_image else point_metrics(x, test.x, floor_set)
+    metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps, "seed": args.seed})
+    text = json.dumps(metrics, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+# -- forward ----------------------------------------------------------------------------------
+def cmd_forward(args: argparse.Namespace) -> int:
+    from diffusa.config import ProcessConfig, RunConfig
+    from diffusa.data import load_dataset
+    from diffusa.runs import build_process
+    from diffusa.viz import save_strip
+
+    data = load_dataset(args.data, "train")
+    if data.kind != "image":
+        raise DiffusaError(f"the forward-process picture needs images; {args.data} holds points")
+    process = build_process(RunConfig(process=ProcessConfig(schedule=args.schedule, num_steps=args.num_steps)))
+    g = torch.Generator().manual_seed(args.seed)
+    x0 = data.x[torch.randperm(len(data), generator=g)[:args.n]]
+    noise = torch.randn(x0.shape, generator=g)
+    times = torch.linspace(0, 1, args.columns, dtype=torch.float64)
+    frames = [process.q_sample(x0, t, noise) for t in times]
+    labels = []
+    for t in times:
+        a, _ = process.alpha_sigma(t)
+        labels.append(f"t={float(t):.2f}\nα={float(a):.2f}")
+    save_strip(frames, args.out, labels)
+    print(f"wrote {args.out}")
+    return 0
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> Parser:
+    p = Parser(prog="diffusa", description="Diffusion models: train, sample and measure.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    t = sub.add_parser("train", help="train a model into a run folder",
+                       description="Train a diffusion model. Ctrl-C saves a checkpoint that --resume continues.")
+    t.add_argument("--data", help="mnist5k | digits | moons | swissroll | 8gaussians | checkerboard | DIR | FILE.npz")
+    t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--steps", type=positive_int, help="training steps (default from config: 3000)")
+    t.add_argument("--batch-size", type=positive_int, help="global batch size")
+    t.add_argument("--config", help="TOML file with config overrides")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. train.lr=1e-3")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--minutes", type=float, help="stop (and checkpoint) after this much training time")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
+        q.add_argument("run", help="run folder")
+        q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
+        q.add_argument("--sampler", default="ddim", help="ddim | ancestral")
+        q.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
+        q.add_argument("--spacing", choices=["leading", "trailing", "even"], help="how steps are picked")
+        q.add_argument("--eta", type=float, help="DDIM stochasticity (0 = deterministic)")
+        q.add_argument("--variance", choices=["beta_tilde", "beta"], help="ancestral step variance")
+        q.add_argument("--seed", type=int, default=0)
+
+    s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples.")
+    sampling_flags(s, 64)
+    s.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npz (samples, images)")
+    s.add_argument("--trajectory", help="also draw the reverse process of 8 samples as a strip PNG")
+    s.set_defaults(func=cmd_sample)
+
+    e = sub.add_parser("eval", help="measure a run's samples; prints JSON",
+                       description="Frechet distance, KID and classifier confidence (images) or energy distance "
+                                   "(points), each beside its real-vs-real floor.")
+    sampling_flags(e, None)
+    e.add_argument("--out", help="also write the JSON here")
+    e.set_defaults(func=cmd_eval)
+
+    f = sub.add_parser("forward", help="picture of the forward process on real images",
+                       description="Noise real images step by step and draw them as a strip.")
+    f.add_argument("--data", default="mnist5k")
+    f.add_argument("--out", required=True, help="PNG to write")
+    f.add_argument("--n", type=positive_int, default=6)
+    f.add_argument("--columns", type=positive_int, default=9)
+    f.add_argument("--schedule", default="cosine")
+    f.add_argument("--num-steps", type=positive_int, default=1000)
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_forward)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    _set_caches()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DiffusaError as e:
+        sys.stderr.write(f"diffusa {args.command}: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write(f"diffusa {args.command}: interrupted\n")
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Beta schedules for discrete chains and decreasing time grids for samplers.
+
+Times live in [0, 1]; a discrete chain with T steps puts step i (1-based) at t = i / T, and
+t = 0 is clean data. A grid is a decreasing 1-D tensor of times that ends at 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from diffusa.errors import DiffusaError
+
+
+def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
+                 max_beta: float = 0.999) -> torch.Tensor:
+    """Ho et al. 2020, Sec. 4: betas linear from 1e-4 to 0.02 (scaled for T != 1000).
+
+    The scaling puts beta >= 1 for T <= 20 (a NaN chain); such betas are capped at 0.999 like cosine's.
+    """
+    scale = 1000.0 / num_steps
+    return torch.linspace(beta_start * scale, beta_end * scale, num_steps, dtype=torch.float64).clamp(max=max_beta)
+
+
+def cosine_betas(num_steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal 2021, eq. 17: alphabar(t) = cos^2((t/T + s) / (1 + s) * pi / 2), beta <= 0.999."""
+
+    def alphabar(u: float) -> float:
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    betas = [min(1 - alphabar((i + 1) / num_steps) / alphabar(i / num_steps), max_beta) for i in range(num_steps)]
+    return torch.tensor(betas, dtype=torch.float64)
+
+
+def scaled_linear_betas(num_steps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012) -> torch.Tensor:
+    """Rombach et al. 2022 (latent diffusion): sqrt(beta) linear in the step."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, num_steps, dtype=torch.float64) ** 2
+
+
+def sigmoid_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Jabri et al. 2022 (RIN): betas following a sigmoid from beta_start to beta_end."""
+    x = torch.linspace(-6, 6, num_steps, dtype=torch.float64)
+    return torch.sigmoid(x) * (beta_end - beta_start) + beta_start
+
+
+BETA_SCHEDULES = {
+    "linear": linear_betas,
+    "cosine": cosine_betas,
+    "scaled_linear": scaled_linear_betas,
+    "sigmoid": sigmoid_betas,
+}
+
+
+def make_betas(name: str, num_steps: int) -> torch.Tensor:
+    """Look a beta schedule up by name."""
+    if name not in BETA_SCHEDULES:
+        raise DiffusaError(f"unknown beta schedule {name!r}; known: {', '.join(sorted(BETA_SCHEDULES))}")
+    if num_steps < 1:
+        raise DiffusaError(f"a discrete chain needs at least 1 step, got {num_steps}")
+    return BETA_SCHEDULES[name](num_steps)
+
+
+def check_steps(steps: int) -> int:
+    """Validate a user-given number of sampling steps."""
+    if not isinstance(steps, int) or steps < 1:
+        raise DiffusaError(f"--steps must be a positive integer, got {steps}")
+    return steps
+
+
+def discrete_indices(num_train_steps: int, steps: int, spacing: str = "leading") -> list[int]:
+    """Pick `steps` of the chain's 1-based step indices, decreasing.
+
+    - "leading" (DDIM; diffusers' default): k * (T // steps) + 1 for k = steps-1 .. 0.
+    - "trailing": T, T - T/steps, ... (always starts at the last step; Lin et al. 2024).
+    - "even": IDDPM's respacing, evenly spaced with rounding over [1, T], both ends kept.
+    """
+    check_steps(steps)
+    T = num_train_steps
+    if steps > T:
+        raise DiffusaError(f"--steps {steps} exceeds the model's {T} training steps")
+    if spacing == "leading":
+        stride = T // steps
+        idx = [k * stride + 1 for k in range(steps)]
+    elif spacing == "trailing":
+        idx = [round(T - k * T / steps) for k in range(steps)][::-1]
+    elif spacing == "even":
+        if steps == 1:
+            idx = [T]
+        else:
+            idx = sorted({round(1 + k * (T - 1) / (steps - 1)) for k in range(steps)})
+    else:
+        raise DiffusaError(f"unknown spacing {spacing!r}; known: leading, trailing, even")
+    return sorted(set(idx), reverse=True)
+
+
+def discrete_grid(num_train_steps: int, steps: int, spacing: str = "leading") -> torch.Tensor:
+    """A decreasing time grid on a discrete chain's steps, ending at t = 0 (clean data)."""
+    idx = discrete_indices(num_train_steps, steps, spacing)
+    return torch.tensor([i / num_train_steps for i in idx] + [0.0], dtype=torch.float64)
+
+
+def uniform_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Tensor:
+    """steps + 1 times uniform in t from t_max down to t_min, then 0 if t_min > 0."""
+    check_steps(steps)
+    grid = torch.linspace(t_max, t_min, steps + 1, dtype=torch.float64)
+    if t_min > 0:
+        grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
+    return grid

@@ -1,0 +1,127 @@
+"""Pictures people would rather look at than read: sample grids, point clouds, trajectories, loss curves."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffusa.data import unit_to_uint8
+
+
+def _plt():
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(tempfile.gettempdir()) / "diffusa-mpl"))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_png(arr: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
+    """Tile images (N, C, H, W) in [-1, 1] into one uint8 array (H', W', C)."""
+    imgs = unit_to_uint8(x)
+    n, h, w, c = imgs.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    ncol = math.ceil(n / nrow)
+    grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, q = divmod(i, nrow)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = imgs[i]
+    if scale > 1:
+        grid = grid.repeat(scale, 0).repeat(scale, 1)
+    return grid
+
+
+def save_image_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, scale: int = 2) -> None:
+    """Write a grid of images as a PNG."""
+    _save_png(image_grid(x, nrow, scale=scale), Path(path))
+
+
+def save_points(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None, title: str = "") -> None:
+    """Scatter 2-D samples (and, faded, reference data) to a PNG."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 5))
+    if reference is not None:
+        r = reference.cpu().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, alpha=0.3, c="tab:gray", label="data")
+    p = x.detach().cpu().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=2, alpha=0.6, c="tab:blue", label="samples")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", markerscale=4)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None, title: str = "") -> None:
+    """Images as a grid, points as a scatter plot."""
+    if x.ndim == 4:
+        save_image_grid(x, path)
+    else:
+        save_points(x, path, reference, title)
+
+
+def save_strip(frames: Sequence[torch.Tensor], path: str | Path, labels: Sequence[str] | None = None) -> None:
+    """A strip: one row per example, one column per frame (e.g. the reverse process, or the forward one)."""
+    stacked = torch.stack(list(frames), dim=1)  # (N, F, C, H, W)
+    n, f = stacked.shape[:2]
+    grid = image_grid(stacked.reshape(n * f, *stacked.shape[2:]), nrow=f, scale=2)
+    if labels is None:
+        _save_png(grid, Path(path))
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(4, f * 0.8), max(1.5, n * 0.8 + 0.5)))
+    ax.imshow(grid.squeeze(-1) if grid.shape[-1] == 1 else grid, cmap="gray")
+    cell = grid.shape[1] / f
+    ax.set_xticks([cell * (i + 0.5) for i in range(f)], list(labels), fontsize=7, rotation=45)
+    ax.set_yticks([])
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def save_loss_curve(log_path: str | Path, path: str | Path) -> None:
+    """Plot the training loss from a JSONL log (raw and smoothed) against the step."""
+    steps, losses = [], []
+    for line in Path(log_path).read_text().splitlines():
+        rec = json.loads(line)
+        if "loss" in rec:
+            steps.append(rec["step"])
+            losses.append(rec["loss"])
+    if not steps:
+        return
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, lw=0.8, alpha=0.4, label="loss")
+    k = max(1, len(losses) // 20)
+    if k > 1:
+        smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
+        ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"mean of {k}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)

@@ -1,0 +1,267 @@
+"""`diffusa ...`: help, one-line errors with a non-zero exit and no traceback, and the happy paths."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusa.data import BUILTIN, unit_to_uint8
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TINY_TRAIN = ["--quiet", "--set", "train.sample_every=0", "--set", "train.sample_steps=2",
+              "--set", "model.net.hidden=16", "--set", "model.net.depth=1", "--batch-size", "32"]
+
+
+def assert_one_line_error(res, *fragments: str) -> str:
+    assert res.code != 0, (res.out, res.err)
+    assert "Traceback" not in res.err, res.err
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1, res.err
+    for f in fragments:
+        assert f in lines[0], lines[0]
+    return lines[0]
+
+
+# -- help --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval"], ["forward"]])
+def test_help(cli, command: list[str]) -> None:
+    res = cli(*command, "--help")
+    assert res.code == 0
+    assert "usage: diffusa" in res.out and res.err == ""
+
+
+def test_no_command_is_a_usage_error(cli) -> None:
+    assert_one_line_error(cli())
+    assert cli().code == 2
+
+
+def test_entry_point_in_a_subprocess(tmp_path: Path) -> None:
+    """The installed script (or `python -m diffusa.cli`): exit codes and stderr as a user sees them."""
+    script = Path(sys.executable).parent / "diffusa"
+    cmd = [str(script)] if script.is_file() else [sys.executable, "-m", "diffusa.cli"]
+    ok = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "train" in ok.stdout
+    bad = subprocess.run([*cmd, "sample", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().splitlines() == [f"diffusa sample: error: run folder {tmp_path / 'nope'} does not exist"]
+
+
+# -- one-line errors ---------------------------------------------------------------------------
+
+
+def _damaged_copy(run: Path, dst: Path) -> Path:
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_missing_run_folder(cli, tmp_path: Path) -> None:
+    for command in ("sample", "eval"):
+        extra = ["--out", tmp_path / "x.png"] if command == "sample" else []
+        assert_one_line_error(cli(command, tmp_path / "absent", *extra), "does not exist")
+
+
+def test_truncated_model_file(cli, moons_run: Path, tmp_path: Path) -> None:
+    run = _damaged_copy(moons_run, tmp_path / "run")
+    data = (run / "model.safetensors").read_bytes()
+    (run / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert_one_line_error(cli("sample", run, "--out", tmp_path / "x.png"), "model.safetensors")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_foreign_model_file(cli, moons_run: Path, digits_run: Path, tmp_path: Path) -> None:
+    run = _damaged_copy(moons_run, tmp_path / "run")
+    shutil.copy(digits_run / "model.safetensors", run / "model.safetensors")
+    assert_one_line_error(cli("sample", run, "--out", tmp_path / "x.npz"), "model.safetensors", "another model")
+
+
+def test_config_from_another_version(cli, moons_run: Path, tmp_path: Path) -> None:
+    run = _damaged_copy(moons_run, tmp_path / "run")
+    meta = json.loads((run / "config.json").read_text())
+    meta["format_version"] = 99
+    (run / "config.json").write_text(json.dumps(meta))
+    assert_one_line_error(cli("sample", run, "--out", tmp_path / "x.png"), "version 99")
+    assert_one_line_error(cli("train", "--resume", "--out", run), "version 99")
+
+
+def test_unknown_dataset_lists_known_ones(cli, tmp_path: Path) -> None:
+    line = assert_one_line_error(cli("train", "--data", "mnist6k", "--out", tmp_path / "run", "--quiet"), "mnist6k")
+    for name in BUILTIN:
+        assert name in line
+    assert not (tmp_path / "run").exists()
+    assert_one_line_error(cli("forward", "--data", "mnist6k", "--out", tmp_path / "f.png"), "mnist6k")
+
+
+def test_unreadable_image_in_a_folder(cli, tmp_path: Path) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(folder / "ok.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG but not really" * 3)
+    assert_one_line_error(cli("train", "--data", folder, "--out", tmp_path / "run", "--quiet"), "corrupt.png")
+
+
+def test_damaged_npz(cli, tmp_path: Path) -> None:
+    np.savez(tmp_path / "pts.npz", x=np.zeros((100, 2), np.float32))
+    data = (tmp_path / "pts.npz").read_bytes()
+    (tmp_path / "pts.npz").write_bytes(data[: len(data) // 2])  # an interrupted download
+    assert_one_line_error(cli("train", "--data", tmp_path / "pts.npz", "--out", tmp_path / "run", "--quiet"),
+                          "pts.npz")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--steps", "0"], "--steps"),
+    (["--steps", "-1"], "--steps"),
+    (["--steps", "many"], "--steps"),
+    (["--n", "-3"], "--n"),
+    (["--n", "0"], "--n"),
+    (["--spacing", "sideways"], "--spacing"),
+    (["--sampler", "euler-maruyama"], "sampler"),
+    (["--steps", "5000"], "5000"),
+    (["--trajectory", "traj.png"], "trajectory"),  # points cannot be drawn as a strip
+])
+def test_bad_sampling_flags(cli, moons_run: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(cli("sample", moons_run, "--out", tmp_path / "x.png", *args), fragment)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("out", ["samples.jpg", "samples", "samples.npy"])
+def test_bad_out_suffix(cli, moons_run: Path, tmp_path: Path, out: str) -> None:
+    assert_one_line_error(cli("sample", moons_run, "--out", tmp_path / out), ".png", ".npz")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--steps", "0"], "--steps"),
+    (["--batch-size", "-2"], "--batch-size"),
+    (["--set", "train.stepz=5"], "stepz"),
+    (["--set", "nosuchsection.key=1"], "nosuchsection"),
+    (["--set", "train.steps=many"], "train.steps"),
+    (["--set", "no_equals_sign"], "key=value"),
+    (["--set", "model.net.widthh=3"], "widthh"),
+    (["--config", "absent.toml"], "absent.toml"),
+])
+def test_bad_train_flags(cli, tmp_path: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(cli("train", "--data", "moons", "--out", tmp_path / "run", "--quiet", *args), fragment)
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_into_an_existing_run_without_resume(cli, moons_run: Path) -> None:
+    before = (moons_run / "model.safetensors").read_bytes()
+    assert_one_line_error(cli("train", "--data", "moons", "--out", moons_run, "--quiet"), "--resume")
+    assert (moons_run / "model.safetensors").read_bytes() == before
+
+
+def test_train_out_is_a_file(cli, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a folder")
+    assert_one_line_error(cli("train", "--data", "moons", "--out", tmp_path / "notes.txt", *TINY_TRAIN,
+                              "--steps", "2"), "notes.txt")
+
+
+def test_resume_without_checkpoint(cli, tmp_path: Path) -> None:
+    assert_one_line_error(cli("train", "--resume", "--out", tmp_path / "absent"), "does not exist")
+
+
+def test_forward_on_points(cli, tmp_path: Path) -> None:
+    assert_one_line_error(cli("forward", "--data", "moons", "--out", tmp_path / "f.png"), "images")
+
+
+# -- happy paths -------------------------------------------------------------------------------
+
+
+def test_train_then_resume(cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    res = cli("train", "--data", "moons", "--out", run, "--steps", "4", *TINY_TRAIN)
+    assert res.code == 0, res.err
+    assert res.err == ""  # --quiet: nothing on stderr
+    assert json.loads((run / "train_state.json").read_text())["step"] == 4
+    res = cli("train", "--resume", "--out", run, "--steps", "8", "--quiet")
+    assert res.code == 0, res.err
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps[-1] == 8
+    assert json.loads((run / "config.json").read_text())["config"]["model"]["net"]["hidden"] == 16
+    for name in ("model.safetensors", "loss.png", "samples/final.png"):
+        assert (run / name).is_file()
+
+
+def test_sample_png(cli, moons_run: Path, digits_run: Path, tmp_path: Path) -> None:
+    for run in (moons_run, digits_run):
+        out = tmp_path / run.parent.name / "grid.png"
+        res = cli("sample", run, "--n", "16", "--steps", "3", "--out", out)
+        assert res.code == 0, res.err
+        assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_sample_npz_points(cli, moons_run: Path, tmp_path: Path) -> None:
+    res = cli("sample", moons_run, "--n", "300", "--steps", "3", "--out", tmp_path / "s.npz")
+    assert res.code == 0, res.err
+    with np.load(tmp_path / "s.npz") as f:
+        assert sorted(f.files) == ["samples"]
+        assert f["samples"].dtype == np.float32 and f["samples"].shape == (300, 2)
+        assert np.isfinite(f["samples"]).all()
+
+
+def test_sample_npz_images(cli, digits_run: Path, tmp_path: Path) -> None:
+    res = cli("sample", digits_run, "--n", "5", "--steps", "3", "--sampler", "ancestral", "--out",
+              tmp_path / "s.npz")
+    assert res.code == 0, res.err
+    with np.load(tmp_path / "s.npz") as f:
+        samples, images = f["samples"], f["images"]
+    assert samples.dtype == np.float32 and samples.shape == (5, 1, 8, 8)
+    assert images.dtype == np.uint8 and images.shape == (5, 8, 8, 1)
+    assert np.array_equal(images, unit_to_uint8(torch.from_numpy(samples)))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_same_seed_same_samples(cli, digits_run: Path, tmp_path: Path, sampler: str) -> None:
+    def draw(name: str, seed: int) -> np.ndarray:
+        res = cli("sample", digits_run, "--n", "4", "--steps", "4", "--sampler", sampler, "--seed", seed,
+                  "--out", tmp_path / name)
+        assert res.code == 0, res.err
+        with np.load(tmp_path / name) as f:
+            return f["samples"]
+
+    a, b, c = draw("a.npz", 7), draw("b.npz", 7), draw("c.npz", 8)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_sample_trajectory(cli, digits_run: Path, tmp_path: Path) -> None:
+    res = cli("sample", digits_run, "--n", "3", "--steps", "4", "--out", tmp_path / "g.png",
+              "--trajectory", tmp_path / "traj.png")
+    assert res.code == 0, res.err
+    assert (tmp_path / "traj.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp_path / "g.png").is_file()
+
+
+def test_eval_points(cli, moons_run: Path, tmp_path: Path) -> None:
+    res = cli("eval", moons_run, "--n", "300", "--steps", "5", "--out", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    metrics = json.loads(res.out)
+    assert json.loads((tmp_path / "m.json").read_text()) == metrics
+    assert metrics["n"] == 300 and metrics["steps"] == 5 and metrics["sampler"] == "ddim"
+    assert 0 < metrics["energy_distance_floor"] < metrics["energy_distance"] < 1.0
+    assert metrics["ratio_to_floor"] == pytest.approx(metrics["energy_distance"] / metrics["energy_distance_floor"])
+
+
+def test_eval_images(cli, digits_run: Path, digit_classifier_path: Path) -> None:
+    res = cli("eval", digits_run, "--n", "200", "--steps", "3")
+    assert res.code == 0, res.err
+    metrics = json.loads(res.out)
+    for key in ("fd", "fd_floor", "kid", "kid_floor", "confident_share", "confident_share_floor"):
+        assert np.isfinite(metrics[key]), key
+    assert 0 <= metrics["fd_floor"] < metrics["fd"]  # 20 training steps are far from real digits
+
+
+def test_forward(cli, tmp_path: Path) -> None:
+    res = cli("forward", "--data", "digits", "--n", "2", "--columns", "4", "--out", tmp_path / "fwd.png")
+    assert res.code == 0, res.err
+    assert (tmp_path / "fwd.png").read_bytes()[:8] == PNG_MAGIC

@@ -1,0 +1,233 @@
+"""Datasets: built-ins, folders of images, .npz files, and the step-indexed batch order."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusa.data import BUILTIN, TOYS, batches, load_dataset, uint8_to_unit, unit_to_uint8
+from diffusa.errors import DiffusaError
+
+# -- built-ins ---------------------------------------------------------------------------------
+
+
+def test_builtin_names() -> None:
+    assert BUILTIN == ["mnist5k", "digits", "moons", "swissroll", "8gaussians", "checkerboard"]
+
+
+def test_mnist5k_shapes_range_and_split(mnist5k: dict) -> None:
+    train, test = mnist5k["train"], mnist5k["test"]
+    assert train.kind == test.kind == "image"
+    assert train.x.shape == (4000, 1, 28, 28) and test.x.shape == (1000, 1, 28, 28)
+    assert train.x.dtype == torch.float32
+    for d in (train, test):
+        assert d.x.min() == -1.0 and d.x.max() == 1.0
+        assert d.num_classes == 10 and d.labels is not None and d.labels.dtype == torch.int64
+    assert torch.bincount(train.labels, minlength=10).tolist() == [400] * 10
+    assert torch.bincount(test.labels, minlength=10).tolist() == [100] * 10
+    # disjoint: no held-out digit is also a training digit
+    train_rows = {bytes(r) for r in unit_to_uint8(train.x).reshape(len(train), -1)}
+    test_rows = [bytes(r) for r in unit_to_uint8(test.x).reshape(len(test), -1)]
+    assert len(set(test_rows)) == 1000
+    assert not train_rows.intersection(test_rows)
+
+
+def test_mnist5k_split_is_fixed(mnist5k: dict) -> None:
+    """The held-out split never moves: the pinned fingerprint below is the sha256 of the test images
+    (uint8, in order) and labels; a change here silently invalidates every metric and floor."""
+    again = mnist5k["test"]
+    digest = hashlib.sha256(unit_to_uint8(again.x).tobytes() + again.labels.numpy().tobytes()).hexdigest()
+    assert digest[:16] == MNIST5K_TEST_SHA256_PREFIX
+
+
+MNIST5K_TEST_SHA256_PREFIX = "0233b63abf98a7a5"
+
+
+def test_digits_shapes_and_range() -> None:
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    assert train.x.shape == (1437, 1, 8, 8) and test.x.shape == (360, 1, 8, 8)
+    assert train.kind == "image" and train.shape == (1, 8, 8)
+    for d in (train, test):
+        assert d.x.min() >= -1.0 and d.x.max() <= 1.0
+        assert d.x.min() == -1.0 and d.x.max() == 1.0
+    assert torch.bincount(test.labels, minlength=10).tolist() == [36] * 10
+
+
+@pytest.mark.parametrize("name", list(TOYS))
+def test_toys(name: str) -> None:
+    train, test = load_dataset(name, "train"), load_dataset(name, "test")
+    assert train.kind == "points" and train.shape == (2,)
+    assert train.x.shape == (20000, 2) and test.x.shape == (4000, 2)
+    assert train.x.dtype == torch.float32 and torch.isfinite(train.x).all()
+    assert 0.2 < train.x.std() < 5  # roughly unit scale
+    assert torch.equal(load_dataset(name, "train").x, train.x)  # fixed draws
+    assert not torch.equal(train.x[:4000], test.x)  # independent draws
+
+
+def test_unknown_dataset_lists_known_names() -> None:
+    with pytest.raises(DiffusaError) as info:
+        load_dataset("cifar-11")
+    msg = str(info.value)
+    assert "cifar-11" in msg
+    for name in BUILTIN:
+        assert name in msg
+
+
+def test_unknown_split() -> None:
+    with pytest.raises(DiffusaError, match="split"):
+        load_dataset("moons", "validation")
+
+
+def test_uint8_unit_round_trip() -> None:
+    imgs = np.arange(256, dtype=np.uint8).reshape(4, 8, 8)
+    x = uint8_to_unit(imgs)
+    assert x.shape == (4, 1, 8, 8) and x.min() == -1.0 and x.max() == 1.0
+    assert np.array_equal(unit_to_uint8(x)[..., 0], imgs)
+
+
+# -- folders -----------------------------------------------------------------------------------
+
+
+def _png(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def test_folder_of_grayscale_pngs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (12, 12), dtype=np.uint8) for _ in range(3)]
+    arrays[0][0, 0], arrays[0][0, 1] = 0, 255
+    for i, a in enumerate(arrays):
+        _png(tmp_path / "imgs" / ("sub" if i == 2 else "") / f"{i}.png", a)  # recursive
+    (tmp_path / "imgs" / "notes.txt").write_text("not an image")
+    d = load_dataset(str(tmp_path / "imgs"))
+    assert d.kind == "image" and d.name == "imgs" and d.labels is None
+    assert d.x.shape == (3, 1, 12, 12)
+    assert d.x[0, 0, 0, 0] == -1.0 and d.x[0, 0, 0, 1] == 1.0
+    assert np.array_equal(unit_to_uint8(d.x[:1])[0, ..., 0], arrays[0])
+
+
+def test_folder_of_rgb_pngs_and_resize(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        _png(tmp_path / f"{i}.png", rng.integers(0, 256, (10, 10, 3), dtype=np.uint8))
+    assert load_dataset(str(tmp_path)).x.shape == (2, 3, 10, 10)
+    assert load_dataset(str(tmp_path), image_size=4).x.shape == (2, 3, 4, 4)
+    assert load_dataset(str(tmp_path), grayscale=True).x.shape == (2, 1, 10, 10)
+
+
+def test_folder_with_mixed_sizes_needs_image_size(tmp_path: Path) -> None:
+    _png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    _png(tmp_path / "b.png", np.zeros((9, 9), np.uint8))
+    with pytest.raises(DiffusaError, match="image_size"):
+        load_dataset(str(tmp_path))
+    assert load_dataset(str(tmp_path), image_size=8).x.shape == (2, 1, 8, 8)
+
+
+@pytest.mark.parametrize("content", [b"garbage bytes, not a PNG" * 4, b"", "truncated"])
+def test_unreadable_image_names_the_file(tmp_path: Path, content: bytes | str) -> None:
+    _png(tmp_path / "good.png", np.zeros((8, 8), np.uint8))
+    if content == "truncated":
+        full = (tmp_path / "good.png").read_bytes()
+        content = full[: len(full) // 2]
+    (tmp_path / "broken.png").write_bytes(content)
+    with pytest.raises(DiffusaError, match=r"broken\.png"):
+        load_dataset(str(tmp_path))
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    (tmp_path / "readme.txt").write_text("no images")
+    with pytest.raises(DiffusaError, match="no image files"):
+        load_dataset(str(tmp_path))
+
+
+# -- .npz --------------------------------------------------------------------------------------
+
+
+def test_npz_uint8_images(tmp_path: Path) -> None:
+    imgs = np.random.default_rng(0).integers(0, 256, (5, 6, 6), dtype=np.uint8)
+    np.savez(tmp_path / "gray.npz", images=imgs, labels=np.array([0, 1, 2, 1, 0]))
+    d = load_dataset(str(tmp_path / "gray.npz"))
+    assert d.kind == "image" and d.x.shape == (5, 1, 6, 6) and d.name == "gray"
+    assert np.array_equal(unit_to_uint8(d.x)[..., 0], imgs)
+    assert d.labels.tolist() == [0, 1, 2, 1, 0] and d.num_classes == 3
+
+    np.savez(tmp_path / "rgb.npz", images=np.zeros((2, 4, 4, 3), np.uint8))
+    assert load_dataset(str(tmp_path / "rgb.npz")).x.shape == (2, 3, 4, 4)
+
+
+def test_npz_points(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).standard_normal((50, 3))
+    np.savez(tmp_path / "pts.npz", x=x)
+    d = load_dataset(str(tmp_path / "pts.npz"))
+    assert d.kind == "points" and d.shape == (3,) and d.x.dtype == torch.float32
+    assert torch.allclose(d.x, torch.from_numpy(x).float())
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"images": np.zeros((2, 4, 4), np.float32)}, "uint8"),
+    ({"x": np.zeros((2, 4, 4), np.float32)}, "points"),
+    ({"pixels": np.zeros((2, 4), np.float32)}, "images"),
+    ({"pixels": np.zeros((2, 4), np.float32), "labels": np.zeros(2, np.int64)}, "images"),
+    ({"x": np.zeros((0, 2), np.float32)}, "no examples"),
+    ({"images": np.zeros((0, 8, 8), np.uint8), "labels": np.zeros(0, np.int64)}, "no examples"),
+    ({"x": np.zeros((10, 2), np.float32), "labels": np.zeros(3, np.int64)}, "one entry per example"),
+])
+def test_npz_bad_content(tmp_path: Path, arrays: dict, match: str) -> None:
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DiffusaError, match=match):
+        load_dataset(str(tmp_path / "bad.npz"))
+
+
+def test_npz_missing_or_damaged(tmp_path: Path) -> None:
+    with pytest.raises(DiffusaError, match="does not exist"):
+        load_dataset(str(tmp_path / "absent.npz"))
+    np.savez(tmp_path / "ok.npz", x=np.zeros((100, 2), np.float32))
+    full = (tmp_path / "ok.npz").read_bytes()
+    (tmp_path / "truncated.npz").write_bytes(full[: len(full) // 2])
+    (tmp_path / "garbage.npz").write_bytes(b"not a zip file at all" * 10)
+    for name in ("truncated.npz", "garbage.npz"):
+        with pytest.raises(DiffusaError, match=name):
+            load_dataset(str(tmp_path / name))
+
+
+# -- batch order -------------------------------------------------------------------------------
+
+
+def _take(it, k: int) -> list[torch.Tensor]:
+    return list(itertools.islice(it, k))
+
+
+@pytest.mark.parametrize("n, batch_size", [(100, 16), (10, 32)])
+def test_batches_depend_only_on_seed_and_step(n: int, batch_size: int) -> None:
+    full = _take(batches(n, batch_size, seed=3), 30)
+    for k in (0, 1, 5, 6, 7, 13):
+        resumed = _take(batches(n, batch_size, seed=3, start_step=k), 30 - k)
+        assert all(torch.equal(a, b) for a, b in zip(full[k:], resumed, strict=True)), f"start_step={k}"
+    assert all(len(b) == batch_size for b in full)
+    assert all(torch.equal(a, b) for a, b in zip(full, _take(batches(n, batch_size, seed=3), 30), strict=True))
+    other = _take(batches(n, batch_size, seed=4), 30)
+    assert not all(torch.equal(a, b) for a, b in zip(full, other, strict=True))
+
+
+def test_batches_cover_each_epoch_without_repeats() -> None:
+    n, bs = 100, 16  # 6 batches per epoch, 4 examples left out each epoch
+    first = torch.cat(_take(batches(n, bs, seed=0), 6))
+    assert len(set(first.tolist())) == 96
+    second = torch.cat(_take(batches(n, bs, seed=0, start_step=6), 6))
+    assert len(set(second.tolist())) == 96 and not torch.equal(first, second)
+
+
+def test_batches_split_the_global_batch_across_ranks() -> None:
+    n, bs = 100, 16
+    whole = _take(batches(n, bs, seed=1, start_step=4), 8)
+    parts = [_take(batches(n, bs, seed=1, start_step=4, rank=r, world=2), 8) for r in range(2)]
+    for i, b in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][i], parts[1][i]]), b)
+        assert len(parts[0][i]) == len(parts[1][i]) == 8
