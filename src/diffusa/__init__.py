@@ -8,8 +8,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from diffusa._version import __version__
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser, Prediction
 from diffusa.process import DiscreteDDPM, Process

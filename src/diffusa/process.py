@@ -103,7 +103,7 @@ class Process:
         c_x0 = a_s * sigma2_ts / s_t**2
         var = sigma2_ts * s_s**2 / s_t**2
         mean = expand_as(c_xt, x_t) * x_t + expand_as(c_x0, x_t) * x0
-        # log of beta-tilde is -inf at s = 0; clip it to the next step's value like IDDPM does
+        # beta-tilde is 0 at s = 0, where samplers add no noise; floor it so the log stays finite
         log_var = torch.log(var.clamp_min(1e-20))
         return Posterior(mean, expand_as(var, x_t), expand_as(log_var, x_t))
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-import diffusa
+from diffusa._version import __version__
 from diffusa.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -83,7 +83,7 @@ def make_denoiser(net: torch.nn.Module, process: Process, cfg: RunConfig, image:
 def run_metadata(cfg: RunConfig, data_shape: tuple[int, ...], kind: str, spec: dict[str, Any],
                  data_kind: str) -> dict[str, Any]:
     """The content of config.json."""
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "diffusa_version": diffusa.__version__,
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "diffusa_version": __version__,
             "config": cfg.to_dict(), "data_shape": list(data_shape), "data_kind": data_kind,
             "network": {"kind": kind, "config": spec}, "process": build_process(cfg).to_dict()}
 
@@ -120,7 +120,7 @@ def read_run_meta(path: Path) -> dict[str, Any]:
         raise DiffusaError(f"{cfg_file} is not a diffusa run config (format {meta.get('format')!r})")
     if meta.get("format_version") != FORMAT_VERSION:
         raise DiffusaError(f"{cfg_file} has format version {meta.get('format_version')!r}; this diffusa "
-                           f"({diffusa.__version__}) reads version {FORMAT_VERSION}")
+                           f"({__version__}) reads version {FORMAT_VERSION}")
     for key in ("config", "data_shape", "data_kind", "network"):
         if key not in meta:
             raise DiffusaError(f"{cfg_file} lacks {key!r}; the file is damaged")

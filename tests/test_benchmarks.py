@@ -1,0 +1,25 @@
+"""The benchmark scripts run in a quick mode, so they cannot rot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["toys.py", "train_speed.py"])
+def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    assert table.count("|") > 10  # a markdown table with rows
+    if script == "train_speed.py":
+        assert "diffusers UNet2DModel" in table and "x |" in table
+    else:
+        assert "moons" in table
