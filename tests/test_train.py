@@ -157,7 +157,15 @@ def test_ctrl_c_inside_the_parameter_update_then_resume_equals_uninterrupted(
     """Ctrl-C can arrive anywhere, e.g. after the optimizer step but before the EMA update and the step
     counter; the checkpoint written on the way out must still be one that resumes exactly. A real SIGINT
     is sent to this process at that moment (so a fix that defers the signal over the update passes)."""
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # a background job (as CI may run us) inherits SIGINT ignored; install Python's own handler for the test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_inside_update(uninterrupted, tmp_path, monkeypatch)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_inside_update(uninterrupted: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(overrides=[*TINY, 'train.lr_decay="cosine"', f"train.steps={2 * N}"])
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     real_ema_update = train_mod.ema_update
