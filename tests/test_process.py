@@ -240,7 +240,7 @@ def test_to_dict_round_trip_and_errors():
     assert isinstance(q, DiscreteDDPM) and q.num_steps == 123 and q.schedule == "cosine"
     assert torch.equal(q.lambdas, p.lambdas)
     with pytest.raises(DiffusaError):
-        process_from_dict({"name": "edm"})
+        process_from_dict({"name": "no_such_process"})  # was "edm", which is now a process
     with pytest.raises(DiffusaError):
         process_from_dict({"name": "ddpm", "num_step": 10})
     with pytest.raises(DiffusaError):

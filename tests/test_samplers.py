@@ -375,7 +375,7 @@ def test_make_grid_defaults_to_trailing():
 def test_sample_errors():
     den = small_denoiser()
     with pytest.raises(DiffusaError):
-        diffusa.sample(den, (2, 4), sampler="euler")
+        diffusa.sample(den, (2, 4), sampler="no_such_sampler")  # was "euler", which is now a sampler
     with pytest.raises(DiffusaError):
         diffusa.sample(den, (0, 4))
     with pytest.raises(DiffusaError):

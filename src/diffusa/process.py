@@ -6,6 +6,7 @@ so samplers, losses and likelihoods are written once against noise levels (DESIG
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -176,7 +177,186 @@ class DiscreteDDPM(Process):
         return {"name": self.name, "schedule": self.schedule, "num_steps": self.num_steps}
 
 
-PROCESSES: dict[str, type[Process]] = {"ddpm": DiscreteDDPM}
+def _vp_integral(t: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
+    """B(t) = int_0^t beta(u) du for beta(u) = beta_min + u (beta_max - beta_min) (Song et al. 2021, eq. 33)."""
+    return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+
+
+def _vp_time_of_integral(b: torch.Tensor, beta_min: float, beta_max: float) -> torch.Tensor:
+    """The root t >= 0 of B(t) = b, written without cancellation (and valid for beta_min = beta_max)."""
+    d = beta_max - beta_min
+    return 2 * b / (beta_min + torch.sqrt(beta_min**2 + 2 * d * b))
+
+
+class VP(Process):
+    """The variance-preserving SDE (Song et al. 2021, eq. 11; the continuous DDPM).
+
+    alpha(t) = exp(-B(t) / 2), sigma(t) = sqrt(1 - alpha^2), B(t) = beta_min t + (beta_max - beta_min) t^2 / 2.
+    t = 0 is clean data (alpha = 1, sigma = 0); at t = 1, alpha = exp(-5.025) ~ 0.0066 for the defaults.
+    lambda(t) = -log(expm1(B(t))), inverted in closed form. The network sees c_noise = 999 t, score_sde's
+    discrete-time conditioning for DDPM-style networks.
+    """
+
+    name = "vp"
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0) -> None:
+        if not (0 < beta_min <= beta_max):
+            raise DiffusaError(f"VP needs 0 < beta_min <= beta_max, got beta_min={beta_min}, beta_max={beta_max}")
+        self.beta_min = float(beta_min)
+        self.beta_max = float(beta_max)
+
+    def integral(self, t: torch.Tensor) -> torch.Tensor:
+        """B(t) = int_0^t beta."""
+        return _vp_integral(torch.as_tensor(t, dtype=torch.float64), self.beta_min, self.beta_max)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.integral(t)
+        return torch.exp(-0.5 * b), torch.sqrt(-torch.expm1(-b))
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        # alpha^2 / sigma^2 = 1 / (e^B - 1); inf at t = 0 (clean data)
+        return -torch.log(torch.expm1(self.integral(t)))
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        b = torch.nn.functional.softplus(-lam)  # B = log(1 + e^-lambda)
+        return _vp_time_of_integral(b, self.beta_min, self.beta_max).clamp(0, 1)
+
+    def c_noise(self, t: torch.Tensor) -> torch.Tensor:
+        return 999 * torch.as_tensor(t, dtype=torch.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+class SubVP(VP):
+    """The sub-VP SDE (Song et al. 2021, eq. 17): alpha as VP, sigma(t) = 1 - alpha_VP(t)^2 = 1 - e^{-B(t)}.
+
+    t = 0 is clean data; sigma(1) = 1 - e^{-B(1)} ~ 1. With u = alpha^2, lambda = log u - 2 log(1 - u),
+    inverted by the root of e^lambda (1 - u)^2 = u in (0, 1).
+    """
+
+    name = "subvp"
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self.integral(t)
+        return torch.exp(-0.5 * b), -torch.expm1(-b)
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        b = self.integral(t)
+        return -b - 2 * torch.log(-torch.expm1(-b))
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        e = torch.exp(-lam)
+        # u = 2 / (2 + e + sqrt(e (4 + e))), so B = -log u = log1p((e + sqrt(e (4 + e))) / 2)
+        b = torch.log1p(0.5 * (e + torch.sqrt(e * (4 + e))))
+        return _vp_time_of_integral(b, self.beta_min, self.beta_max).clamp(0, 1)
+
+
+class VE(Process):
+    """The variance-exploding SDE (Song et al. 2021, eq. 9; NCSN, Song & Ermon 2019).
+
+    alpha = 1, sigma(t) = sigma_min (sigma_max / sigma_min)^t for t in (0, 1], and sigma(0) = 0: t = 0 is
+    clean data, as for every process here, so a grid ending at 0 ends with a denoising step from
+    sigma(grid[-2]) >= sigma_min to 0 (score_sde's "noise removal" step). The prior is N(0, sigma_max^2 I).
+    lambda = -2 log sigma; t_of_log_snr maps noise below sigma_min to t = 1e-12 (sigma ~ sigma_min).
+    c_noise = log(sigma) / 4, from the log-linear formula (finite at t = 0).
+    """
+
+    name = "ve"
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0) -> None:
+        if not (0 < sigma_min < sigma_max):
+            raise DiffusaError(f"{type(self).__name__} needs 0 < sigma_min < sigma_max, "
+                               f"got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+
+    def log_sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """log sigma on the log-linear branch (no t = 0 special case)."""
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return math.log(self.sigma_min) + t * math.log(self.sigma_max / self.sigma_min)
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        sigma = torch.where(t <= 0, torch.zeros_like(t), torch.exp(self.log_sigma(t)))
+        return torch.ones_like(t), sigma
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        lam = -2 * self.log_sigma(t)
+        return torch.where(t <= 0, torch.full_like(lam, float("inf")), lam)
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        lam = torch.as_tensor(lam, dtype=torch.float64)
+        t = (-0.5 * lam - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+        # finite noise is never clean data: sigma_min itself must not round to t = 0 (where sigma = 0)
+        return torch.where(lam == float("inf"), torch.zeros_like(t), t.clamp(1e-12, 1))
+
+    def c_noise(self, t: torch.Tensor) -> torch.Tensor:
+        return self.log_sigma(t) / 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+class EDM(VE):
+    """EDM's noise levels (Karras et al. 2022): alpha = 1, sigma from sigma_min = 0.002 to sigma_max = 80.
+
+    Time maps to sigma log-linearly, as for VE: sigma(t) = sigma_min (sigma_max / sigma_min)^t on (0, 1],
+    sigma(0) = 0 (clean data). EDM's own rho = 7 spacing is a sampling grid (schedules.karras_grid), not
+    part of the process. c_noise = log(sigma) / 4 (Table 1). sigma_data is the data std used by EDM's
+    preconditioning and loss weighting; it does not change the process.
+    """
+
+    name = "edm"
+
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5) -> None:
+        super().__init__(sigma_min, sigma_max)
+        if not sigma_data > 0:
+            raise DiffusaError(f"EDM needs sigma_data > 0, got {sigma_data}")
+        self.sigma_data = float(sigma_data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "sigma_data": self.sigma_data}
+
+
+class Flow(Process):
+    """Rectified flow / flow matching with the linear path (Liu et al. 2022; Lipman et al. 2023).
+
+    alpha(t) = 1 - t, sigma(t) = t: t = 0 is data, t = 1 is the prior N(0, I) exactly (alpha(1) = 0).
+    lambda(t) = 2 log((1 - t) / t) is +inf at t = 0 (like every process) and, to stay finite at the
+    noise end, is evaluated at min(t, 1 - 1e-6) (lambda(1) ~ -27.6); t_of_log_snr = sigmoid(-lambda / 2)
+    is its exact inverse. c_noise = 999 t, the DDPM timestep range.
+    """
+
+    name = "flow"
+    T_MAX_LOG_SNR = 1 - 1e-6
+
+    def __init__(self) -> None:
+        pass
+
+    def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.as_tensor(t, dtype=torch.float64)
+        return 1 - t, t.clone()
+
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float64).clamp(max=self.T_MAX_LOG_SNR)
+        return 2 * (torch.log1p(-t) - torch.log(t))
+
+    def t_of_log_snr(self, lam: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(-0.5 * torch.as_tensor(lam, dtype=torch.float64))
+
+    def c_noise(self, t: torch.Tensor) -> torch.Tensor:
+        return 999 * torch.as_tensor(t, dtype=torch.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+PROCESSES: dict[str, type[Process]] = {"ddpm": DiscreteDDPM, "vp": VP, "subvp": SubVP, "ve": VE, "edm": EDM,
+                                       "flow": Flow}
 
 
 def process_from_dict(cfg: dict[str, Any]) -> Process:

@@ -7,6 +7,7 @@ t = 0 is clean data. A grid is a decreasing 1-D tensor of times that ends at 0.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -107,3 +108,56 @@ def uniform_grid(steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.Te
     if t_min > 0:
         grid = torch.cat([grid, torch.zeros(1, dtype=torch.float64)])
     return grid
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022, eq. 5: steps noise levels from sigma_max down to sigma_min, spaced by rho.
+
+    sigma_i = (sigma_max^(1/rho) + i / (steps - 1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho.
+    No trailing 0 here; `karras_grid` adds t = 0.
+    """
+    check_steps(steps)
+    if not (0 < sigma_min < sigma_max):
+        raise DiffusaError(f"a Karras grid needs 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+    if steps == 1:
+        return torch.tensor([sigma_max], dtype=torch.float64)
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def _times_of_log_snr(process: Any, lam: torch.Tensor, what: str) -> torch.Tensor:
+    """Map log-SNRs to the process's times, check they are reachable, and append t = 0."""
+    t = process.t_of_log_snr(lam)
+    back = process.log_snr(t)
+    if not torch.allclose(back, lam, rtol=1e-6, atol=1e-6) or not bool((t > 0).all()):
+        lo, hi = process.log_snr(torch.tensor([1.0, 1e-9], dtype=torch.float64)).tolist()
+        raise DiffusaError(f"{what} leaves the noise levels of process {process.to_dict()} (log-SNR from "
+                           f"{lo:.4g} to {hi:.4g}); narrow the range")
+    t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+    if not bool((t[1:] < t[:-1]).all()):
+        raise DiffusaError(f"{what} gives repeated times on process {process.to_dict()}; use fewer steps")
+    return t
+
+
+def karras_grid(process: Any, steps: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022's rho-spaced noise levels as times of `process`, decreasing, ending at 0.
+
+    sigma here is the scaled noise level sigma(t) / alpha(t) = exp(-lambda / 2) (EDM's sigma for alpha = 1
+    processes), so each level maps to t = process.t_of_log_snr(-2 log sigma). Raises DiffusaError if
+    [sigma_min, sigma_max] is not inside the process's range.
+    """
+    sig = karras_sigmas(sigma_min, sigma_max, steps, rho)
+    return _times_of_log_snr(process, -2 * torch.log(sig), f"Karras grid [{sigma_min}, {sigma_max}]")
+
+
+def log_snr_uniform_grid(process: Any, steps: int, t_min: float = 1e-3, t_max: float = 1.0) -> torch.Tensor:
+    """steps times with log-SNR uniform from lambda(t_max) to lambda(t_min) (Lu et al. 2022's "logSNR"
+    spacing for DPM-Solver), then 0; decreasing float64."""
+    check_steps(steps)
+    if not (0 < t_min < t_max <= 1):
+        raise DiffusaError(f"a log-SNR grid needs 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    ends = process.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
+    lam = torch.linspace(float(ends[0]), float(ends[1]), steps, dtype=torch.float64)
+    return _times_of_log_snr(process, lam, f"log-SNR grid on [{t_min}, {t_max}]")

@@ -13,12 +13,19 @@ from diffusa.process import DiscreteDDPM
 from diffusa.samplers.ancestral import sample_ancestral
 from diffusa.samplers.common import Callback
 from diffusa.samplers.ddim import sample_ddim
+from diffusa.samplers.dpm_solver import sample_dpmpp_2m
+from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
+from diffusa.samplers.heun import sample_heun
 from diffusa.schedules import check_steps, discrete_grid, uniform_grid
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
     "ancestral": sample_ancestral,
     "ddpm": sample_ancestral,
+    "euler": sample_euler,
+    "heun": sample_heun,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "euler_ancestral": sample_euler_ancestral,
 }
 
 
@@ -57,4 +64,5 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], sampler: str = "ddim", st
         return fn(denoiser, x_T, grid, cond=cond, generator=generator, callback=callback, **options)
 
 
-__all__ = ["SAMPLERS", "get_sampler", "make_grid", "sample", "sample_ancestral", "sample_ddim"]
+__all__ = ["SAMPLERS", "get_sampler", "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m",
+           "sample_euler", "sample_euler_ancestral", "sample_heun"]
