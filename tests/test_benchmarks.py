@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["toys.py", "train_speed.py"])
+@pytest.mark.parametrize("script", ["toys.py", "train_speed.py", "memory.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
@@ -21,5 +21,7 @@ def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     assert table.count("|") > 10  # a markdown table with rows
     if script == "train_speed.py":
         assert "diffusers UNet2DModel" in table and "x |" in table
+    elif script == "memory.py":
+        assert "grad checkpoint" in table and "bf16" in table
     else:
         assert "moons" in table

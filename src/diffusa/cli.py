@@ -67,6 +67,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
+    if args.precision is not None:
+        overrides.append(f"train.precision={json.dumps(args.precision)}")
+    if args.grad_checkpoint:
+        overrides.append("train.grad_checkpoint=true")
     cfg = load_config(args.config, overrides, base=base)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if trainer.dist.main:
@@ -214,6 +218,8 @@ def build_parser() -> Parser:
     t.add_argument("--seed", type=int)
     t.add_argument("--minutes", type=float, help="stop (and checkpoint) after this much training time")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
+    t.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward: less memory")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

@@ -74,6 +74,8 @@ class TrainConfig:
     sampler: str = "ddim"
     sample_steps: int = 50
     threads: int = 0  # torch intra-op threads; 0 = leave the default
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
+    grad_checkpoint: bool = False  # recompute block activations in the backward pass to save memory
 
 
 @dataclass

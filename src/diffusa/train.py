@@ -96,6 +96,9 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None
         be.copy_(bn)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def validate_config(cfg: RunConfig) -> None:
     """Reject settings that cannot train before any work is done."""
     tc = cfg.train
@@ -111,6 +114,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise DiffusaError(f"train.lr must be positive, got {tc.lr}")
     if not 0 <= tc.ema_decay < 1:
         raise DiffusaError(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
+    if tc.precision not in PRECISIONS:
+        raise DiffusaError(f"unknown precision {tc.precision!r}; known: {', '.join(PRECISIONS)}")
     if tc.lr_decay not in ("constant", "cosine"):
         raise DiffusaError(f"unknown lr_decay {tc.lr_decay!r}; known: constant, cosine")
     get_sampler(tc.sampler)  # raises DiffusaError naming the known samplers
@@ -159,7 +164,12 @@ class Trainer:
         self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes)
         torch.manual_seed(cfg.train.seed)
         self.net = build_network(self.kind, self.spec).to(self.device)
+        if hasattr(self.net, "grad_checkpoint"):
+            self.net.grad_checkpoint = cfg.train.grad_checkpoint
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
+        self.amp_dtype = PRECISIONS[cfg.train.precision]
+        # fp16 gradients underflow without loss scaling (Micikevicius et al. 2018); bf16 needs none
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.train.precision == "fp16" else None
         self.process = build_process(cfg)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.step = 0
@@ -192,6 +202,8 @@ class Trainer:
         load_state_dict_strict(self.net, model, self.out / "train_state.safetensors")
         load_state_dict_strict(self.ema, load_tensors(self.out / "model.safetensors"), self.out / "model.safetensors")
         optimizer_from_tensors(self.opt, optim, state["optimizer"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
 
     def save(self) -> None:
@@ -204,7 +216,11 @@ class Trainer:
         tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
         tensors["step"] = torch.tensor(self.step)
         save_tensors(self.out / "train_state.safetensors", tensors)
-        save_json(self.out / "train_state.json", {"step": self.step, "optimizer": opt_meta})
+        state: dict[str, Any] = {"step": self.step, "optimizer": opt_meta}
+        if self.scaler is not None:
+            state["grad_scaler"] = {k: float(v) if torch.is_tensor(v) else v
+                                    for k, v in self.scaler.state_dict().items()}
+        save_json(self.out / "train_state.json", state)
         if (self.out / "log.jsonl").exists():
             save_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
 
@@ -231,11 +247,16 @@ class Trainer:
         g = torch.Generator().manual_seed(seed)
         t, w = self.time_sampler.sample(x0.shape[0], g, self.device)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
-        losses = self.objective(self.denoiser, x0, t, noise)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            losses = self.objective(self.denoiser, x0, t, noise).float()
         self.time_sampler.update(t, losses.detach())
         loss = (losses * w).mean()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(self.net.parameters(), cfg.train.grad_clip if cfg.train.grad_clip > 0
                                             else float("inf"))
         lr = lr_at(cfg, step)
@@ -245,7 +266,11 @@ class Trainer:
         if cfg.train.ema_warmup:
             decay = min(decay, (1 + step) / (10 + step))
         with defer_sigint():  # the weights, optimizer, EMA and step counter change together or not at all
-            self.opt.step()
+            if self.scaler is not None:
+                self.scaler.step(self.opt)  # skips the step when the scaled gradients overflowed
+                self.scaler.update()
+            else:
+                self.opt.step()
             ema_update(self.ema, self.net, decay)
             self.step += 1
         return loss.detach(), gn.detach()

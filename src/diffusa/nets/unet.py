@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from diffusa.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
 
@@ -47,6 +48,7 @@ class UNet(nn.Module):
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self.grad_checkpoint = False  # a training-time memory option, not part of the model's shape
         ch = cfg.channels
         emb_dim = ch * cfg.emb_mult
         self.emb_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
@@ -101,6 +103,18 @@ class UNet(nn.Module):
             emb = emb + self.label_emb(labels)
         return emb
 
+    def _run_layer(self, layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, sizes: list[torch.Size]) -> torch.Tensor:
+        """Run one layer; with gradient checkpointing, residual and attention blocks recompute their
+        activations in the backward pass instead of storing them (Chen et al. 2016)."""
+        if isinstance(layer, Upsample):
+            return layer(h, sizes.pop())
+        if isinstance(layer, Downsample):
+            return layer(h)
+        args = (h, emb) if isinstance(layer, ResBlock) else (h,)
+        if self.grad_checkpoint and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
         emb = self.embed(c_noise, cond)
         p = self.cfg.patch_size
@@ -110,27 +124,18 @@ class UNet(nn.Module):
             x = F.pixel_unshuffle(x, p)
         h = self.conv_in(x)
         hs = [h]
-        sizes = []
+        sizes: list[torch.Size] = []
         for blocks in self.down:
             for layer in blocks:
-                if isinstance(layer, ResBlock):
-                    h = layer(h, emb)
-                elif isinstance(layer, Downsample):
+                if isinstance(layer, Downsample):
                     sizes.append(h.shape[-2:])
-                    h = layer(h)
-                else:
-                    h = layer(h)
+                h = self._run_layer(layer, h, emb, sizes)
             hs.append(h)
         for layer in self.mid:
-            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            h = self._run_layer(layer, h, emb, sizes)
         for blocks in self.up:
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in blocks:
-                if isinstance(layer, ResBlock):
-                    h = layer(h, emb)
-                elif isinstance(layer, Upsample):
-                    h = layer(h, sizes.pop())
-                else:
-                    h = layer(h)
+                h = self._run_layer(layer, h, emb, sizes)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return F.pixel_shuffle(out, p) if p > 1 else out
