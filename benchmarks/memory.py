@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+from _tables import emit
+
 OPTIONS = {"fp32": [], "bf16": ["train.precision='bf16'"], "fp16": ["train.precision='fp16'"],
            "fp32 + grad checkpoint": ["train.grad_checkpoint=true"]}
 
@@ -73,13 +75,7 @@ def main() -> None:
     for name, r in rows.items():
         lines.append(f"| {name} | {r['s_per_step']:.3f} | {r['s_per_step'] / base['s_per_step']:.2f}x | "
                      f"{r['peak_mib']:.0f} | {r['peak_mib'] / base['peak_mib']:.2f}x |")
-    table = "\n".join(lines)
-    if args.out and Path(args.out).exists() and args.only:
-        table = Path(args.out).read_text().rstrip() + "\n\n" + table
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit(lines, args.out, append=bool(args.only))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from _tables import emit
 
 from diffusa.config import load_config
 from diffusa.data import TOYS, load_dataset
@@ -68,11 +69,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['toy']} | {r['steps']} | {r['train_s']:.0f} | {r['floor']:.5f} | {r['ddim']:.5f} | "
                      f"{r['ddim'] / r['floor']:.2f}x | {r['ancestral']:.5f} | {r['ancestral'] / r['floor']:.2f}x |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit(lines, args.out)
     if args.quick and not all(torch.isfinite(torch.tensor(r["ddim"])) for r in rows):
         sys.exit(1)
 

@@ -17,9 +17,9 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from _tables import emit
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusa.config import RunConfig
@@ -151,11 +151,7 @@ def main() -> None:
         ratio = statistics.median(times[peer]) / med
         lines.append(f"| {name} | {n_params(s.net) / 1e6:.3f}M | {s.flops() / args.batch / 1e6:.0f} | {med:.3f} | "
                      f"{1 / med:.2f} | {ratio:.2f}x | ({peer_index[peer]}) |")
-    table = "\n".join(lines)
-    print(table)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(table + "\n")
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
