@@ -265,3 +265,15 @@ def test_forward(cli, tmp_path: Path) -> None:
     res = cli("forward", "--data", "digits", "--n", "2", "--columns", "4", "--out", tmp_path / "fwd.png")
     assert res.code == 0, res.err
     assert (tmp_path / "fwd.png").read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--sampler", "heun", "--eta", "0.5"], "has no option 'eta'"),
+    (["--sampler", "ddim", "--variance", "beta"], "has no option 'variance'"),
+    (["--sampler", "no_such"], "unknown sampler"),
+])
+def test_sampler_options_that_do_not_apply(cli, moons_run: Path, tmp_path: Path, args: list[str],
+                                          fragment: str) -> None:
+    res = cli("sample", moons_run, "--n", 4, "--steps", 3, "--out", tmp_path / "x.png", *args)
+    assert res.code != 0 and fragment in res.err and "Traceback" not in res.err
+    assert res.err.strip().count("\n") == 0

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from diffusa.errors import DiffusaError
+from diffusa.samplers import SAMPLERS
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -226,7 +227,7 @@ def build_parser() -> Parser:
     def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
         q.add_argument("run", help="run folder")
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
-        q.add_argument("--sampler", default="ddim", help="ddim | ancestral")
+        q.add_argument("--sampler", default="ddim", help=" | ".join(SAMPLERS))
         q.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
         q.add_argument("--spacing", choices=["leading", "trailing", "even"], help="how steps are picked")
         q.add_argument("--eta", type=float, help="DDIM stochasticity (0 = deterministic)")

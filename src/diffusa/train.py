@@ -164,8 +164,10 @@ class Trainer:
         self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes)
         torch.manual_seed(cfg.train.seed)
         self.net = build_network(self.kind, self.spec).to(self.device)
-        if hasattr(self.net, "grad_checkpoint"):
-            self.net.grad_checkpoint = cfg.train.grad_checkpoint
+        if cfg.train.grad_checkpoint:
+            if not hasattr(self.net, "grad_checkpoint"):
+                raise DiffusaError(f"--grad-checkpoint needs the U-Net; this run's network is {self.kind!r}")
+            self.net.grad_checkpoint = True
         self.ema = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.amp_dtype = PRECISIONS[cfg.train.precision]
         # fp16 gradients underflow without loss scaling (Micikevicius et al. 2018); bf16 needs none

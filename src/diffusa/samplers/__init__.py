@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ from diffusa.samplers.ddim import sample_ddim
 from diffusa.samplers.dpm_solver import sample_dpmpp_2m
 from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
 from diffusa.samplers.heun import sample_heun
-from diffusa.schedules import check_steps, discrete_grid, uniform_grid
+from diffusa.schedules import check_steps, discrete_grid, karras_grid, uniform_grid
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
@@ -36,9 +38,34 @@ def get_sampler(name: str) -> Callable[..., torch.Tensor]:
     return SAMPLERS[name]
 
 
-def make_grid(denoiser: Denoiser, steps: int, spacing: str | None = None) -> torch.Tensor:
-    """The default grid: the chain's own steps, trailing spacing (Lin et al. 2024); else uniform in t."""
+def sampler_options(name: str) -> list[str]:
+    """The sampler-specific keyword options of a sampler (beyond cond, generator, callback)."""
+    params = inspect.signature(get_sampler(name)).parameters
+    return [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in ("cond", "generator", "callback")]
+
+
+# samplers whose default grid is EDM's: a trapezoid over the huge first interval of a chain's own grid
+# (sigma/alpha ~ 2e4 at t = 1 for cosine DDPM) overshoots, so they start at sigma_hat <= 80 (Karras et al. 2022)
+KARRAS_DEFAULT = {"heun"}
+
+
+def default_karras_grid(denoiser: Denoiser, steps: int) -> torch.Tensor:
+    """Karras rho = 7 grid over sigma_hat = sigma / alpha in [max(0.002, least), min(80, greatest)] of the
+    process's trained noise levels (the chain's first step, or t = 1e-5 for continuous processes)."""
+    proc = denoiser.process
+    t_lo = 1.0 / proc.num_steps if isinstance(proc, DiscreteDDPM) else 1e-5
+    lam_hi, lam_lo = proc.log_snr(torch.tensor([t_lo, 1.0], dtype=torch.float64)).tolist()
+    sig_min = max(0.002, math.exp(-lam_hi / 2) * (1 + 1e-6))
+    sig_max = min(80.0, math.exp(-lam_lo / 2) * (1 - 1e-6))
+    return karras_grid(proc, steps, sig_min, sig_max)
+
+
+def make_grid(denoiser: Denoiser, steps: int, spacing: str | None = None, sampler: str | None = None) -> torch.Tensor:
+    """The default grid: EDM's Karras grid for Heun; otherwise the chain's own steps, trailing spacing
+    (Lin et al. 2024), for a discrete process, and uniform in t for a continuous one."""
     check_steps(steps)
+    if sampler in KARRAS_DEFAULT and spacing is None:
+        return default_karras_grid(denoiser, steps)
     proc = denoiser.process
     if isinstance(proc, DiscreteDDPM):
         return discrete_grid(proc.num_steps, steps, spacing or "trailing")
@@ -54,15 +81,30 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], sampler: str = "ddim", st
     The one entry point: `diffusa.sample(denoiser, (64, 1, 28, 28), sampler="ddim", steps=50, generator=g)`.
     """
     fn = get_sampler(sampler)
+    known = sampler_options(sampler)
+    for key in options:
+        if key not in known:
+            raise DiffusaError(f"sampler {sampler!r} has no option {key!r}; its options: {', '.join(known) or 'none'}")
     if len(shape) < 1 or shape[0] < 1:
         raise DiffusaError(f"need a positive number of samples, got shape {tuple(shape)}")
     if grid is None:
-        grid = make_grid(denoiser, steps, spacing)
+        grid = make_grid(denoiser, steps, spacing, sampler)
     if x_T is None:
         x_T = denoiser.process.prior_sample(tuple(shape), generator=generator, device=device)
     with torch.no_grad():
         return fn(denoiser, x_T, grid, cond=cond, generator=generator, callback=callback, **options)
 
 
-__all__ = ["SAMPLERS", "get_sampler", "make_grid", "sample", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m",
-           "sample_euler", "sample_euler_ancestral", "sample_heun"]
+__all__ = [
+    "SAMPLERS",
+    "get_sampler",
+    "make_grid",
+    "sample",
+    "sample_ancestral",
+    "sample_ddim",
+    "sample_dpmpp_2m",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+    "sampler_options",
+]

@@ -27,7 +27,8 @@ def sample_ddim(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond
         if eta > 0:
             _, s_t = proc.alpha_sigma(t)
             _, sigma2_ts = proc.transition(t, s)
-            c2 = eta**2 * sigma2_ts * s_s**2 / s_t**2
+            # eta > 1 would ask for more fresh noise than sigma_s itself; cap it there (k-diffusion does too)
+            c2 = torch.minimum(eta**2 * sigma2_ts * s_s**2 / s_t**2, s_s**2)
         else:
             c2 = torch.zeros_like(s_s)
         dir_coef = (s_s**2 - c2).clamp_min(0).sqrt()
