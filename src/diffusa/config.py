@@ -26,9 +26,14 @@ class DataConfig:
 class ProcessConfig:
     """The forward process (DESIGN.md's currency)."""
 
-    name: str = "ddpm"
+    name: str = "ddpm"  # ddpm | vp | subvp | ve | edm | flow
     schedule: str = "cosine"  # ddpm: linear | cosine | scaled_linear | sigmoid
-    num_steps: int = 1000
+    num_steps: int = 1000  # ddpm: chain length T
+    beta_min: float | None = None  # vp, subvp (None: 0.1)
+    beta_max: float | None = None  # vp, subvp (None: 20)
+    sigma_min: float | None = None  # ve (None: 0.01), edm (None: 0.002)
+    sigma_max: float | None = None  # ve (None: 50), edm (None: 80)
+    sigma_data: float | None = None  # edm (None: 0.5)
 
 
 @dataclass
@@ -46,9 +51,11 @@ class ModelConfig:
 class LossConfig:
     """The training objective."""
 
+    kind: str = "simple"  # simple (see diffusa.losses.OBJECTIVES for the rest)
     norm: str = "mse"  # mse | l1
     weighting: str = "min_snr"  # none | min_snr
     gamma: float = 5.0
+    time_sampler: str = "uniform"  # uniform (see diffusa.losses.TIME_SAMPLERS)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from diffusa.config import RunConfig, load_config
 from diffusa.errors import DiffusaError
 from diffusa.nets import build_network
 from diffusa.prediction import Denoiser
-from diffusa.process import DiscreteDDPM, Process, process_from_dict
+from diffusa.process import PROCESSES, DiscreteDDPM, Process, process_from_dict
 
 # The default image network: 2x2 patches folded into channels first (28x28 -> 14x14), then a 3-level U-Net
 # (14, 7, 4) with 32/64/64 channels and attention at 7x7 and 4x4. At ~100 MFLOP per image it is ~4x cheaper
@@ -71,7 +71,11 @@ def build_process(cfg: RunConfig) -> Process:
     p = cfg.process
     if p.name == "ddpm":
         return DiscreteDDPM(p.schedule, p.num_steps)
-    raise DiffusaError(f"unknown process {p.name!r}; known: ddpm")
+    if p.name not in PROCESSES:
+        raise DiffusaError(f"unknown process {p.name!r}; known: {', '.join(PROCESSES)}")
+    params = {k: getattr(p, k) for k in ("beta_min", "beta_max", "sigma_min", "sigma_max", "sigma_data")
+              if getattr(p, k) is not None}
+    return process_from_dict({"name": p.name, **params})
 
 
 def make_denoiser(net: torch.nn.Module, process: Process, cfg: RunConfig, image: bool) -> Denoiser:

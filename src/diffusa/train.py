@@ -35,7 +35,7 @@ from diffusa.checkpoint import (
 from diffusa.config import RunConfig, resolve_defaults
 from diffusa.data import Dataset, batches, load_dataset
 from diffusa.errors import DiffusaError
-from diffusa.losses import SimpleLoss, UniformTimeSampler
+from diffusa.losses import build_objective, build_time_sampler
 from diffusa.nets import build_network
 from diffusa.runs import build_process, make_denoiser, network_spec, read_run_meta, run_metadata
 from diffusa.samplers import get_sampler, sample
@@ -181,8 +181,8 @@ class Trainer:
         image = self.data.kind == "image"
         self.denoiser = make_denoiser(self.ddp, self.process, cfg, image)
         self.ema_denoiser = make_denoiser(self.ema, self.process, cfg, image)
-        self.objective = SimpleLoss(cfg.loss.norm, cfg.loss.weighting, cfg.loss.gamma)
-        self.time_sampler = UniformTimeSampler(self.process)
+        self.objective = build_objective(cfg.loss, self.process)
+        self.time_sampler = build_time_sampler(cfg.loss, self.process)
         self.x = self.data.x.to(self.device)
         self.meta = run_metadata(cfg, self.data.shape, self.kind, self.spec, self.data.kind)
         if self.dist.main:
