@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
 from diffusa.errors import DiffusaError
-from diffusa.process import DiscreteDDPM, process_from_dict
+from diffusa.process import PROCESSES, DiscreteDDPM, process_from_dict
 from diffusa.schedules import make_betas
 
 T = 1000
@@ -264,3 +266,46 @@ def test_short_chains_are_finite(schedule, num_steps):
     assert torch.isfinite(a).all() and torch.isfinite(s).all()
     assert (a[1:] > 0).all() and (s[1:] <= 1).all()
     assert (p.log_snr(t[1:]).diff() < 0).all()
+
+
+# -- derivatives and the SDE (Song et al. 2021, eqs. 9, 11, 17) ------------------------------------------
+_T_OFF_KNOTS = torch.tensor([0.0513, 0.3007, 0.5533, 0.9011], dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_d_alpha_sigma_matches_central_differences(name):
+    p = PROCESSES[name]()
+    da, ds = p.d_alpha_sigma(_T_OFF_KNOTS)
+    h = 1e-7
+    a1, s1 = p.alpha_sigma(_T_OFF_KNOTS + h)
+    a0, s0 = p.alpha_sigma(_T_OFF_KNOTS - h)
+    torch.testing.assert_close(da, ((a1 - a0) / (2 * h)).expand_as(da), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ds, (s1 - s0) / (2 * h), rtol=1e-5, atol=1e-6)
+
+
+def test_sde_closed_forms():
+    t = _T_OFF_KNOTS
+    beta = 0.1 + (20.0 - 0.1) * t
+    big_b = 0.1 * t + (20.0 - 0.1) * t**2 / 2
+    f, g2 = PROCESSES["vp"]().sde(t)
+    torch.testing.assert_close(f, -beta / 2)
+    torch.testing.assert_close(g2, beta)
+    f, g2 = PROCESSES["subvp"]().sde(t)
+    torch.testing.assert_close(f, -beta / 2)
+    torch.testing.assert_close(g2, beta * (1 - torch.exp(-2 * big_b)))
+    ve = PROCESSES["ve"](sigma_min=0.01, sigma_max=50.0)
+    f, g2 = ve.sde(t)
+    sigma = 0.01 * (50.0 / 0.01) ** t
+    torch.testing.assert_close(f, torch.zeros_like(t))
+    torch.testing.assert_close(g2, 2 * sigma**2 * math.log(50.0 / 0.01))
+
+
+def test_velocity_is_drift_minus_half_g2_score():
+    x0, eps = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    for name in ("vp", "subvp", "ve", "ddpm"):
+        p = PROCESSES[name]()
+        a, s = p.alpha_sigma(_T_OFF_KNOTS)
+        x = a[:, None] * x0 + s[:, None] * eps
+        f, g2 = p.sde(_T_OFF_KNOTS)
+        score = -eps / s[:, None]
+        torch.testing.assert_close(p.velocity(x0, eps, _T_OFF_KNOTS), f[:, None] * x - g2[:, None] * score / 2)

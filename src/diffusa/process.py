@@ -59,6 +59,34 @@ class Process:
         """The inverse of log_snr."""
         raise NotImplementedError
 
+    def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(d alpha / dt, d sigma / dt), by automatic differentiation of `alpha_sigma` (exact, not finite
+        differences; piecewise-linear tables give the slope of their segment)."""
+        with torch.enable_grad():
+            tt = torch.as_tensor(t, dtype=torch.float64).detach().clone().requires_grad_(True)
+            a, s = self.alpha_sigma(tt)
+            a, s = a.expand_as(tt), s.expand_as(tt)
+            da, ds = (torch.autograd.grad(v.sum(), tt, retain_graph=True)[0] if v.requires_grad
+                      else torch.zeros_like(tt) for v in (a, s))
+        return da.detach(), ds.detach()
+
+    def sde(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Drift and squared diffusion (f(t), g(t)^2) of dx = f x dt + g dW with this process's marginals.
+
+        f = alpha' / alpha and g^2 = d sigma^2 / dt - 2 f sigma^2 (Kingma et al. 2021, appendix; Song et al.
+        2021, eq. 5). Singular where alpha = 0 (flow at t = 1); ODE samplers use `velocity` there instead.
+        """
+        a, s = self.alpha_sigma(t)
+        da, ds = self.d_alpha_sigma(t)
+        f = da / a
+        return f, 2 * s * ds - 2 * f * s**2
+
+    def velocity(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The probability-flow velocity dx/dt = alpha'(t) x0 + sigma'(t) eps, for x0, eps the denoiser's
+        estimates at (x_t, t) (equal to f x - g^2 score / 2; finite for every process at every t)."""
+        da, ds = self.d_alpha_sigma(as_time(t, x0.shape[0], x0.device))
+        return expand_as(da, x0) * x0 + expand_as(ds, x0) * eps
+
     def c_noise(self, t: torch.Tensor) -> torch.Tensor:
         """The noise-level input the network sees for time t."""
         raise NotImplementedError
