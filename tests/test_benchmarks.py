@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("script", ["toys.py", "train_speed.py", "memory.py"])
+@pytest.mark.parametrize("script", ["toys.py", "speed.py", "memory.py", "time_to_quality.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
@@ -19,8 +19,10 @@ def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = out.read_text()
     assert table.count("|") > 10  # a markdown table with rows
-    if script == "train_speed.py":
-        assert "diffusers UNet2DModel" in table and "x |" in table
+    if script == "speed.py":
+        assert "training step" in table and "sampling" in table and "peak RSS" in table and "x |" in table
+    elif script == "time_to_quality.py":
+        assert "diffusers FD" in table and "diffusa FD" in table
     elif script == "memory.py":
         assert "grad checkpoint" in table and "bf16" in table
     else:

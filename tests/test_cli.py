@@ -277,3 +277,91 @@ def test_sampler_options_that_do_not_apply(cli, moons_run: Path, tmp_path: Path,
     res = cli("sample", moons_run, "--n", 4, "--steps", 3, "--out", tmp_path / "x.png", *args)
     assert res.code != 0 and fragment in res.err and "Traceback" not in res.err
     assert res.err.strip().count("\n") == 0
+
+
+# -- continuous-time processes -----------------------------------------------------------------
+
+
+def test_train_process_edm(cli, tmp_path: Path) -> None:
+    run = tmp_path / "edm"
+    res = cli("train", "--data", "moons", "--process", "edm", "--out", run, "--steps", "4", *TINY_TRAIN)
+    assert res.code == 0, res.err
+    meta = json.loads((run / "config.json").read_text())
+    # "auto" resolved for EDM and saved, so a loaded run rebuilds the same Denoiser
+    assert meta["config"]["model"]["prediction"] == "edm"
+    assert (meta["config"]["loss"]["weighting"], meta["config"]["loss"]["time_sampler"]) == ("edm", "lognormal")
+    assert meta["process"] == {"name": "edm", "sigma_min": 0.002, "sigma_max": 80.0, "sigma_data": 0.5}
+    res = cli("sample", run, "--n", "8", "--steps", "3", "--out", tmp_path / "x.npz")
+    assert res.code == 0, res.err
+    assert np.isfinite(np.load(tmp_path / "x.npz")["samples"]).all()
+    res = cli("train", "--resume", "--out", run, "--steps", "6", "--quiet", "--process", "flow")
+    assert_one_line_error(res, "--process flow", "'edm'")
+
+
+def test_train_process_passes_settings_through(cli, tmp_path: Path) -> None:
+    run = tmp_path / "ve"
+    res = cli("train", "--data", "moons", "--process", "ve", "--set", "process.sigma_max=20", "--out", run,
+              "--steps", "2", *TINY_TRAIN)
+    assert res.code == 0, res.err
+    assert json.loads((run / "config.json").read_text())["process"] == {"name": "ve", "sigma_min": 0.01,
+                                                                        "sigma_max": 20.0}
+
+
+def test_train_process_help_and_errors(cli, tmp_path: Path) -> None:
+    assert "{ddpm,vp,subvp,ve,edm,flow}" in cli("train", "--help").out
+    res = cli("train", "--data", "moons", "--process", "vee", "--out", tmp_path / "run", "--quiet")
+    assert res.code == 2
+    assert_one_line_error(res, "--process", "'vee'", "ddpm", "flow")
+    res = cli("train", "--data", "moons", "--set", 'process.name="vee"', "--out", tmp_path / "run", "--quiet")
+    assert res.code == 2
+    assert_one_line_error(res, "unknown process 'vee'; known: ddpm, vp, subvp, ve, edm, flow")
+    res = cli("train", "--data", "moons", "--process", "flow", "--set", 'model.prediction="velocty"',
+              "--out", tmp_path / "run", "--quiet")
+    assert_one_line_error(res, "unknown prediction 'velocty'; known: eps, x0, v, velocity, edm")
+    assert not (tmp_path / "run").exists()
+
+
+# -- eval --bpd ------------------------------------------------------------------------------------------
+def test_eval_bpd_bound_estimate_and_plot(cli, digits_run: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "terms.png"
+    res = cli("eval", digits_run, "--bpd", "--terms", "8", "--n", "24", "--plot", plot, "--out", tmp_path / "b.json")
+    assert res.code == 0, res.err
+    out = json.loads(res.out)
+    assert json.loads((tmp_path / "b.json").read_text()) == out
+    assert out["method"] == "variational bound" and out["terms"] == 8 and out["n"] == 24
+    # 20 training steps: far worse than 8 bits/dim of raw pixels, yet finite, with a positive standard error
+    assert 8 < out["bpd"] < 1e4 and 0 < out["se"] < out["bpd"]
+    assert 0 <= out["prior_bpd"] < 0.01  # q(x_T | x0) is N(0, I) to within alphabar_T for the cosine chain
+    assert plot.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_eval_bpd_same_seed_same_number(cli, digits_run: Path, tmp_path: Path) -> None:
+    args = ("eval", digits_run, "--bpd", "--terms", "4", "--n", "16", "--plot", tmp_path / "p.png")
+    a, b = cli(*args), cli(*args)
+    assert a.code == b.code == 0
+    assert json.loads(a.out)["bpd"] == json.loads(b.out)["bpd"]
+
+
+@pytest.mark.parametrize("terms", ["0", "-3", "some"])
+def test_eval_bpd_bad_terms(cli, digits_run: Path, terms: str) -> None:
+    res = cli("eval", digits_run, "--bpd", "--terms", terms)
+    assert res.code == 2 and "--terms" in res.err and "Traceback" not in res.err
+
+
+def test_eval_bpd_continuous_uses_the_ode(cli, tmp_path: Path) -> None:
+    run = tmp_path / "flow"
+    res = cli("train", "--data", "digits", "--process", "flow", "--out", run, "--steps", "5", "--batch-size", "16",
+              "--quiet", "--set", "model.net.channels=8", "--set", "train.sample_every=0")
+    assert res.code == 0, res.err
+    res = cli("eval", run, "--bpd", "--n", "3", "--rtol", "1e-3")
+    assert res.code == 0, res.err
+    out = json.loads(res.out)
+    assert out["method"].startswith("probability-flow ODE") and out["nfe"] > 0
+    assert np.isfinite(out["bpd"]) and out["bpd"] > 0
+
+
+def test_sample_with_ddim_spacing(cli, digits_run: Path, tmp_path: Path) -> None:
+    res = cli("sample", digits_run, "--n", "4", "--steps", "7", "--spacing", "ddim", "--sampler", "ancestral",
+              "--out", tmp_path / "s.npz")
+    assert res.code == 0, res.err
+    assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 1, 8, 8)

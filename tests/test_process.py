@@ -309,3 +309,12 @@ def test_velocity_is_drift_minus_half_g2_score():
         f, g2 = p.sde(_T_OFF_KNOTS)
         score = -eps / s[:, None]
         torch.testing.assert_close(p.velocity(x0, eps, _T_OFF_KNOTS), f[:, None] * x - g2[:, None] * score / 2)
+
+
+def test_d_alpha_sigma_under_inference_mode():
+    p = PROCESSES["vp"]()
+    expected = p.d_alpha_sigma(torch.tensor([0.5], dtype=torch.float64))
+    with torch.inference_mode():
+        got = p.d_alpha_sigma(torch.tensor([0.5], dtype=torch.float64))
+    torch.testing.assert_close(got, expected)
+    assert float(got[0]) < -1

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import tempfile
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from diffusa.errors import DiffusaError
+from diffusa.process import PROCESSES
 from diffusa.samplers import SAMPLERS
 
 EXIT_USAGE = 2
@@ -55,14 +57,19 @@ def _set_caches() -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from diffusa.config import load_config
     from diffusa.runs import read_run_meta
-    from diffusa.train import Trainer
+    from diffusa.train import Trainer, leave_distributed
 
     overrides = list(args.set or [])
     base = None
     if args.resume:
         base = read_run_meta(Path(args.out))["config"]
+        if args.process is not None and args.process != base["process"]["name"]:
+            raise DiffusaError(f"--process {args.process} differs from the run's {base['process']['name']!r}; "
+                               "a resumed run keeps its process (drop --process or choose another --out)")
     elif args.data is not None:
         overrides.insert(0, f"data.name={json.dumps(args.data)}")
+    if args.process is not None and not args.resume:
+        overrides.insert(0, f"process.name={json.dumps(args.process)}")
     for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
                       ("minutes", "train.max_minutes")):
         value = getattr(args, flag)
@@ -77,7 +84,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if trainer.dist.main:
         print(f"training {trainer.kind} ({sum(p.numel() for p in trainer.net.parameters()) / 1e6:.2f}M parameters) "
               f"on {trainer.data.name} {list(trainer.data.shape)} x {len(trainer.data)} -> {args.out}", flush=True)
-    out = trainer.fit()
+    try:
+        out = trainer.fit()
+    finally:
+        leave_distributed()
     if trainer.dist.main:
         print(f"done: {out}/model.safetensors, samples in {out}/samples/, loss curve {out}/loss.png")
     return 0
@@ -164,6 +174,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run)
     dc = run.config.data
     test = load_dataset(dc.name, "test", dc.image_size, dc.grayscale)
+    if args.bpd:
+        return eval_bpd(run, test.x, args)
     train = load_dataset(dc.name, "train", dc.image_size, dc.grayscale)
     n = args.n or (1000 if run.is_image else 2000)
     x = generate(run, n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args))
@@ -176,6 +188,57 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
+
+
+def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
+    """Bits/dim of held-out images: the variational bound for a discrete chain (with the per-step terms
+    drawn as a plot), the probability-flow ODE likelihood for a continuous process."""
+    from diffusa.likelihood import bits_per_dim, ode_bits_per_dim
+    from diffusa.process import DiscreteDDPM
+    from diffusa.viz import save_bound_terms
+
+    if not run.is_image:
+        raise DiffusaError("--bpd measures images (bits per dimension of 8-bit pixels); this run models points")
+    n = min(args.n or len(x), len(x))
+    x = x[:n]
+    g = torch.Generator().manual_seed(args.seed)
+    proc = run.denoiser.process
+    out: dict[str, Any] = {"run": str(args.run), "n": n, "seed": args.seed}
+    if isinstance(proc, DiscreteDDPM):
+        terms = None if args.terms == "all" else int(args.terms)
+        if terms is not None and terms < 1:
+            raise DiffusaError(f"--terms must be 'all' or a positive integer, got {args.terms}")
+        variance = args.variance or "beta_tilde"
+        res = bits_per_dim(run.denoiser, x, terms=terms, variance=variance, generator=g)
+        plot = Path(args.plot) if args.plot else Path(args.run) / "bpd_terms.png"
+        save_bound_terms(res.times.tolist(), res.terms.tolist(), plot,
+                         f"{Path(args.run).name}: bound terms, total {res.total:.3f} bits/dim")
+        out.update({"method": "variational bound", "bpd": res.total, "se": res.se, "prior_bpd": res.prior,
+                    "terms": "all" if terms is None else terms, "num_steps": proc.num_steps,
+                    "variance": "learned" if run.denoiser.learned_variance else variance, "plot": str(plot)})
+    else:
+        parts, nfe = [], 0
+        for i in range(0, n, 100):  # the ODE runs on a whole batch at once; keep its memory bounded
+            bpd, k = ode_bits_per_dim(run.denoiser, x[i:i + 100], generator=g, divergence="hutchinson",
+                                      rtol=args.rtol, atol=args.rtol)
+            parts.append(bpd)
+            nfe += k
+        per_image = torch.cat(parts)
+        se = float(per_image.std() / math.sqrt(n)) if n > 1 else float("nan")
+        out.update({"method": "probability-flow ODE, Hutchinson trace, uniform dequantization",
+                    "bpd": float(per_image.mean()), "se": se, "nfe": nfe, "rtol": args.rtol})
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+def terms_arg(text: str) -> str:
+    """--terms: 'all' or a positive integer."""
+    if text == "all" or (text.isdigit() and int(text) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {text!r}")
 
 
 # -- forward ----------------------------------------------------------------------------------
@@ -212,6 +275,9 @@ def build_parser() -> Parser:
                        description="Train a diffusion model. Ctrl-C saves a checkpoint that --resume continues.")
     t.add_argument("--data", help="mnist5k | digits | moons | swissroll | 8gaussians | checkerboard | DIR | FILE.npz")
     t.add_argument("--out", required=True, help="run folder to write")
+    t.add_argument("--process", choices=list(PROCESSES),
+                   help="forward process (default ddpm); each trains with its own objective unless "
+                        "--set model.prediction / loss.weighting / loss.time_sampler say otherwise")
     t.add_argument("--steps", type=positive_int, help="training steps (default from config: 3000)")
     t.add_argument("--batch-size", type=positive_int, help="global batch size")
     t.add_argument("--config", help="TOML file with config overrides")
@@ -229,7 +295,8 @@ def build_parser() -> Parser:
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
         q.add_argument("--sampler", default="ddim", help=" | ".join(SAMPLERS))
         q.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
-        q.add_argument("--spacing", choices=["leading", "trailing", "even"], help="how steps are picked")
+        q.add_argument("--spacing", choices=["leading", "trailing", "even", "ddim"],
+                       help="how a chain's steps are picked (even and ddim as in IDDPM's respacing)")
         q.add_argument("--eta", type=float, help="DDIM stochasticity (0 = deterministic)")
         q.add_argument("--variance", choices=["beta_tilde", "beta"], help="ancestral step variance")
         q.add_argument("--seed", type=int, default=0)
@@ -245,6 +312,14 @@ def build_parser() -> Parser:
                                    "(points), each beside its real-vs-real floor.")
     sampling_flags(e, None)
     e.add_argument("--out", help="also write the JSON here")
+    e.add_argument("--bpd", action="store_true",
+                   help="bits/dim of the held-out split instead: the variational bound (discrete chains) or the "
+                        "probability-flow ODE likelihood (continuous processes)")
+    e.add_argument("--terms", type=terms_arg, default="100",
+                   help="--bpd on a chain: 'all' for the full bound, or K for an unbiased K-term estimate "
+                        "(default 100)")
+    e.add_argument("--plot", help="--bpd on a chain: PNG of the bound's terms against t (default RUN/bpd_terms.png)")
+    e.add_argument("--rtol", type=float, default=1e-5, help="--bpd with the ODE: solver tolerance (rtol = atol)")
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("forward", help="picture of the forward process on real images",

@@ -41,7 +41,7 @@ class ModelConfig:
     """The network and what it predicts; `net` overrides the network's defaults for the data."""
 
     kind: str = "auto"  # auto: unet for images, mlp for points
-    prediction: str = "v"  # eps | x0 | v
+    prediction: str = "auto"  # auto (per process: PROCESS_DEFAULTS) | eps | x0 | v | velocity | edm
     learned_variance: bool = False
     clip_x0: bool = True  # clamp predicted x0 to the data range when sampling images
     net: dict[str, Any] = field(default_factory=dict)
@@ -51,11 +51,14 @@ class ModelConfig:
 class LossConfig:
     """The training objective."""
 
-    kind: str = "simple"  # simple (see diffusa.losses.OBJECTIVES for the rest)
+    kind: str = "simple"  # simple | vlb | hybrid (see diffusa.losses.OBJECTIVES)
     norm: str = "mse"  # mse | l1
-    weighting: str = "min_snr"  # none | min_snr
+    weighting: str = "auto"  # auto (per process: PROCESS_DEFAULTS) | none | min_snr | sigma2 | likelihood | edm
     gamma: float = 5.0
-    time_sampler: str = "uniform"  # uniform (see diffusa.losses.TIME_SAMPLERS)
+    time_sampler: str = "auto"  # auto (per process) | uniform | lognormal (see diffusa.losses.TIME_SAMPLERS)
+    p_mean: float = -1.2  # lognormal: mean of ln(sigma / alpha) (Karras et al. 2022, Table 1)
+    p_std: float = 1.2  # lognormal: its std
+    vlb_weight: float = 0.001  # hybrid: lambda in L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1)
 
 
 @dataclass
@@ -107,12 +110,51 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# What each process trains with when the config says "auto" (resolved values are saved in config.json):
+# - ddpm: v-prediction, Min-SNR-5 (Hang et al. 2023), the chain's steps: this project's measured default.
+# - vp / subvp: eps-prediction with lambda = sigma^2, the objective Song et al. 2021 train these SDEs with
+#   (unweighted eps-MSE, the continuous DDPM loss), t ~ U(1e-3, 1).
+# - ve: sigma reaches 50, so x_t is far from unit scale and eps-prediction amplifies errors 50x (Song et al.'s
+#   eps + sigma^2 drew 210x the energy-distance floor on moons after 300 steps): EDM's preconditioning keeps
+#   the network's input and target unit-scale at every sigma, and Karras et al. 2022 (Table 2) show their
+#   loss and log-normal levels improve VE training too. On moons, log-normal levels beat Song's uniform
+#   ln sigma (3.2x vs 9.6x the floor at 300 steps, 2.5x vs 4.3x at 1500); sigma up to 50 stays reachable (the
+#   draws are clamped into [sigma_min, sigma_max]) and the preconditioned output extrapolates smoothly there.
+# - edm: Karras et al. 2022's full recipe: F-prediction, lambda(sigma), ln sigma ~ N(-1.2, 1.2^2).
+# - flow: velocity regression with unit weight, t ~ U(0, 1) (Lipman et al. 2023; Liu et al. 2022).
+PROCESS_DEFAULTS: dict[str, dict[str, str]] = {
+    "ddpm": {"prediction": "v", "weighting": "min_snr", "time_sampler": "uniform"},
+    "vp": {"prediction": "eps", "weighting": "sigma2", "time_sampler": "uniform"},
+    "subvp": {"prediction": "eps", "weighting": "sigma2", "time_sampler": "uniform"},
+    "ve": {"prediction": "edm", "weighting": "edm", "time_sampler": "lognormal"},
+    "edm": {"prediction": "edm", "weighting": "edm", "time_sampler": "lognormal"},
+    "flow": {"prediction": "velocity", "weighting": "none", "time_sampler": "uniform"},
+}
+
+
+def auto_choice(process_name: str, key: str) -> str:
+    """The per-process default of `key` (prediction | weighting | time_sampler)."""
+    if process_name not in PROCESS_DEFAULTS:
+        raise DiffusaError(f"unknown process {process_name!r}; known: {', '.join(PROCESS_DEFAULTS)}")
+    return PROCESS_DEFAULTS[process_name][key]
+
+
+def resolve_process_defaults(cfg: RunConfig) -> RunConfig:
+    """Replace every "auto" prediction, weighting and time sampler with the process's default (in place)."""
+    name = cfg.process.name
+    for section, key in ((cfg.model, "prediction"), (cfg.loss, "weighting"), (cfg.loss, "time_sampler")):
+        if getattr(section, key) == "auto":
+            setattr(section, key, auto_choice(name, key))
+    return cfg
+
+
 def resolve_defaults(cfg: RunConfig, data_kind: str) -> RunConfig:
-    """Fill the training settings left as None with the defaults for this kind of data."""
+    """Fill the training settings left as None with the defaults for this kind of data, and the "auto"
+    prediction / weighting / time sampler with the process's."""
     for key, value in DATA_DEFAULTS[data_kind].items():
         if getattr(cfg.train, key) is None:
             setattr(cfg.train, key, value)
-    return cfg
+    return resolve_process_defaults(cfg)
 
 
 def _merge(obj: Any, values: dict[str, Any], where: str) -> None:

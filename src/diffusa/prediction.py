@@ -6,7 +6,15 @@ All parameterization conversions live here and nowhere else. With x = alpha x0 +
 - x0:                        eps = (x - alpha x0) / sigma
 - v (Salimans & Ho 2022, eq. 6 generalised): v = alpha eps - sigma x0, so
   x0 = (alpha x - sigma v) / (alpha^2 + sigma^2), eps = (sigma x + alpha v) / (alpha^2 + sigma^2)
+- velocity (flow matching, Lipman et al. 2023; rectified flow, Liu et al. 2022): u = alpha' x0 + sigma' eps,
+  the time derivative of x along the path; with det = alpha sigma' - sigma alpha' (> 0: sigma / alpha grows)
+  x0 = (sigma' x - sigma u) / det, eps = (alpha u - alpha' x) / det
+- edm (Karras et al. 2022, eq. 7 and Table 1): the raw output F of a preconditioned network,
+  x0 = c_skip x + c_out F(c_in x), see `edm_scalings`
 - score (Song et al. 2021):  grad log p(x_t) = -eps / sigma
+
+Every target is an affine function of x0 at fixed x: target = A x0 + B x, so ||target error||^2 =
+A^2 ||x0 error||^2; `x0_error_gain` gives A^2, with which losses move a weighting between spaces exactly.
 """
 
 from __future__ import annotations
@@ -21,19 +29,51 @@ import torch
 from diffusa.errors import DiffusaError
 from diffusa.process import Process, as_time, expand_as
 
+# the parameterizations fixed by (alpha, sigma) alone
 PARAMETERIZATIONS = ("eps", "x0", "v")
+# every name a Denoiser accepts: velocity also needs (alpha', sigma'), edm the data std sigma_data
+PREDICTIONS = (*PARAMETERIZATIONS, "velocity", "edm")
+DEFAULT_SIGMA_DATA = 0.5  # Karras et al. 2022, section 5: the std of images in [-1, 1]
 
 
 def check_parameterization(kind: str) -> str:
     """Validate a parameterization name."""
-    if kind not in PARAMETERIZATIONS:
-        raise DiffusaError(f"unknown prediction {kind!r}; known: {', '.join(PARAMETERIZATIONS)}")
+    if kind not in PREDICTIONS:
+        raise DiffusaError(f"unknown prediction {kind!r}; known: {', '.join(PREDICTIONS)}")
     return kind
 
 
-def to_x0_eps(kind: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor,
-              sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a network output of parameterization `kind` into (x0, eps). alpha, sigma broadcast to x."""
+def _unknown(kind: str) -> DiffusaError:
+    return DiffusaError(f"unknown prediction {kind!r}; known: {', '.join(PREDICTIONS)}")
+
+
+def _derivatives(kind: str, d_alpha: torch.Tensor | None,
+                 d_sigma: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if d_alpha is None or d_sigma is None:
+        raise ValueError(f"the {kind!r} parameterization needs d_alpha and d_sigma (Process.d_alpha_sigma)")
+    return d_alpha, d_sigma
+
+
+def edm_scalings(alpha: torch.Tensor, sigma: torch.Tensor,
+                 sigma_data: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """EDM's preconditioning (Karras et al. 2022, Table 1) as coefficients on x: x0 = c_skip x + c_out F(c_in x).
+
+    Karras et al. write D(x; s) = c_skip(s) x + c_out(s) F(c_in(s) x) for alpha = 1, with
+    c_skip = sd^2 / (s^2 + sd^2), c_out = s sd / sqrt(s^2 + sd^2), c_in = 1 / sqrt(s^2 + sd^2). For alpha != 1
+    we apply it to x_hat = x / alpha at s = sigma / alpha (their eq. 4 scaling) and fold the 1 / alpha into
+    the coefficients, which stay finite where alpha = 0 (flow at t = 1); with r^2 = sigma^2 + alpha^2 sd^2:
+    c_skip = alpha sd^2 / r^2, c_out = sigma sd / r, c_in = 1 / r. For alpha = 1 these are Table 1's.
+    """
+    r2 = sigma**2 + alpha**2 * sigma_data**2
+    r = r2.sqrt()
+    return alpha * sigma_data**2 / r2, sigma * sigma_data / r, 1 / r
+
+
+def to_x0_eps(kind: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
+              d_alpha: torch.Tensor | None = None, d_sigma: torch.Tensor | None = None,
+              sigma_data: float = DEFAULT_SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn a network output of parameterization `kind` into (x0, eps). alpha, sigma (and for "velocity"
+    d_alpha, d_sigma; for "edm" sigma_data) broadcast to x."""
     if kind == "eps":
         return (x - sigma * out) / alpha, out
     if kind == "x0":
@@ -41,19 +81,67 @@ def to_x0_eps(kind: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor
     if kind == "v":
         norm = alpha**2 + sigma**2
         return (alpha * x - sigma * out) / norm, (sigma * x + alpha * out) / norm
-    raise DiffusaError(f"unknown prediction {kind!r}; known: {', '.join(PARAMETERIZATIONS)}")
+    if kind == "velocity":
+        da, ds = _derivatives(kind, d_alpha, d_sigma)
+        det = alpha * ds - sigma * da
+        return (ds * x - sigma * out) / det, (alpha * out - da * x) / det
+    if kind == "edm":
+        # x0 = c_skip x + c_out F; eps = (x - alpha x0) / sigma written without the division, finite at sigma = 0
+        r2 = sigma**2 + alpha**2 * sigma_data**2
+        r = r2.sqrt()
+        x0 = (alpha * sigma_data**2 * x + sigma * sigma_data * r * out) / r2
+        eps = (sigma * x - alpha * sigma_data * r * out) / r2
+        return x0, eps
+    raise _unknown(kind)
 
 
-def target_of(kind: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor,
-              sigma: torch.Tensor) -> torch.Tensor:
-    """The regression target for parameterization `kind` given the clean data and the noise."""
+def target_of(kind: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
+              d_alpha: torch.Tensor | None = None, d_sigma: torch.Tensor | None = None,
+              sigma_data: float = DEFAULT_SIGMA_DATA) -> torch.Tensor:
+    """The regression target for parameterization `kind` given the clean data and the noise.
+
+    edm: F = (x0 - c_skip x) / c_out (Karras et al. 2022, eq. 8), which for x = alpha x0 + sigma eps is
+    (sigma x0 - alpha sd^2 eps) / (sd r), r = sqrt(sigma^2 + alpha^2 sd^2): finite at sigma = 0.
+    """
     if kind == "eps":
         return eps
     if kind == "x0":
         return x0
     if kind == "v":
         return alpha * eps - sigma * x0
-    raise DiffusaError(f"unknown prediction {kind!r}; known: {', '.join(PARAMETERIZATIONS)}")
+    if kind == "velocity":
+        da, ds = _derivatives(kind, d_alpha, d_sigma)
+        return da * x0 + ds * eps
+    if kind == "edm":
+        r = (sigma**2 + alpha**2 * sigma_data**2).sqrt()
+        return (sigma * x0 - alpha * sigma_data**2 * eps) / (sigma_data * r)
+    raise _unknown(kind)
+
+
+def x0_error_gain(kind: str, alpha: torch.Tensor, sigma: torch.Tensor, *, d_alpha: torch.Tensor | None = None,
+                  d_sigma: torch.Tensor | None = None, sigma_data: float = DEFAULT_SIGMA_DATA) -> torch.Tensor:
+    """A^2 with ||target - target_hat||^2 = A^2 ||x0 - x0_hat||^2 at fixed x_t, for parameterization `kind`.
+
+    eps: alpha^2 / sigma^2 (the SNR); x0: 1; v: (alpha^2 + sigma^2)^2 / sigma^2 (SNR + 1 for VP);
+    velocity: det^2 / sigma^2 (1 / t^2 for flow); edm: 1 / c_out^2 = r^2 / (sigma sd)^2 (Karras's lambda).
+    """
+    if kind == "eps":
+        return alpha**2 / sigma**2
+    if kind == "x0":
+        return torch.ones_like(alpha)
+    if kind == "v":
+        return (alpha**2 + sigma**2) ** 2 / sigma**2
+    if kind == "velocity":
+        da, ds = _derivatives(kind, d_alpha, d_sigma)
+        return (alpha * ds - sigma * da) ** 2 / sigma**2
+    if kind == "edm":
+        return (sigma**2 + alpha**2 * sigma_data**2) / (sigma * sigma_data) ** 2
+    raise _unknown(kind)
+
+
+def default_sigma_data(process: Process) -> float:
+    """The data std EDM's preconditioning assumes: the process's own (EDM) or 0.5 (Karras et al. 2022)."""
+    return float(getattr(process, "sigma_data", DEFAULT_SIGMA_DATA))
 
 
 @dataclass
@@ -91,25 +179,37 @@ class Denoiser:
     Args:
         raw: callable (x_t, t, cond) -> output in parameterization `prediction`, t float64 (B,).
         process: the forward process that defines alpha(t), sigma(t).
-        prediction: what `raw` outputs: "eps", "x0" or "v".
+        prediction: what `raw` outputs: "eps", "x0", "v", "velocity" or "edm" (EDM's F; see `from_network`).
         learned_variance: `raw` outputs twice the channels; the second half is IDDPM's v in [-1, 1].
         clip_x0: clamp x0 to [-clip_x0, clip_x0] (and re-derive eps) when sampling images; None = off.
+        sigma_data: the data std of EDM's preconditioning; None = the process's own, else 0.5.
     """
 
     def __init__(self, raw: RawFn, process: Process, prediction: str = "eps", *,
-                 learned_variance: bool = False, clip_x0: float | None = None) -> None:
+                 learned_variance: bool = False, clip_x0: float | None = None,
+                 sigma_data: float | None = None) -> None:
         self.raw = raw
         self.process = process
         self.prediction = check_parameterization(prediction)
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
+        self.sigma_data = default_sigma_data(process) if sigma_data is None else float(sigma_data)
 
     @classmethod
     def from_network(cls, net: torch.nn.Module, process: Process, prediction: str = "eps",
                      **kwargs: Any) -> Denoiser:
-        """Wrap `net(x, c_noise, cond)`; the process decides c_noise (DESIGN.md: nets know no maths)."""
+        """Wrap `net(x, c_noise, cond)`; the process decides c_noise (DESIGN.md: nets know no maths).
+
+        For "edm" the network sees c_in x (Karras et al. 2022, eq. 7), so its input has unit variance at every
+        noise level; its raw output is F."""
+        check_parameterization(prediction)
+        sd = kwargs.get("sigma_data")
+        sd = default_sigma_data(process) if sd is None else float(sd)
 
         def raw(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+            if prediction == "edm":
+                a, s = process.alpha_sigma(t)
+                x = x * expand_as(edm_scalings(a, s, sd)[2], x)
             return net(x, process.c_noise(t).to(x.dtype), cond)
 
         den = cls(raw, process, prediction, **kwargs)
@@ -127,6 +227,30 @@ class Denoiser:
 
         return cls(raw, process, prediction, **kwargs)
 
+    def levels(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """(alpha, sigma, extras) at t, broadcast to `like`: extras are the keyword arguments this
+        parameterization's conversions need (d_alpha, d_sigma for velocity; sigma_data for edm)."""
+        a, s = self.process.alpha_sigma(t)
+        extras: dict[str, Any] = {}
+        if self.prediction == "velocity":
+            da, ds = self.process.d_alpha_sigma(t)
+            extras = {"d_alpha": expand_as(da, like), "d_sigma": expand_as(ds, like)}
+        elif self.prediction == "edm":
+            extras = {"sigma_data": self.sigma_data}
+        return expand_as(a, like), expand_as(s, like), extras
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The regression target of this parameterization for clean data x0 and noise eps at time t."""
+        t = as_time(t, x0.shape[0], x0.device)
+        alpha, sigma, extras = self.levels(t, x0)
+        return target_of(self.prediction, x0, eps, alpha, sigma, **extras)
+
+    def x0_error_gain(self, t: torch.Tensor | float, batch: int | None = None) -> torch.Tensor:
+        """Per-example A^2 (float64, shape (B,)): target-space squared error = A^2 x0-space squared error."""
+        t = as_time(t, batch or 1)
+        alpha, sigma, extras = self.levels(t, t)
+        return x0_error_gain(self.prediction, alpha, sigma, **extras)
+
     def output(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         """The raw network output (for losses that regress it directly)."""
         return self.raw(x, as_time(t, x.shape[0], x.device), cond)
@@ -142,9 +266,8 @@ class Denoiser:
         if self.learned_variance:
             out, v_raw = out.chunk(2, dim=1)
             v_var = (v_raw + 1) / 2
-        a, s = self.process.alpha_sigma(t)
-        alpha, sigma = expand_as(a, x), expand_as(s, x)
-        x0, eps = to_x0_eps(self.prediction, out, x, alpha, sigma)
+        alpha, sigma, extras = self.levels(t, x)
+        x0, eps = to_x0_eps(self.prediction, out, x, alpha, sigma, **extras)
         if self.clip_x0 is not None:
             x0 = x0.clamp(-self.clip_x0, self.clip_x0)
             eps = (x - alpha * x0) / sigma

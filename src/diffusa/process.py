@@ -62,7 +62,8 @@ class Process:
     def d_alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(d alpha / dt, d sigma / dt), by automatic differentiation of `alpha_sigma` (exact, not finite
         differences; piecewise-linear tables give the slope of their segment)."""
-        with torch.enable_grad():
+        # inference_mode would silently give zero slopes, even under enable_grad
+        with torch.inference_mode(False), torch.enable_grad():
             tt = torch.as_tensor(t, dtype=torch.float64).detach().clone().requires_grad_(True)
             a, s = self.alpha_sigma(tt)
             a, s = a.expand_as(tt), s.expand_as(tt)

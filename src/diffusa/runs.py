@@ -20,7 +20,7 @@ from diffusa.checkpoint import (
     load_state_dict_strict,
     load_tensors,
 )
-from diffusa.config import RunConfig, load_config
+from diffusa.config import RunConfig, auto_choice, load_config
 from diffusa.errors import DiffusaError
 from diffusa.nets import build_network
 from diffusa.prediction import Denoiser
@@ -79,8 +79,11 @@ def build_process(cfg: RunConfig) -> Process:
 
 
 def make_denoiser(net: torch.nn.Module, process: Process, cfg: RunConfig, image: bool) -> Denoiser:
-    """Wrap a network with the run's process and parameterization."""
-    return Denoiser.from_network(net, process, cfg.model.prediction, learned_variance=cfg.model.learned_variance,
+    """Wrap a network with the run's process and parameterization ("auto" resolved for the process)."""
+    prediction = cfg.model.prediction
+    if prediction == "auto":
+        prediction = auto_choice(cfg.process.name, "prediction")
+    return Denoiser.from_network(net, process, prediction, learned_variance=cfg.model.learned_variance,
                                  clip_x0=1.0 if (image and cfg.model.clip_x0) else None)
 
 

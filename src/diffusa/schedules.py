@@ -74,7 +74,10 @@ def discrete_indices(num_train_steps: int, steps: int, spacing: str = "leading")
 
     - "leading" (DDIM; diffusers' default): k * (T // steps) + 1 for k = steps-1 .. 0.
     - "trailing": T, T - T/steps, ... (always starts at the last step; Lin et al. 2024).
-    - "even": IDDPM's respacing, evenly spaced with rounding over [1, T], both ends kept.
+    - "even": IDDPM's respacing (`space_timesteps(T, [steps])`): 0-based k (T - 1) / (steps - 1), accumulated
+      and rounded as IDDPM does, so the steps are IDDPM's exactly; both ends kept (one step: T).
+    - "ddim": IDDPM's "ddimK": range(0, T, stride) 0-based, with the smallest stride giving exactly `steps`
+      steps (equal to "leading" when steps divides T).
     """
     check_steps(steps)
     T = num_train_steps
@@ -86,13 +89,32 @@ def discrete_indices(num_train_steps: int, steps: int, spacing: str = "leading")
     elif spacing == "trailing":
         idx = [round(T - k * T / steps) for k in range(steps)][::-1]
     elif spacing == "even":
-        if steps == 1:
-            idx = [T]
-        else:
-            idx = sorted({round(1 + k * (T - 1) / (steps - 1)) for k in range(steps)})
+        idx = [T] if steps == 1 else _iddpm_even(T, steps)
+    elif spacing == "ddim":
+        idx = _ddim_stride(T, steps)
     else:
-        raise DiffusaError(f"unknown spacing {spacing!r}; known: leading, trailing, even")
+        raise DiffusaError(f"unknown spacing {spacing!r}; known: leading, trailing, even, ddim")
     return sorted(set(idx), reverse=True)
+
+
+def _iddpm_even(T: int, steps: int) -> list[int]:
+    """IDDPM's even spacing, 1-based: the float stride is accumulated, then each 0-based index rounded."""
+    stride, cur, idx = (T - 1) / (steps - 1), 0.0, []
+    for _ in range(steps):
+        idx.append(round(cur) + 1)
+        cur += stride
+    return idx
+
+
+def _ddim_stride(T: int, steps: int) -> list[int]:
+    """IDDPM's "ddimK" spacing, 1-based: k * stride + 1 for the smallest stride with ceil(T / stride) = steps."""
+    for stride in range(1, T + 1):
+        if len(range(0, T, stride)) == steps:
+            return [i + 1 for i in range(0, T, stride)]
+    possible = sorted({len(range(0, T, k)) for k in range(1, T + 1)})
+    near = [k for k in possible if abs(k - steps) == min(abs(p - steps) for p in possible)]
+    raise DiffusaError(f"ddim spacing cannot take exactly {steps} of {T} steps with an integer stride; "
+                       f"nearest possible: {', '.join(map(str, near))}")
 
 
 def discrete_grid(num_train_steps: int, steps: int, spacing: str = "leading") -> torch.Tensor:

@@ -125,3 +125,22 @@ def save_loss_curve(log_path: str | Path, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
+
+
+def save_bound_terms(times: Sequence[float], terms: Sequence[float], path: str | Path, title: str = "") -> None:
+    """The variational bound's terms (bits/dim) against the step's time t (Nichol & Dhariwal 2021, Fig. 2)."""
+    t, v = np.asarray(times, dtype=float), np.asarray(terms, dtype=float)
+    keep = np.isfinite(v) & (v > 0)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(t[keep], v[keep], marker=".", ms=3, lw=0.8)
+    ax.set_xlabel("t (step / T)")
+    ax.set_ylabel("term of the bound (bits/dim)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from diffusa.errors import DiffusaError
+from diffusa.losses.importance import ImportanceTimeSampler
 from diffusa.losses.simple import WEIGHTINGS, SimpleLoss
-from diffusa.losses.time_samplers import UniformTimeSampler
+from diffusa.losses.time_samplers import LogNormalTimeSampler, UniformTimeSampler
+from diffusa.losses.vlb import HybridLoss, VLBLoss
 from diffusa.process import Process
 
 
@@ -27,9 +29,26 @@ def _uniform(cfg: Any, process: Process) -> UniformTimeSampler:
     return UniformTimeSampler(process)
 
 
+def _lognormal(cfg: Any, process: Process) -> LogNormalTimeSampler:
+    return LogNormalTimeSampler(process, cfg.p_mean, cfg.p_std)
+
+
+def _vlb(cfg: Any, process: Process) -> VLBLoss:
+    return VLBLoss(process)
+
+
+def _hybrid(cfg: Any, process: Process) -> HybridLoss:
+    return HybridLoss(process, _simple(cfg, process), cfg.vlb_weight)
+
+
+def _importance(cfg: Any, process: Process) -> ImportanceTimeSampler:
+    return ImportanceTimeSampler(process)
+
+
 # kind -> factory(loss_config, process)
-OBJECTIVES: dict[str, Callable[[Any, Process], Any]] = {"simple": _simple}
-TIME_SAMPLERS: dict[str, Callable[[Any, Process], Any]] = {"uniform": _uniform}
+OBJECTIVES: dict[str, Callable[[Any, Process], Any]] = {"simple": _simple, "vlb": _vlb, "hybrid": _hybrid}
+TIME_SAMPLERS: dict[str, Callable[[Any, Process], Any]] = {"uniform": _uniform, "lognormal": _lognormal,
+                                                         "importance": _importance}
 
 
 def build_objective(cfg: Any, process: Process) -> Any:
@@ -46,5 +65,5 @@ def build_time_sampler(cfg: Any, process: Process) -> Any:
     return TIME_SAMPLERS[cfg.time_sampler](cfg, process)
 
 
-__all__ = ["OBJECTIVES", "TIME_SAMPLERS", "WEIGHTINGS", "SimpleLoss", "UniformTimeSampler", "build_objective",
-           "build_time_sampler"]
+__all__ = ["OBJECTIVES", "TIME_SAMPLERS", "WEIGHTINGS", "HybridLoss", "ImportanceTimeSampler", "LogNormalTimeSampler",
+           "SimpleLoss", "UniformTimeSampler", "VLBLoss", "build_objective", "build_time_sampler"]

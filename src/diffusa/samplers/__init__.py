@@ -15,9 +15,11 @@ from diffusa.process import DiscreteDDPM
 from diffusa.samplers.ancestral import sample_ancestral
 from diffusa.samplers.common import Callback
 from diffusa.samplers.ddim import sample_ddim
-from diffusa.samplers.dpm_solver import sample_dpmpp_2m
+from diffusa.samplers.dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
 from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
 from diffusa.samplers.heun import sample_heun
+from diffusa.samplers.ode import sample_ode_euler, sample_ode_heun, sample_rk4, sample_rk45
+from diffusa.samplers.sde import sample_euler_maruyama, sample_pc, sample_reverse_diffusion
 from diffusa.schedules import check_steps, discrete_grid, karras_grid, uniform_grid
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -28,6 +30,14 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "heun": sample_heun,
     "dpmpp_2m": sample_dpmpp_2m,
     "euler_ancestral": sample_euler_ancestral,
+    "dpmpp_3m": sample_dpmpp_3m,
+    "euler_maruyama": sample_euler_maruyama,
+    "reverse_diffusion": sample_reverse_diffusion,
+    "pc": sample_pc,
+    "ode_euler": sample_ode_euler,
+    "ode_heun": sample_ode_heun,
+    "rk4": sample_rk4,
+    "rk45": sample_rk45,
 }
 
 
@@ -47,6 +57,11 @@ def sampler_options(name: str) -> list[str]:
 # samplers whose default grid is EDM's: a trapezoid over the huge first interval of a chain's own grid
 # (sigma/alpha ~ 2e4 at t = 1 for cosine DDPM) overshoots, so they start at sigma_hat <= 80 (Karras et al. 2022)
 KARRAS_DEFAULT = {"heun"}
+# score_sde's samplers (reverse SDE, and the probability-flow ODE in t) end their default grid near the data, as
+# score_sde does: at t = 1e-3 for a continuous process, at the chain's first step for a discrete one, so the final
+# denoising step starts at sigma ~ 0.01 (a uniform grid's last time 1 / steps leaves sigma ~ 0.2 on VP at 20 steps)
+SCORE_SDE_DEFAULT = {"euler_maruyama", "reverse_diffusion", "pc", "ode_euler", "ode_heun", "rk4", "rk45"}
+SCORE_SDE_T_EPS = 1e-3
 
 
 def default_karras_grid(denoiser: Denoiser, steps: int) -> torch.Tensor:
@@ -61,12 +76,18 @@ def default_karras_grid(denoiser: Denoiser, steps: int) -> torch.Tensor:
 
 
 def make_grid(denoiser: Denoiser, steps: int, spacing: str | None = None, sampler: str | None = None) -> torch.Tensor:
-    """The default grid: EDM's Karras grid for Heun; otherwise the chain's own steps, trailing spacing
-    (Lin et al. 2024), for a discrete process, and uniform in t for a continuous one."""
+    """The default grid: EDM's Karras grid for Heun; for score_sde's samplers (SCORE_SDE_DEFAULT) uniform in t
+    down to t = 1e-3, or the chain's steps from T down to 1 ("even"); otherwise the chain's own steps, trailing
+    spacing (Lin et al. 2024), for a discrete process, and uniform in t for a continuous one."""
     check_steps(steps)
     if sampler in KARRAS_DEFAULT and spacing is None:
         return default_karras_grid(denoiser, steps)
     proc = denoiser.process
+    if sampler in SCORE_SDE_DEFAULT and spacing is None:
+        if isinstance(proc, DiscreteDDPM):
+            return discrete_grid(proc.num_steps, steps, "even")
+        return torch.cat([torch.linspace(1, SCORE_SDE_T_EPS, steps, dtype=torch.float64),
+                          torch.zeros(1, dtype=torch.float64)])
     if isinstance(proc, DiscreteDDPM):
         return discrete_grid(proc.num_steps, steps, spacing or "trailing")
     return uniform_grid(steps)
@@ -103,8 +124,16 @@ __all__ = [
     "sample_ancestral",
     "sample_ddim",
     "sample_dpmpp_2m",
+    "sample_dpmpp_3m",
     "sample_euler",
     "sample_euler_ancestral",
+    "sample_euler_maruyama",
     "sample_heun",
+    "sample_ode_euler",
+    "sample_ode_heun",
+    "sample_pc",
+    "sample_reverse_diffusion",
+    "sample_rk4",
+    "sample_rk45",
     "sampler_options",
 ]
