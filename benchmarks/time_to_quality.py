@@ -36,6 +36,7 @@ from diffusa.data import batches, load_dataset
 from diffusa.metrics import classify, confidence_stats, frechet_distance
 from diffusa.samplers import sample
 from diffusa.train import Trainer
+from diffusa.viz import save_image_grid
 
 PEER_BATCH = 16
 
@@ -120,7 +121,9 @@ def seconds_per_step(step_fns: dict[str, object], rounds: int, steps: int) -> di
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def score(x: torch.Tensor, ref_feats: torch.Tensor) -> dict[str, float]:
+def score(x: torch.Tensor, ref_feats: torch.Tensor, grid: Path | None = None) -> dict[str, float]:
+    if grid is not None:
+        save_image_grid(x[:64], grid)
     feats, probs = classify(x)
     return {"fd": frechet_distance(feats, ref_feats), "confident": confidence_stats(probs)["confident_share"]}
 
@@ -139,6 +142,7 @@ def main() -> None:
     ap.add_argument("--side", choices=["both", "diffusers", "diffusa"], default="both",
                     help="train one side only (two processes can then run at once) and write --json")
     ap.add_argument("--report", nargs="+", metavar="JSON", help="only print the table from --json files")
+    ap.add_argument("--grids", help="also save 64 of each scored sample set as a PNG grid in this folder")
     args = ap.parse_args()
     if args.report:
         report([json.loads(Path(f).read_text()) for f in args.report], args.out)
@@ -192,8 +196,9 @@ def run_diffusers(x: torch.Tensor, plan: list[int], args: argparse.Namespace, re
         peer.train_step()
         if peer.step in plan:
             wall = time.time() - start
+            grid = Path(args.grids) / f"diffusers_step{peer.step}.png" if args.grids else None
             rec = {"step": peer.step, "wall_s": wall,
-                   **score(diffusers_samples(peer.ema_model(), args.n, args.sample_steps), ref_feats)}
+                   **score(diffusers_samples(peer.ema_model(), args.n, args.sample_steps), ref_feats, grid)}
             results["diffusers"].append(rec)
             print(json.dumps({"side": "diffusers", **rec}), flush=True)
             start += time.time() - start - wall  # scoring is not training time
@@ -211,7 +216,8 @@ def run_diffusa(plan: list[int], args: argparse.Namespace, ref_feats: torch.Tens
             wall = time.time() - start
             g = torch.Generator().manual_seed(0)
             x = sample(tr.ema_denoiser, (args.n, 1, 28, 28), "ddim", args.sample_steps, generator=g)
-            rec = {"step": tr.step, "wall_s": wall, **score(x, ref_feats)}
+            grid = Path(args.grids) / f"diffusa_step{tr.step}.png" if args.grids else None
+            rec = {"step": tr.step, "wall_s": wall, **score(x, ref_feats, grid)}
             results["diffusa"].append(rec)
             print(json.dumps({"side": "diffusa", **rec}), flush=True)
             start += time.time() - start - wall  # scoring is not training time
