@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler
 
 import diffusa
 from diffusa import Denoiser, DiffusaError, DiscreteDDPM
@@ -148,22 +147,9 @@ def test_grid_errors():
 @pytest.mark.parametrize(("schedule", "steps", "spacing"), [("linear", 10, "linspace"), ("linear", 25, "linspace"),
                                                             ("cosine", 20, "leading")])
 def test_dpmpp_2m_matches_diffusers(schedule, steps, spacing):
-    from test_samplers import DIFFUSERS_NAME, float64_tables, make_eps_fn
+    from test_samplers import dpm_solver_reference
 
-    proc = DiscreteDDPM(schedule, T)
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule=DIFFUSERS_NAME[schedule],
-                                        algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True,
-                                        prediction_type="epsilon", timestep_spacing=spacing)
-    # one alphabar table on both sides: diffusers' betas are float32 (cosine's capped 0.999 moves alphabar_T
-    # by 1e-5 relative), and its sigmas are cast to float32 in set_timesteps; both recomputed in float64
-    sched.betas = proc.betas.clone()
-    float64_tables(sched)
-    sched.set_timesteps(steps)
-    ab = sched.alphas_cumprod
-    sched.sigmas = torch.cat([((1 - ab) / ab).sqrt()[sched.timesteps], torch.zeros(1, dtype=F64)])
-    eps_fn = make_eps_fn(ab)
-    den = Denoiser.from_function(lambda x, t: eps_fn(x, proc.c_noise(t)), proc, prediction="eps")
-    grid = torch.cat([(sched.timesteps.to(F64) + 1) / T, torch.zeros(1, dtype=F64)])
+    sched, den, grid, eps_fn = dpm_solver_reference(schedule, steps, 2, spacing, T)
 
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     xs: list[torch.Tensor] = []

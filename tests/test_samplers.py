@@ -392,3 +392,29 @@ def test_prior_scale_from_sample_entry_point():
     assert calls[0]["t"].item() == 1.0
     # std of 16k N(0, sigma_1^2) draws: relative sd 0.6%
     assert x_T.std().item() == pytest.approx(math.sqrt(1 - den.process.alphas_cumprod[-1].item()), rel=0.03)
+
+
+def dpm_solver_reference(schedule: str, steps: int, order: int, spacing: str, num_steps: int = 1000):
+    """diffusers' DPMSolverMultistepScheduler (DPM-Solver++, order 2 or 3) and a diffusa Denoiser driven by the same
+    analytic eps, on one float64 alphabar table, with the matching decreasing grid: (sched, denoiser, grid, eps_fn).
+
+    diffusers' betas are float32 (cosine's capped 0.999 moves alphabar_T by 1e-5 relative) and its sigmas are cast
+    to float32 in set_timesteps; both are recomputed in float64 so the comparison is of step formulas only."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    from diffusa import Denoiser, DiscreteDDPM
+
+    proc = DiscreteDDPM(schedule, num_steps)
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=num_steps, beta_schedule=DIFFUSERS_NAME[schedule],
+                                        algorithm_type="dpmsolver++", solver_order=order, lower_order_final=True,
+                                        prediction_type="epsilon", timestep_spacing=spacing)
+    sched.betas = proc.betas.clone()
+    float64_tables(sched)
+    sched.set_timesteps(steps)
+    ab = sched.alphas_cumprod
+    sched.sigmas = torch.cat([((1 - ab) / ab).sqrt()[sched.timesteps], torch.zeros(1, dtype=torch.float64)])
+    eps_fn = make_eps_fn(ab)
+    den = Denoiser.from_function(lambda x, t: eps_fn(x, proc.c_noise(t)), proc, prediction="eps")
+    grid = torch.cat([(sched.timesteps.to(torch.float64) + 1) / num_steps, torch.zeros(1, dtype=torch.float64)])
+    return sched, den, grid, eps_fn
+

@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import torch
-from diffusers import DPMSolverMultistepScheduler
 
 import diffusa
 from diffusa import Denoiser, DiffusaError, DiscreteDDPM
@@ -384,20 +383,9 @@ def test_ode_samplers_agree_with_dpm_solver_on_the_same_map():
 
 @pytest.mark.parametrize("steps", [10, 20])
 def test_dpmpp_3m_matches_diffusers(steps):
-    from test_samplers import DIFFUSERS_NAME, float64_tables, make_eps_fn
+    from test_samplers import dpm_solver_reference
 
-    proc = DiscreteDDPM("linear", T)
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule=DIFFUSERS_NAME["linear"],
-                                        algorithm_type="dpmsolver++", solver_order=3, lower_order_final=True,
-                                        prediction_type="epsilon", timestep_spacing="linspace")
-    sched.betas = proc.betas.clone()  # one float64 alphabar table on both sides (see test_continuous)
-    float64_tables(sched)
-    sched.set_timesteps(steps)
-    ab = sched.alphas_cumprod
-    sched.sigmas = torch.cat([((1 - ab) / ab).sqrt()[sched.timesteps], torch.zeros(1, dtype=F64)])
-    eps_fn = make_eps_fn(ab)
-    den = Denoiser.from_function(lambda x, t: eps_fn(x, proc.c_noise(t)), proc, prediction="eps")
-    grid = torch.cat([(sched.timesteps.to(F64) + 1) / T, torch.zeros(1, dtype=F64)])
+    sched, den, grid, eps_fn = dpm_solver_reference("linear", steps, 3, "linspace", T)
     x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
     xs: list[torch.Tensor] = []
     out = sample_dpmpp_3m(den, x_T, grid, callback=lambda info: xs.append(info["x"].clone()))

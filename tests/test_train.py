@@ -102,7 +102,7 @@ def test_unknown_names_are_rejected_before_any_work(tmp_path: Path, override: st
 
 # -- exact resume ------------------------------------------------------------------------------
 
-def _assert_same_checkpoint(a: Path, b: Path) -> None:
+def assert_same_checkpoint(a: Path, b: Path) -> None:
     for name in ("model.safetensors", "train_state.safetensors"):
         ta, tb = load_tensors(a / name), load_tensors(b / name)
         assert set(ta) == set(tb), name
@@ -126,7 +126,7 @@ def test_resume_with_more_steps_equals_uninterrupted(uninterrupted: dict[str, Pa
     out = train_run(tmp_path / "run", [*overrides, f"train.steps={N}"])
     assert load_json(out / "train_state.json")["step"] == N
     train_run(out, [*overrides, f"train.steps={2 * N}"], resume=True)
-    _assert_same_checkpoint(out, uninterrupted["constant"])
+    assert_same_checkpoint(out, uninterrupted["constant"])
     steps = [r["step"] for r in _log(out)]
     assert steps[-1] == 2 * N and steps == sorted(steps)
     for name in ("log.jsonl", "loss.png", "samples/final.png"):
@@ -149,7 +149,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted(uninterrupted: dict[str, Path],
         trainer.fit()
     assert load_json(tmp_path / "run" / "train_state.json")["step"] == N
     Trainer(cfg, tmp_path / "run", resume=True, progress=False).fit()
-    _assert_same_checkpoint(tmp_path / "run", uninterrupted["cosine"])
+    assert_same_checkpoint(tmp_path / "run", uninterrupted["cosine"])
 
 
 def test_ctrl_c_inside_the_parameter_update_then_resume_equals_uninterrupted(
@@ -182,4 +182,4 @@ def _ctrl_c_inside_update(uninterrupted: dict[str, Path], tmp_path: Path, monkey
         trainer.fit()
     monkeypatch.setattr(train_mod, "ema_update", real_ema_update)
     Trainer(cfg, tmp_path / "run", resume=True, progress=False).fit()
-    _assert_same_checkpoint(tmp_path / "run", uninterrupted["cosine"])
+    assert_same_checkpoint(tmp_path / "run", uninterrupted["cosine"])
