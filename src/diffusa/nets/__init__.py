@@ -8,11 +8,12 @@ from torch import nn
 
 from diffusa.errors import DiffusaError
 from diffusa.nets.mlp import MLP, MLPConfig
+from diffusa.nets.text import TextUNet
 from diffusa.nets.unet import UNet, UNetConfig
 
 
 def build_network(kind: str, cfg: dict[str, Any]) -> nn.Module:
-    """Build a network from its kind ("unet" or "mlp") and its config dict."""
+    """Build a network from its kind ("unet", "text_unet" or "mlp") and its config dict."""
     cfg = dict(cfg)
     try:
         if kind == "unet":
@@ -22,9 +23,11 @@ def build_network(kind: str, cfg: dict[str, Any]) -> nn.Module:
             return UNet(UNetConfig(**cfg))
         if kind == "mlp":
             return MLP(MLPConfig(**cfg))
-    except TypeError as e:
+        if kind == "text_unet":
+            return TextUNet(cfg["unet"], cfg["text"])
+    except (TypeError, KeyError) as e:
         raise DiffusaError(f"bad settings for network {kind!r}: {e}") from None
-    raise DiffusaError(f"unknown network {kind!r}; known: mlp, unet")
+    raise DiffusaError(f"unknown network {kind!r}; known: mlp, text_unet, unet")
 
 
-__all__ = ["MLP", "MLPConfig", "UNet", "UNetConfig", "build_network"]
+__all__ = ["MLP", "MLPConfig", "TextUNet", "UNet", "UNetConfig", "build_network"]

@@ -76,6 +76,31 @@ class AttentionBlock(nn.Module):
         return x + self.proj(out)
 
 
+class CrossAttentionBlock(nn.Module):
+    """Cross-attention, residual: queries from image positions, keys and values from token features, padded
+    tokens masked out (Rombach et al. 2022, Sec. 3.3)."""
+
+    def __init__(self, channels: int, context_dim: int, head_dim: int = 32) -> None:
+        super().__init__()
+        self.heads = max(1, channels // head_dim)
+        self.norm = group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj = nn.Conv2d(channels, channels, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W); context (B, L, D); mask (B, L), True for real tokens (each row needs one)."""
+        b, c, h, w = x.shape
+        d = c // self.heads
+        q = self.q(self.norm(x)).reshape(b, self.heads, d, h * w).transpose(-1, -2).contiguous()
+        k, v = self.kv(context).reshape(b, -1, 2, self.heads, d).permute(2, 0, 3, 1, 4).contiguous().unbind(0)
+        attn_mask = None if mask is None else mask[:, None, None, :].to(torch.bool)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+
+
 class Downsample(nn.Module):
     """Stride-2 3x3 convolution."""
 

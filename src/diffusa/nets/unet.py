@@ -1,7 +1,10 @@
 """A U-Net for images (Ronneberger et al. 2015, as adapted by Ho et al. 2020 and Dhariwal & Nichol 2021).
 
 It knows no diffusion maths: `net(x, c_noise, cond) -> tensor`. Class labels (cond, LongTensor (B,))
-are embedded and added to the noise-level embedding; label `num_classes` is the null label.
+are embedded and added to the noise-level embedding; label `num_classes` is the null label. With
+`context_dim > 0`, cond is {"context": (B, L, context_dim) token features, "mask": (B, L) real tokens}: every
+attention resolution (and the middle block) gains cross-attention to the tokens, and their masked mean is added
+to the noise-level embedding (Rombach et al. 2022; Nichol et al. 2022).
 """
 
 from __future__ import annotations
@@ -14,7 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffusa.nets.layers import AttentionBlock, Downsample, ResBlock, Upsample, group_norm, timestep_embedding
+from diffusa.nets.layers import (
+    AttentionBlock,
+    CrossAttentionBlock,
+    Downsample,
+    ResBlock,
+    Upsample,
+    group_norm,
+    timestep_embedding,
+)
 
 
 @dataclass
@@ -30,6 +41,7 @@ class UNetConfig:
     head_dim: int = 32
     dropout: float = 0.0
     num_classes: int = 0  # > 0: class-conditional, with a null label for classifier-free guidance
+    context_dim: int = 0  # > 0: text-conditional, cross-attending to token features of this width
     emb_mult: int = 4  # noise embedding width = channels * emb_mult
     image_size: int = 28
     patch_size: int = 1  # > 1: pixel-unshuffle p x p patches into channels first (lossless, p^2 fewer positions)
@@ -53,6 +65,7 @@ class UNet(nn.Module):
         emb_dim = ch * cfg.emb_mult
         self.emb_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
+        self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim > 0 else None
         p = cfg.patch_size
         self.conv_in = nn.Conv2d(cfg.in_channels * p * p, ch, 3, padding=1)
 
@@ -64,7 +77,7 @@ class UNet(nn.Module):
                 out = ch * mult
                 blocks = nn.ModuleList([ResBlock(cur, out, emb_dim, cfg.dropout)])
                 if res in cfg.attention_resolutions:
-                    blocks.append(AttentionBlock(out, cfg.head_dim))
+                    blocks.extend(self._attention(out))
                 self.down.append(blocks)
                 cur = out
                 skips.append(cur)
@@ -73,7 +86,7 @@ class UNet(nn.Module):
                 skips.append(cur)
                 res = (res + 1) // 2
 
-        self.mid = nn.ModuleList([ResBlock(cur, cur, emb_dim, cfg.dropout), AttentionBlock(cur, cfg.head_dim),
+        self.mid = nn.ModuleList([ResBlock(cur, cur, emb_dim, cfg.dropout), *self._attention(cur),
                                   ResBlock(cur, cur, emb_dim, cfg.dropout)])
 
         self.up = nn.ModuleList()
@@ -82,7 +95,7 @@ class UNet(nn.Module):
                 out = ch * mult
                 blocks = nn.ModuleList([ResBlock(cur + skips.pop(), out, emb_dim, cfg.dropout)])
                 if res in cfg.attention_resolutions:
-                    blocks.append(AttentionBlock(out, cfg.head_dim))
+                    blocks.extend(self._attention(out))
                 cur = out
                 if level > 0 and i == cfg.num_res_blocks:
                     blocks.append(Upsample(cur))
@@ -94,29 +107,46 @@ class UNet(nn.Module):
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
+    def _attention(self, channels: int) -> list[nn.Module]:
+        """Self-attention, followed by cross-attention to the tokens in a text-conditional net."""
+        layers: list[nn.Module] = [AttentionBlock(channels, self.cfg.head_dim)]
+        if self.cfg.context_dim > 0:
+            layers.append(CrossAttentionBlock(channels, self.cfg.context_dim, self.cfg.head_dim))
+        return layers
+
     def embed(self, c_noise: torch.Tensor, cond: Any) -> torch.Tensor:
-        """Noise-level embedding plus, for class-conditional nets, the label embedding."""
+        """Noise-level embedding plus, for class-conditional nets, the label embedding (for text-conditional
+        ones, the tokens' masked mean)."""
         emb = self.emb_mlp(timestep_embedding(c_noise, self.cfg.channels))
+        if self.context_emb is not None:
+            context, mask = text_inputs(cond)
+            m = mask.to(context.dtype).unsqueeze(-1)
+            emb = emb + self.context_emb((context * m).sum(1) / m.sum(1).clamp_min(1))
         if self.label_emb is not None:
             labels = cond if cond is not None else torch.full((emb.shape[0],), self.cfg.num_classes,
                                                              dtype=torch.long, device=emb.device)
             emb = emb + self.label_emb(labels)
         return emb
 
-    def _run_layer(self, layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, sizes: list[torch.Size]) -> torch.Tensor:
+    def _run_layer(self, layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, sizes: list[torch.Size],
+                   ctx: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
         """Run one layer; with gradient checkpointing, residual and attention blocks recompute their
         activations in the backward pass instead of storing them (Chen et al. 2016)."""
         if isinstance(layer, Upsample):
             return layer(h, sizes.pop())
         if isinstance(layer, Downsample):
             return layer(h)
-        args = (h, emb) if isinstance(layer, ResBlock) else (h,)
+        if isinstance(layer, CrossAttentionBlock):
+            args: tuple[Any, ...] = (h, *ctx)
+        else:
+            args = (h, emb) if isinstance(layer, ResBlock) else (h,)
         if self.grad_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(layer, *args, use_reentrant=False)
         return layer(*args)
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
         emb = self.embed(c_noise, cond)
+        ctx = text_inputs(cond) if self.cfg.context_dim > 0 else ()
         p = self.cfg.patch_size
         if p > 1:
             if x.shape[-1] % p or x.shape[-2] % p:
@@ -129,13 +159,24 @@ class UNet(nn.Module):
             for layer in blocks:
                 if isinstance(layer, Downsample):
                     sizes.append(h.shape[-2:])
-                h = self._run_layer(layer, h, emb, sizes)
+                h = self._run_layer(layer, h, emb, sizes, ctx)
             hs.append(h)
         for layer in self.mid:
-            h = self._run_layer(layer, h, emb, sizes)
+            h = self._run_layer(layer, h, emb, sizes, ctx)
         for blocks in self.up:
             h = torch.cat([h, hs.pop()], dim=1)
             for layer in blocks:
-                h = self._run_layer(layer, h, emb, sizes)
+                h = self._run_layer(layer, h, emb, sizes, ctx)
         out = self.conv_out(F.silu(self.norm_out(h)))
         return F.pixel_shuffle(out, p) if p > 1 else out
+
+
+def text_inputs(cond: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(context, mask) from a text conditioning {"context": (B, L, D), "mask": (B, L)}."""
+    if not isinstance(cond, dict) or "context" not in cond:
+        raise ValueError("a text-conditional U-Net needs cond = {'context': (B, L, D) tensor, 'mask': (B, L)}")
+    context = cond["context"]
+    mask = cond.get("mask")
+    if mask is None:
+        mask = torch.ones(context.shape[:2], dtype=torch.bool, device=context.device)
+    return context, mask
