@@ -15,3 +15,45 @@ def emit(lines: list[str], out: str | None, append: bool = False) -> str:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(table + "\n")
     return table
+
+
+def write_json(path: Path, obj: dict) -> None:
+    """Write a JSON record atomically (a benchmark stopped midway leaves the last complete record)."""
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_stages(ap, args, stages: dict, quick=None) -> None:
+    """Run the stage named in args.stage; with --quick, set tiny settings with `quick(args)` and run them all."""
+    if args.quick:
+        quick(args)
+        for stage in stages.values():
+            stage(args)
+        return
+    if args.stage is None:
+        ap.error(f"name a stage ({', '.join(stages)}) or pass --quick")
+    stages[args.stage](args)
+
+
+def line_figure(series: list[tuple[str, list, list, dict]], path: Path, *, xlabel: str, ylabel: str, title: str,
+                xscale: str = "linear", yscale: str = "linear", hline: tuple[float, str] | None = None) -> None:
+    """One PNG of labelled lines: series of (label, xs, ys, matplotlib keyword arguments)."""
+    from diffusa.viz import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, xs, ys, style in series:
+        ax.plot(xs, ys, label=label, **style)
+    if hline is not None:
+        ax.axhline(hline[0], color="gray", ls="--", lw=1, label=hline[1])
+    ax.set(xscale=xscale, yscale=yscale, xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

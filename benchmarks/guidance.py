@@ -167,7 +167,7 @@ def quick(args: argparse.Namespace) -> None:
     args.steps, args.classifier_steps, args.n, args.sample_steps = 3, 3, 20, 3
     args.cfg_scales, args.classifier_scales, args.text_scales = [0.0, 2.0], [0.0, 2.0], [2.0]
     args.set = ["model.net.channels=8", "model.text.width=16", "model.text.depth=1", "model.text.heads=2",
-                "train.sample_steps=3"]
+                "train.sample_steps=3", "train.sample_n=8"]
 
 if __name__ == "__main__":
     main()

@@ -611,3 +611,18 @@ def test_bits_per_dim_rejects_bad_input() -> None:
         bits_per_dim(Denoiser.from_function(lambda x, t: x, VP()), torch.zeros(2, 3))
     with pytest.raises(DiffusaError, match="positive integer"):
         bits_per_dim(den, torch.zeros(2, 3), terms=0)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (1000, 100), (7, 7), (5, 9)])
+def test_stratified_term_draws_weight_every_step_once_on_average(n: int, k: int) -> None:
+    """E[sum_k w_k 1{step_k = j}] = 1 for every step j: the K-term estimate is unbiased for the sum of n terms."""
+    from diffusa.likelihood.bound import term_draws
+
+    steps, w = term_draws(n, k, 20000, torch.Generator().manual_seed(0))
+    assert steps.shape == (20000, min(n, k)) and float(w.sum()) == n
+    hits = torch.zeros(n, dtype=torch.float64).index_add_(0, steps.flatten(), w.repeat(20000)) / 20000
+    assert torch.allclose(hits, torch.ones(n, dtype=torch.float64), atol=0.05 if n < 100 else 0.25)
+    # one draw per stratum: every example sees each range of t (the terms differ by orders of magnitude)
+    if k < n:
+        edges = torch.linspace(0, n, k + 1).round().long()
+        assert bool(((steps >= edges[:-1]) & (steps < edges[1:])).all())

