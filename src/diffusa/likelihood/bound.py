@@ -226,9 +226,9 @@ def bits_per_dim(denoiser: Denoiser, x0: torch.Tensor, *, terms: int | None = No
     terms=None: all terms of the grid (the process's full chain by default): L_T + sum of every step's term.
     terms=K: an unbiased estimate from K terms per example, one drawn from each of K equal strata of the grid's
     n steps and weighted by its stratum's size (`term_draws`), with its standard error over examples.
-    variance: the fixed variance of a model that does not learn it ("beta_tilde" or "beta"). x0: (N, ...) in [-1, 1] (or uint8 pixels), evaluated batch_size at a time.
-    The denoiser's own x0 clipping applies (IDDPM evaluates with clip_denoised=True). Noise and the random
-    terms come from `generator` only.
+    variance: the fixed variance of a model that does not learn it ("beta_tilde" or "beta"). x0: (N, ...) in
+    [-1, 1] (or uint8 pixels), evaluated batch_size at a time. The denoiser's own x0 clipping applies (IDDPM
+    evaluates with clip_denoised=True). Noise and the random terms come from `generator` only.
     """
     if variance not in VARIANCES:
         raise DiffusaError(f"unknown variance {variance!r}; known: {', '.join(VARIANCES)}")
