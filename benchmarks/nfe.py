@@ -81,7 +81,8 @@ def steps_for(run, counter: CallCounter, sampler: str, target: int) -> tuple[int
 def cmd_train(args: argparse.Namespace) -> None:
     for fam in args.families:
         out = run_path(args, fam)
-        if (out / "model.safetensors").exists():
+        state = out / "train_state.json"
+        if state.exists() and json.loads(state.read_text())["step"] >= args.steps:
             print(f"{fam}: already trained ({out})", flush=True)
             continue
         # ddpm: the reproduction's run b (eps, cosine, L_simple), trained here only if it is missing

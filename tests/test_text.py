@@ -120,7 +120,8 @@ def test_classifier_free_guidance_on_captions_in_one_call():
 
 def test_conditioner_drops_captions_to_the_empty_one():
     data = Dataset("d", torch.zeros(400, 1, 4, 4), torch.arange(400) % 10, "image", 10)
-    cond = Conditioner("text", data, 0.5, 10, max_len=24).training(torch.arange(400), torch.Generator().manual_seed(0))
+    tok = Conditioner("text", data, 0.5, 10, tokenizer=lambda texts: tokenize(texts, 24))
+    cond = tok.training(torch.arange(400), torch.Generator().manual_seed(0))
     empty = cond["mask"].sum(1) == 2  # BOS, EOS
     assert abs(float(empty.double().mean()) - 0.5) < 0.08 and cond["tokens"].shape == (400, 24)
 
@@ -142,7 +143,8 @@ def test_caption_files_for_image_folders(tmp_path: Path):
                                                    for i in range(6)))
     data = load_dataset(str(folder))
     assert data.captions == [f"pic {i}" for i in range(6)]
-    cond = Conditioner("text", data, 0.0, max_len=16).training(torch.tensor([2, 0]), torch.Generator())
+    cond = Conditioner("text", data, 0.0, tokenizer=lambda texts: tokenize(texts, 16)).training(
+        torch.tensor([2, 0]), torch.Generator())
     assert torch.equal(cond["tokens"], tokenize(["pic 2", "pic 0"], 16)["tokens"])
     (folder / "captions.jsonl").write_text('{"file": "im0.png"}\n')
     with pytest.raises(DiffusaError, match=r"captions\.jsonl:1"):
