@@ -11,11 +11,12 @@ default objective. All four use the same U-Net, batch 64, lr 1e-3 and the same n
 
 NFE is counted, not assumed: a forward hook counts the network's calls, each sampler's steps are chosen as the
 largest count whose NFE fits the target (Heun and the predictor-corrector sampler spend two per step, RK4 four),
-and the table reports the NFE actually used. rk45 picks its own steps; it is run at a few tolerances. Every
-sampler runs at NFE 5, 10, 20 and 50; the long runs (100, 250) are made for --long samplers only. diffusers'
+and the table reports the NFE actually used. rk45 picks its own steps (rtol = atol = 1e-3). Every sampler runs
+at NFE 5, 10 and 20 (--short-max); the long runs (50, 100, 250) are made for --long samplers only. diffusers'
 DDIMScheduler, DPMSolverMultistepScheduler (DPM-Solver++ 2M), EulerDiscreteScheduler and HeunDiscreteScheduler
 drive the ddpm model's eps, each with its default timestep spacing and with "trailing" (DPM-Solver++ also at NFE
-100 and 250 with its defaults). Every sample set starts
+50, 100 and 250 with its defaults, and with dynamic thresholding of x0 to [-1, 1], diffusers' analogue of the
+x0 clipping diffusa's samplers apply to images). Every sample set starts
 from the same seed; FD and KID are in the digit classifier's features against the held-out split.
 """
 
@@ -43,10 +44,10 @@ os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent
 FAMILIES = ["ddpm", "edm", "flow", "vp"]
 SAMPLERS = ["ddim", "ancestral", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "euler_maruyama",
             "reverse_diffusion", "pc", "ode_euler", "ode_heun", "rk4"]
-LONG = ["dpmpp_2m"]  # also at NFE 100 and 250 (CPU budget: one sampler per family)
+LONG = ["dpmpp_2m"]  # also at NFE 50, 100 and 250 (CPU budget: one sampler per family)
 NFES = [5, 10, 20, 50, 100, 250]
 RK45_TOLS = [1e-3]  # rtol = atol
-PEERS_LONG = ["DPMSolverMultistepScheduler"]  # also at NFE 100 and 250, default spacing
+PEERS_LONG = ["DPMSolverMultistepScheduler"]  # also at NFE 50, 100 and 250, default spacing
 PEERS = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler"]
 
 
@@ -105,7 +106,9 @@ def peer_samples(run, scheduler: str, steps: int, n: int, spacing: str | None, s
 
     T = run.denoiser.process.num_steps
     kw = {"num_train_timesteps": T, "beta_schedule": "squaredcos_cap_v2", "prediction_type": "epsilon"}
-    if spacing:
+    if spacing == "thresholding":  # x0 clipped to [-1, 1] by dynamic thresholding, as diffusa's clip_x0 does
+        kw.update(thresholding=True, sample_max_value=1.0)
+    elif spacing:
         kw["timestep_spacing"] = spacing
     sched = getattr(diffusers, scheduler)(**kw)
     sched.set_timesteps(steps)
@@ -142,7 +145,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         counter = CallCounter(run.denoiser.net)
         jobs: list[tuple[str, int, dict]] = []
         for s in args.samplers:
-            jobs += [(s, nfe, {}) for nfe in args.nfe if nfe <= 50 or s in args.long]
+            jobs += [(s, nfe, {}) for nfe in args.nfe if nfe <= args.short_max or s in args.long]
         jobs += [("rk45", 0, {"rtol": tol, "atol": tol}) for tol in ([1e-2] if args.quick else RK45_TOLS)]
         for s, target, opts in jobs:
             key = f"{s}@{target}" if s != "rk45" else f"rk45@tol{opts['rtol']:g}"
@@ -161,10 +164,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
         if fam != "ddpm":
             continue
         for peer in PEERS:
-            for spacing in (None, "trailing"):
+            for spacing in (None, "trailing", "thresholding")[:3 if peer == "DPMSolverMultistepScheduler" else 2]:
                 heun = peer == "HeunDiscreteScheduler"
                 for target in args.nfe:
-                    if target > 50 and (spacing or peer not in PEERS_LONG):
+                    if target > args.short_max and (spacing or peer not in PEERS_LONG):
                         continue
                     key = f"{peer}/{spacing or 'default'}@{target}"
                     if key in rec["diffusers"]:
@@ -273,7 +276,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="samples per cell")
     ap.add_argument("--nfe", type=int, nargs="+", default=NFES)
     ap.add_argument("--samplers", nargs="+", default=SAMPLERS)
-    ap.add_argument("--long", nargs="+", default=LONG, help="samplers also run at NFE > 50")
+    ap.add_argument("--long", nargs="+", default=LONG, help="samplers also run at NFE > --short-max")
+    ap.add_argument("--short-max", type=int, default=20, help="every sampler runs at the targets up to this NFE")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: extra config override")
     ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
     args = ap.parse_args()
