@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_sde_ode import F64, MIX_M, MIX_S, MIX_W, PROCS, UNIQUE, mixture_denoiser, oracle_run, start_grid
+from test_sde_ode import F64, MIX_M, MIX_S, MIX_W, PROCS, UNIQUE, mixture_denoiser, setting, start_grid
 
 from diffusa import Denoiser
 from diffusa.errors import DiffusaError
@@ -133,11 +133,7 @@ def test_classifier_guidance_shifts_eps_by_sigma_times_the_gradient():
 
 def run_sampler(name: str, pname: str, den, y: torch.Tensor, seed: int = 3) -> torch.Tensor:
     x_T = den.process.prior_sample((len(y), 2), generator=torch.Generator().manual_seed(seed), dtype=F64)
-    grid = start_grid(name, pname, den)
-    from test_sde_ode import setting
-
-    steps_grid = grid
-    return SAMPLERS[name](den, x_T, steps_grid, cond=y, generator=torch.Generator().manual_seed(seed),
+    return SAMPLERS[name](den, x_T, start_grid(name, pname, den), cond=y, generator=torch.Generator().manual_seed(seed),
                           **setting(name).options).double()
 
 
@@ -179,4 +175,3 @@ def test_classifier_log_prob_reads_the_label_column():
     logits = Fixed()(x, proc.c_noise(t))
     expect = torch.log_softmax(logits, 1)[torch.arange(3), torch.tensor([0, 2, 1])]
     assert torch.allclose(lp(x, t, torch.tensor([0, 2, 1])), expect)
-    assert oracle_run  # the shared oracle helpers stay importable from here

@@ -153,6 +153,9 @@ def test_caption_files_for_image_folders(tmp_path: Path):
     (folder / "captions.csv").write_text("file,caption\nim0.png,a cat\n")
     with pytest.raises(DiffusaError, match=r"no caption for im1\.png"):
         load_dataset(str(folder))
+    (folder / "captions.csv").write_bytes(b"file,caption\nim0.png,\xff\xfe\n")
+    with pytest.raises(DiffusaError, match="not UTF-8"):
+        load_dataset(str(folder))
     (folder / "captions.csv").write_text("file,caption\n" + "".join(f"im{i}.png,c{i}\n" for i in range(6)))
     assert load_dataset(str(folder)).captions[3] == "c3"
     run = train_run(tmp_path / "run", [f"data.name='{folder}'", 'model.conditioning="text"', "train.steps=2",

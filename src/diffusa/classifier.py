@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ def train_classifier(run: str | Path, out: str | Path, *, steps: int = 1500, bat
         x0, y = data.x[idx], data.labels[idx]
         t, _ = times.sample(len(idx), g)
         x_t = process.q_sample(x0, t, torch.randn(x0.shape, generator=g))
-        lr_now = lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item())  # cosine decay
+        lr_now = lr * 0.5 * (1 + math.cos(math.pi * step / steps))  # cosine decay
         for group in opt.param_groups:
             group["lr"] = lr_now
         loss = F.cross_entropy(net(x_t, process.c_noise(t).float()), y)

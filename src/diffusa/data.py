@@ -178,9 +178,26 @@ def load_folder(path: Path, image_size: int | None = None, grayscale: bool | Non
 def read_captions(folder: Path, files: list[Path]) -> list[str] | None:
     """Captions for a folder's images from `captions.jsonl` (one {"file": ..., "caption": ...} per line) or
     `captions.csv` (columns file, caption), file names relative to the folder; None if neither exists."""
+    jsonl, csv_path = folder / "captions.jsonl", folder / "captions.csv"
+    try:
+        table = _caption_table(jsonl, csv_path)
+    except UnicodeDecodeError as e:
+        raise DiffusaError(f"captions file in {folder} is not UTF-8 text: {e.reason}") from None
+    if table is None:
+        return None
+    captions = []
+    for f in files:
+        key = f.relative_to(folder).as_posix()
+        if key not in table:
+            raise DiffusaError(f"no caption for {key} in {jsonl if jsonl.is_file() else csv_path}")
+        captions.append(table[key])
+    return captions
+
+
+def _caption_table(jsonl: Path, csv_path: Path) -> dict[str, str] | None:
+    """file -> caption from captions.jsonl or captions.csv; None if neither exists."""
     import csv
 
-    jsonl, csv_path = folder / "captions.jsonl", folder / "captions.csv"
     table: dict[str, str] = {}
     if jsonl.is_file():
         for i, line in enumerate(jsonl.read_text(encoding="utf-8").splitlines(), 1):
@@ -200,13 +217,7 @@ def read_captions(folder: Path, files: list[Path]) -> list[str] | None:
                 table[row["file"]] = row["caption"] or ""
     else:
         return None
-    captions = []
-    for f in files:
-        key = f.relative_to(folder).as_posix()
-        if key not in table:
-            raise DiffusaError(f"no caption for {key} in {jsonl if jsonl.is_file() else csv_path}")
-        captions.append(table[key])
-    return captions
+    return table
 
 
 def load_npz(path: Path) -> Dataset:
