@@ -3,13 +3,14 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.diffusa-installed
 RUN     ?= runs/demo
+TRAIN_RUN ?= runs/demo-train
 export MPLCONFIGDIR   := $(CURDIR)/.cache/matplotlib
 export TORCH_HOME     := $(CURDIR)/.cache/torch
 export HF_HOME        := $(CURDIR)/.cache/huggingface
 export XDG_CACHE_HOME := $(CURDIR)/.cache/xdg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo test lint clean
+.PHONY: demo demo-train test lint clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,18 +19,30 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# `make demo`: the shipped models, no training (about a minute after set-up); `make demo-train` trains a fresh one.
 demo: $(STAMP)
-	rm -rf $(RUN)
-	$(VENV)/bin/diffusa forward --data mnist5k --out $(RUN)/forward.png
-	$(VENV)/bin/diffusa train --data mnist5k --out $(RUN)
-	$(VENV)/bin/diffusa sample $(RUN) --n 64 --steps 50 --out $(RUN)/grid.png --trajectory $(RUN)/trajectory.png
-	$(VENV)/bin/diffusa eval $(RUN) --n 500 --steps 50 --out $(RUN)/metrics.json
+	mkdir -p $(RUN)
+	$(VENV)/bin/diffusa generate "a handwritten seven" --n 16 --out $(RUN)/seven.png
+	$(VENV)/bin/diffusa generate "the number 2 written by hand" --n 16 --out $(RUN)/two.png
+	$(VENV)/bin/diffusa generate --n 64 --out $(RUN)/pixel.png
+	$(VENV)/bin/diffusa eval mnist-text --label all --guidance-scale 3 --n 200 --sampler dpmpp_2m --steps 20 \
+		--out $(RUN)/text_metrics.json
+	$(VENV)/bin/diffusa eval mnist-pixel --n 200 --sampler dpmpp_2m --steps 20 --out $(RUN)/pixel_metrics.json
+
+demo-train: $(STAMP)
+	rm -rf $(TRAIN_RUN)
+	$(VENV)/bin/diffusa forward --data mnist5k --out $(TRAIN_RUN)/forward.png
+	$(VENV)/bin/diffusa train --data mnist5k --out $(TRAIN_RUN)
+	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --steps 50 --out $(TRAIN_RUN)/grid.png \
+		--trajectory $(TRAIN_RUN)/trajectory.png
+	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 500 --steps 50 --out $(TRAIN_RUN)/metrics.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
 
+# Two workers, one file each at a time (module fixtures are built once); each test uses one torch thread.
 test: $(STAMP) lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

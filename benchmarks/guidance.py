@@ -38,7 +38,8 @@ from diffusa.viz import save_image_grid
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
 
 CFG_SCALES = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
-CLF_SCALES = [0.0, 1.0, 2.0, 4.0, 8.0]
+CLF_SCALES = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+CLF_COND_SCALES = [1.0, 2.0, 4.0]  # classifier guidance of the conditional model (Dhariwal & Nichol 2021, Table 4)
 TEXT_SCALES = [1.0, 3.0]
 
 
@@ -93,6 +94,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
             rec["classifier"][str(s)] = score(draw(den, labels, f"classifier_{s:g}"), labels)
             print(json.dumps({"classifier": s, **rec["classifier"][str(s)]}), flush=True)
             write_json(raw, rec)
+    rec.setdefault("classifier_on_conditional", {})
+    for s in args.classifier_cond_scales:
+        if str(s) not in rec["classifier_on_conditional"]:
+            den = ClassifierGuided(run.denoiser, log_prob, s, model_cond=True)  # the label-conditional model
+            rec["classifier_on_conditional"][str(s)] = score(draw(den, labels, f"classifier_cond_{s:g}"), labels)
+            print(json.dumps({"classifier_on_conditional": s, **rec["classifier_on_conditional"][str(s)]}), flush=True)
+            write_json(raw, rec)
     text = load_run(root / "text")
     null_text = lambda c: text.net.tokenize([""] * c["tokens"].shape[0])  # noqa: E731
     for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
@@ -115,9 +123,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     lines = [f"{args.data}, {rec.get('n')} samples per row (classes 0..9 in turn), DPM-Solver++(2M) "
              f"{rec.get('steps')} steps, one seed.", "",
              "| guidance | scale | conditional accuracy | FD |", "|---|---|---|---|"]
-    for kind in ("cfg", "classifier"):
-        for s, v in sorted(rec[kind].items(), key=lambda kv: float(kv[0])):
-            name = "classifier-free (w)" if kind == "cfg" else "classifier (s)"
+    names = {"cfg": "classifier-free (w)", "classifier": "classifier on the unconditional model (s)",
+             "classifier_on_conditional": "classifier on the conditional model (s)"}
+    for kind, name in names.items():
+        for s, v in sorted(rec.get(kind, {}).items(), key=lambda kv: float(kv[0])):
             lines.append(f"| {name} | {float(s):g} | {v['accuracy']:.3f} | {v['fd']:.1f} |")
     lines += ["", "| text prompts | guidance w | conditional accuracy | FD |", "|---|---|---|---|"]
     for k, v in rec["text"].items():
@@ -127,8 +136,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     emit(lines, args.out)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for kind, label in (("cfg", "classifier-free, w"), ("classifier", "classifier, s")):
-        pts = sorted((float(s), v) for s, v in rec[kind].items())
+    for kind, label in (("cfg", "classifier-free, w"), ("classifier", "classifier, s"),
+                        ("classifier_on_conditional", "classifier on the conditional model, s")):
+        pts = sorted((float(s), v) for s, v in rec.get(kind, {}).items())
         ax.plot([v["accuracy"] for _, v in pts], [v["fd"] for _, v in pts], marker="o", label=label)
         for s, v in pts:
             ax.annotate(f"{s:g}", (v["accuracy"], v["fd"]), fontsize=7, textcoords="offset points", xytext=(3, 3))
@@ -154,6 +164,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--cfg-scales", type=float, nargs="+", default=CFG_SCALES)
     ap.add_argument("--classifier-scales", type=float, nargs="+", default=CLF_SCALES)
+    ap.add_argument("--classifier-cond-scales", type=float, nargs="+", default=CLF_COND_SCALES)
     ap.add_argument("--text-scales", type=float, nargs="+", default=TEXT_SCALES)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: extra config override")
     ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
@@ -166,6 +177,7 @@ def quick(args: argparse.Namespace) -> None:
     args.data, args.root, args.raw, args.img = "digits", "quick/runs", "quick/raw", "quick/img"
     args.steps, args.classifier_steps, args.n, args.sample_steps = 3, 3, 20, 3
     args.cfg_scales, args.classifier_scales, args.text_scales = [0.0, 2.0], [0.0, 2.0], [2.0]
+    args.classifier_cond_scales = [1.0]
     args.set = ["model.net.channels=8", "model.text.width=16", "model.text.depth=1", "model.text.heads=2",
                 "train.sample_steps=3", "train.sample_n=8"]
 

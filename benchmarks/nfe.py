@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -91,8 +92,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(overrides=["data.name='mnist5k'", f"process.name='{fam}'", f"train.steps={args.steps}",
                                      "train.sample_every=0", "train.checkpoint_every=200", "train.log_every=25",
                                      *paper, *args.set])
+        if (out / "config.json").exists() and not state.exists():  # stopped before its first checkpoint
+            shutil.rmtree(out)
         t0 = time.time()
-        Trainer(cfg, out, progress=False, resume=(out / "train_state.json").exists()).fit()
+        Trainer(cfg, out, progress=False, resume=state.exists()).fit()
         print(json.dumps({"family": fam, "steps": args.steps, "seconds": time.time() - t0}), flush=True)
 
 

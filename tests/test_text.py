@@ -23,6 +23,7 @@ from diffusa.process import DiscreteDDPM
 from diffusa.text import (
     BOS,
     EOS,
+    FILLER,
     HELD_OUT_TEMPLATES,
     PAD,
     TRAIN_TEMPLATES,
@@ -54,6 +55,16 @@ def test_caption_templates():
     assert not set(TRAIN_TEMPLATES) & set(HELD_OUT_TEMPLATES)
     caps = digit_captions(torch.tensor([1, 2, 3] * 50), torch.Generator().manual_seed(0))
     assert len(set(caps)) > 20 and all(("1" in c or "one" in c) for c in caps[::3])
+    # filler words on about half, none of them from the held-out phrasings, the template's text kept whole
+    held = set(" ".join(HELD_OUT_TEMPLATES).replace(",", "").split())
+    assert not held & set(FILLER)
+    plain = set(digit_captions(torch.tensor([1, 2, 3] * 50), torch.Generator().manual_seed(0), filler_p=0.0))
+    assert plain <= {digit_caption(y, t) for y in (1, 2, 3) for t in TRAIN_TEMPLATES}
+    padded = [c for c in caps if c not in plain]
+    assert 50 <= len(padded) <= 100
+    assert all(any(digit_caption(y, t) in c for y in (1, 2, 3) for t in TRAIN_TEMPLATES) for c in padded)
+    assert all(set(c.split()) - set(" ".join(TRAIN_TEMPLATES).split()) - {"1", "2", "3", "one", "two", "three"}
+               <= set(FILLER) for c in padded)
 
 
 def reference_cross_attention(block: CrossAttentionBlock, x, context, mask):
@@ -178,6 +189,14 @@ def test_text_model_trains_samples_and_rejects_bad_prompts(cli, tmp_path: Path, 
     assert cli("sample", run, "--n", 6, "--steps", 3, "--prompt", "the digit seven", "--guidance-scale", 3,
                "--out", again).code == 0
     assert np.array_equal(np.load(tmp_path / "s.npz")["samples"], np.load(again)["samples"])  # same seed
+    r = cli("generate", "the digit seven", "--model", run, "--n", 6, "--steps", 3, "--sampler", "ddim",
+            "--guidance-scale", 3, "--out", tmp_path / "g.npz")
+    assert r.code == 0 and "wrote 6 samples" in r.out, r.err  # generate is sample with a prompt, on any run
+    assert np.array_equal(np.load(tmp_path / "g.npz")["samples"], np.load(again)["samples"])
+    r = cli("generate", "--model", run, "--n", 2, "--steps", 2, "--out", tmp_path / "g.png")
+    assert r.code == 2 and "give a prompt" in r.err and r.err.count("\n") == 1
+    r = cli("generate", "a 3", "--model", digits_run, "--n", 2, "--steps", 2, "--out", tmp_path / "g.png")
+    assert r.code == 2 and "takes no prompt" in r.err and r.err.count("\n") == 1
     r = cli("sample", run, "--n", 4, "--steps", 2, "--out", tmp_path / "x.png")
     assert r.code == 2 and "give --prompt" in r.err
     r = cli("sample", digits_run, "--n", 4, "--steps", 2, "--prompt", "a 3", "--out", tmp_path / "x.png")

@@ -18,10 +18,12 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from diffusa.cli_guidance import cmd_train_classifier, conditional_metrics, guided, requested_labels, slice_cond
+from diffusa.cli_common import check_out, generate, positive_int, write_samples
+from diffusa.cli_guidance import cmd_train_classifier, conditional_metrics, guided, requested_labels
 from diffusa.errors import DiffusaError
 from diffusa.process import PROCESSES
 from diffusa.samplers import SAMPLERS
+from diffusa.shipped import run_path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -33,17 +35,6 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
         sys.exit(EXIT_USAGE)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def _set_caches() -> None:
@@ -109,34 +100,15 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-def generate(run: Any, n: int, sampler: str, steps: int, seed: int, spacing: str | None,
-             options: dict[str, Any], batch: int = 250, callback: Any = None, denoiser: Any = None,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
-    """n samples from a loaded run (or `denoiser`, e.g. a guided one), in batches, reproducible from the seed."""
-    from diffusa.samplers import sample
-
-    den = denoiser if denoiser is not None else run.denoiser
-    g = torch.Generator().manual_seed(seed)
-    x_T = den.process.prior_sample((n, *run.data_shape), generator=g)
-    chunks = []
-    for i in range(0, n, batch):
-        chunks.append(sample(den, x_T[i:i + batch].shape, sampler, steps, generator=g, spacing=spacing,
-                             x_T=x_T[i:i + batch], cond=slice_cond(cond, i, i + batch),
-                             callback=callback if i == 0 else None, **options))
-    return run.to_images(torch.cat(chunks))
-
-
 def cmd_sample(args: argparse.Namespace) -> int:
-    from diffusa.data import unit_to_uint8
     from diffusa.runs import load_run
     from diffusa.schedules import check_steps
-    from diffusa.viz import save_samples, save_strip
+    from diffusa.viz import save_strip
 
     out = Path(args.out)
-    if out.suffix not in (".png", ".npz"):
-        raise DiffusaError(f"--out must end in .png (a grid) or .npz (arrays), got {out.name!r}")
+    check_out(out)
     check_steps(args.steps)
-    run = load_run(args.run)
+    run = load_run(run_path(args.run))
     frames: list[torch.Tensor] = []
     labels: list[str] = []
     callback = None
@@ -153,16 +125,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     den, cond = guided(run, args, args.n)
     x = generate(run, args.n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args),
                  callback=callback, denoiser=den, cond=cond)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".png":
-        save_samples(x, out)
-    else:
-        arrays = {"samples": x.numpy().astype(np.float32)}
-        if run.is_image:
-            arrays["images"] = unit_to_uint8(x)
-        tmp = out.with_name(f".{out.stem}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, out)
+    write_samples(x, out, run.is_image)
     if args.trajectory:
         g = torch.Generator().manual_seed(args.seed)
         x_T = run.denoiser.process.prior_sample((min(8, args.n), *run.data_shape), generator=g)
@@ -180,7 +143,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.schedules import check_steps
 
     check_steps(args.steps)
-    run = load_run(args.run)
+    run = load_run(run_path(args.run))
     dc = run.config.data
     test = load_dataset(dc.name, "test", dc.image_size, dc.grayscale)
     if args.bpd:
@@ -361,7 +324,7 @@ def build_parser() -> Parser:
     c.set_defaults(func=cmd_train_classifier)
 
     def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
-        q.add_argument("run", help="run folder")
+        q.add_argument("run", help="run folder, or a shipped model: mnist-pixel, mnist-text")
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
         q.add_argument("--sampler", default="ddim", help=" | ".join(SAMPLERS))
         q.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
@@ -382,6 +345,10 @@ def build_parser() -> Parser:
     s.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npz (samples, images)")
     s.add_argument("--trajectory", help="also draw the reverse process of 8 samples as a strip PNG")
     s.set_defaults(func=cmd_sample)
+
+    from diffusa.cli_generate import add_parser as add_generate
+
+    add_generate(sub)
 
     e = sub.add_parser("eval", help="measure a run's samples; prints JSON",
                        description="Frechet distance, KID and classifier confidence (images) or energy distance "

@@ -27,11 +27,17 @@ def latent_dataset(data: Dataset, autoencoder: str | Path) -> tuple[Dataset, dic
     return Dataset(data.name, z, data.labels, "image", data.num_classes, data.captions), info
 
 
+def autoencoder_path(info: dict[str, Any], run_dir: str | Path | None = None) -> Path:
+    """The autoencoder a run names; a relative path (a shipped or moved run) is taken from the run's folder."""
+    path = Path(info["autoencoder"])
+    return path if path.is_absolute() or run_dir is None else Path(run_dir) / path
+
+
 class LatentDecoder:
     """Scaled latents -> images in [-1, 1], with the autoencoder a run names."""
 
-    def __init__(self, info: dict[str, Any]) -> None:
-        self.model, meta = load_autoencoder(info["autoencoder"])
+    def __init__(self, info: dict[str, Any], run_dir: str | Path | None = None) -> None:
+        self.model, meta = load_autoencoder(autoencoder_path(info, run_dir))
         self.scale = float(info["scale_factor"])
         if abs(float(meta["scale_factor"]) - self.scale) > 1e-6 * abs(self.scale):
             raise DiffusaError(f"autoencoder {info['autoencoder']} changed since the run was trained (scale factor "
@@ -42,4 +48,4 @@ class LatentDecoder:
         return decode_all(self.model, z.float().cpu() / self.scale).to(z.device)
 
 
-__all__ = ["LatentDecoder", "latent_dataset"]
+__all__ = ["LatentDecoder", "autoencoder_path", "latent_dataset"]

@@ -174,6 +174,6 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
     if "latent" in meta:
         from diffusa.latent import LatentDecoder
 
-        decoder = LatentDecoder(meta["latent"])
+        decoder = LatentDecoder(meta["latent"], path)
     den = make_denoiser(net, process, cfg, meta["data_kind"] == "image" and decoder is None)
     return Run(path, cfg, meta, net, den, decoder)

@@ -27,6 +27,13 @@ HELD_OUT_TEMPLATES = [
     "a drawing of the numeral {w}", "someone wrote a {d}", "{w}, handwritten", "the numeral {d} in ink",
     "a hand-drawn {w}", "please draw the number {d}",
 ]
+# Training captions get filler words (with probability FILLER_P, one to three, before or after the template's
+# text), so the model learns that only the digit matters and words it has never seen do not move it. None of
+# these words occurs in HELD_OUT_TEMPLATES: the held-out phrasings stay unseen.
+FILLER = ["small", "big", "neat", "messy", "bold", "thin", "thick", "tiny", "large", "clear", "simple", "quick",
+          "careful", "black", "white", "grey", "old", "new", "sketch", "image", "picture", "shown", "here", "is",
+          "this", "my", "your", "single", "centered", "faint", "dark", "style", "example", "sample", "just"]
+FILLER_P = 0.5
 
 
 def tokenize(texts: Sequence[str], max_len: int = MAX_LEN) -> dict[str, torch.Tensor]:
@@ -57,12 +64,23 @@ def digit_caption(label: int, template: str) -> str:
     return template.format(d=label, w=WORDS[label])
 
 
+def with_filler(caption: str, generator: torch.Generator) -> str:
+    """The caption with one to three FILLER words put before or after it (caption augmentation)."""
+    n = int(torch.randint(1, 4, (1,), generator=generator))
+    words = [FILLER[int(i)] for i in torch.randint(len(FILLER), (n,), generator=generator)]
+    cut = int(torch.randint(n + 1, (1,), generator=generator))
+    return " ".join([*words[:cut], caption, *words[cut:]])
+
+
 def digit_captions(labels: torch.Tensor, generator: torch.Generator,
-                   templates: Sequence[str] = TRAIN_TEMPLATES) -> list[str]:
-    """One caption per label, each from a template drawn uniformly with `generator`."""
+                   templates: Sequence[str] = TRAIN_TEMPLATES, filler_p: float = FILLER_P) -> list[str]:
+    """One caption per label, each from a template drawn uniformly with `generator`, with filler words added to
+    a share `filler_p` of them."""
     pick = torch.randint(len(templates), (len(labels),), generator=generator).tolist()
-    return [digit_caption(int(y), templates[k]) for y, k in zip(labels.tolist(), pick, strict=True)]
+    extra = (torch.rand(len(labels), generator=generator) < filler_p).tolist()
+    out = [digit_caption(int(y), templates[k]) for y, k in zip(labels.tolist(), pick, strict=True)]
+    return [with_filler(c, generator) if e else c for c, e in zip(out, extra, strict=True)]
 
 
-__all__ = ["BOS", "EOS", "HELD_OUT_TEMPLATES", "MAX_LEN", "PAD", "TRAIN_TEMPLATES", "WORDS", "digit_caption",
-           "digit_captions", "null_text", "tokenize"]
+__all__ = ["BOS", "EOS", "FILLER", "FILLER_P", "HELD_OUT_TEMPLATES", "MAX_LEN", "PAD", "TRAIN_TEMPLATES", "WORDS",
+           "digit_caption", "digit_captions", "null_text", "tokenize", "with_filler"]

@@ -15,7 +15,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -376,6 +376,21 @@ class Trainer:
         if self.dist.world > 1:
             dist.barrier()
         return self.out
+
+
+def snapshots(out: str | Path, steps: Collection[int], elapsed: float = 0.0) -> Callable[[Trainer], None]:
+    """An `on_step` callback that keeps the EMA weights at the given steps in out/snapshots/step_N.safetensors,
+    with the training seconds so far (`elapsed`: those of a resumed run): quality against training time from one
+    run, as LDM's training-progress comparisons (Rombach et al. 2022, Fig. 6)."""
+    start, steps = time.time() - elapsed, set(steps)
+
+    def on_step(tr: Trainer) -> None:
+        if tr.step in steps and tr.dist.main:
+            save_tensors(Path(out) / "snapshots" / f"step_{tr.step}.safetensors",
+                         {k: v.detach().clone() for k, v in tr.ema.state_dict().items()},
+                         {"step": str(tr.step), "train_seconds": f"{time.time() - start:.1f}"})
+
+    return on_step
 
 
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:

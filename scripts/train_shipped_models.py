@@ -1,0 +1,140 @@
+"""Train the models that ship inside the package and export them to src/diffusa/assets/models.
+
+    python scripts/train_shipped_models.py            # every stage below, skipping what is already trained
+    python scripts/train_shipped_models.py export reference
+
+Stages (work folders under --work, default runs/shipped):
+- ae:        a KL autoencoder, f = 4 (28x28 -> 4x7x7), 16/32 channels, on mnist5k's training split;
+- text:      a text-conditional latent diffusion model on its latents (byte-level text encoder trained jointly,
+             label-template captions with filler words, caption dropout 0.1 for classifier-free guidance);
+- pixel:     the unconditional pixel-space model with the default image configuration (the `make demo` model);
+- export:    copies both diffusion runs (EMA weights, config, the autoencoder) into the package, recording the
+             command and the training time in config.json["shipped"];
+- reference: stores a few fixed-seed outputs of each shipped model in tests/data, which a test reproduces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
+
+from diffusa.autoencoder import train_autoencoder  # noqa: E402
+from diffusa.autoencoder.nets import AutoencoderConfig  # noqa: E402
+from diffusa.checkpoint import load_json, save_tensors  # noqa: E402
+from diffusa.config import load_config  # noqa: E402
+from diffusa.shipped import export_run, shipped_root  # noqa: E402
+from diffusa.train import Trainer, snapshots  # noqa: E402
+
+# The latent network: 7x7x4 latents, no patching, two levels (7, 4) with 32/64 channels, attention (and
+# cross-attention to the caption) at 4x4; 0.4x the pixel network's time per step (docs/reproductions/ldm.md).
+TEXT_OVERRIDES = ["model.conditioning='text'", "model.net.channels=32", "train.label_dropout=0.1"]
+REFERENCE = {"n": 4, "steps": 5, "seed": 0, "prompt": "a handwritten 3", "scale": 3.0}
+
+
+def last_log(run: Path) -> dict[str, Any]:
+    """The last line of a run's log.jsonl (step, elapsed_s, ...)."""
+    lines = (run / "log.jsonl").read_text().strip().splitlines()
+    return json.loads(lines[-1]) if lines else {}
+
+
+def train(cfg_overrides: list[str], out: Path, steps: int, snaps: tuple[int, ...] = ()) -> None:
+    """Train (or finish) a run; at each step in `snapshots`, also keep the EMA weights and the training seconds so
+    far in out/snapshots (benchmarks/ldm.py measures quality against training time with them)."""
+    if (out / "model.safetensors").exists() and last_log(out).get("step", 0) >= steps:
+        print(f"{out}: already trained", flush=True)
+        return
+    cfg = load_config(overrides=["data.name='mnist5k'", f"train.steps={steps}", "train.sample_every=0",
+                                 "train.checkpoint_every=200", *cfg_overrides])
+    trainer = Trainer(cfg, out, progress=True, resume=(out / "train_state.json").exists())
+    trainer.fit(on_step=snapshots(out, snaps, last_log(out).get("elapsed_s", 0.0) if trainer.step else 0.0))
+
+
+def stage_ae(args: argparse.Namespace) -> None:
+    out = args.work / "ae"
+    if (out / "config.json").exists():
+        print(f"{out}: already trained", flush=True)
+        return
+    t0 = time.time()
+    cfg = AutoencoderConfig(kind="kl", channels=16, channel_mult=(1, 2), latent_channels=4)
+    train_autoencoder("mnist5k", out, cfg, steps=args.ae_steps, progress=True)
+    print(json.dumps({"stage": "ae", "seconds": round(time.time() - t0, 1)}), flush=True)
+
+
+def stage_text(args: argparse.Namespace) -> None:
+    snaps = tuple(round(args.text_steps * f) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3))
+    train([f"data.latent='{(args.work / 'ae').resolve()}'", *TEXT_OVERRIDES], args.work / "text", args.text_steps,
+          snaps)
+
+
+def stage_pixel(args: argparse.Namespace) -> None:
+    train([], args.work / "pixel", args.pixel_steps)
+
+
+def stage_export(args: argparse.Namespace) -> None:
+    ae_seconds = load_json(args.work / "ae" / "config.json")["train_seconds"]
+    for name, run, command in (
+            ("mnist-text", args.work / "text",
+             f"python scripts/train_shipped_models.py ae text --ae-steps {args.ae_steps} "
+             f"--text-steps {args.text_steps}"),
+            ("mnist-pixel", args.work / "pixel",
+             f"python scripts/train_shipped_models.py pixel --pixel-steps {args.pixel_steps}")):
+        log = last_log(run)
+        record = {"command": command, "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),
+                  "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}
+        if name == "mnist-text":
+            record["autoencoder_train_seconds"] = round(ae_seconds, 1)
+        dest = export_run(run, shipped_root() / name, record)
+        size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+        print(f"exported {name}: {dest} ({size / 1e6:.1f} MB)", flush=True)
+
+
+def reference_outputs() -> dict[str, torch.Tensor]:
+    """Fixed-seed outputs of the shipped models (what tests/test_shipped.py reproduces)."""
+    from diffusa.cli_common import generate
+    from diffusa.cli_generate import prepare
+    from diffusa.runs import load_run
+
+    r, out = REFERENCE, {}
+    for name, prompt in (("mnist-text", r["prompt"]), ("mnist-pixel", None)):
+        run = load_run(shipped_root() / name)
+        den, cond = prepare(run, prompt, r["n"], r["scale"], name)
+        out[name] = generate(run, r["n"], "dpmpp_2m", r["steps"], r["seed"], None, {}, denoiser=den, cond=cond)
+    return out
+
+
+def stage_reference(args: argparse.Namespace) -> None:
+    path = ROOT / "tests" / "data" / "shipped_reference.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_tensors(path, reference_outputs(), {k: str(v) for k, v in REFERENCE.items()})
+    meta = {name: load_json(shipped_root() / name / "config.json")["shipped"] for name in ("mnist-text", "mnist-pixel")}
+    print(f"wrote {path}; shipped: {json.dumps(meta)}", flush=True)
+
+
+STAGES = {"ae": stage_ae, "text": stage_text, "pixel": stage_pixel, "export": stage_export,
+          "reference": stage_reference}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stages", nargs="*", choices=list(STAGES), help="default: all, in order")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "shipped")
+    ap.add_argument("--ae-steps", type=int, default=800)
+    ap.add_argument("--text-steps", type=int, default=1800)
+    ap.add_argument("--pixel-steps", type=int, default=1200)
+    args = ap.parse_args()
+    for name in args.stages or list(STAGES):
+        STAGES[name](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Trained models that ship inside the package, so `diffusa generate` works straight after installation.
+
+Each is an ordinary run folder under `diffusa/assets/models/NAME` (config.json + model.safetensors; a latent
+model carries its autoencoder in `autoencoder/`, named by a relative path). `scripts/train_shipped_models.py`
+trains and exports them; `config.json["shipped"]` records the command and the training time that reproduce them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from diffusa.checkpoint import load_json, save_json
+from diffusa.errors import DiffusaError
+
+SHIPPED: dict[str, str] = {
+    "mnist-pixel": "unconditional MNIST digits in pixel space (28x28)",
+    "mnist-text": "MNIST digits from a text prompt: latent diffusion (4x7x7 KL latents), cross-attention, "
+                  "classifier-free guidance",
+}
+DEFAULT_TEXT_MODEL, DEFAULT_MODEL = "mnist-text", "mnist-pixel"
+
+
+def shipped_root() -> Path:
+    """The folder that holds the shipped models."""
+    return Path(str(resources.files("diffusa"))) / "assets" / "models"
+
+
+def resolve_model(spec: str) -> Path:
+    """A shipped model's name, or any run folder, as a path."""
+    if spec in SHIPPED:
+        path = shipped_root() / spec
+        if not (path / "config.json").is_file():
+            raise DiffusaError(f"the shipped model {spec!r} is missing from this installation ({path}); "
+                               "python scripts/train_shipped_models.py trains it")
+        return path
+    path = Path(spec)
+    if not path.is_dir():
+        raise DiffusaError(f"--model {spec!r} is neither a shipped model ({', '.join(SHIPPED)}) nor a run folder")
+    return path
+
+
+def run_path(spec: str | Path) -> Path:
+    """For `sample` and `eval`: a run folder, or a shipped model's name when no folder of that name exists."""
+    if str(spec) in SHIPPED and not Path(spec).exists():
+        return resolve_model(str(spec))
+    return Path(spec)
+
+
+def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any]) -> Path:
+    """Copy a trained run's config and EMA weights (and its autoencoder) to `dest`, atomically, adding `record`
+    (how it was trained) as config.json["shipped"]. Optimizer state and logs stay behind."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    meta = load_json(run_dir / "config.json")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copyfile(run_dir / "model.safetensors", tmp / "model.safetensors")
+        if "latent" in meta:
+            from diffusa.latent import autoencoder_path
+
+            ae = autoencoder_path(meta["latent"], run_dir)
+            (tmp / "autoencoder").mkdir()
+            for name in ("config.json", "autoencoder.safetensors"):
+                shutil.copyfile(ae / name, tmp / "autoencoder" / name)
+            meta["latent"] = {**meta["latent"], "autoencoder": "autoencoder"}
+            meta["config"]["data"]["latent"] = "autoencoder"  # no path of the machine that trained it
+        meta["shipped"] = record
+        save_json(tmp / "config.json", meta)
+        umask = os.umask(0)
+        os.umask(umask)
+        for d in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
+            d.chmod(0o777 & ~umask)  # mkdtemp's folders are private
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+__all__ = ["DEFAULT_MODEL", "DEFAULT_TEXT_MODEL", "SHIPPED", "export_run", "resolve_model", "run_path", "shipped_root"]

@@ -1,0 +1,42 @@
+"""The benchmark scripts' quick mode, run and checked (shared by tests/test_benchmarks*.py: two files, so the two
+test workers take half each)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def check_quick_mode(script: str, tmp_path: Path) -> None:
+    """Run benchmarks/SCRIPT --quick in tmp_path and check the table (and figures) it writes."""
+    out = tmp_path / "table.md"
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = out.read_text()
+    assert table.count("|") > 10  # a markdown table with rows
+    if script == "speed.py":
+        assert "training step" in table and "sampling" in table and "peak RSS" in table and "x |" in table
+    elif script == "time_to_quality.py":
+        assert "diffusers FD" in table and "diffusa FD" in table
+    elif script == "iddpm_repro.py":
+        assert "L_hybrid, learned Sigma" in table and "bits/dim" in table and "FD 4" in table
+        for fig in ("iddpm_terms", "iddpm_learning_curves", "iddpm_fd_vs_steps"):
+            assert (tmp_path / "quick" / "img" / f"{fig}.png").stat().st_size > 1000
+    elif script == "nfe.py":
+        assert "diffusers DPMSolverMultistepScheduler (trailing)" in table and "rk45 tol0.01" in table
+        assert "| flow | " in table and (tmp_path / "quick" / "img" / "nfe.png").stat().st_size > 1000
+    elif script == "guidance.py":
+        assert "classifier-free (w)" in table and "held-out templates" in table
+        assert (tmp_path / "quick" / "img" / "guidance_tradeoff.png").stat().st_size > 1000
+    elif script == "ldm.py":
+        assert "seconds per training step" in table and "conditional accuracy, held-out templates" in table
+        assert (tmp_path / "quick" / "img" / "ldm_fd_vs_time.png").stat().st_size > 1000
+        assert "time / pixel model" in table and "latent space, a third of it" in table
+    elif script == "memory.py":
+        assert "grad checkpoint" in table and "bf16" in table
+    else:
+        assert "moons" in table

@@ -1,0 +1,13 @@
+"""The benchmark scripts run in a quick mode, so they cannot rot (the other half: test_benchmarks.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from benchmark_quick import check_quick_mode
+
+
+@pytest.mark.parametrize("script", ["iddpm_repro.py", "nfe.py", "guidance.py", "ldm.py"])
+def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
+    check_quick_mode(script, tmp_path)

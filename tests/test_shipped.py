@@ -1,0 +1,92 @@
+"""The models that ship inside the package: they load, `diffusa generate` draws from them, a fixed seed
+reproduces the outputs stored when they were exported, and the text model draws the digit it is asked for.
+Exporting a run (with its autoencoder) gives a folder that loads from anywhere."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIGITS_OVERRIDES, train_run
+from safetensors import safe_open
+
+from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+from diffusa.checkpoint import load_tensors
+from diffusa.cli_common import generate
+from diffusa.cli_generate import prepare
+from diffusa.runs import load_run
+from diffusa.shipped import SHIPPED, export_run, resolve_model, shipped_root
+
+REFERENCE = Path(__file__).parent / "data" / "shipped_reference.safetensors"
+
+
+@pytest.mark.parametrize("name", list(SHIPPED))
+def test_shipped_model_loads_and_says_how_it_was_trained(name: str):
+    path = resolve_model(name)
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    assert size < 8e6  # a few MB
+    meta = json.loads((path / "config.json").read_text())
+    rec = meta["shipped"]
+    assert rec["command"].startswith("python scripts/train_shipped_models.py") and rec["train_seconds"] > 0
+    run = load_run(path)
+    assert run.is_text == (name == "mnist-text") and (run.decoder is not None) == (name == "mnist-text")
+
+
+def test_shipped_models_reproduce_their_stored_outputs():
+    """Same seed, same samples: DPM-Solver++(2M), 5 steps, seed 0, as scripts/train_shipped_models.py stored them
+    (tolerance 1e-3 in [-1, 1] leaves room for another CPU's float summation order)."""
+    ref = load_tensors(REFERENCE)
+    with safe_open(str(REFERENCE), "pt") as f:
+        meta = f.metadata()
+    n, steps, seed, scale = int(meta["n"]), int(meta["steps"]), int(meta["seed"]), float(meta["scale"])
+    for name, prompt in (("mnist-text", meta["prompt"]), ("mnist-pixel", None)):
+        run = load_run(shipped_root() / name)
+        den, cond = prepare(run, prompt, n, scale, name)
+        x = generate(run, n, "dpmpp_2m", steps, seed, None, {}, denoiser=den, cond=cond)
+        assert x.shape == ref[name].shape == (n, 1, 28, 28)
+        assert float((x - ref[name]).abs().max()) < 1e-3, name
+
+
+def test_generate_draws_the_requested_digits(cli, tmp_path: Path, digit_classifier_path: Path):
+    """The shipped text model at its defaults (20 steps, w = 3): 8 samples for each of the ten prompts."""
+    from diffusa.metrics import classify
+
+    hits = 0
+    for d, word in enumerate(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]):
+        r = cli("generate", f"the digit {word}", "--n", 8, "--out", tmp_path / f"{d}.npz")
+        assert r.code == 0 and "mnist-text" in r.out, r.err
+        x = torch.from_numpy(np.load(tmp_path / f"{d}.npz")["samples"])
+        hits += int((classify(x)[1].argmax(1) == d).sum())
+    assert hits / 80 >= 0.85
+
+
+def test_generate_unconditional_and_errors(cli, tmp_path: Path):
+    r = cli("generate", "--n", 4, "--steps", 5, "--out", tmp_path / "u.png")
+    assert r.code == 0 and "mnist-pixel" in r.out and (tmp_path / "u.png").stat().st_size > 200, r.err
+    for args, msg in ((["--model", "nope"], "neither a shipped model"), (["--out", tmp_path / "x.jpg"], ".png"),
+                      (["a 7", "--model", "mnist-pixel"], "takes no prompt"),
+                      (["--model", "mnist-text"], "give a prompt")):
+        r = cli("generate", *args, "--n", 2, "--steps", 2)
+        assert r.code == 2 and msg in r.err and r.err.count("\n") == 1, r.err
+
+
+def test_export_carries_the_autoencoder_and_loads_after_a_move(tmp_path: Path, cli):
+    ae = train_autoencoder("digits", tmp_path / "ae", AutoencoderConfig(channels=8, latent_channels=2), steps=5,
+                           progress=False)
+    run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=3", f"data.latent='{ae}'"])
+    out = export_run(run, tmp_path / "shipped" / "m", {"command": "test", "train_seconds": 1.0})
+    assert sorted(p.name for p in out.rglob("*")) == ["autoencoder", "autoencoder.safetensors", "config.json",
+                                                      "config.json", "model.safetensors"]
+    moved = tmp_path / "elsewhere"
+    shutil.move(out, moved)
+    shutil.rmtree(ae)
+    shutil.rmtree(run)
+    loaded = load_run(moved)
+    assert json.loads((moved / "config.json").read_text())["latent"]["autoencoder"] == "autoencoder"
+    assert loaded.to_images(torch.zeros(2, 2, 2, 2)).shape == (2, 1, 8, 8)
+    r = cli("generate", "--model", moved, "--n", 3, "--steps", 2, "--out", tmp_path / "g.npz")
+    assert r.code == 0 and np.load(tmp_path / "g.npz")["images"].shape == (3, 8, 8, 1), r.err
