@@ -28,6 +28,21 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def stage_parser(doc: str, stages: list[str]):
+    """The options every staged benchmark script shares: the stage, where raw records, figures and the table go,
+    extra config overrides, and --quick."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", nargs="?", choices=stages)
+    ap.add_argument("--raw", default="docs/results/raw", help="folder of the raw JSON records")
+    ap.add_argument("--img", default="docs/img", help="folder of the figures")
+    ap.add_argument("--out", help="report: write the table here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: extra config override")
+    ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
+    return ap
+
+
 def run_stages(ap, args, stages: dict, quick=None) -> None:
     """Run the stage named in args.stage; with --quick, set tiny settings with `quick(args)` and run them all."""
     if args.quick:

@@ -22,12 +22,12 @@ import time
 from pathlib import Path
 
 import torch
-from _tables import emit, run_stages, write_json
+from _tables import emit, run_stages, stage_parser, write_json
 
 from diffusa.classifier import guidance_log_prob, train_classifier
 from diffusa.config import load_config
 from diffusa.data import load_dataset
-from diffusa.guidance import ClassifierGuided, classifier_free, null_labels
+from diffusa.guidance import ClassifierGuided, classifier_free, null_captions, null_labels
 from diffusa.metrics import classify, frechet_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
@@ -102,7 +102,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(json.dumps({"classifier_on_conditional": s, **rec["classifier_on_conditional"][str(s)]}), flush=True)
             write_json(raw, rec)
     text = load_run(root / "text")
-    null_text = lambda c: text.net.tokenize([""] * c["tokens"].shape[0])  # noqa: E731
+    null_text = null_captions(text.net)
     for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
         prompts = [digit_caption(int(y), templates[i % len(templates)]) for i, y in enumerate(labels.tolist())]
         for w in args.text_scales:
@@ -151,13 +151,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", nargs="?", choices=["train", "eval", "report"])
+    ap = stage_parser(__doc__, ["train", "eval", "report"])
     ap.add_argument("--data", default="mnist5k")
     ap.add_argument("--root", default="runs/guidance")
-    ap.add_argument("--raw", default="docs/results/raw")
-    ap.add_argument("--img", default="docs/img")
-    ap.add_argument("--out")
     ap.add_argument("--steps", type=int, default=800, help="train: steps per run")
     ap.add_argument("--sample-steps", type=int, default=20, help="eval: DPM-Solver++(2M) steps")
     ap.add_argument("--classifier-steps", type=int, default=1500)
@@ -166,8 +162,6 @@ def main() -> None:
     ap.add_argument("--classifier-scales", type=float, nargs="+", default=CLF_SCALES)
     ap.add_argument("--classifier-cond-scales", type=float, nargs="+", default=CLF_COND_SCALES)
     ap.add_argument("--text-scales", type=float, nargs="+", default=TEXT_SCALES)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: extra config override")
-    ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
     args = ap.parse_args()
     run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}, quick)
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from _tables import emit, line_figure, run_stages, write_json
+from _tables import emit, line_figure, run_stages, stage_parser, write_json
 
 from diffusa.config import load_config
 from diffusa.data import load_dataset
@@ -195,13 +195,9 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", nargs="?", choices=["train", "eval", "report"])
+    ap = stage_parser(__doc__, ["train", "eval", "report"])
     ap.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     ap.add_argument("--root", default="runs/iddpm", help="folder of the run folders")
-    ap.add_argument("--raw", default="docs/results/raw", help="folder of the JSON records")
-    ap.add_argument("--img", default="docs/img")
-    ap.add_argument("--out", help="report: write the tables here")
     ap.add_argument("--steps", type=int, default=800, help="train: steps per run (batch 64)")
     ap.add_argument("--curve-every", type=int, default=100)
     ap.add_argument("--n", type=int, default=128, help="eval: samples per Frechet distance")
@@ -212,8 +208,6 @@ def main() -> None:
     ap.add_argument("--full-n", type=int, default=16, help="eval: images for the all-terms curve (Figure 2)")
     ap.add_argument("--curve-n", type=int, default=100, help="train: held-out images for the learning curves")
     ap.add_argument("--curve-terms", type=int, default=20, help="train: bound terms per image for the curves")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: extra config override")
-    ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
     args = ap.parse_args()
     run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}, quick)
 

@@ -27,12 +27,12 @@ import time
 from pathlib import Path
 
 import torch
-from _tables import emit, line_figure, run_stages, write_json
+from _tables import emit, line_figure, run_stages, stage_parser, write_json
 
 from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
 from diffusa.config import load_config
 from diffusa.data import load_dataset
-from diffusa.guidance import classifier_free
+from diffusa.guidance import classifier_free, null_captions
 from diffusa.metrics import classify, frechet_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
@@ -79,7 +79,7 @@ def step_seconds(run: Path, repeats: int) -> float:
 
 def draw(run, prompts: list[str], scale: float, steps: int, seed: int = 0) -> torch.Tensor:
     """Images for these prompts: classifier-free guidance against the empty caption, DPM-Solver++(2M)."""
-    den = classifier_free(run.denoiser, scale, lambda c: run.net.tokenize([""] * c["tokens"].shape[0]))
+    den = classifier_free(run.denoiser, scale, null_captions(run.net))
     x_T = den.process.prior_sample((len(prompts), *run.data_shape), generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
         x = sample(den, x_T.shape, "dpmpp_2m", steps, x_T=x_T, cond=run.net.tokenize(prompts))
@@ -233,17 +233,13 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", nargs="?", choices=["train", "eval", "third", "report"])
+    ap = stage_parser(__doc__, ["train", "eval", "third", "report"])
     ap.add_argument("--data", default="mnist5k")
     ap.add_argument("--pixel-run", default="runs/guidance/text")
     ap.add_argument("--ae", default="runs/shipped/ae")
     ap.add_argument("--latent-run", default="runs/shipped/text")
     ap.add_argument("--third-run", default="runs/ldm/latent_third", help="third: the latent model trained for a "
                                                                         "third of the pixel model's time")
-    ap.add_argument("--raw", default="docs/results/raw")
-    ap.add_argument("--img", default="docs/img")
-    ap.add_argument("--out")
     ap.add_argument("--pixel-steps", type=int, default=1200)
     ap.add_argument("--latent-steps", type=int, default=1800)
     ap.add_argument("--ae-steps", type=int, default=800)
@@ -253,9 +249,7 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=3.0)
     ap.add_argument("--gen-steps", type=int, default=20, help="eval: steps of the timed 16-image generation")
     ap.add_argument("--time-repeats", type=int, default=10)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: override for both")
     ap.add_argument("--latent-set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
     args = ap.parse_args()
     run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "third": cmd_third, "report": cmd_report}, quick)
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _tables import emit, run_stages, write_json
+from _tables import emit, run_stages, stage_parser, write_json
 
 from diffusa.config import load_config
 from diffusa.data import load_dataset
@@ -267,22 +267,16 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("stage", nargs="?", choices=["train", "eval", "report"])
+    ap = stage_parser(__doc__, ["train", "eval", "report"])
     ap.add_argument("--families", nargs="+", default=FAMILIES, choices=FAMILIES)
     ap.add_argument("--root", default="runs/nfe")
     ap.add_argument("--ddpm-run", default="runs/iddpm/b", help="the ddpm family's eps model")
-    ap.add_argument("--raw", default="docs/results/raw")
-    ap.add_argument("--img", default="docs/img")
-    ap.add_argument("--out")
     ap.add_argument("--steps", type=int, default=800)
     ap.add_argument("--n", type=int, default=100, help="samples per cell")
     ap.add_argument("--nfe", type=int, nargs="+", default=NFES)
     ap.add_argument("--samplers", nargs="+", default=SAMPLERS)
     ap.add_argument("--long", nargs="+", default=LONG, help="samplers also run at NFE > --short-max")
     ap.add_argument("--short-max", type=int, default=20, help="every sampler runs at the targets up to this NFE")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train: extra config override")
-    ap.add_argument("--quick", action="store_true", help="seconds-long check: every stage on tiny settings in ./quick")
     args = ap.parse_args()
     run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}, quick)
 

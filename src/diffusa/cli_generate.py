@@ -38,14 +38,14 @@ def add_parser(sub: Any) -> None:
 
 def prepare(run: Any, prompt: str | None, n: int, scale: float, name: str) -> tuple[Any, Any]:
     """The denoiser to sample and its conditioning: a text model needs the prompt, others refuse one."""
-    from diffusa.guidance import classifier_free
+    from diffusa.guidance import classifier_free, null_captions
 
     if run.is_text:
         if prompt is None:
             raise DiffusaError(f"{name} is text-conditional: give a prompt, e.g. diffusa generate \"a handwritten 7\"")
         den = run.denoiser
         if scale != 1.0:
-            den = classifier_free(den, scale, lambda c: run.net.tokenize([""] * c["tokens"].shape[0]))
+            den = classifier_free(den, scale, null_captions(run.net))
         return den, run.net.tokenize([prompt] * n)
     if prompt is not None:
         raise DiffusaError(f"{name} is not text-conditional and takes no prompt (the shipped text model is "

@@ -56,7 +56,7 @@ def guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, torch.Tenso
 def text_guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, Any]:
     """A text-conditional run: --prompt (or --label K / all, captioned "a handwritten K"), classifier-free
     guided against the empty caption."""
-    from diffusa.guidance import classifier_free
+    from diffusa.guidance import classifier_free, null_captions
     from diffusa.text import digit_caption
 
     if not run.is_text:
@@ -73,7 +73,7 @@ def text_guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, Any]:
         raise DiffusaError("this model is text-conditional: give --prompt \"a handwritten 7\" (or --label K)")
     den = run.denoiser
     if args.guidance_scale is not None:  # against the empty caption
-        den = classifier_free(den, args.guidance_scale, lambda c: run.net.tokenize([""] * c["tokens"].shape[0]))
+        den = classifier_free(den, args.guidance_scale, null_captions(run.net))
     return den, run.net.tokenize(prompts)
 
 

@@ -37,6 +37,11 @@ def null_labels(cond: torch.Tensor, null: int) -> torch.Tensor:
     return torch.full_like(cond, null)
 
 
+def null_captions(net: Any) -> Callable[[Any], Any]:
+    """The empty caption, tokenized by a text network's own tokenizer, for every example of a text cond."""
+    return lambda c: net.tokenize([""] * c["tokens"].shape[0])
+
+
 def classifier_free(denoiser: Denoiser, scale: float, null_cond: Any | Callable[[Any], Any]) -> Denoiser:
     """A Denoiser that mixes the conditional and unconditional outputs: u + scale (c - u).
 
@@ -123,4 +128,4 @@ def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     return log_prob
 
 
-__all__ = ["ClassifierGuided", "classifier_free", "classifier_log_prob", "null_labels"]
+__all__ = ["ClassifierGuided", "classifier_free", "classifier_log_prob", "null_captions", "null_labels"]
