@@ -5,6 +5,11 @@ templates never seen in training.
     python benchmarks/guidance.py train [--steps 800]      # class- and text-conditional runs, a classifier
     python benchmarks/guidance.py eval  [--n 200]          # the sweeps
     python benchmarks/guidance.py report [--out docs/results/guidance.md]
+    python benchmarks/guidance.py prompts --text-run mnist-text    # one text run (and its snapshots), every template
+
+The prompts stage measures a text-conditional run (a folder or a shipped model's name; with its EMA snapshots in
+RUN/snapshots, if any) on every (digit, template) pair of the training and of the held-out templates, each the
+same number of times, at the --prompt-scales, and reports the accuracy per held-out template.
 
 The class-conditional run (label dropout 0.1) serves both kinds of guidance: classifier-free guidance mixes its
 conditional and null-label outputs; classifier guidance steers its null-label (unconditional) output with a
@@ -41,6 +46,7 @@ CFG_SCALES = [0.0, 1.0, 1.5, 2.0, 3.0, 5.0]
 CLF_SCALES = [0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
 CLF_COND_SCALES = [1.0, 2.0, 4.0]  # classifier guidance of the conditional model (Dhariwal & Nichol 2021, Table 4)
 TEXT_SCALES = [1.0, 3.0]
+PROMPT_SCALES = [3.0, 5.0]
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -116,6 +122,73 @@ def cmd_eval(args: argparse.Namespace) -> None:
     write_json(raw, rec)
 
 
+def prompt_grid(templates: list[str], n: int) -> tuple[list[str], torch.Tensor, list[int]]:
+    """Prompts covering every (digit, template) pair equally often (about n in all): prompts, labels, template
+    index of each."""
+    reps = max(1, round(n / (10 * len(templates))))
+    pairs = [(d, t) for _ in range(reps) for t in range(len(templates)) for d in range(10)]
+    return ([digit_caption(d, templates[t]) for d, t in pairs], torch.tensor([d for d, _ in pairs]),
+            [t for _, t in pairs])
+
+
+def cmd_prompts(args: argparse.Namespace) -> None:
+    """Accuracy of one text run (and of its EMA snapshots) on the training and the held-out templates."""
+    from diffusa.shipped import run_path
+
+    path = run_path(args.text_run or str(Path(args.root) / "text"))
+    raw = Path(args.raw) / "guidance_prompts.json"
+    rec = json.loads(raw.read_text()) if raw.exists() else {}
+    cell = rec.setdefault(f"{args.text_run or 'text'}, n {args.n}", {"path": str(path), "n": args.n, "rows": {}})
+    ref, _ = classify(load_dataset(args.data, "test").x)
+    weights = [] if args.final_only else [(int(p.stem[5:]), f"snapshots/{p.name}")
+                                          for p in (path / "snapshots").glob("step_*.safetensors")]
+    state = path / "train_state.json"  # a training folder; a shipped model records its steps in config.json
+    final_step = (json.loads(state.read_text())["step"] if state.exists()
+                  else json.loads((path / "config.json").read_text())["shipped"]["steps"])
+    for step, w_file in [*sorted(weights), (final_step, "model.safetensors")]:
+        run = load_run(path, weights=w_file)
+        null = null_captions(run.net)
+        for w in args.prompt_scales:
+            key = f"{step}@{w:g}"
+            if key in cell["rows"]:
+                continue
+            row: dict = {"step": step, "scale": w}
+            for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
+                prompts, labels, which = prompt_grid(templates, args.n)
+                den = classifier_free(run.denoiser, w, null)
+                x_T = den.process.prior_sample((len(prompts), *run.data_shape),
+                                               generator=torch.Generator().manual_seed(0))
+                with torch.inference_mode():
+                    x = run.to_images(sample(den, x_T.shape, "dpmpp_2m", args.sample_steps, x_T=x_T,
+                                             cond=run.net.tokenize(prompts)))
+                feats, probs = classify(x)
+                hit = (probs.argmax(1) == labels).float()
+                row[split] = float(hit.mean())
+                row[f"fd_{split}"] = frechet_distance(feats, ref)
+                if split == "held_out":
+                    row["per_template"] = {templates[t]: float(hit[torch.tensor(which) == t].mean())
+                                           for t in range(len(templates))}
+                    save_image_grid(x[:100], Path(args.root) / "grids" / f"prompts_{step}_{w:g}.png", nrow=10)
+            cell["rows"][key] = row
+            write_json(raw, rec)
+            print(json.dumps({"run": args.text_run, **row}), flush=True)
+
+
+def prompts_report(raw: Path) -> list[str]:
+    """The prompts stage's table: accuracy on training and held-out templates per run, step and scale."""
+    if not (raw / "guidance_prompts.json").exists():
+        return []
+    rec = json.loads((raw / "guidance_prompts.json").read_text())
+    lines = ["", "| text run, --n | training step | w | training templates | held-out templates | "
+             "FD (held-out) | worst held-out template |", "|---|---|---|---|---|---|---|"]
+    for name, cell in rec.items():
+        for row in sorted(cell["rows"].values(), key=lambda r: (r["step"], r["scale"])):
+            worst = min(row["per_template"].items(), key=lambda kv: kv[1])
+            lines.append(f"| {name} | {row['step']} | {row['scale']:g} | {row['train']:.3f} | "
+                         f"{row['held_out']:.3f} | {row['fd_held_out']:.1f} | \"{worst[0]}\" {worst[1]:.2f} |")
+    return lines
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from diffusa.viz import _plt
 
@@ -133,7 +206,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         split, w = k.split("@")
         lines.append(f"| {'training templates' if split == 'train' else 'held-out templates'} | {w} | "
                      f"{v['accuracy']:.3f} | {v['fd']:.1f} |")
-    emit(lines, args.out)
+    emit(lines + prompts_report(Path(args.raw)), args.out)
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for kind, label in (("cfg", "classifier-free, w"), ("classifier", "classifier, s"),
@@ -151,7 +224,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = stage_parser(__doc__, ["train", "eval", "report"])
+    ap = stage_parser(__doc__, ["train", "eval", "prompts", "report"])
     ap.add_argument("--data", default="mnist5k")
     ap.add_argument("--root", default="runs/guidance")
     ap.add_argument("--steps", type=int, default=800, help="train: steps per run")
@@ -162,8 +235,12 @@ def main() -> None:
     ap.add_argument("--classifier-scales", type=float, nargs="+", default=CLF_SCALES)
     ap.add_argument("--classifier-cond-scales", type=float, nargs="+", default=CLF_COND_SCALES)
     ap.add_argument("--text-scales", type=float, nargs="+", default=TEXT_SCALES)
+    ap.add_argument("--text-run", help="prompts: a text run folder or shipped model (default ROOT/text)")
+    ap.add_argument("--prompt-scales", type=float, nargs="+", default=PROMPT_SCALES)
+    ap.add_argument("--final-only", action="store_true", help="prompts: the final weights only, no snapshots")
     args = ap.parse_args()
-    run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "report": cmd_report}, quick)
+    run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "prompts": cmd_prompts, "report": cmd_report},
+               quick)
 
 
 def quick(args: argparse.Namespace) -> None:
@@ -171,6 +248,7 @@ def quick(args: argparse.Namespace) -> None:
     args.data, args.root, args.raw, args.img = "digits", "quick/runs", "quick/raw", "quick/img"
     args.steps, args.classifier_steps, args.n, args.sample_steps = 3, 3, 20, 3
     args.cfg_scales, args.classifier_scales, args.text_scales = [0.0, 2.0], [0.0, 2.0], [2.0]
+    args.prompt_scales = [2.0]
     args.classifier_cond_scales = [1.0]
     args.set = ["model.net.channels=8", "model.text.width=16", "model.text.depth=1", "model.text.heads=2",
                 "train.sample_steps=3", "train.sample_n=8"]

@@ -3,7 +3,7 @@ on an f = 4 KL autoencoder's 4x7x7 latents. Frechet distance, conditional accura
 training time, seconds per sample and the compression factor.
 
     python benchmarks/guidance.py train                 # the pixel text model: runs/guidance/text
-    python scripts/train_shipped_models.py ae text      # the autoencoder and the latent text model: runs/shipped
+    python scripts/train_shipped_models.py ae text --text-steps 1800   # autoencoder and latent text model: runs/shipped
     python benchmarks/ldm.py eval [--n 200]
     python benchmarks/ldm.py third                      # re-time both on an idle machine; a latent run for 1/3
     python benchmarks/ldm.py report [--out docs/results/ldm.md]
@@ -37,18 +37,13 @@ from diffusa.metrics import classify, frechet_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
 from diffusa.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, digit_caption
-from diffusa.train import Trainer, snapshots
+from diffusa.train import Trainer, last_log, snapshots
 from diffusa.viz import save_image_grid
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
 
 TEXT = ["model.conditioning='text'", "train.sample_every=0", "train.checkpoint_every=200"]
 LATENT_NET = ["model.net.channels=32"]  # as scripts/train_shipped_models.py
-
-
-def last_log(run: Path) -> dict:
-    lines = (run / "log.jsonl").read_text().strip().splitlines()
-    return json.loads(lines[-1]) if lines else {}
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -21,7 +21,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -33,18 +32,12 @@ from diffusa.autoencoder.nets import AutoencoderConfig  # noqa: E402
 from diffusa.checkpoint import load_json, save_tensors  # noqa: E402
 from diffusa.config import load_config  # noqa: E402
 from diffusa.shipped import export_run, shipped_root  # noqa: E402
-from diffusa.train import Trainer, snapshots  # noqa: E402
+from diffusa.train import Trainer, last_log, snapshots  # noqa: E402
 
 # The latent network: 7x7x4 latents, no patching, two levels (7, 4) with 32/64 channels, attention (and
 # cross-attention to the caption) at 4x4; 0.4x the pixel network's time per step (docs/reproductions/ldm.md).
 TEXT_OVERRIDES = ["model.conditioning='text'", "model.net.channels=32", "train.label_dropout=0.1"]
 REFERENCE = {"n": 4, "steps": 5, "seed": 0, "prompt": "a handwritten 3", "scale": 3.0}
-
-
-def last_log(run: Path) -> dict[str, Any]:
-    """The last line of a run's log.jsonl (step, elapsed_s, ...)."""
-    lines = (run / "log.jsonl").read_text().strip().splitlines()
-    return json.loads(lines[-1]) if lines else {}
 
 
 def train(cfg_overrides: list[str], out: Path, steps: int, snaps: tuple[int, ...] = ()) -> None:
@@ -82,12 +75,12 @@ def stage_pixel(args: argparse.Namespace) -> None:
 
 def stage_export(args: argparse.Namespace) -> None:
     ae_seconds = load_json(args.work / "ae" / "config.json")["train_seconds"]
-    for name, run, command in (
+    for name, run, command in [m for m in (
             ("mnist-text", args.work / "text",
              f"python scripts/train_shipped_models.py ae text --ae-steps {args.ae_steps} "
              f"--text-steps {args.text_steps}"),
             ("mnist-pixel", args.work / "pixel",
-             f"python scripts/train_shipped_models.py pixel --pixel-steps {args.pixel_steps}")):
+             f"python scripts/train_shipped_models.py pixel --pixel-steps {args.pixel_steps}")) if m[0] in args.models]:
         log = last_log(run)
         record = {"command": command, "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),
                   "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}
@@ -129,8 +122,10 @@ def main() -> None:
     ap.add_argument("stages", nargs="*", choices=list(STAGES), help="default: all, in order")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "shipped")
     ap.add_argument("--ae-steps", type=int, default=800)
-    ap.add_argument("--text-steps", type=int, default=1800)
+    ap.add_argument("--text-steps", type=int, default=3600)
     ap.add_argument("--pixel-steps", type=int, default=1200)
+    ap.add_argument("--models", nargs="+", choices=["mnist-text", "mnist-pixel"], default=["mnist-text", "mnist-pixel"],
+                    help="export: which shipped models to replace")
     args = ap.parse_args()
     for name in args.stages or list(STAGES):
         STAGES[name](args)

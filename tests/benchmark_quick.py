@@ -31,6 +31,7 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
         assert "| flow | " in table and (tmp_path / "quick" / "img" / "nfe.png").stat().st_size > 1000
     elif script == "guidance.py":
         assert "classifier-free (w)" in table and "held-out templates" in table
+        assert "worst held-out template" in table and "| text, n 20 | 3 | 2 |" in table
         assert (tmp_path / "quick" / "img" / "guidance_tradeoff.png").stat().st_size > 1000
     elif script == "ldm.py":
         assert "seconds per training step" in table and "conditional accuracy, held-out templates" in table

@@ -26,10 +26,13 @@ from diffusa.text import (
     FILLER,
     HELD_OUT_TEMPLATES,
     PAD,
+    RESERVED,
     TRAIN_TEMPLATES,
+    WORDS,
     digit_caption,
     digit_captions,
     null_text,
+    random_word,
     tokenize,
 )
 
@@ -55,16 +58,32 @@ def test_caption_templates():
     assert not set(TRAIN_TEMPLATES) & set(HELD_OUT_TEMPLATES)
     caps = digit_captions(torch.tensor([1, 2, 3] * 50), torch.Generator().manual_seed(0))
     assert len(set(caps)) > 20 and all(("1" in c or "one" in c) for c in caps[::3])
-    # filler words on about half, none of them from the held-out phrasings, the template's text kept whole
-    held = set(" ".join(HELD_OUT_TEMPLATES).replace(",", "").split())
-    assert not held & set(FILLER)
+    # extra words on about half, none of them from the held-out phrasings, the template's words kept in order
+    held = {w.strip(",") for w in " ".join(HELD_OUT_TEMPLATES).split()}
+    assert not held & set(FILLER) and held <= RESERVED and set(WORDS) <= RESERVED
     plain = set(digit_captions(torch.tensor([1, 2, 3] * 50), torch.Generator().manual_seed(0), filler_p=0.0))
     assert plain <= {digit_caption(y, t) for y in (1, 2, 3) for t in TRAIN_TEMPLATES}
     padded = [c for c in caps if c not in plain]
     assert 50 <= len(padded) <= 100
-    assert all(any(digit_caption(y, t) in c for y in (1, 2, 3) for t in TRAIN_TEMPLATES) for c in padded)
-    assert all(set(c.split()) - set(" ".join(TRAIN_TEMPLATES).split()) - {"1", "2", "3", "one", "two", "three"}
-               <= set(FILLER) for c in padded)
+    vocab = {w for t in TRAIN_TEMPLATES for w in t.split()} | {"1", "2", "3", "one", "two", "three"}
+
+    def is_subsequence(short: list[str], long: list[str]) -> bool:
+        it = iter(long)
+        return all(w in it for w in short)
+
+    randoms = []
+    for c in padded:
+        words = [w.strip(",") for w in c.split()]
+        assert c.count(",") <= 1 and not c.endswith(",")
+        assert any(is_subsequence(digit_caption(y, t).split(), words) and 1 <= len(words) - len(t.split()) <= 3
+                   for y in (1, 2, 3) for t in TRAIN_TEMPLATES), c
+        extra = set(words) - vocab - set(FILLER)
+        assert not extra & RESERVED and all(w.isalpha() and w.islower() and 2 <= len(w) <= 7 for w in extra)
+        randoms += extra
+    assert len(randoms) >= 20  # about half of the extra words are random strings
+    assert sum("," in c for c in padded) >= 5
+    g = torch.Generator().manual_seed(1)
+    assert all(random_word(g) not in RESERVED for _ in range(2000))
 
 
 def reference_cross_attention(block: CrossAttentionBlock, x, context, mask):

@@ -27,13 +27,17 @@ HELD_OUT_TEMPLATES = [
     "a drawing of the numeral {w}", "someone wrote a {d}", "{w}, handwritten", "the numeral {d} in ink",
     "a hand-drawn {w}", "please draw the number {d}",
 ]
-# Training captions get filler words (with probability FILLER_P, one to three, before or after the template's
-# text), so the model learns that only the digit matters and words it has never seen do not move it. None of
-# these words occurs in HELD_OUT_TEMPLATES: the held-out phrasings stay unseen.
+# Training captions get extra words (with probability FILLER_P, one to three, each put at a random word boundary):
+# a FILLER word or a random letter string, and sometimes a comma, so the model learns that only the digit matters
+# and that words it has never seen, wherever they stand, do not move it. None of the FILLER words, and no random
+# string, is a word of HELD_OUT_TEMPLATES (or of any template, or a digit's name): the held-out phrasings stay
+# unseen.
 FILLER = ["small", "big", "neat", "messy", "bold", "thin", "thick", "tiny", "large", "clear", "simple", "quick",
           "careful", "black", "white", "grey", "old", "new", "sketch", "image", "picture", "shown", "here", "is",
           "this", "my", "your", "single", "centered", "faint", "dark", "style", "example", "sample", "just"]
 FILLER_P = 0.5
+COMMA_P = 0.25  # of an augmented caption: a comma after one of its words (not the last)
+RESERVED = {w.strip(",") for t in TRAIN_TEMPLATES + HELD_OUT_TEMPLATES for w in t.split()} | set(WORDS)
 
 
 def tokenize(texts: Sequence[str], max_len: int = MAX_LEN) -> dict[str, torch.Tensor]:
@@ -64,12 +68,27 @@ def digit_caption(label: int, template: str) -> str:
     return template.format(d=label, w=WORDS[label])
 
 
+def random_word(generator: torch.Generator) -> str:
+    """A random lowercase string of 2-7 letters that is no word of any template and no digit's name."""
+    while True:
+        n = int(torch.randint(2, 8, (1,), generator=generator))
+        word = "".join(chr(97 + int(i)) for i in torch.randint(26, (n,), generator=generator))
+        if word not in RESERVED:
+            return word
+
+
 def with_filler(caption: str, generator: torch.Generator) -> str:
-    """The caption with one to three FILLER words put before or after it (caption augmentation)."""
-    n = int(torch.randint(1, 4, (1,), generator=generator))
-    words = [FILLER[int(i)] for i in torch.randint(len(FILLER), (n,), generator=generator)]
-    cut = int(torch.randint(n + 1, (1,), generator=generator))
-    return " ".join([*words[:cut], caption, *words[cut:]])
+    """The caption with one to three extra words (a FILLER word or a random_word, even odds) each inserted at a
+    random word boundary, and with probability COMMA_P a comma after one word (caption augmentation)."""
+    words = caption.split()
+    for _ in range(int(torch.randint(1, 4, (1,), generator=generator))):
+        pick = int(torch.randint(len(FILLER), (1,), generator=generator))
+        extra = FILLER[pick] if float(torch.rand(1, generator=generator)) < 0.5 else random_word(generator)
+        words.insert(int(torch.randint(len(words) + 1, (1,), generator=generator)), extra)
+    if float(torch.rand(1, generator=generator)) < COMMA_P:
+        k = int(torch.randint(len(words) - 1, (1,), generator=generator))
+        words[k] += ","
+    return " ".join(words)
 
 
 def digit_captions(labels: torch.Tensor, generator: torch.Generator,
@@ -82,5 +101,22 @@ def digit_captions(labels: torch.Tensor, generator: torch.Generator,
     return [with_filler(c, generator) if e else c for c, e in zip(out, extra, strict=True)]
 
 
-__all__ = ["BOS", "EOS", "FILLER", "FILLER_P", "HELD_OUT_TEMPLATES", "MAX_LEN", "PAD", "TRAIN_TEMPLATES", "WORDS",
-           "digit_caption", "digit_captions", "null_text", "tokenize", "with_filler"]
+__all__ = [
+    "BOS",
+    "COMMA_P",
+    "EOS",
+    "FILLER",
+    "FILLER_P",
+    "HELD_OUT_TEMPLATES",
+    "MAX_LEN",
+    "PAD",
+    "RESERVED",
+    "TRAIN_TEMPLATES",
+    "WORDS",
+    "digit_caption",
+    "digit_captions",
+    "null_text",
+    "random_word",
+    "tokenize",
+    "with_filler",
+]

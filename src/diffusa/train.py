@@ -393,6 +393,13 @@ def snapshots(out: str | Path, steps: Collection[int], elapsed: float = 0.0) -> 
     return on_step
 
 
+def last_log(run: str | Path) -> dict:
+    """The last record of a run's log.jsonl (step, loss, elapsed_s, ...); {} when it has none."""
+    path = Path(run) / "log.jsonl"
+    lines = path.read_text().strip().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
 def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Train a run folder from a config (the Python API behind `diffusa train`)."""
     try:
