@@ -12,10 +12,10 @@ default objective. All four use the same U-Net, batch 64, lr 1e-3 and the same n
 NFE is counted, not assumed: a forward hook counts the network's calls, each sampler's steps are chosen as the
 largest count whose NFE fits the target (Heun and the predictor-corrector sampler spend two per step, RK4 four),
 and the table reports the NFE actually used. rk45 picks its own steps (rtol = atol = 1e-3). Every sampler runs
-at NFE 5, 10 and 20 (--short-max); the long runs (50, 100, 250) are made for --long samplers only. diffusers'
-DDIMScheduler, DPMSolverMultistepScheduler (DPM-Solver++ 2M), EulerDiscreteScheduler and HeunDiscreteScheduler
-drive the ddpm model's eps, each with its default timestep spacing and with "trailing" (DPM-Solver++ also at NFE
-50, 100 and 250 with its defaults, and with dynamic thresholding of x0 to [-1, 1], diffusers' analogue of the
+at NFE 5, 10 and 20 (--short-max) and at 50, 100 and 250 (--long names the samplers that do; default all).
+diffusers' DDIMScheduler, DPMSolverMultistepScheduler (DPM-Solver++ 2M), EulerDiscreteScheduler and
+HeunDiscreteScheduler drive the ddpm model's eps at every NFE with their default timestep spacing, and up to NFE
+20 with "trailing" (DPM-Solver++ also with dynamic thresholding of x0 to [-1, 1], diffusers' analogue of the
 x0 clipping diffusa's samplers apply to images). Every sample set starts
 from the same seed; FD and KID are in the digit classifier's features against the held-out split.
 """
@@ -44,12 +44,12 @@ os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent
 
 FAMILIES = ["ddpm", "edm", "flow", "vp"]
 SAMPLERS = ["ddim", "ancestral", "euler", "euler_ancestral", "heun", "dpmpp_2m", "dpmpp_3m", "euler_maruyama",
-            "reverse_diffusion", "pc", "ode_euler", "ode_heun", "rk4"]
-LONG = ["dpmpp_2m"]  # also at NFE 50, 100 and 250 (CPU budget: one sampler per family)
+            "reverse_diffusion", "pc", "ode_euler", "ode_heun", "rk4", "dpmpp_2m_sde"]
+LONG = SAMPLERS  # also at NFE 50, 100 and 250
 NFES = [5, 10, 20, 50, 100, 250]
 RK45_TOLS = [1e-3]  # rtol = atol
-PEERS_LONG = ["DPMSolverMultistepScheduler"]  # also at NFE 50, 100 and 250, default spacing
 PEERS = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler"]
+PEERS_LONG = PEERS  # also at NFE 50, 100 and 250, default spacing
 
 
 class CallCounter:

@@ -11,7 +11,14 @@ import torch
 import diffusa
 from diffusa import Denoiser, DiffusaError, DiscreteDDPM
 from diffusa.process import EDM, PROCESSES, VE, VP, Flow, SubVP, expand_as, process_from_dict
-from diffusa.samplers import SAMPLERS, sample_dpmpp_2m, sample_euler, sample_euler_ancestral, sample_heun
+from diffusa.samplers import (
+    SAMPLERS,
+    sample_dpmpp_2m,
+    sample_dpmpp_2m_sde,
+    sample_euler,
+    sample_euler_ancestral,
+    sample_heun,
+)
 from diffusa.schedules import karras_grid, karras_sigmas, log_snr_uniform_grid
 
 T = 1000
@@ -161,6 +168,40 @@ def test_dpmpp_2m_matches_diffusers(schedule, steps, spacing):
         # float32 states (diffusers upcasts to float32 inside step), |x| <~ 3: 1e-5 is ~30 ulps
         assert torch.allclose(xs[i], x, rtol=0, atol=1e-5), i
     assert torch.allclose(out, x, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("schedule", "steps", "spacing"), [("linear", 10, "linspace"), ("cosine", 20, "leading")])
+def test_dpmpp_2m_sde_matches_diffusers(schedule, steps, spacing):
+    # diffusers' "sde-dpmsolver++" (midpoint) with the noise diffusa draws, one draw per step before the last
+    from test_samplers import dpm_solver_reference
+
+    sched, den, grid, eps_fn = dpm_solver_reference(schedule, steps, 2, spacing, T, algorithm="sde-dpmsolver++")
+    x_T = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0))
+    xs: list[torch.Tensor] = []
+    out = sample_dpmpp_2m_sde(den, x_T, grid, generator=torch.Generator().manual_seed(5),
+                              callback=lambda info: xs.append(info["x"].clone()))
+    g = torch.Generator().manual_seed(5)
+    noises = [torch.randn(x_T.shape, generator=g) for _ in range(steps - 1)] + [torch.zeros_like(x_T)]
+    x = x_T
+    for i, t in enumerate(sched.timesteps):
+        x = sched.step(eps_fn(x, t), t, x, variance_noise=noises[i]).prev_sample
+        assert torch.allclose(xs[i], x, rtol=0, atol=1e-5), i
+    assert torch.allclose(out, x, rtol=0, atol=1e-5)
+    assert not torch.allclose(out, sample_dpmpp_2m(den, x_T, grid), atol=1e-2)  # the noise is there
+
+
+def test_dpmpp_2m_sde_eta_zero_is_dpmpp_2m():
+    proc = EDM()
+    den = gaussian_denoiser(proc)
+    grid = oracle_grid(proc, 12)
+    x_T = exact_marginal_start(proc, grid).double()[:500]
+    ode = sample_dpmpp_2m(den, x_T, grid)
+    assert torch.allclose(sample_dpmpp_2m_sde(den, x_T, grid, eta=0.0), ode, rtol=0, atol=1e-12)
+    a = sample_dpmpp_2m_sde(den, x_T, grid, eta=0.5, generator=torch.Generator().manual_seed(1))
+    b = sample_dpmpp_2m_sde(den, x_T, grid, eta=0.5, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and not torch.allclose(a, ode, atol=1e-3)
+    with pytest.raises(DiffusaError, match="eta"):
+        sample_dpmpp_2m_sde(den, x_T, grid, eta=-1.0)
 
 
 # ---------------------------------------------------------------------------------------------

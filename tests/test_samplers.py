@@ -394,7 +394,8 @@ def test_prior_scale_from_sample_entry_point():
     assert x_T.std().item() == pytest.approx(math.sqrt(1 - den.process.alphas_cumprod[-1].item()), rel=0.03)
 
 
-def dpm_solver_reference(schedule: str, steps: int, order: int, spacing: str, num_steps: int = 1000):
+def dpm_solver_reference(schedule: str, steps: int, order: int, spacing: str, num_steps: int = 1000,
+                         algorithm: str = "dpmsolver++"):
     """diffusers' DPMSolverMultistepScheduler (DPM-Solver++, order 2 or 3) and a diffusa Denoiser driven by the same
     analytic eps, on one float64 alphabar table, with the matching decreasing grid: (sched, denoiser, grid, eps_fn).
 
@@ -406,7 +407,7 @@ def dpm_solver_reference(schedule: str, steps: int, order: int, spacing: str, nu
 
     proc = DiscreteDDPM(schedule, num_steps)
     sched = DPMSolverMultistepScheduler(num_train_timesteps=num_steps, beta_schedule=DIFFUSERS_NAME[schedule],
-                                        algorithm_type="dpmsolver++", solver_order=order, lower_order_final=True,
+                                        algorithm_type=algorithm, solver_order=order, lower_order_final=True,
                                         prediction_type="epsilon", timestep_spacing=spacing)
     sched.betas = proc.betas.clone()
     float64_tables(sched)

@@ -15,7 +15,7 @@ from diffusa.process import DiscreteDDPM
 from diffusa.samplers.ancestral import sample_ancestral
 from diffusa.samplers.common import Callback
 from diffusa.samplers.ddim import sample_ddim
-from diffusa.samplers.dpm_solver import sample_dpmpp_2m, sample_dpmpp_3m
+from diffusa.samplers.dpm_solver import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
 from diffusa.samplers.heun import sample_heun
 from diffusa.samplers.ode import sample_ode_euler, sample_ode_heun, sample_rk4, sample_rk45
@@ -38,6 +38,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ode_heun": sample_ode_heun,
     "rk4": sample_rk4,
     "rk45": sample_rk45,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
 }
 
 
@@ -124,6 +125,7 @@ __all__ = [
     "sample_ancestral",
     "sample_ddim",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m",
     "sample_euler",
     "sample_euler_ancestral",
