@@ -61,15 +61,18 @@ def multistep_direction(k: int, h: torch.Tensor, x0s: list[torch.Tensor], hs: li
 
 
 def sample_dpmpp_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, *, order: int,
-                           cond: Any = None, callback: Callback | None = None,
-                           lower_order_final: bool = True) -> torch.Tensor:
+                           cond: Any = None, callback: Callback | None = None, lower_order_final: bool = True,
+                           eta: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """DPM-Solver++ multistep of order 1, 2 or 3, one network evaluation per step.
 
-    x_s = (sigma_s / sigma_t) x_t - alpha_s (e^{-h} - 1) D, D from `multistep_direction`. A step to sigma = 0 is
-    always first order (h is infinite there and x_s = x0_t).
+    x_s = (sigma_s / sigma_t) e^{-eta h} x_t - alpha_s (e^{-(1 + eta) h} - 1) D + sigma_s sqrt(1 - e^{-2 eta h}) z,
+    D from `multistep_direction`: the ODE solver at eta = 0, the SDE solver (Sec. 5) at eta = 1. A step to
+    sigma = 0 is always first order (h is infinite there and x_s = x0_t).
     """
     if order not in (1, 2, 3):
         raise DiffusaError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order}")
+    if eta < 0:
+        raise DiffusaError(f"eta must be >= 0, got {eta}")
     proc = denoiser.process
     n = len(grid) - 1
     x0s: list[torch.Tensor] = []
@@ -87,7 +90,10 @@ def sample_dpmpp_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tens
             h = (lam_s - lam_t) / 2
             k = step_order(i, n, order, min(len(hs), len(x0s) - 1), lower_order_final)
             d = multistep_direction(k, h, x0s, hs, x)
-            x = expand_as(s_s / s_t, x) * x - expand_as(a_s * torch.expm1(-h), x) * d
+            x = (expand_as(s_s / s_t * torch.exp(-eta * h), x) * x
+                 - expand_as(a_s * torch.expm1(-(1 + eta) * h), x) * d)
+            if eta > 0:
+                x = x + expand_as(s_s * (-torch.expm1(-2 * eta * h)).sqrt(), x) * randn_like(x, generator)
             hs = [*hs[-(order - 2):], h] if order > 2 else [h]
         if callback is not None:
             callback({"i": i, "t": grid[i], "s": grid[i + 1], "x": x, "x0": pred.x0})
@@ -131,30 +137,5 @@ def sample_dpmpp_2m_sde(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor,
     posterior q(x_s | x_t, x0_hat)); eta = 0 is DPM-Solver++(2M) exactly; between, part of the noise is kept, as
     DDIM's eta does. Lower order at the end and the step to sigma = 0 (x_s = x0_t) as in DPM-Solver++(2M).
     """
-    if eta < 0:
-        raise DiffusaError(f"eta must be >= 0, got {eta}")
-    proc = denoiser.process
-    n = len(grid) - 1
-    x0s: list[torch.Tensor] = []
-    hs: list[torch.Tensor] = []
-    for i in range(n):
-        t, _ = step_times(grid, i, x.shape[0], x.device)
-        pred = denoiser(x, t, cond)
-        x0s = [*x0s[-1:], pred.x0]
-        ts = grid[i : i + 2].to(torch.float64)
-        (_, a_s), (s_t, s_s) = proc.alpha_sigma(ts)
-        lam_t, lam_s = proc.log_snr(ts)
-        if float(s_s) == 0:
-            x = pred.x0
-        else:
-            h = (lam_s - lam_t) / 2
-            k = step_order(i, n, 2, min(len(hs), len(x0s) - 1), lower_order_final)
-            d = multistep_direction(k, h, x0s, hs, x)
-            x = (expand_as(s_s / s_t * torch.exp(-eta * h), x) * x
-                 - expand_as(a_s * torch.expm1(-(1 + eta) * h), x) * d)
-            if eta > 0:
-                x = x + expand_as(s_s * (-torch.expm1(-2 * eta * h)).sqrt(), x) * randn_like(x, generator)
-            hs = [h]
-        if callback is not None:
-            callback({"i": i, "t": grid[i], "s": grid[i + 1], "x": x, "x0": pred.x0})
-    return x
+    return sample_dpmpp_multistep(denoiser, x, grid, order=2, cond=cond, callback=callback,
+                                  lower_order_final=lower_order_final, eta=eta, generator=generator)
