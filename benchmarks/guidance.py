@@ -143,8 +143,10 @@ def cmd_prompts(args: argparse.Namespace) -> None:
     weights = [] if args.final_only else [(int(p.stem[5:]), f"snapshots/{p.name}")
                                           for p in (path / "snapshots").glob("step_*.safetensors")]
     state = path / "train_state.json"  # a training folder; a shipped model records its steps in config.json
-    final_step = (json.loads(state.read_text())["step"] if state.exists()
-                  else json.loads((path / "config.json").read_text())["shipped"]["steps"])
+    meta = json.loads((path / "config.json").read_text())
+    if not state.exists() and "shipped" not in meta:
+        raise SystemExit(f"{path}: neither a training folder (train_state.json) nor a shipped model")
+    final_step = json.loads(state.read_text())["step"] if state.exists() else meta["shipped"]["steps"]
     for step, w_file in [*sorted(weights), (final_step, "model.safetensors")]:
         run = load_run(path, weights=w_file)
         null = null_captions(run.net)

@@ -27,7 +27,7 @@ def positive_int(text: str) -> int:
 
 def generate(run: Any, n: int, sampler: str, steps: int, seed: int, spacing: str | None,
              options: dict[str, Any], batch: int = 250, callback: Any = None, denoiser: Any = None,
-             cond: torch.Tensor | None = None) -> torch.Tensor:
+             cond: Any = None) -> torch.Tensor:
     """n samples from a loaded run (or `denoiser`, e.g. a guided one), in batches, reproducible from the seed."""
     from diffusa.samplers import sample
 

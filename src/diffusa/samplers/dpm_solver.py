@@ -73,6 +73,8 @@ def sample_dpmpp_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tens
         raise DiffusaError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order}")
     if eta < 0:
         raise DiffusaError(f"eta must be >= 0, got {eta}")
+    if eta > 0 and order > 2:  # the SDE's third-order multistep has other coefficients (Lu et al. 2022, App. B)
+        raise DiffusaError("DPM-Solver++ with noise (eta > 0) is implemented for orders 1 and 2")
     proc = denoiser.process
     n = len(grid) - 1
     x0s: list[torch.Tensor] = []
