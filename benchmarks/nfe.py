@@ -166,7 +166,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
             print(json.dumps({"family": fam, "key": key, **rec["diffusa"][key]}), flush=True)
         if fam != "ddpm":
             continue
-        for peer in PEERS:
+        for peer in args.peers:
             for spacing in (None, "trailing", "thresholding")[:3 if peer == "DPMSolverMultistepScheduler" else 2]:
                 heun = peer == "HeunDiscreteScheduler"
                 for target in args.nfe:
@@ -275,6 +275,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="samples per cell")
     ap.add_argument("--nfe", type=int, nargs="+", default=NFES)
     ap.add_argument("--samplers", nargs="+", default=SAMPLERS)
+    ap.add_argument("--peers", nargs="*", default=PEERS, choices=PEERS,
+                    help="diffusers' schedulers that drive the ddpm model (none: --peers alone)")
     ap.add_argument("--long", nargs="+", default=LONG, help="samplers also run at NFE > --short-max")
     ap.add_argument("--short-max", type=int, default=20, help="every sampler runs at the targets up to this NFE")
     args = ap.parse_args()

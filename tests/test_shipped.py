@@ -5,6 +5,7 @@ Exporting a run (with its autoencoder) gives a folder that loads from anywhere."
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -90,3 +91,26 @@ def test_export_carries_the_autoencoder_and_loads_after_a_move(tmp_path: Path, c
     assert loaded.to_images(torch.zeros(2, 2, 2, 2)).shape == (2, 1, 8, 8)
     r = cli("generate", "--model", moved, "--n", 3, "--steps", 2, "--out", tmp_path / "g.npz")
     assert r.code == 0 and np.load(tmp_path / "g.npz")["images"].shape == (3, 8, 8, 1), r.err
+
+
+def test_export_over_an_existing_model_replaces_it_and_keeps_it_if_the_swap_fails(tmp_path: Path, monkeypatch):
+    run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=2"])
+    dest = tmp_path / "shipped" / "m"
+    export_run(run, dest, {"command": "first", "train_seconds": 1.0})
+    export_run(run, dest, {"command": "second", "train_seconds": 1.0})
+    assert json.loads((dest / "config.json").read_text())["shipped"]["command"] == "second"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]  # no temporary folder left behind
+
+    real = os.replace
+
+    def fail_into_dest(src, dst):
+        if Path(dst) == dest and Path(src).name.startswith(".m."):  # the new model's temporary folder
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_dest)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(run, dest, {"command": "third", "train_seconds": 1.0})
+    monkeypatch.undo()
+    assert json.loads((dest / "config.json").read_text())["shipped"]["command"] == "second"
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]

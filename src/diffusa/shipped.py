@@ -75,9 +75,19 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any]) ->
         os.umask(umask)
         for d in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
             d.chmod(0o777 & ~umask)  # mkdtemp's folders are private
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
+        old = None
+        if dest.exists():  # moved aside, not deleted, until the new one is in place; restored if that fails
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent)) / dest.name
+            os.replace(dest, old)
+        try:
+            os.replace(tmp, dest)
+        except BaseException:
+            if old is not None:
+                os.replace(old, dest)
+            raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old.parent, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
