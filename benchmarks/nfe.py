@@ -12,7 +12,8 @@ default objective. All four use the same U-Net, batch 64, lr 1e-3 and the same n
 NFE is counted, not assumed: a forward hook counts the network's calls, each sampler's steps are chosen as the
 largest count whose NFE fits the target (Heun and the predictor-corrector sampler spend two per step, RK4 four),
 and the table reports the NFE actually used. rk45 picks its own steps (rtol = atol = 1e-3). Every sampler runs
-at NFE 5, 10 and 20 (--short-max) and at 50, 100 and 250 (--long names the samplers that do; default all).
+at NFE 5, 10 and 20 (--short-max) and at 50, 100 and 250 (--long names the samplers that do; default all),
+on its default grid, and on the grids --spacings names (uniform, logsnr, karras: `diffusa sample --spacing`).
 diffusers' DDIMScheduler, DPMSolverMultistepScheduler (DPM-Solver++ 2M), EulerDiscreteScheduler and
 HeunDiscreteScheduler drive the ddpm model's eps at every NFE with their default timestep spacing, and up to NFE
 20 with "trailing" (DPM-Solver++ also with dynamic thresholding of x0 to [-1, 1], diffusers' analogue of the
@@ -36,7 +37,7 @@ from diffusa.config import load_config
 from diffusa.data import load_dataset
 from diffusa.metrics import classify, frechet_distance, kernel_inception_distance
 from diffusa.runs import load_run
-from diffusa.samplers import sample
+from diffusa.samplers import LEVEL_SPACINGS, sample
 from diffusa.train import Trainer
 from diffusa.viz import save_image_grid
 
@@ -146,22 +147,26 @@ def cmd_eval(args: argparse.Namespace) -> None:
         rec["floor"], rec["n"] = floor, args.n
         run = load_run(run_path(args, fam))
         counter = CallCounter(run.denoiser.net)
-        jobs: list[tuple[str, int, dict]] = []
+        jobs: list[tuple[str, int, str | None, dict]] = []
         for s in args.samplers:
-            jobs += [(s, nfe, {}) for nfe in args.nfe if nfe <= args.short_max or s in args.long]
-        jobs += [("rk45", 0, {"rtol": tol, "atol": tol}) for tol in ([1e-2] if args.quick else RK45_TOLS)]
-        for s, target, opts in jobs:
-            key = f"{s}@{target}" if s != "rk45" else f"rk45@tol{opts['rtol']:g}"
+            jobs += [(s, nfe, sp, {}) for sp in (None, *args.spacings) for nfe in args.nfe
+                     if nfe <= args.short_max or s in args.long]
+        jobs += [("rk45", 0, None, {"rtol": tol, "atol": tol}) for tol in ([1e-2] if args.quick else RK45_TOLS)]
+        for s, target, spacing, opts in jobs:
+            name = f"{s}/{spacing}" if spacing else s  # a grid other than the sampler's default
+            key = f"{name}@{target}" if s != "rk45" else f"rk45@tol{opts['rtol']:g}"
             if key in rec["diffusa"]:
                 continue
             steps, nfe = steps_for(run, counter, s, target) if s != "rk45" else (2, 0)
             g = torch.Generator().manual_seed(0)
             t0 = time.time()
             counter.calls = 0
-            x = sample(run.denoiser, (args.n, *run.data_shape), s, steps, generator=g, **opts)
+            x = sample(run.denoiser, (args.n, *run.data_shape), s, steps, generator=g, spacing=spacing, **opts)
             nfe = counter.calls if s == "rk45" else nfe
-            rec["diffusa"][key] = {"sampler": s, "target": target, "steps": steps,
-                                   **score(x, f"{fam}_{s}_{target or opts['rtol']}", time.time() - t0, nfe)}
+            rec["diffusa"][key] = {"sampler": s, "target": target, "steps": steps, **({"spacing": spacing} if spacing
+                                                                                        else {}),
+                                   **score(x, f"{fam}_{name.replace('/', '_')}_{target or opts['rtol']}",
+                                           time.time() - t0, nfe)}
             write_json(path, rec)
             print(json.dumps({"family": fam, "key": key, **rec["diffusa"][key]}), flush=True)
         if fam != "ddpm":
@@ -184,6 +189,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
                                                                       time.time() - t0, nfe)}
                     write_json(path, rec)
                     print(json.dumps({"family": fam, "key": key, **rec["diffusers"][key]}), flush=True)
+
+
+def label(cell: dict) -> str:
+    """A diffusa cell's row: the sampler, and its grid when not the default one."""
+    return f"{cell['sampler']} ({cell['spacing']} grid)" if cell.get("spacing") else cell["sampler"]
 
 
 def best(entries: dict, max_nfe: int | None = None) -> tuple[str, dict] | None:
@@ -210,7 +220,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         rows: dict[str, dict[int, dict]] = {}
         for v in rec["diffusa"].values():
             if v["sampler"] != "rk45":
-                rows.setdefault(v["sampler"], {})[v["target"]] = v
+                rows.setdefault(label(v), {})[v["target"]] = v
         for name, cells in rows.items():
             lines.append(f"| {name} | " + " | ".join(f"{cells[t]['fd']:.1f} ({cells[t]['nfe']})" if t in cells else "–"
                                                       for t in targets) + " |")
@@ -241,7 +251,7 @@ def cmd_report(args: argparse.Namespace) -> None:
     for ax, (fam, rec) in zip(axes[0], recs.items(), strict=True):
         series: dict[str, list[tuple[int, float]]] = {}
         for v in rec["diffusa"].values():
-            series.setdefault(v["sampler"], []).append((v["nfe"], v["fd"]))
+            series.setdefault(label(v), []).append((v["nfe"], v["fd"]))
         for v in rec.get("diffusers", {}).values():
             series.setdefault(f"diffusers {v['scheduler'].replace('Scheduler', '')} {v['spacing']}", []).append(
                 (v["nfe"], v["fd"]))
@@ -275,6 +285,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100, help="samples per cell")
     ap.add_argument("--nfe", type=int, nargs="+", default=NFES)
     ap.add_argument("--samplers", nargs="+", default=SAMPLERS)
+    ap.add_argument("--spacings", nargs="*", default=[], choices=LEVEL_SPACINGS,
+                    help="eval: also run every sampler on these grids (default: each sampler's own grid only)")
     ap.add_argument("--peers", nargs="*", default=PEERS, choices=PEERS,
                     help="diffusers' schedulers that drive the ddpm model (none: --peers alone)")
     ap.add_argument("--long", nargs="+", default=LONG, help="samplers also run at NFE > --short-max")
@@ -286,7 +298,7 @@ def main() -> None:
 def quick(args: argparse.Namespace) -> None:
     """Two families, a 20-step chain, 2 training steps, 8 images, two NFE targets, in ./quick."""
     args.families, args.steps, args.n, args.nfe = ["ddpm", "flow"], 2, 8, [5, 8]
-    args.samplers, args.long = ["ddim", "heun", "pc"], ["ddim"]
+    args.samplers, args.long, args.spacings = ["ddim", "heun", "pc"], ["ddim"], ["karras"]
     args.root, args.raw, args.img = "quick/runs", "quick/raw", "quick/img"
     args.ddpm_run, args.set = "quick/runs/ddpm", ["process.num_steps=20", "train.sample_steps=4", "train.sample_n=8"]
 

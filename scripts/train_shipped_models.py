@@ -100,7 +100,7 @@ def reference_outputs() -> dict[str, torch.Tensor]:
     r, out = REFERENCE, {}
     for name, prompt in (("mnist-text", r["prompt"]), ("mnist-pixel", None)):
         run = load_run(shipped_root() / name)
-        den, cond = prepare(run, prompt, r["n"], r["scale"], name)
+        den, cond = prepare(run, prompt, r["n"], r["scale"] if prompt else None, name)
         out[name] = generate(run, r["n"], "dpmpp_2m", r["steps"], r["seed"], None, {}, denoiser=den, cond=cond)
     return out
 

@@ -128,6 +128,10 @@ def test_damaged_npz(cli, tmp_path: Path) -> None:
     (["--sampler", "euler-maruyama"], "sampler"),
     (["--steps", "5000"], "5000"),
     (["--trajectory", "traj.png"], "trajectory"),  # points cannot be drawn as a strip
+    (["--eta", "-1"], "--eta"),  # was silently deterministic
+    (["--eta", "inf"], "--eta"),  # was all-NaN samples
+    (["--eta", "nan"], "--eta"),
+    (["--classifier-scale", "2"], "--classifier"),  # was ignored without a classifier
 ])
 def test_bad_sampling_flags(cli, moons_run: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(cli("sample", moons_run, "--out", tmp_path / "x.png", *args), fragment)
@@ -360,8 +364,41 @@ def test_eval_bpd_continuous_uses_the_ode(cli, tmp_path: Path) -> None:
     assert np.isfinite(out["bpd"]) and out["bpd"] > 0
 
 
-def test_sample_with_ddim_spacing(cli, digits_run: Path, tmp_path: Path) -> None:
-    res = cli("sample", digits_run, "--n", "4", "--steps", "7", "--spacing", "ddim", "--sampler", "ancestral",
-              "--out", tmp_path / "s.npz")
+@pytest.mark.parametrize("spacing", ["ddim", "karras", "logsnr"])
+def test_sample_with_spacing(cli, digits_run: Path, tmp_path: Path, spacing: str) -> None:
+    args = ("sample", digits_run, "--n", "4", "--steps", "7", "--sampler", "ancestral")
+    res = cli(*args, "--spacing", spacing, "--out", tmp_path / "s.npz")
     assert res.code == 0, res.err
-    assert np.load(tmp_path / "s.npz")["samples"].shape == (4, 1, 8, 8)
+    assert cli(*args, "--out", tmp_path / "default.npz").code == 0
+    x, default = (np.load(tmp_path / f)["samples"] for f in ("s.npz", "default.npz"))
+    assert x.shape == (4, 1, 8, 8) and np.isfinite(x).all() and not np.allclose(x, default)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--n", "1"], "at least 2"),  # was a LinAlgError traceback from a 1-sample covariance
+    (["--bpd", "--label", "3"], "--label would be ignored"),
+    (["--bpd", "--spacing", "karras", "--eta", "1"], "--spacing, --eta would be ignored"),
+])
+def test_eval_refuses_what_it_cannot_measure(cli, digits_run: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(cli("eval", digits_run, *args), fragment)
+
+
+def test_eval_records_the_grid_and_options(cli, digits_run: Path, tmp_path: Path) -> None:
+    res = cli("eval", digits_run, "--n", "4", "--steps", "3", "--sampler", "ddim", "--spacing", "karras", "--eta",
+              "0.5", "--out", tmp_path / "m.json")
+    assert res.code == 0, res.err
+    out = json.loads((tmp_path / "m.json").read_text())
+    assert (out["sampler"], out["steps"], out["spacing"], out["eta"]) == ("ddim", 3, "karras", 0.5)
+
+
+def test_bpd_of_a_shipped_model_writes_beside_the_user(cli, tmp_path: Path, monkeypatch) -> None:
+    """The bound's plot goes to ./NAME-bpd_terms.png, not into a new ./NAME folder that would then shadow the
+    shipped model (nor into the installed package); one image gives se null (JSON has no NaN)."""
+    monkeypatch.chdir(tmp_path)
+    res = cli("eval", "mnist-pixel", "--bpd", "--n", "1", "--terms", "2")
+    assert res.code == 0, res.err
+    out = json.loads(res.out)
+    assert out["se"] is None and np.isfinite(out["bpd"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist-pixel-bpd_terms.png"]
+    (tmp_path / "mnist-pixel").mkdir()  # an unrelated folder of that name does not hide the shipped model
+    assert cli("sample", "mnist-pixel", "--n", "1", "--steps", "1", "--out", tmp_path / "x.png").code == 0

@@ -11,9 +11,9 @@ from diffusers import DDIMScheduler, DDPMScheduler
 
 import diffusa
 from diffusa import Denoiser, DiffusaError, DiscreteDDPM
-from diffusa.process import expand_as
-from diffusa.samplers import make_grid, sample_ancestral, sample_ddim
-from diffusa.schedules import discrete_grid, discrete_indices, make_betas
+from diffusa.process import EDM, VP, Flow, expand_as
+from diffusa.samplers import default_karras_grid, make_grid, sample_ancestral, sample_ddim
+from diffusa.schedules import discrete_grid, discrete_indices, karras_sigmas, make_betas
 
 T = 1000
 DIFFUSERS_NAME = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -372,6 +372,25 @@ def test_make_grid_defaults_to_trailing():
     assert make_grid(den, 25)[0].item() == 1.0
 
 
+@pytest.mark.parametrize("proc", [DiscreteDDPM("linear", T), VP(), EDM(), Flow()], ids=lambda p: type(p).__name__)
+def test_level_spacings_on_any_process(proc):
+    """--spacing uniform / logsnr / karras give those grids on every process; chain spacings need a chain."""
+    den = gaussian_denoiser(proc, MU, SD)
+    t_min = 1 / T if isinstance(proc, DiscreteDDPM) else 1e-3
+    lam = proc.log_snr(make_grid(den, 12, "logsnr")[:-1])
+    assert len(lam) == 12 and torch.allclose(lam.diff(), lam.diff()[:1].expand(11), rtol=1e-6)
+    assert torch.allclose(lam[[0, -1]], proc.log_snr(torch.tensor([1.0, t_min], dtype=torch.float64)), rtol=1e-6)
+    assert torch.equal(make_grid(den, 12, "karras"), default_karras_grid(den, 12))
+    sig = (-proc.log_snr(make_grid(den, 12, "karras")[:-1]) / 2).exp()  # sigma / alpha, rho = 7 spaced
+    assert torch.allclose(sig, karras_sigmas(float(sig[-1]), float(sig[0]), 12), rtol=1e-5)
+    assert torch.equal(make_grid(den, 12, "uniform"), torch.linspace(1, 0, 13, dtype=torch.float64))
+    with pytest.raises(DiffusaError, match="unknown spacing"):
+        make_grid(den, 12, "sideways")
+    if not isinstance(proc, DiscreteDDPM):
+        with pytest.raises(DiffusaError, match="continuous"):
+            make_grid(den, 12, "trailing")
+
+
 def test_sample_errors():
     den = small_denoiser()
     with pytest.raises(DiffusaError):
@@ -382,6 +401,10 @@ def test_sample_errors():
         diffusa.sample(den, (2, 4), steps=0)
     with pytest.raises(DiffusaError):
         diffusa.sample(den, (2, 4), sampler="ancestral", variance="fixed_large")
+    for sampler in ("ddim", "euler_ancestral", "dpmpp_2m_sde"):
+        for eta in (-1.0, float("nan"), float("inf")):
+            with pytest.raises(DiffusaError, match="eta must be"):
+                diffusa.sample(den, (2, 4), sampler=sampler, steps=3, eta=eta)
 
 
 def test_prior_scale_from_sample_entry_point():

@@ -46,7 +46,7 @@ def test_shipped_models_reproduce_their_stored_outputs():
     n, steps, seed, scale = int(meta["n"]), int(meta["steps"]), int(meta["seed"]), float(meta["scale"])
     for name, prompt in (("mnist-text", meta["prompt"]), ("mnist-pixel", None)):
         run = load_run(shipped_root() / name)
-        den, cond = prepare(run, prompt, n, scale, name)
+        den, cond = prepare(run, prompt, n, scale if prompt else None, name)
         x = generate(run, n, "dpmpp_2m", steps, seed, None, {}, denoiser=den, cond=cond)
         assert x.shape == ref[name].shape == (n, 1, 28, 28)
         assert float((x - ref[name]).abs().max()) < 1e-3, name
@@ -70,7 +70,8 @@ def test_generate_unconditional_and_errors(cli, tmp_path: Path):
     assert r.code == 0 and "mnist-pixel" in r.out and (tmp_path / "u.png").stat().st_size > 200, r.err
     for args, msg in ((["--model", "nope"], "neither a shipped model"), (["--out", tmp_path / "x.jpg"], ".png"),
                       (["a 7", "--model", "mnist-pixel"], "takes no prompt"),
-                      (["--model", "mnist-text"], "give a prompt")):
+                      (["--model", "mnist-text"], "give a prompt"),
+                      (["--guidance-scale", "7"], "is unconditional")):  # was silently ignored
         r = cli("generate", *args, "--n", 2, "--steps", 2)
         assert r.code == 2 and msg in r.err and r.err.count("\n") == 1, r.err
 

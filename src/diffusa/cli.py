@@ -18,11 +18,11 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from diffusa.cli_common import check_out, generate, positive_int, write_samples
+from diffusa.cli_common import check_out, generate, non_negative_float, positive_int, write_samples
 from diffusa.cli_guidance import cmd_train_classifier, conditional_metrics, guided, requested_labels
 from diffusa.errors import DiffusaError
 from diffusa.process import PROCESSES
-from diffusa.samplers import SAMPLERS
+from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
 from diffusa.shipped import run_path
 
 EXIT_USAGE = 2
@@ -143,6 +143,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.schedules import check_steps
 
     check_steps(args.steps)
+    if args.bpd:
+        given = [f"--{k.replace('_', '-')}" for k in ("label", "prompt", "guidance_scale", "classifier",
+                                                      "classifier_scale", "spacing", "eta")
+                 if getattr(args, k) is not None]
+        if given:
+            raise DiffusaError(f"--bpd measures the model's likelihood of held-out data and draws no samples: "
+                               f"{', '.join(given)} would be ignored")
+    elif args.n is not None and args.n < 2:
+        raise DiffusaError("eval needs --n of at least 2 (the Frechet distance compares covariances)")
     run = load_run(run_path(args.run))
     dc = run.config.data
     test = load_dataset(dc.name, "test", dc.image_size, dc.grayscale)
@@ -158,12 +167,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = image_metrics(x, test.x, floor_set) if run.is_image else point_metrics(x, test.x, floor_set)
     if cond is not None and run.is_image and args.label is not None and args.prompt is None:
         metrics.update(conditional_metrics(x, requested_labels(args.label, n, run.num_classes or 10), args))
-    metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps, "seed": args.seed})
+    metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps, "spacing": args.spacing,
+                    **sampler_options(args), "seed": args.seed})
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
+
+
+def default_plot(run: str) -> Path:
+    """Where --bpd draws the bound's terms: in the run folder, or beside the user for a shipped model (never
+    inside the installed package, nor a new folder named like the shipped model that would then shadow it)."""
+    from diffusa.shipped import SHIPPED
+
+    if run in SHIPPED and not (Path(run) / "config.json").is_file():
+        return Path(f"{run}-bpd_terms.png")
+    return Path(run) / "bpd_terms.png"
 
 
 def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
@@ -189,10 +209,11 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
             raise DiffusaError(f"--terms must be 'all' or a positive integer, got {args.terms}")
         variance = args.variance or "beta_tilde"
         res = bits_per_dim(run.denoiser, x, terms=terms, variance=variance, generator=g)
-        plot = Path(args.plot) if args.plot else Path(args.run) / "bpd_terms.png"
+        plot = Path(args.plot) if args.plot else default_plot(args.run)
         save_bound_terms(res.times.tolist(), res.terms.tolist(), plot,
                          f"{Path(args.run).name}: bound terms, total {res.total:.3f} bits/dim")
-        out.update({"method": "variational bound", "bpd": res.total, "se": res.se, "prior_bpd": res.prior,
+        se = res.se if math.isfinite(res.se) else None  # one image: no standard error (and JSON has no NaN)
+        out.update({"method": "variational bound", "bpd": res.total, "se": se, "prior_bpd": res.prior,
                     "terms": "all" if terms is None else terms, "num_steps": proc.num_steps,
                     "variance": "learned" if run.denoiser.learned_variance else variance, "plot": str(plot)})
     else:
@@ -203,7 +224,7 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
             parts.append(bpd)
             nfe += k
         per_image = torch.cat(parts)
-        se = float(per_image.std() / math.sqrt(n)) if n > 1 else float("nan")
+        se = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # JSON has no NaN
         out.update({"method": "probability-flow ODE, Hutchinson trace, uniform dequantization",
                     "bpd": float(per_image.mean()), "se": se, "nfe": nfe, "rtol": args.rtol})
     text = json.dumps(out, indent=2)
@@ -328,9 +349,11 @@ def build_parser() -> Parser:
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
         q.add_argument("--sampler", default="ddim", help=" | ".join(SAMPLERS))
         q.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
-        q.add_argument("--spacing", choices=["leading", "trailing", "even", "ddim"],
-                       help="how a chain's steps are picked (even and ddim as in IDDPM's respacing)")
-        q.add_argument("--eta", type=float, help="DDIM stochasticity (0 = deterministic)")
+        q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS],
+                       help="the sampling grid: uniform in t, uniform in log-SNR, Karras rho = 7 (any process); "
+                            "or how a discrete chain's steps are picked (even and ddim as in IDDPM's respacing)")
+        q.add_argument("--eta", type=non_negative_float,
+                       help="stochasticity of ddim, euler_ancestral, dpmpp_2m_sde (0 = deterministic)")
         q.add_argument("--variance", choices=["beta_tilde", "beta"], help="ancestral step variance")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--label", help="class to draw: K, or 'all' for 0, 1, ..., K-1 in turn")
@@ -338,7 +361,7 @@ def build_parser() -> Parser:
         q.add_argument("--guidance-scale", type=float,
                        help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = the conditional model")
         q.add_argument("--classifier", help="classifier guidance with this `diffusa train-classifier` folder")
-        q.add_argument("--classifier-scale", type=float, default=1.0, help="classifier guidance scale s")
+        q.add_argument("--classifier-scale", type=float, help="classifier guidance scale s (default 1)")
 
     s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples.")
     sampling_flags(s, 64)
@@ -361,7 +384,8 @@ def build_parser() -> Parser:
     e.add_argument("--terms", type=terms_arg, default="100",
                    help="--bpd on a chain: 'all' for the full bound, or K for an unbiased K-term estimate "
                         "(default 100)")
-    e.add_argument("--plot", help="--bpd on a chain: PNG of the bound's terms against t (default RUN/bpd_terms.png)")
+    e.add_argument("--plot", help="--bpd on a chain: PNG of the bound's terms against t (default RUN/bpd_terms.png, "
+                                   "or NAME-bpd_terms.png here for a shipped model)")
     e.add_argument("--rtol", type=float, default=1e-5, help="--bpd with the ODE: solver tolerance (rtol = atol)")
     e.set_defaults(func=cmd_eval)
 

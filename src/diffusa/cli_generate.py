@@ -16,6 +16,8 @@ import torch
 from diffusa.cli_common import check_out, generate, positive_int, write_samples
 from diffusa.errors import DiffusaError
 
+DEFAULT_SCALE = 3.0  # classifier-free guidance of a text model (docs/guidance.md: accuracy against diversity)
+
 
 def add_parser(sub: Any) -> None:
     """Register `generate` on the CLI's sub-parsers."""
@@ -31,18 +33,20 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--out", default="generated.png", help="FILE.png (grid) or FILE.npz")
     g.add_argument("--steps", type=positive_int, default=20, help="sampling steps")
     g.add_argument("--sampler", default="dpmpp_2m")
-    g.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance w (text models)")
+    g.add_argument("--guidance-scale", type=float, help="classifier-free guidance w (text models; default 3)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_generate)
 
 
-def prepare(run: Any, prompt: str | None, n: int, scale: float, name: str) -> tuple[Any, Any]:
-    """The denoiser to sample and its conditioning: a text model needs the prompt, others refuse one."""
+def prepare(run: Any, prompt: str | None, n: int, scale: float | None, name: str) -> tuple[Any, Any]:
+    """The denoiser to sample and its conditioning: a text model needs the prompt (guided at `scale`, default
+    3), others refuse one and a guidance scale."""
     from diffusa.guidance import classifier_free, null_captions
 
     if run.is_text:
         if prompt is None:
             raise DiffusaError(f"{name} is text-conditional: give a prompt, e.g. diffusa generate \"a handwritten 7\"")
+        scale = DEFAULT_SCALE if scale is None else scale
         den = run.denoiser
         if scale != 1.0:
             den = classifier_free(den, scale, null_captions(run.net))
@@ -50,6 +54,8 @@ def prepare(run: Any, prompt: str | None, n: int, scale: float, name: str) -> tu
     if prompt is not None:
         raise DiffusaError(f"{name} is not text-conditional and takes no prompt (the shipped text model is "
                            "--model mnist-text)")
+    if scale is not None:
+        raise DiffusaError(f"--guidance-scale guides a text model towards its prompt; {name} is unconditional")
     if run.num_classes:
         raise DiffusaError(f"{name} is class-conditional: use diffusa sample {name} --label K")
     return run.denoiser, None
@@ -70,7 +76,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         x = generate(run, args.n, args.sampler, args.steps, args.seed, None, {}, denoiser=den, cond=cond)
     write_samples(x, out, run.is_image)
-    what = f"{args.prompt!r}, guidance {args.guidance_scale:g}" if args.prompt is not None else "unconditional"
+    scale = DEFAULT_SCALE if args.guidance_scale is None else args.guidance_scale
+    what = f"{args.prompt!r}, guidance {scale:g}" if args.prompt is not None else "unconditional"
     print(f"wrote {args.n} samples to {out} ({name}, {what}, {args.sampler} {args.steps} steps, "
           f"{time.perf_counter() - t0:.2f} s)")
     return 0

@@ -30,6 +30,8 @@ def guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, torch.Tenso
     classifier = getattr(args, "classifier", None)
     scale = getattr(args, "guidance_scale", None)
     prompt = getattr(args, "prompt", None)
+    if getattr(args, "classifier_scale", None) is not None and not classifier:
+        raise DiffusaError("--classifier-scale scales classifier guidance: add --classifier DIR")
     if prompt is not None or run.is_text:
         return text_guided(run, args, n)
     if label is None and (classifier or scale is not None):
@@ -43,7 +45,8 @@ def guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, torch.Tenso
         y = requested_labels(label, n, k)
         if run.num_classes and scale is not None:
             den = classifier_free(den, scale, lambda c: null_labels(c, run.num_classes))
-        return ClassifierGuided(den, log_prob, args.classifier_scale, model_cond=run.num_classes > 0), y
+        scale_c = 1.0 if args.classifier_scale is None else args.classifier_scale
+        return ClassifierGuided(den, log_prob, scale_c, model_cond=run.num_classes > 0), y
     if not run.num_classes:
         raise DiffusaError(f"{run.path} is unconditional: --label needs a model trained with --class-conditional, "
                            "or a noise-aware classifier (--classifier DIR from `diffusa train-classifier`)")
@@ -92,7 +95,8 @@ def conditional_metrics(x: torch.Tensor, labels: torch.Tensor, args: argparse.Na
 
     _, probs = classify(x)
     return {"label": args.label, "guidance_scale": args.guidance_scale, "classifier": args.classifier,
-            "classifier_scale": args.classifier_scale if args.classifier else None,
+            "classifier_scale": (1.0 if args.classifier_scale is None else args.classifier_scale)
+            if args.classifier else None,
             "conditional_accuracy": float((probs.argmax(1) == labels).float().mean())}
 
 

@@ -45,8 +45,8 @@ def resolve_model(spec: str) -> Path:
 
 
 def run_path(spec: str | Path) -> Path:
-    """For `sample` and `eval`: a run folder, or a shipped model's name when no folder of that name exists."""
-    if str(spec) in SHIPPED and not Path(spec).exists():
+    """For `sample` and `eval`: a run folder, or a shipped model's name when no run folder of that name exists."""
+    if str(spec) in SHIPPED and not (Path(spec) / "config.json").is_file():
         return resolve_model(str(spec))
     return Path(spec)
 

@@ -20,7 +20,7 @@ from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
 from diffusa.samplers.heun import sample_heun
 from diffusa.samplers.ode import sample_ode_euler, sample_ode_heun, sample_rk4, sample_rk45
 from diffusa.samplers.sde import sample_euler_maruyama, sample_pc, sample_reverse_diffusion
-from diffusa.schedules import check_steps, discrete_grid, karras_grid, uniform_grid
+from diffusa.schedules import check_steps, discrete_grid, karras_grid, log_snr_uniform_grid, uniform_grid
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "ddim": sample_ddim,
@@ -76,20 +76,38 @@ def default_karras_grid(denoiser: Denoiser, steps: int) -> torch.Tensor:
     return karras_grid(proc, steps, sig_min, sig_max)
 
 
+# grids of noise levels for any process; the others pick steps of a discrete chain
+LEVEL_SPACINGS = ("uniform", "logsnr", "karras")
+CHAIN_SPACINGS = ("leading", "trailing", "even", "ddim")
+
+
 def make_grid(denoiser: Denoiser, steps: int, spacing: str | None = None, sampler: str | None = None) -> torch.Tensor:
-    """The default grid: EDM's Karras grid for Heun; for score_sde's samplers (SCORE_SDE_DEFAULT) uniform in t
-    down to t = 1e-3, or the chain's steps from T down to 1 ("even"); otherwise the chain's own steps, trailing
-    spacing (Lin et al. 2024), for a discrete process, and uniform in t for a continuous one."""
+    """The time grid a sampler walks. `spacing`: "karras" (EDM's rho = 7 levels, `default_karras_grid`),
+    "logsnr" (uniform in log-SNR from t = 1 to the least trained level: t = 1e-3, or a chain's first step),
+    "uniform" (uniform in t to 0) on any process; "leading", "trailing", "even" or "ddim" pick a discrete chain's
+    steps. Default: Karras for Heun; for score_sde's samplers (SCORE_SDE_DEFAULT) uniform in t down to t = 1e-3,
+    or the chain's steps from T down to 1 ("even"); otherwise the chain's own steps, trailing spacing (Lin et al.
+    2024), for a discrete process, and uniform in t for a continuous one."""
     check_steps(steps)
-    if sampler in KARRAS_DEFAULT and spacing is None:
-        return default_karras_grid(denoiser, steps)
     proc = denoiser.process
+    discrete = isinstance(proc, DiscreteDDPM)
+    if spacing is not None and spacing not in LEVEL_SPACINGS + CHAIN_SPACINGS:
+        raise DiffusaError(f"unknown spacing {spacing!r}; known: {', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}")
+    if spacing in CHAIN_SPACINGS and not discrete:
+        raise DiffusaError(f"spacing {spacing!r} picks steps of a discrete chain; this process is continuous: "
+                           f"use {', '.join(LEVEL_SPACINGS)}")
+    if spacing == "karras" or (sampler in KARRAS_DEFAULT and spacing is None):
+        return default_karras_grid(denoiser, steps)
+    if spacing == "logsnr":
+        return log_snr_uniform_grid(proc, steps, t_min=1.0 / proc.num_steps if discrete else SCORE_SDE_T_EPS)
+    if spacing == "uniform":
+        return uniform_grid(steps)
     if sampler in SCORE_SDE_DEFAULT and spacing is None:
-        if isinstance(proc, DiscreteDDPM):
+        if discrete:
             return discrete_grid(proc.num_steps, steps, "even")
         return torch.cat([torch.linspace(1, SCORE_SDE_T_EPS, steps, dtype=torch.float64),
                           torch.zeros(1, dtype=torch.float64)])
-    if isinstance(proc, DiscreteDDPM):
+    if discrete:
         return discrete_grid(proc.num_steps, steps, spacing or "trailing")
     return uniform_grid(steps)
 
@@ -118,6 +136,8 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], sampler: str = "ddim", st
 
 
 __all__ = [
+    "CHAIN_SPACINGS",
+    "LEVEL_SPACINGS",
     "SAMPLERS",
     "get_sampler",
     "make_grid",

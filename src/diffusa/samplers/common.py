@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from diffusa.errors import DiffusaError
+
 Callback = Callable[[dict[str, Any]], None]
+
+
+def check_eta(eta: float) -> float:
+    """A sampler's stochasticity eta must be a finite number >= 0 (a negative or NaN one would silently mean 0)."""
+    if not math.isfinite(eta) or eta < 0:
+        raise DiffusaError(f"eta must be a finite number >= 0, got {eta}")
+    return eta
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

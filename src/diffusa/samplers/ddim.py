@@ -12,13 +12,14 @@ import torch
 
 from diffusa.prediction import Denoiser
 from diffusa.process import expand_as
-from diffusa.samplers.common import Callback, randn_like, step_times
+from diffusa.samplers.common import Callback, check_eta, randn_like, step_times
 
 
 def sample_ddim(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tensor, *, cond: Any = None,
                 generator: torch.Generator | None = None, callback: Callback | None = None,
                 eta: float = 0.0) -> torch.Tensor:
     """Deterministic (eta = 0) or stochastic DDIM over a decreasing grid ending at 0."""
+    check_eta(eta)
     proc = denoiser.process
     for i in range(len(grid) - 1):
         t, s = step_times(grid, i, x.shape[0], x.device)

@@ -14,7 +14,7 @@ import torch
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser
 from diffusa.process import expand_as
-from diffusa.samplers.common import Callback, randn_like, step_times
+from diffusa.samplers.common import Callback, check_eta, randn_like, step_times
 
 # Lu et al. (and diffusers) lower the order of the last steps only for short grids, where it stabilises them
 LOWER_ORDER_BELOW = 15
@@ -71,8 +71,7 @@ def sample_dpmpp_multistep(denoiser: Denoiser, x: torch.Tensor, grid: torch.Tens
     """
     if order not in (1, 2, 3):
         raise DiffusaError(f"DPM-Solver++ multistep order must be 1, 2 or 3, got {order}")
-    if eta < 0:
-        raise DiffusaError(f"eta must be >= 0, got {eta}")
+    check_eta(eta)
     if eta > 0 and order > 2:  # the SDE's third-order multistep has other coefficients (Lu et al. 2022, App. B)
         raise DiffusaError("DPM-Solver++ with noise (eta > 0) is implemented for orders 1 and 2")
     proc = denoiser.process
