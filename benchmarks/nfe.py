@@ -251,7 +251,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     for ax, (fam, rec) in zip(axes[0], recs.items(), strict=True):
         series: dict[str, list[tuple[int, float]]] = {}
         for v in rec["diffusa"].values():
-            series.setdefault(label(v), []).append((v["nfe"], v["fd"]))
+            if not v.get("spacing"):  # the figure keeps to each sampler's default grid; the table has the others
+                series.setdefault(v["sampler"], []).append((v["nfe"], v["fd"]))
         for v in rec.get("diffusers", {}).values():
             series.setdefault(f"diffusers {v['scheduler'].replace('Scheduler', '')} {v['spacing']}", []).append(
                 (v["nfe"], v["fd"]))

@@ -38,9 +38,14 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(save(data, metadata=metadata)))
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically: a crash leaves the old file or the new one, never half of either."""
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def save_json(path: Path, obj: dict[str, Any]) -> None:
     """Save JSON atomically."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
+from diffusa.checkpoint import write_text
 from diffusa.cli_common import check_out, generate, non_negative_float, positive_int, write_samples
 from diffusa.cli_guidance import cmd_train_classifier, conditional_metrics, guided, requested_labels
 from diffusa.errors import DiffusaError
@@ -172,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_text(Path(args.out), text + "\n")
     return 0
 
 
@@ -230,7 +231,7 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        write_text(Path(args.out), text + "\n")
     return 0
 
 
