@@ -378,6 +378,7 @@ def test_sample_with_spacing(cli, digits_run: Path, tmp_path: Path, spacing: str
     (["--n", "1"], "at least 2"),  # was a LinAlgError traceback from a 1-sample covariance
     (["--bpd", "--label", "3"], "--label would be ignored"),
     (["--bpd", "--spacing", "karras", "--eta", "1"], "--spacing, --eta would be ignored"),
+    (["--bpd", "--sampler", "heun", "--steps", "9"], "--sampler, --steps would be ignored"),
 ])
 def test_eval_refuses_what_it_cannot_measure(cli, digits_run: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(cli("eval", digits_run, *args), fragment)

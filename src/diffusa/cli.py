@@ -101,6 +101,15 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
+
+
+def sampling_defaults(args: argparse.Namespace) -> None:
+    """--sampler and --steps default to None, so that `eval --bpd` can tell a given flag from a default one."""
+    args.sampler = args.sampler or DEFAULT_SAMPLER
+    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from diffusa.runs import load_run
     from diffusa.schedules import check_steps
@@ -108,6 +117,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     check_out(out)
+    sampling_defaults(args)
     check_steps(args.steps)
     run = load_run(run_path(args.run))
     frames: list[torch.Tensor] = []
@@ -143,15 +153,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.runs import load_run
     from diffusa.schedules import check_steps
 
-    check_steps(args.steps)
     if args.bpd:
-        given = [f"--{k.replace('_', '-')}" for k in ("label", "prompt", "guidance_scale", "classifier",
-                                                      "classifier_scale", "spacing", "eta")
+        given = [f"--{k.replace('_', '-')}" for k in ("sampler", "steps", "label", "prompt", "guidance_scale",
+                                                      "classifier", "classifier_scale", "spacing", "eta")
                  if getattr(args, k) is not None]
         if given:
             raise DiffusaError(f"--bpd measures the model's likelihood of held-out data and draws no samples: "
                                f"{', '.join(given)} would be ignored")
-    elif args.n is not None and args.n < 2:
+    sampling_defaults(args)
+    check_steps(args.steps)
+    if not args.bpd and args.n is not None and args.n < 2:
         raise DiffusaError("eval needs --n of at least 2 (the Frechet distance compares covariances)")
     run = load_run(run_path(args.run))
     dc = run.config.data
@@ -348,8 +359,8 @@ def build_parser() -> Parser:
     def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
         q.add_argument("run", help="run folder, or a shipped model: mnist-pixel, mnist-text")
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
-        q.add_argument("--sampler", default="ddim", help=" | ".join(SAMPLERS))
-        q.add_argument("--steps", type=positive_int, default=50, help="sampling steps")
+        q.add_argument("--sampler", help=" | ".join(SAMPLERS) + f" (default {DEFAULT_SAMPLER})")
+        q.add_argument("--steps", type=positive_int, help=f"sampling steps (default {DEFAULT_STEPS})")
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS],
                        help="the sampling grid: uniform in t, uniform in log-SNR, Karras rho = 7 (any process); "
                             "or how a discrete chain's steps are picked (even and ddim as in IDDPM's respacing)")
