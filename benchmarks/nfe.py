@@ -37,7 +37,7 @@ from diffusa.config import load_config
 from diffusa.data import load_dataset
 from diffusa.metrics import classify, frechet_distance, kernel_inception_distance
 from diffusa.runs import load_run
-from diffusa.samplers import LEVEL_SPACINGS, sample
+from diffusa.samplers import KARRAS_DEFAULT, LEVEL_SPACINGS, sample
 from diffusa.train import Trainer
 from diffusa.viz import save_image_grid
 
@@ -64,15 +64,16 @@ class CallCounter:
         self.calls += 1
 
 
-def nfe_of(run, counter: CallCounter, sampler: str, steps: int, **opts) -> int:
+def nfe_of(run, counter: CallCounter, sampler: str, steps: int, spacing: str | None = None) -> int:
     counter.calls = 0
-    sample(run.denoiser, (1, *run.data_shape), sampler, steps, generator=torch.Generator().manual_seed(0), **opts)
+    sample(run.denoiser, (1, *run.data_shape), sampler, steps, generator=torch.Generator().manual_seed(0),
+           spacing=spacing)
     return counter.calls
 
 
-def steps_for(run, counter: CallCounter, sampler: str, target: int) -> tuple[int, int]:
+def steps_for(run, counter: CallCounter, sampler: str, target: int, spacing: str | None = None) -> tuple[int, int]:
     """The largest step count whose NFE is at most `target` (at least one step), and that NFE."""
-    a, b = nfe_of(run, counter, sampler, 4), nfe_of(run, counter, sampler, 8)
+    a, b = nfe_of(run, counter, sampler, 4, spacing), nfe_of(run, counter, sampler, 8, spacing)
     per = (b - a) / 4
     base = a - 4 * per
     steps = max(1, int((target - base) // per))
@@ -149,7 +150,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         counter = CallCounter(run.denoiser.net)
         jobs: list[tuple[str, int, str | None, dict]] = []
         for s in args.samplers:
-            jobs += [(s, nfe, sp, {}) for sp in (None, *args.spacings) for nfe in args.nfe
+            other = [sp for sp in args.spacings if not (sp == "karras" and s in KARRAS_DEFAULT)]  # no repeats
+            jobs += [(s, nfe, sp, {}) for sp in (None, *other) for nfe in args.nfe
                      if nfe <= args.short_max or s in args.long]
         jobs += [("rk45", 0, None, {"rtol": tol, "atol": tol}) for tol in ([1e-2] if args.quick else RK45_TOLS)]
         for s, target, spacing, opts in jobs:
@@ -157,12 +159,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             key = f"{name}@{target}" if s != "rk45" else f"rk45@tol{opts['rtol']:g}"
             if key in rec["diffusa"]:
                 continue
-            steps, nfe = steps_for(run, counter, s, target) if s != "rk45" else (2, 0)
+            steps = steps_for(run, counter, s, target, spacing)[0] if s != "rk45" else 2
             g = torch.Generator().manual_seed(0)
             t0 = time.time()
             counter.calls = 0
             x = sample(run.denoiser, (args.n, *run.data_shape), s, steps, generator=g, spacing=spacing, **opts)
-            nfe = counter.calls if s == "rk45" else nfe
+            nfe = counter.calls  # one batch: one call per network evaluation
             rec["diffusa"][key] = {"sampler": s, "target": target, "steps": steps, **({"spacing": spacing} if spacing
                                                                                         else {}),
                                    **score(x, f"{fam}_{name.replace('/', '_')}_{target or opts['rtol']}",

@@ -131,7 +131,7 @@ def test_damaged_npz(cli, tmp_path: Path) -> None:
     (["--eta", "-1"], "--eta"),  # was silently deterministic
     (["--eta", "inf"], "--eta"),  # was all-NaN samples
     (["--eta", "nan"], "--eta"),
-    (["--classifier-scale", "2"], "--classifier"),  # was ignored without a classifier
+    (["--classifier-scale", "2"], "add --classifier DIR"),  # was ignored without a classifier
 ])
 def test_bad_sampling_flags(cli, moons_run: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(cli("sample", moons_run, "--out", tmp_path / "x.png", *args), fragment)
@@ -390,6 +390,8 @@ def test_eval_records_the_grid_and_options(cli, digits_run: Path, tmp_path: Path
     assert res.code == 0, res.err
     out = json.loads((tmp_path / "m.json").read_text())
     assert (out["sampler"], out["steps"], out["spacing"], out["eta"]) == ("ddim", 3, "karras", 0.5)
+    assert cli("eval", digits_run, "--n", "2", "--steps", "2", "--out", tmp_path / "d.json").code == 0
+    assert json.loads((tmp_path / "d.json").read_text())["spacing"] == "default"
 
 
 def test_bpd_of_a_shipped_model_writes_beside_the_user(cli, tmp_path: Path, monkeypatch) -> None:

@@ -383,6 +383,10 @@ def test_level_spacings_on_any_process(proc):
     assert torch.equal(make_grid(den, 12, "karras"), default_karras_grid(den, 12))
     sig = (-proc.log_snr(make_grid(den, 12, "karras")[:-1]) / 2).exp()  # sigma / alpha, rho = 7 spaced
     assert torch.allclose(sig, karras_sigmas(float(sig[-1]), float(sig[0]), 12), rtol=1e-5)
+    lam_ends = proc.log_snr(torch.tensor([1.0, t_min if isinstance(proc, DiscreteDDPM) else 1e-5],
+                                         dtype=torch.float64))
+    assert float(sig[0]) == pytest.approx(min(80.0, float((-lam_ends[0] / 2).exp())), rel=1e-5)  # EDM's [0.002, 80]
+    assert float(sig[-1]) == pytest.approx(max(0.002, float((-lam_ends[1] / 2).exp())), rel=1e-5)  # within training
     assert torch.equal(make_grid(den, 12, "uniform"), torch.linspace(1, 0, 13, dtype=torch.float64))
     with pytest.raises(DiffusaError, match="unknown spacing"):
         make_grid(den, 12, "sideways")

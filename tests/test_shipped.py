@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
 from diffusa.checkpoint import load_tensors
 from diffusa.cli_common import generate
 from diffusa.cli_generate import prepare
+from diffusa.errors import DiffusaError
 from diffusa.runs import load_run
 from diffusa.shipped import SHIPPED, export_run, resolve_model, shipped_root
 
@@ -115,3 +117,28 @@ def test_export_over_an_existing_model_replaces_it_and_keeps_it_if_the_swap_fail
     monkeypatch.undo()
     assert json.loads((dest / "config.json").read_text())["shipped"]["command"] == "second"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]
+
+
+def test_export_keeps_the_old_model_aside_when_it_cannot_be_put_back(tmp_path: Path, monkeypatch):
+    run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=2"])
+    dest = tmp_path / "shipped" / "m"
+    export_run(run, dest, {"command": "old", "train_seconds": 1.0})
+    real = os.replace
+
+    def fail_into_dest(src, dst):
+        if Path(dst) == dest:  # neither the new model nor the restore can take dest's name
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_into_dest)
+    with pytest.raises(OSError, match="disk full"):
+        export_run(run, dest, {"command": "new", "train_seconds": 1.0})
+    monkeypatch.undo()
+    kept = list(dest.parent.glob(".m.old.*/m/config.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["shipped"]["command"] == "old"
+
+
+def test_prepare_names_a_class_conditional_model_before_a_stray_guidance_scale():
+    run = SimpleNamespace(is_text=False, num_classes=10, denoiser=None)
+    with pytest.raises(DiffusaError, match="is class-conditional: use diffusa sample"):
+        prepare(run, None, 2, 3.0, "runs/cifar")

@@ -39,8 +39,13 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a text file atomically: a crash leaves the old file or the new one, never half of either."""
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    """Write a text file atomically: a crash leaves the old file or the new one, never half of either.
+    A link or a device (`--out /dev/stdout`) is written through, not replaced."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        path.write_text(text)
+        return
+    _atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_json(path: Path, obj: dict[str, Any]) -> None:

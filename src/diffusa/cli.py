@@ -106,7 +106,7 @@ DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
 
 def sampling_defaults(args: argparse.Namespace) -> None:
     """--sampler and --steps default to None, so that `eval --bpd` can tell a given flag from a default one."""
-    args.sampler = args.sampler or DEFAULT_SAMPLER
+    args.sampler = DEFAULT_SAMPLER if args.sampler is None else args.sampler
     args.steps = DEFAULT_STEPS if args.steps is None else args.steps
 
 
@@ -179,8 +179,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     metrics = image_metrics(x, test.x, floor_set) if run.is_image else point_metrics(x, test.x, floor_set)
     if cond is not None and run.is_image and args.label is not None and args.prompt is None:
         metrics.update(conditional_metrics(x, requested_labels(args.label, n, run.num_classes or 10), args))
-    metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps, "spacing": args.spacing,
-                    **sampler_options(args), "seed": args.seed})
+    metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps,
+                    "spacing": args.spacing or "default", **sampler_options(args), "seed": args.seed})
     text = json.dumps(metrics, indent=2)
     print(text)
     if args.out:

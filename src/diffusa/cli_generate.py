@@ -54,10 +54,10 @@ def prepare(run: Any, prompt: str | None, n: int, scale: float | None, name: str
     if prompt is not None:
         raise DiffusaError(f"{name} is not text-conditional and takes no prompt (the shipped text model is "
                            "--model mnist-text)")
-    if scale is not None:
-        raise DiffusaError(f"--guidance-scale guides a text model towards its prompt; {name} is unconditional")
     if run.num_classes:
         raise DiffusaError(f"{name} is class-conditional: use diffusa sample {name} --label K")
+    if scale is not None:
+        raise DiffusaError(f"--guidance-scale guides a text model towards its prompt; {name} is unconditional")
     return run.denoiser, None
 
 

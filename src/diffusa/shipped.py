@@ -75,19 +75,24 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any]) ->
         os.umask(umask)
         for d in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):
             d.chmod(0o777 & ~umask)  # mkdtemp's folders are private
-        old = None
-        if dest.exists():  # moved aside, not deleted, until the new one is in place; restored if that fails
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent)) / dest.name
-            os.replace(dest, old)
+        if not dest.exists():
+            os.replace(tmp, dest)
+            return dest
+        # the old model is moved aside, not deleted, until the new one is in place, and put back if that fails;
+        # only a model that is no longer needed (replaced, or safely back at dest) is ever deleted
+        aside = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old.", dir=dest.parent))
+        try:
+            os.replace(dest, aside / dest.name)
+        except BaseException:
+            aside.rmdir()
+            raise
         try:
             os.replace(tmp, dest)
         except BaseException:
-            if old is not None:
-                os.replace(old, dest)
+            os.replace(aside / dest.name, dest)  # if this fails too, the old model stays in `aside`
+            aside.rmdir()
             raise
-        finally:
-            if old is not None:
-                shutil.rmtree(old.parent, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
