@@ -96,6 +96,19 @@ def test_export_carries_the_autoencoder_and_loads_after_a_move(tmp_path: Path, c
     assert r.code == 0 and np.load(tmp_path / "g.npz")["images"].shape == (3, 8, 8, 1), r.err
 
 
+def fail_renames_onto(dest: Path, monkeypatch, restore_too: bool) -> None:
+    """os.replace fails onto `dest` for the new model's temporary folder (".m.*"), and also for the restore of the
+    old model when `restore_too`."""
+    real = os.replace
+
+    def replace(src, dst):
+        if Path(dst) == dest and (restore_too or Path(src).name.startswith(f".{dest.name}.")):
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
 def test_export_over_an_existing_model_replaces_it_and_keeps_it_if_the_swap_fails(tmp_path: Path, monkeypatch):
     run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=2"])
     dest = tmp_path / "shipped" / "m"
@@ -104,38 +117,19 @@ def test_export_over_an_existing_model_replaces_it_and_keeps_it_if_the_swap_fail
     assert json.loads((dest / "config.json").read_text())["shipped"]["command"] == "second"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]  # no temporary folder left behind
 
-    real = os.replace
-
-    def fail_into_dest(src, dst):
-        if Path(dst) == dest and Path(src).name.startswith(".m."):  # the new model's temporary folder
-            raise OSError("disk full")
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", fail_into_dest)
+    fail_renames_onto(dest, monkeypatch, restore_too=False)
     with pytest.raises(OSError, match="disk full"):
         export_run(run, dest, {"command": "third", "train_seconds": 1.0})
     monkeypatch.undo()
     assert json.loads((dest / "config.json").read_text())["shipped"]["command"] == "second"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["m"]
 
-
-def test_export_keeps_the_old_model_aside_when_it_cannot_be_put_back(tmp_path: Path, monkeypatch):
-    run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=2"])
-    dest = tmp_path / "shipped" / "m"
-    export_run(run, dest, {"command": "old", "train_seconds": 1.0})
-    real = os.replace
-
-    def fail_into_dest(src, dst):
-        if Path(dst) == dest:  # neither the new model nor the restore can take dest's name
-            raise OSError("disk full")
-        return real(src, dst)
-
-    monkeypatch.setattr(os, "replace", fail_into_dest)
+    fail_renames_onto(dest, monkeypatch, restore_too=True)  # the old model cannot even be put back
     with pytest.raises(OSError, match="disk full"):
-        export_run(run, dest, {"command": "new", "train_seconds": 1.0})
+        export_run(run, dest, {"command": "fourth", "train_seconds": 1.0})
     monkeypatch.undo()
     kept = list(dest.parent.glob(".m.old.*/m/config.json"))
-    assert len(kept) == 1 and json.loads(kept[0].read_text())["shipped"]["command"] == "old"
+    assert len(kept) == 1 and json.loads(kept[0].read_text())["shipped"]["command"] == "second"
 
 
 def test_prepare_names_a_class_conditional_model_before_a_stray_guidance_scale():
