@@ -362,6 +362,7 @@ def test_eval_bpd_continuous_uses_the_ode(cli, tmp_path: Path) -> None:
     out = json.loads(res.out)
     assert out["method"].startswith("probability-flow ODE") and out["nfe"] > 0
     assert np.isfinite(out["bpd"]) and out["bpd"] > 0
+    assert_one_line_error(cli("eval", run, "--bpd", "--n", "3", "--terms", "4"), "--terms", "probability-flow ODE")
 
 
 @pytest.mark.parametrize("spacing", ["ddim", "karras", "logsnr"])
@@ -379,6 +380,8 @@ def test_sample_with_spacing(cli, digits_run: Path, tmp_path: Path, spacing: str
     (["--bpd", "--label", "3"], "--label would be ignored"),
     (["--bpd", "--spacing", "karras", "--eta", "1"], "--spacing, --eta would be ignored"),
     (["--bpd", "--sampler", "heun", "--steps", "9"], "--sampler, --steps would be ignored"),
+    (["--terms", "4", "--plot", "p.png"], "--terms, --plot set how --bpd"),  # were ignored without --bpd
+    (["--bpd", "--rtol", "1e-3"], "variational bound"),  # a chain's bound has no ODE tolerance
 ])
 def test_eval_refuses_what_it_cannot_measure(cli, digits_run: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(cli("eval", digits_run, *args), fragment)

@@ -160,6 +160,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if given:
             raise DiffusaError(f"--bpd measures the model's likelihood of held-out data and draws no samples: "
                                f"{', '.join(given)} would be ignored")
+    else:
+        given = [f"--{k}" for k in ("terms", "plot", "rtol") if getattr(args, k) is not None]
+        if given:
+            raise DiffusaError(f"{', '.join(given)} set how --bpd measures likelihood; add --bpd")
     sampling_defaults(args)
     check_steps(args.steps)
     if not args.bpd and args.n is not None and args.n < 2:
@@ -215,8 +219,15 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     proc = run.denoiser.process
     out: dict[str, Any] = {"run": str(args.run), "n": n, "seed": args.seed}
-    if isinstance(proc, DiscreteDDPM):
-        terms = None if args.terms == "all" else int(args.terms)
+    discrete = isinstance(proc, DiscreteDDPM)
+    wrong = [f"--{k}" for k in (("rtol",) if discrete else ("terms", "plot", "variance"))
+             if getattr(args, k) is not None]
+    if wrong:
+        how = ("the variational bound of its discrete chain" if discrete
+               else "the probability-flow ODE (continuous process)")
+        raise DiffusaError(f"{', '.join(wrong)}: not for this run, whose likelihood comes from {how}")
+    if discrete:
+        terms = None if args.terms == "all" else int(args.terms or 100)
         if terms is not None and terms < 1:
             raise DiffusaError(f"--terms must be 'all' or a positive integer, got {args.terms}")
         variance = args.variance or "beta_tilde"
@@ -229,16 +240,16 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
                     "terms": "all" if terms is None else terms, "num_steps": proc.num_steps,
                     "variance": "learned" if run.denoiser.learned_variance else variance, "plot": str(plot)})
     else:
-        parts, nfe = [], 0
+        parts, nfe, rtol = [], 0, 1e-5 if args.rtol is None else args.rtol
         for i in range(0, n, 100):  # the ODE runs on a whole batch at once; keep its memory bounded
             bpd, k = ode_bits_per_dim(run.denoiser, x[i:i + 100], generator=g, divergence="hutchinson",
-                                      rtol=args.rtol, atol=args.rtol)
+                                      rtol=rtol, atol=rtol)
             parts.append(bpd)
             nfe += k
         per_image = torch.cat(parts)
         se = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # JSON has no NaN
         out.update({"method": "probability-flow ODE, Hutchinson trace, uniform dequantization",
-                    "bpd": float(per_image.mean()), "se": se, "nfe": nfe, "rtol": args.rtol})
+                    "bpd": float(per_image.mean()), "se": se, "nfe": nfe, "rtol": rtol})
     text = json.dumps(out, indent=2)
     print(text)
     if args.out:
@@ -393,12 +404,12 @@ def build_parser() -> Parser:
     e.add_argument("--bpd", action="store_true",
                    help="bits/dim of the held-out split instead: the variational bound (discrete chains) or the "
                         "probability-flow ODE likelihood (continuous processes)")
-    e.add_argument("--terms", type=terms_arg, default="100",
+    e.add_argument("--terms", type=terms_arg,
                    help="--bpd on a chain: 'all' for the full bound, or K for an unbiased K-term estimate "
                         "(default 100)")
     e.add_argument("--plot", help="--bpd on a chain: PNG of the bound's terms against t (default RUN/bpd_terms.png, "
                                    "or NAME-bpd_terms.png here for a shipped model)")
-    e.add_argument("--rtol", type=float, default=1e-5, help="--bpd with the ODE: solver tolerance (rtol = atol)")
+    e.add_argument("--rtol", type=float, help="--bpd with the ODE: solver tolerance (rtol = atol; default 1e-5)")
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("forward", help="picture of the forward process on real images",
