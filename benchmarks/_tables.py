@@ -52,7 +52,12 @@ def run_stages(ap, args, stages: dict, quick=None) -> None:
         return
     if args.stage is None:
         ap.error(f"name a stage ({', '.join(stages)}) or pass --quick")
-    stages[args.stage](args)
+    from diffusa.errors import DiffusaError
+
+    try:
+        stages[args.stage](args)
+    except DiffusaError as e:  # bad input (a missing run, a wrong flag): one line and exit 2, as the CLI does
+        raise SystemExit(f"error: {e}") from None
 
 
 def line_figure(series: list[tuple[str, list, list, dict]], path: Path, *, xlabel: str, ylabel: str, title: str,

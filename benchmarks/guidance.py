@@ -34,7 +34,7 @@ from diffusa.config import load_config
 from diffusa.data import load_dataset
 from diffusa.guidance import ClassifierGuided, classifier_free, null_captions, null_labels
 from diffusa.metrics import classify, frechet_distance
-from diffusa.runs import load_run
+from diffusa.runs import load_run, read_run_meta
 from diffusa.samplers import sample
 from diffusa.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, digit_caption
 from diffusa.train import Trainer
@@ -143,7 +143,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
     weights = [] if args.final_only else [(int(p.stem[5:]), f"snapshots/{p.name}")
                                           for p in (path / "snapshots").glob("step_*.safetensors")]
     state = path / "train_state.json"  # a training folder; a shipped model records its steps in config.json
-    meta = json.loads((path / "config.json").read_text())
+    meta = read_run_meta(path)
     if not state.exists() and "shipped" not in meta:
         raise SystemExit(f"{path}: neither a training folder (train_state.json) nor a shipped model")
     final_step = json.loads(state.read_text())["step"] if state.exists() else meta["shipped"]["steps"]
@@ -155,9 +155,9 @@ def cmd_prompts(args: argparse.Namespace) -> None:
             if key in cell["rows"]:
                 continue
             row: dict = {"step": step, "scale": w}
+            den = classifier_free(run.denoiser, w, null)
             for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
                 prompts, labels, which = prompt_grid(templates, args.n)
-                den = classifier_free(run.denoiser, w, null)
                 x_T = den.process.prior_sample((len(prompts), *run.data_shape),
                                                generator=torch.Generator().manual_seed(0))
                 with torch.inference_mode():

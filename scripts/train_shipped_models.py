@@ -75,12 +75,14 @@ def stage_pixel(args: argparse.Namespace) -> None:
 
 def stage_export(args: argparse.Namespace) -> None:
     ae_seconds = load_json(args.work / "ae" / "config.json")["train_seconds"]
-    for name, run, command in [m for m in (
+    for name, run, command in (
             ("mnist-text", args.work / "text",
              f"python scripts/train_shipped_models.py ae text --ae-steps {args.ae_steps} "
              f"--text-steps {args.text_steps}"),
             ("mnist-pixel", args.work / "pixel",
-             f"python scripts/train_shipped_models.py pixel --pixel-steps {args.pixel_steps}")) if m[0] in args.models]:
+             f"python scripts/train_shipped_models.py pixel --pixel-steps {args.pixel_steps}")):
+        if name not in args.models:
+            continue
         log = last_log(run)
         record = {"command": command, "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),
                   "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}

@@ -11,3 +11,16 @@ from benchmark_quick import check_quick_mode
 @pytest.mark.parametrize("script", ["iddpm_repro.py", "nfe.py", "guidance.py", "ldm.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     check_quick_mode(script, tmp_path)
+
+
+def test_a_benchmark_stage_on_a_missing_run_says_so_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from benchmark_quick import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "guidance.py"), "prompts", "--text-run",
+                           str(tmp_path / "nope"), "--raw", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: run folder {tmp_path / 'nope'} does not exist"]

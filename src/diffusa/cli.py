@@ -102,6 +102,7 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
+DEFAULT_TERMS, DEFAULT_RTOL = 100, 1e-5  # eval --bpd: bound terms per image (a chain), ODE tolerance
 
 
 def sampling_defaults(args: argparse.Namespace) -> None:
@@ -227,7 +228,7 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
                else "the probability-flow ODE (continuous process)")
         raise DiffusaError(f"{', '.join(wrong)}: not for this run, whose likelihood comes from {how}")
     if discrete:
-        terms = None if args.terms == "all" else int(args.terms or 100)
+        terms = None if args.terms == "all" else int(args.terms or DEFAULT_TERMS)
         if terms is not None and terms < 1:
             raise DiffusaError(f"--terms must be 'all' or a positive integer, got {args.terms}")
         variance = args.variance or "beta_tilde"
@@ -240,7 +241,7 @@ def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
                     "terms": "all" if terms is None else terms, "num_steps": proc.num_steps,
                     "variance": "learned" if run.denoiser.learned_variance else variance, "plot": str(plot)})
     else:
-        parts, nfe, rtol = [], 0, 1e-5 if args.rtol is None else args.rtol
+        parts, nfe, rtol = [], 0, DEFAULT_RTOL if args.rtol is None else args.rtol
         for i in range(0, n, 100):  # the ODE runs on a whole batch at once; keep its memory bounded
             bpd, k = ode_bits_per_dim(run.denoiser, x[i:i + 100], generator=g, divergence="hutchinson",
                                       rtol=rtol, atol=rtol)
@@ -406,10 +407,11 @@ def build_parser() -> Parser:
                         "probability-flow ODE likelihood (continuous processes)")
     e.add_argument("--terms", type=terms_arg,
                    help="--bpd on a chain: 'all' for the full bound, or K for an unbiased K-term estimate "
-                        "(default 100)")
+                        f"(default {DEFAULT_TERMS})")
     e.add_argument("--plot", help="--bpd on a chain: PNG of the bound's terms against t (default RUN/bpd_terms.png, "
                                    "or NAME-bpd_terms.png here for a shipped model)")
-    e.add_argument("--rtol", type=float, help="--bpd with the ODE: solver tolerance (rtol = atol; default 1e-5)")
+    e.add_argument("--rtol", type=float,
+                   help=f"--bpd with the ODE: solver tolerance (rtol = atol; default {DEFAULT_RTOL:g})")
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("forward", help="picture of the forward process on real images",

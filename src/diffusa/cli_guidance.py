@@ -22,6 +22,11 @@ def requested_labels(text: str | None, n: int, num_classes: int) -> torch.Tensor
     return torch.full((n,), int(text), dtype=torch.long)
 
 
+def classifier_scale(args: argparse.Namespace) -> float:
+    """--classifier-scale, 1 when not given (None by default, so that it can be refused without --classifier)."""
+    return 1.0 if args.classifier_scale is None else args.classifier_scale
+
+
 def guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, torch.Tensor | None]:
     """The run's denoiser with the guidance the flags ask for, and the labels to condition on."""
     from diffusa.guidance import ClassifierGuided, classifier_free, null_labels
@@ -45,8 +50,7 @@ def guided(run: Any, args: argparse.Namespace, n: int) -> tuple[Any, torch.Tenso
         y = requested_labels(label, n, k)
         if run.num_classes and scale is not None:
             den = classifier_free(den, scale, lambda c: null_labels(c, run.num_classes))
-        scale_c = 1.0 if args.classifier_scale is None else args.classifier_scale
-        return ClassifierGuided(den, log_prob, scale_c, model_cond=run.num_classes > 0), y
+        return ClassifierGuided(den, log_prob, classifier_scale(args), model_cond=run.num_classes > 0), y
     if not run.num_classes:
         raise DiffusaError(f"{run.path} is unconditional: --label needs a model trained with --class-conditional, "
                            "or a noise-aware classifier (--classifier DIR from `diffusa train-classifier`)")
@@ -95,8 +99,7 @@ def conditional_metrics(x: torch.Tensor, labels: torch.Tensor, args: argparse.Na
 
     _, probs = classify(x)
     return {"label": args.label, "guidance_scale": args.guidance_scale, "classifier": args.classifier,
-            "classifier_scale": (1.0 if args.classifier_scale is None else args.classifier_scale)
-            if args.classifier else None,
+            "classifier_scale": classifier_scale(args) if args.classifier else None,
             "conditional_accuracy": float((probs.argmax(1) == labels).float().mean())}
 
 
