@@ -33,9 +33,9 @@ demo-train: $(STAMP)
 	rm -rf $(TRAIN_RUN)
 	$(VENV)/bin/diffusa forward --data mnist5k --out $(TRAIN_RUN)/forward.png
 	$(VENV)/bin/diffusa train --data mnist5k --out $(TRAIN_RUN)
-	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --steps 50 --out $(TRAIN_RUN)/grid.png \
+	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --sampler ddim --steps 50 --out $(TRAIN_RUN)/grid.png \
 		--trajectory $(TRAIN_RUN)/trajectory.png
-	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 500 --steps 50 --out $(TRAIN_RUN)/metrics.json
+	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 500 --sampler ddim --steps 50 --out $(TRAIN_RUN)/metrics.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts

@@ -21,15 +21,15 @@ from pathlib import Path
 import torch
 
 from diffusa.config import load_config
-from diffusa.data import batches
+from diffusa.engine import Engine
 from diffusa.metrics import classify, confidence_stats
 from diffusa.samplers import sample
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 
 
-def score(trainer: Trainer, sampler: str, steps: int, **opts: object) -> dict[str, float]:
+def score(trainer: Engine, sampler: str, steps: int, **opts: object) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
-    x = sample(trainer.ema_denoiser, (500, 1, 28, 28), sampler, steps, generator=g, device=trainer.device, **opts)
+    x = sample(trainer.task.ema_denoiser, (500, 1, 28, 28), sampler, steps, generator=g, device=trainer.device, **opts)
     st = confidence_stats(classify(x.cpu())[1])
     return {"conf": round(st["confident_share"], 3), "classes": st["classes_present"]}
 
@@ -46,11 +46,11 @@ def main() -> None:
     shutil.rmtree(out)
     cfg = load_config(overrides=[f"data.name={args.data!r}", f"train.steps={evals[-1]}", "train.sample_every=0",
                                  "train.checkpoint_every=0", *args.set])
-    tr = Trainer(cfg, out, progress=False)
-    tr._batches = batches(len(tr.data), cfg.train.batch_size, cfg.train.seed)
+    tr = diffusion_engine(cfg, out, progress=False)
+    tr.start_data()
     start = time.time()
     while tr.step < evals[-1]:
-        loss, _ = tr.train_step()
+        loss, _, _ = tr.train_step()
         if tr.step in evals:
             rec = {"exp": args.name, "step": tr.step, "wall_s": round(time.time() - start),
                    "loss": round(float(loss), 4), **score(tr, "ddim", 50)}

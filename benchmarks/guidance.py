@@ -37,7 +37,7 @@ from diffusa.metrics import classify, frechet_distance
 from diffusa.runs import load_run, read_run_meta
 from diffusa.samplers import sample
 from diffusa.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, digit_caption
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 from diffusa.viz import save_image_grid
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
@@ -60,7 +60,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                      f"train.steps={args.steps}", "train.sample_every=0",
                                      "train.checkpoint_every=200", *args.set])
         t0 = time.time()
-        Trainer(cfg, out, progress=False, resume=(out / "train_state.json").exists()).fit()
+        diffusion_engine(cfg, out, progress=False, resume=(out / "train_state.json").exists()).fit()
         print(json.dumps({"run": name, "steps": args.steps, "seconds": time.time() - t0}), flush=True)
     if not (root / "classifier" / "config.json").exists():
         t0 = time.time()

@@ -31,11 +31,12 @@ from _tables import emit, line_figure, run_stages, stage_parser, write_json
 
 from diffusa.config import load_config
 from diffusa.data import load_dataset
+from diffusa.engine import Engine
 from diffusa.likelihood import bits_per_dim
 from diffusa.metrics import classify, frechet_distance, kernel_inception_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 from diffusa.viz import save_image_grid
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
@@ -81,14 +82,14 @@ def train_one(name: str, out: Path, test: torch.Tensor, args: argparse.Namespace
     cfg = load_config(overrides=["data.name='mnist5k'", *PAPER, *spec["set"], f"train.steps={args.steps}",
                                  "train.sample_every=0", "train.checkpoint_every=200", "train.log_every=25",
                                  *args.set])
-    trainer = Trainer(cfg, out, progress=False, resume=(out / "train_state.json").exists())
+    trainer = diffusion_engine(cfg, out, progress=False, resume=(out / "train_state.json").exists())
     curve: list[dict] = []
     clock = {"start": time.time(), "eval": 0.0}
 
-    def on_step(tr: Trainer) -> None:
+    def on_step(tr: Engine) -> None:
         if tr.step % args.curve_every == 0 or tr.step == args.steps:
             t0 = time.time()
-            bpd, se = held_out_bound(tr.ema_denoiser, test, spec["variance"], args.curve_terms)
+            bpd, se = held_out_bound(tr.task.ema_denoiser, test, spec["variance"], args.curve_terms)
             clock["eval"] += time.time() - t0
             train_s = time.time() - clock["start"] - clock["eval"]
             curve.append({"step": tr.step, "bpd": bpd, "se": se, "train_s": train_s})

@@ -37,7 +37,7 @@ from diffusa.metrics import classify, frechet_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
 from diffusa.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, digit_caption
-from diffusa.train import Trainer, last_log, snapshots
+from diffusa.train import diffusion_engine, last_log, snapshots
 from diffusa.viz import save_image_grid
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
@@ -50,7 +50,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     base = [f"data.name='{args.data}'", *TEXT, *args.set]
     pixel, ae, latent = Path(args.pixel_run), Path(args.ae), Path(args.latent_run)
     if not (pixel / "model.safetensors").exists():
-        Trainer(load_config(overrides=[*base, f"train.steps={args.pixel_steps}"]), pixel, progress=False).fit()
+        diffusion_engine(load_config(overrides=[*base, f"train.steps={args.pixel_steps}"]), pixel, progress=False).fit()
     if not (ae / "config.json").exists():
         train_autoencoder(args.data, ae, AutoencoderConfig(channels=args.ae_channels, latent_channels=4),
                           steps=args.ae_steps, progress=False)
@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(overrides=[*base, *LATENT_NET, f"data.latent='{ae.resolve()}'",
                                      f"train.steps={args.latent_steps}", *args.latent_set])
         snaps = [round(args.latent_steps * f) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3)]
-        Trainer(cfg, latent, progress=False).fit(on_step=snapshots(latent, snaps))
+        diffusion_engine(cfg, latent, progress=False).fit(on_step=snapshots(latent, snaps))
 
 
 def step_seconds(run: Path, repeats: int) -> float:
@@ -67,7 +67,7 @@ def step_seconds(run: Path, repeats: int) -> float:
                       overrides=[f"train.steps={repeats + 3}", "train.sample_every=0", "train.checkpoint_every=0"])
     stamps: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
-        Trainer(cfg, Path(tmp) / "t", progress=False).fit(on_step=lambda _: stamps.append(time.perf_counter()))
+        diffusion_engine(cfg, Path(tmp) / "t", progress=False).fit(on_step=lambda _: stamps.append(time.perf_counter()))
     times = [b - a for a, b in itertools.pairwise(stamps[2:])]  # after two warm-up steps
     return statistics.median(times)
 
@@ -122,7 +122,7 @@ def cmd_third(args: argparse.Namespace) -> None:
     third = Path(args.third_run)
     if not (third / "model.safetensors").exists():
         base = json.loads((Path(args.latent_run) / "config.json").read_text())["config"]
-        Trainer(load_config(base=base, overrides=[f"train.steps={steps}"]), third, progress=False).fit()
+        diffusion_engine(load_config(base=base, overrides=[f"train.steps={steps}"]), third, progress=False).fit()
     test = load_dataset(args.data, "test")
     ref, _ = classify(test.x)
     labels = torch.arange(args.n) % 10

@@ -29,14 +29,13 @@ def child(batch: int, steps: int, overrides: list[str]) -> None:
     import tempfile
 
     from diffusa.config import load_config
-    from diffusa.data import batches
-    from diffusa.train import Trainer
+    from diffusa.train import diffusion_engine
 
     out = Path(tempfile.mkdtemp()) / "run"
     cfg = load_config(overrides=["data.name='mnist5k'", f"train.batch_size={batch}", f"train.steps={steps + 1}",
                                  "train.sample_every=0", "train.checkpoint_every=0", *overrides])
-    tr = Trainer(cfg, out, progress=False)
-    tr._batches = batches(len(tr.data), batch, 0)
+    tr = diffusion_engine(cfg, out, progress=False)
+    tr.start_data()
     tr.train_step()
     times = []
     for _ in range(steps):

@@ -38,7 +38,7 @@ from diffusa.data import load_dataset
 from diffusa.metrics import classify, frechet_distance, kernel_inception_distance
 from diffusa.runs import load_run
 from diffusa.samplers import KARRAS_DEFAULT, LEVEL_SPACINGS, sample
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 from diffusa.viz import save_image_grid
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
@@ -97,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         if (out / "config.json").exists() and not state.exists():  # stopped before its first checkpoint
             shutil.rmtree(out)
         t0 = time.time()
-        Trainer(cfg, out, progress=False, resume=state.exists()).fit()
+        diffusion_engine(cfg, out, progress=False, resume=state.exists()).fit()
         print(json.dumps({"family": fam, "steps": args.steps, "seconds": time.time() - t0}), flush=True)
 
 

@@ -34,12 +34,12 @@ from _tables import emit
 from torch.utils.flop_counter import FlopCounterMode
 
 from diffusa.config import RunConfig, TrainConfig
+from diffusa.engine.loop import ema_update, make_optimizer
 from diffusa.nets import build_network
 from diffusa.prediction import Denoiser
 from diffusa.process import DiscreteDDPM
 from diffusa.runs import network_spec
 from diffusa.samplers import sample
-from diffusa.train import ema_update, make_optimizer
 
 # the peer's channels (32/64/64) at full resolution; attention at 7x7 (and in the middle block); a 96-wide noise
 # embedding: 1.03x the peer's parameters and 0.97x its FLOPs
@@ -96,7 +96,7 @@ class Bench:
         self.train_net = build(name).train()
         self.train_fwd = forward_fn(name, self.train_net)
         # each library as its users train: diffusers' example uses torch's AdamW defaults and its EMAModel;
-        # diffusa its Trainer's optimizer (fused AdamW) and foreach EMA
+        # diffusa the engine's optimizer (fused AdamW) and foreach EMA
         if name == "diffusers":
             from diffusers.training_utils import EMAModel
 
@@ -104,7 +104,7 @@ class Bench:
             self.opt = torch.optim.AdamW(self.train_net.parameters(), lr=1e-4)
         else:
             self.ema = copy.deepcopy(self.train_net).requires_grad_(False)
-            self.opt = make_optimizer(self.train_net, RunConfig(train=TrainConfig(lr=1e-4)), torch.device("cpu"))
+            self.opt = make_optimizer(self.train_net.parameters(), TrainConfig(lr=1e-4), torch.device("cpu"))
         g = torch.Generator().manual_seed(0)
         self.xb = torch.randn(train_batch, 1, 28, 28, generator=g)
         self.tb = torch.randint(0, 1000, (train_batch,), generator=g)

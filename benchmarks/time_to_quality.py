@@ -33,9 +33,10 @@ from _tables import emit
 
 from diffusa.config import load_config
 from diffusa.data import batches, load_dataset
+from diffusa.engine import Engine
 from diffusa.metrics import classify, confidence_stats, frechet_distance
 from diffusa.samplers import sample
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 from diffusa.viz import save_image_grid
 
 PEER_BATCH = 16
@@ -101,10 +102,10 @@ def diffusers_samples(model: torch.nn.Module, n: int, steps: int, seed: int = 0,
     return torch.cat(out).clamp(-1, 1)
 
 
-def diffusa_trainer(steps: int, out: Path) -> Trainer:
+def diffusa_trainer(steps: int, out: Path) -> Engine:
     cfg = load_config(overrides=["data.name='mnist5k'", f"train.steps={steps}", "train.sample_every=0",
                                  "train.checkpoint_every=0", "train.log_every=100"])
-    return Trainer(cfg, out, progress=False)
+    return diffusion_engine(cfg, out, progress=False)
 
 
 def seconds_per_step(step_fns: dict[str, object], rounds: int, steps: int) -> dict[str, float]:
@@ -164,7 +165,7 @@ def main() -> None:
     else:
         calib_peer = DiffusersExample(train.x, 1000)
         calib_mine = diffusa_trainer(1000, tmp / "calib")
-        calib_mine._batches = batches(len(calib_mine.data), calib_mine.cfg.train.batch_size, 0)
+        calib_mine.start_data()
         rounds, per = (1, 1) if args.quick else (5, 3)
         sps = seconds_per_step({"diffusers": calib_peer.train_step, "diffusa": calib_mine.train_step}, rounds, per)
         del calib_peer, calib_mine
@@ -212,12 +213,12 @@ def run_diffusa(plan: list[int], args: argparse.Namespace, ref_feats: torch.Tens
     mine = diffusa_trainer(plan[-1], tmp / "diffusa")
     start = time.time()
 
-    def snapshot(tr: Trainer) -> None:
+    def snapshot(tr: Engine) -> None:
         nonlocal start
         if tr.step in plan:
             wall = time.time() - start
             g = torch.Generator().manual_seed(0)
-            x = sample(tr.ema_denoiser, (args.n, 1, 28, 28), "ddim", args.sample_steps, generator=g)
+            x = sample(tr.task.ema_denoiser, (args.n, 1, 28, 28), "ddim", args.sample_steps, generator=g)
             grid = Path(args.grids) / f"diffusa_step{tr.step}.png" if args.grids else None
             rec = {"step": tr.step, "wall_s": wall, **score(x, ref_feats, grid)}
             results["diffusa"].append(rec)

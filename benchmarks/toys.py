@@ -24,7 +24,7 @@ from diffusa.data import TOYS, load_dataset
 from diffusa.metrics import energy_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 from diffusa.viz import save_points
 
 N = 2000
@@ -48,7 +48,7 @@ def main() -> None:
             overrides.append(f"train.steps={steps}")
         cfg = load_config(overrides=overrides)
         start = time.time()
-        Trainer(cfg, work / toy, progress=False).fit()
+        diffusion_engine(cfg, work / toy, progress=False).fit()
         train_s = time.time() - start
         run = load_run(work / toy)
         test = load_dataset(toy, "test").x[:N]

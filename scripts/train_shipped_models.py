@@ -32,7 +32,7 @@ from diffusa.autoencoder.nets import AutoencoderConfig  # noqa: E402
 from diffusa.checkpoint import load_json, save_tensors  # noqa: E402
 from diffusa.config import load_config  # noqa: E402
 from diffusa.shipped import export_run, shipped_root  # noqa: E402
-from diffusa.train import Trainer, last_log, snapshots  # noqa: E402
+from diffusa.train import diffusion_engine, last_log, snapshots  # noqa: E402
 
 # The latent network: 7x7x4 latents, no patching, two levels (7, 4) with 32/64 channels, attention (and
 # cross-attention to the caption) at 4x4; 0.4x the pixel network's time per step (docs/reproductions/ldm.md).
@@ -48,18 +48,19 @@ def train(cfg_overrides: list[str], out: Path, steps: int, snaps: tuple[int, ...
         return
     cfg = load_config(overrides=["data.name='mnist5k'", f"train.steps={steps}", "train.sample_every=0",
                                  "train.checkpoint_every=200", *cfg_overrides])
-    trainer = Trainer(cfg, out, progress=True, resume=(out / "train_state.json").exists())
+    trainer = diffusion_engine(cfg, out, progress=True, resume=(out / "train_state.json").exists())
     trainer.fit(on_step=snapshots(out, snaps, last_log(out).get("elapsed_s", 0.0) if trainer.step else 0.0))
 
 
 def stage_ae(args: argparse.Namespace) -> None:
     out = args.work / "ae"
-    if (out / "config.json").exists():
+    if (out / "config.json").exists() and "scale_factor" in json.loads((out / "config.json").read_text()):
         print(f"{out}: already trained", flush=True)
         return
     t0 = time.time()
     cfg = AutoencoderConfig(kind="kl", channels=16, channel_mult=(1, 2), latent_channels=4)
-    train_autoencoder("mnist5k", out, cfg, steps=args.ae_steps, progress=True)
+    train_autoencoder("mnist5k", out, cfg, steps=args.ae_steps, progress=True,
+                      resume=(out / "train_state.json").exists())
     print(json.dumps({"stage": "ae", "seconds": round(time.time() - t0, 1)}), flush=True)
 
 
@@ -95,15 +96,14 @@ def stage_export(args: argparse.Namespace) -> None:
 
 def reference_outputs() -> dict[str, torch.Tensor]:
     """Fixed-seed outputs of the shipped models (what tests/test_shipped.py reproduces)."""
-    from diffusa.cli_common import generate
-    from diffusa.cli_generate import prepare
+    from diffusa.pipelines import Pipeline
     from diffusa.runs import load_run
 
     r, out = REFERENCE, {}
     for name, prompt in (("mnist-text", r["prompt"]), ("mnist-pixel", None)):
-        run = load_run(shipped_root() / name)
-        den, cond = prepare(run, prompt, r["n"], r["scale"] if prompt else None, name)
-        out[name] = generate(run, r["n"], "dpmpp_2m", r["steps"], r["seed"], None, {}, denoiser=den, cond=cond)
+        pipe = Pipeline(load_run(shipped_root() / name), name)  # the package's copy, whatever folders are here
+        out[name] = pipe(prompt, n=r["n"], sampler="dpmpp_2m", steps=r["steps"], seed=r["seed"],
+                         guidance_scale=r["scale"] if prompt else None).samples
     return out
 
 

@@ -20,6 +20,8 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
     assert table.count("|") > 10  # a markdown table with rows
     if script == "speed.py":
         assert "training step" in table and "sampling" in table and "peak RSS" in table and "x |" in table
+    elif script == "streaming.py":
+        assert "resident" in table and "streaming" in table and "steps/s" in table
     elif script == "time_to_quality.py":
         assert "diffusers FD" in table and "diffusa FD" in table
     elif script == "iddpm_repro.py":

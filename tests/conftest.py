@@ -40,10 +40,10 @@ def _caches_per_test(_isolated_caches: Path, monkeypatch: pytest.MonkeyPatch) ->
 def train_run(out: Path, overrides: list[str], **kwargs) -> Path:
     """Train a run folder through the Python API."""
     from diffusa.config import load_config
-    from diffusa.train import Trainer
+    from diffusa.train import diffusion_engine
 
     cfg = load_config(overrides=overrides)
-    return Trainer(cfg, out, progress=False, **kwargs).fit()
+    return diffusion_engine(cfg, out, progress=False, **kwargs).fit()
 
 
 MOONS_OVERRIDES = ['data.name="moons"', "train.steps=300", "train.batch_size=256", "train.log_every=25",

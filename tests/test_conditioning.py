@@ -15,7 +15,7 @@ from diffusa.classifier import guidance_log_prob, load_classifier, train_classif
 from diffusa.config import load_config
 from diffusa.errors import DiffusaError
 from diffusa.process import VP
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 
 COND = [*DIGITS_OVERRIDES, 'model.conditioning="class"']
 
@@ -27,19 +27,19 @@ def cond_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5, 1.0])
 def test_label_dropout_feeds_the_labels_or_the_null_label(tmp_path: Path, dropout: float):
-    tr = Trainer(load_config(overrides=[*COND, f"train.label_dropout={dropout}", "train.batch_size=256"]),
-                 tmp_path / "run", progress=False)
-    assert tr.conditioner.num_classes == 10 and tr.net.label_emb.num_embeddings == 11
+    tr = diffusion_engine(load_config(overrides=[*COND, f"train.label_dropout={dropout}", "train.batch_size=256"]),
+                          tmp_path / "run", progress=False)
+    assert tr.task.conditioner.num_classes == 10 and tr.task.model.label_emb.num_embeddings == 11
     seen = {}
 
     def objective(den, x0, t, noise, cond=None):
         seen["x0"], seen["cond"] = x0, cond
         return den.output(x0, t, cond).flatten(1).mean(1) * 0 + 1.0
 
-    tr.objective = objective
-    tr._batches = iter([torch.arange(256)])
+    tr.task.objective = objective
+    tr._batches = iter([(torch.arange(256), tr.task.data.get(torch.arange(256)))])
     tr.train_step()
-    cond, labels = seen["cond"], tr.data.labels[:256]
+    cond, labels = seen["cond"].labels, tr.task.data.labels[:256]
     null = cond == 10
     assert torch.equal(cond[~null], labels[~null])  # every kept label is the example's own
     assert abs(float(null.double().mean()) - dropout) < 0.1
@@ -47,11 +47,11 @@ def test_label_dropout_feeds_the_labels_or_the_null_label(tmp_path: Path, dropou
 
 def test_conditioning_needs_labels(tmp_path: Path):
     with pytest.raises(DiffusaError, match="needs labelled data"):
-        Trainer(load_config(overrides=['data.name="moons"', 'model.conditioning="class"']), tmp_path / "r",
-                progress=False)
+        diffusion_engine(load_config(overrides=['data.name="moons"', 'model.conditioning="class"']), tmp_path / "r",
+                         progress=False)
     with pytest.raises(DiffusaError, match=r"unknown model\.conditioning"):
-        Trainer(load_config(overrides=[*DIGITS_OVERRIDES, 'model.conditioning="words"']), tmp_path / "s",
-                progress=False)
+        diffusion_engine(load_config(overrides=[*DIGITS_OVERRIDES, 'model.conditioning="words"']), tmp_path / "s",
+                         progress=False)
 
 
 def test_guidance_flags_end_to_end(cli, cond_run: Path, digits_run: Path, tmp_path: Path):
@@ -93,7 +93,7 @@ def test_noise_aware_classifier_learns_and_guides(cli, digits_run: Path, tmp_pat
     # a damaged classifier is one line, not a traceback
     bad = tmp_path / "bad"
     shutil.copytree(out, bad)
-    (bad / "classifier.safetensors").write_bytes(b"not a safetensors file")
+    (bad / "model.safetensors").write_bytes(b"not a safetensors file")
     r = cli("sample", digits_run, "--n", 2, "--steps", 2, "--label", 1, "--classifier", bad, "--out",
             tmp_path / "x.png")
     assert r.code == 2 and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err

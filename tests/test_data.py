@@ -173,16 +173,116 @@ def test_npz_points(tmp_path: Path) -> None:
 @pytest.mark.parametrize("arrays, match", [
     ({"images": np.zeros((2, 4, 4), np.float32)}, "uint8"),
     ({"x": np.zeros((2, 4, 4), np.float32)}, "points"),
-    ({"pixels": np.zeros((2, 4), np.float32)}, "images"),
-    ({"pixels": np.zeros((2, 4), np.float32), "labels": np.zeros(2, np.int64)}, "images"),
+    ({"pixels": np.zeros((2, 4), np.int64)}, r"'pixels' is int64 of shape \(2, 4\)"),
+    ({"images": np.zeros((2, 1, 8, 8), np.uint8)}, r"8 channels.*\(N, H, W, C\)"),
+    ({"labels": np.zeros(2, np.int64)}, "holds only labels"),
+    ({}, "holds no arrays"),
     ({"x": np.zeros((0, 2), np.float32)}, "no examples"),
     ({"images": np.zeros((0, 8, 8), np.uint8), "labels": np.zeros(0, np.int64)}, "no examples"),
     ({"x": np.zeros((10, 2), np.float32), "labels": np.zeros(3, np.int64)}, "one entry per example"),
+    ({"x": np.zeros((3, 2), np.float32), "labels": np.array([0.0, 1.5, 2.0])}, r"integers >= 0.*float64"),
+    ({"x": np.zeros((3, 2), np.float32), "labels": np.array([0, -1, 2])}, r"integers >= 0.*\[-1, 2\]"),
+    ({"x": np.array([[0.0, np.nan], [np.inf, 1.0], [2.0, 3.0]])}, "2 non-finite values"),
+    ({"x": np.array([[0.0, 1e39]])}, "1 non-finite values"),  # float64 beyond float32's range
+    ({"x": np.zeros((3, 2), np.float32), "cond_images": np.zeros((3, 8, 8), np.uint8)}, "cond_images"),
+    ({"images": np.zeros((3, 8, 8), np.uint8), "cond_images": np.zeros((2, 8, 8), np.uint8)}, r"\(3, C, H, W\)"),
+    ({"images": np.zeros((3, 8, 8), np.uint8), "cond_images": np.full((3, 1, 8, 8), np.nan)}, "non-finite"),
 ])
 def test_npz_bad_content(tmp_path: Path, arrays: dict, match: str) -> None:
     np.savez(tmp_path / "bad.npz", **arrays)
-    with pytest.raises(DiffusaError, match=match):
+    with pytest.raises(DiffusaError, match=match) as info:
         load_dataset(str(tmp_path / "bad.npz"))
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["samples", "ring", "x"])
+def test_npz_single_array_of_any_name(tmp_path: Path, name: str) -> None:
+    pts = np.random.default_rng(0).standard_normal((30, 2))
+    imgs = np.random.default_rng(1).uniform(-1, 1, (4, 3, 5, 5))
+    gray = np.random.default_rng(2).integers(0, 256, (6, 7, 7), dtype=np.uint8)
+    for arr, kind, shape in ((pts, "points", (2,)), (imgs, "image", (3, 5, 5)), (gray, "image", (1, 7, 7))):
+        np.savez(tmp_path / "one.npz", **{name: arr})
+        d = load_dataset(str(tmp_path / "one.npz"))
+        assert d.kind == kind and d.shape == shape and d.x.dtype == torch.float32 and d.labels is None
+        expected = uint8_to_unit(gray) if arr.dtype == np.uint8 else torch.from_numpy(arr).float()
+        assert torch.equal(d.x, expected)
+
+
+def test_npz_that_diffusa_sample_writes_trains_from_images(tmp_path: Path) -> None:
+    from diffusa.pipelines import write_samples
+
+    x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    write_samples(x, tmp_path / "s.npz", is_image=True)
+    with np.load(tmp_path / "s.npz") as f:
+        assert sorted(f.files) == ["images", "samples"]
+    d = load_dataset(str(tmp_path / "s.npz"))
+    assert d.kind == "image" and d.shape == (1, 6, 6) and len(d) == 5
+    assert torch.equal(d.x, uint8_to_unit(unit_to_uint8(x)))  # read from the uint8 `images`
+    assert (d.x - x).abs().max() <= 0.5 / 127.5 + 1e-6  # one rounding step from the float samples
+    samples = load_dataset(str(tmp_path / "s.npz"), array="samples")  # the float array, on request
+    assert torch.equal(samples.x, x)
+    write_samples(x[:, 0, 0, :2], tmp_path / "p.npz", is_image=False)  # a points run's samples
+    pts = load_dataset(str(tmp_path / "p.npz"))
+    assert pts.kind == "points" and torch.equal(pts.x, x[:, 0, 0, :2])
+
+
+def test_npz_several_arrays_need_data_array(tmp_path: Path) -> None:
+    a, b = np.zeros((4, 2), np.float32), np.ones((4, 3), np.float32)
+    np.savez(tmp_path / "two.npz", ring=a, spiral=b, labels=np.array([0, 1, 1, 0]))
+    with pytest.raises(DiffusaError) as info:
+        load_dataset(str(tmp_path / "two.npz"))
+    msg = str(info.value)
+    assert "\n" not in msg and "(ring, spiral)" in msg and "data.array" in msg and "labels" not in msg
+    d = load_dataset(str(tmp_path / "two.npz"), array="spiral")
+    assert d.shape == (3,) and torch.equal(d.x, torch.ones(4, 3)) and d.labels.tolist() == [0, 1, 1, 0]
+    assert d.num_classes == 2
+    assert load_dataset(str(tmp_path / "two.npz"), array="ring").shape == (2,)
+    with pytest.raises(DiffusaError, match=r"no array 'circle' \(data.array\); it holds labels, ring, spiral"):
+        load_dataset(str(tmp_path / "two.npz"), array="circle")
+    with pytest.raises(DiffusaError, match="auxiliary"):
+        load_dataset(str(tmp_path / "two.npz"), array="labels")
+    with pytest.raises(DiffusaError, match=r"\.npz file; 'moons' is not one"):
+        load_dataset("moons", array="ring")
+
+
+def test_cli_trains_an_npz_of_any_name(cli, tmp_path: Path) -> None:
+    """The issue's case: np.savez("ring.npz", samples=x), then `diffusa train --data ring.npz`."""
+    from diffusa.runs import read_run_meta
+
+    np.savez(tmp_path / "ring.npz", samples=np.random.default_rng(0).standard_normal((64, 2)))
+    np.savez(tmp_path / "two.npz", ring=np.zeros((8, 2)), spiral=np.zeros((8, 2)))
+    quick = ["--steps", "2", "--batch-size", "16", "--quiet", "--set", "train.sample_steps=2",
+             "--set", "model.net.hidden=8", "--set", "model.net.depth=1"]
+    res = cli("train", "--data", tmp_path / "ring.npz", "--out", tmp_path / "run", *quick)
+    assert res.code == 0, res.err
+    assert read_run_meta(tmp_path / "run")["config"]["data"]["array"] is None
+    res = cli("train", "--data", tmp_path / "two.npz", "--out", tmp_path / "run2", *quick)
+    assert res.code != 0 and "data.array" in res.err and len(res.err.strip().splitlines()) == 1
+    res = cli("train", "--data", tmp_path / "two.npz", "--out", tmp_path / "run3", "--set", "data.array=spiral", *quick)
+    assert res.code == 0, res.err
+    assert read_run_meta(tmp_path / "run3")["config"]["data"]["array"] == "spiral"
+
+
+def test_data_array_config_key() -> None:
+    from diffusa.config import load_config
+
+    assert load_config().data.array is None and load_config().data.stream == "auto"
+    cfg = load_config(overrides=["data.array=samples", 'data.stream="off"'])
+    assert cfg.data.array == "samples" and cfg.data.stream == "off"
+
+
+def test_npz_images_preferred_over_x_and_cond_images(tmp_path: Path) -> None:
+    imgs = np.random.default_rng(0).integers(0, 256, (3, 4, 4, 3), dtype=np.uint8)
+    cond = np.random.default_rng(1).integers(0, 256, (3, 4, 4), dtype=np.uint8)
+    cond_f = np.random.default_rng(2).uniform(-1, 1, (3, 2, 4, 4)).astype(np.float32)
+    np.savez(tmp_path / "c.npz", x=np.zeros((3, 2), np.float32), images=imgs, cond_images=cond)
+    d = load_dataset(str(tmp_path / "c.npz"))
+    assert d.shape == (3, 4, 4) and torch.equal(d.x, uint8_to_unit(imgs))
+    assert d.cond_images.shape == (3, 1, 4, 4) and torch.equal(d.cond_images, uint8_to_unit(cond))
+    assert d.cond_images.min() >= -1 and d.cond_images.max() <= 1
+    np.savez(tmp_path / "f.npz", images=imgs, cond_images=cond_f)
+    assert torch.equal(load_dataset(str(tmp_path / "f.npz")).cond_images, torch.from_numpy(cond_f))
+    assert load_dataset("digits").cond_images is None
 
 
 def test_npz_missing_or_damaged(tmp_path: Path) -> None:
@@ -231,3 +331,10 @@ def test_batches_split_the_global_batch_across_ranks() -> None:
     for i, b in enumerate(whole):
         assert torch.equal(torch.cat([parts[0][i], parts[1][i]]), b)
         assert len(parts[0][i]) == len(parts[1][i]) == 8
+
+
+def test_npz_cond_images_of_another_size(tmp_path: Path) -> None:
+    """A low-resolution condition (super-resolution) is kept at its own size: the network resizes it."""
+    np.savez(tmp_path / "sr.npz", images=np.zeros((3, 8, 8), np.uint8), cond_images=np.full((3, 4, 4), 255, np.uint8))
+    d = load_dataset(str(tmp_path / "sr.npz"))
+    assert d.shape == (1, 8, 8) and d.cond_images.shape == (3, 1, 4, 4) and float(d.cond_images.min()) == 1.0

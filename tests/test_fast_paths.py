@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from diffusa.config import RunConfig, TrainConfig
+from diffusa.config import TrainConfig
+from diffusa.engine.loop import make_optimizer
 from diffusa.nets import build_network
 from diffusa.nets.layers import AttentionBlock, ResBlock
-from diffusa.train import make_optimizer
 
 
 def _reference_attention(block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +65,7 @@ def test_fused_adamw_follows_the_reference_loop() -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.SiLU(), torch.nn.Linear(16, 4))
     ref_net = copy.deepcopy(net)
-    cfg = RunConfig(train=TrainConfig(lr=1e-2, weight_decay=0.01))
-    fused = make_optimizer(net, cfg, torch.device("cpu"))
+    fused = make_optimizer(net.parameters(), TrainConfig(lr=1e-2, weight_decay=0.01), torch.device("cpu"))
     assert fused.defaults["fused"] is True
     ref = torch.optim.AdamW(ref_net.parameters(), lr=1e-2, weight_decay=0.01, foreach=False)
     x, y = torch.randn(32, 8), torch.randn(32, 4)

@@ -1,10 +1,11 @@
-"""Guidance wrappers: classifier-free guidance at w = 0 / 1 is the unconditional / conditional model in one
-batched call; on the 2-D Gaussian-mixture oracle (exact conditional, unconditional and noisy-classifier
-quantities) both kinds of guidance draw the requested component at least 99% of the time with every sampler."""
+"""Guidance wrappers: both are Denoisers with the wrapped one's settings; classifier-free guidance at w = 0 / 1 is
+the unconditional / conditional model in one batched call; classifier guidance on a two-class Gaussian mixture gives
+the closed-form guided score; on the 2-D Gaussian-mixture oracle (exact conditional, unconditional and
+noisy-classifier quantities) both kinds of guidance draw the requested component at least 99% of the time with
+every sampler."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -12,9 +13,18 @@ import torch
 from test_sde_ode import F64, MIX_M, MIX_S, MIX_W, PROCS, UNIQUE, mixture_denoiser, setting, start_grid
 
 from diffusa import Denoiser
+from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
-from diffusa.guidance import ClassifierGuided, classifier_free, classifier_log_prob, null_labels
+from diffusa.guidance import (
+    ClassifierFreeGuided,
+    ClassifierGuided,
+    classifier_free,
+    classifier_log_prob,
+    null_captions,
+    null_labels,
+)
 from diffusa.nets import UNet, UNetConfig
+from diffusa.prediction import target_of
 from diffusa.process import DiscreteDDPM
 from diffusa.samplers import SAMPLERS
 
@@ -26,10 +36,10 @@ def component_denoiser_fn(proc):
     the unconditional mixture denoiser for the null label K."""
     mix = mixture_denoiser(proc)
 
-    def fn(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def fn(x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         a, s = proc.alpha_sigma(t)
         a, s = a.view(-1, 1).to(x.dtype).expand(x.shape[0], 1), s.view(-1, 1).to(x.dtype).expand(x.shape[0], 1)
-        y = y.long()
+        y = as_cond(cond).labels.long()
         known = y < K
         m, v0 = MIX_M.to(x.dtype)[y.clamp(max=K - 1)], (MIX_S.to(x.dtype)[y.clamp(max=K - 1)] ** 2)[:, None]
         cond = m + v0 * a * (x - a * m) / (a**2 * v0 + s**2)
@@ -109,9 +119,220 @@ def test_guidance_rejects_a_bad_scale_and_passes_none_through():
     assert torch.equal(guided(x, 0.5).x0, den(x, 0.5).x0)  # no conditioning: nothing to guide towards
     cg = ClassifierGuided(den, noisy_log_prob(den.process), 2.0)
     assert torch.equal(cg(x, 0.5).x0, den(x, 0.5).x0)
-    assert copy.copy(cg).scale == 2.0 and cg.process is den.process  # copies, and the wrapped denoiser's attributes
-    with pytest.raises(DiffusaError, match="apply it first"):
+    assert cg.scale == 2.0 and cg.process is den.process
+    with pytest.raises(DiffusaError, match="apply it first"):  # the classifier's shift is not in the raw outputs
         classifier_free(cg, 2.0, 0)
+    with pytest.raises(DiffusaError, match="wraps a Denoiser"):
+        ClassifierGuided(lambda x, t, c: x, noisy_log_prob(den.process), 1.0)
+    with pytest.raises(DiffusaError, match="has none"):
+        cg(x, 0.5, Cond(tokens=torch.zeros(4, 3, dtype=torch.long)))
+
+
+def test_classifier_guidance_gives_the_model_its_labels_only_with_model_cond():
+    seen: list = []
+    den = recording_denoiser(seen)
+    lp = noisy_log_prob(den.process)
+    x, y, image = torch.randn(3, 2, dtype=F64), torch.tensor([0, 1, 2]), torch.randn(3, 1, 2, 2, dtype=F64)
+    ClassifierGuided(den, lp, 1.0)(x, 0.5, y)
+    assert seen[-1] is None  # the unconditional model
+    ClassifierGuided(den, lp, 1.0, model_cond=True)(x, 0.5, y)
+    assert seen[-1] is y
+    ClassifierGuided(den, lp, 1.0)(x, 0.5, Cond(labels=y, image=image))
+    assert seen[-1].labels is None and seen[-1].image is image  # an image condition is the model's still
+    both = Cond(labels=y, image=image)
+    ClassifierGuided(den, lp, 1.0, model_cond=True)(x, 0.5, both)
+    assert seen[-1] is both
+
+
+def test_wrappers_are_denoisers_with_the_base_settings_and_stack():
+    net = tiny_unet(learned_variance=True)
+    den = Denoiser.from_network(net, DiscreteDDPM("cosine", 100), "v", learned_variance=True, clip_x0=1.0)
+    cfg = classifier_free(den, 2.0, lambda c: null_labels(c, 3))
+    cg = ClassifierGuided(cfg, lambda x, t, y: x.flatten(1)[:, :3].log_softmax(1)[torch.arange(len(y)), y], 1.5,
+                          model_cond=True)
+    assert isinstance(cfg, ClassifierFreeGuided) and isinstance(cg, ClassifierGuided)
+    for wrapped in (cfg, cg):
+        assert isinstance(wrapped, Denoiser)
+        assert wrapped.process is den.process and wrapped.prediction == "v" and wrapped.net is net
+        assert wrapped.settings() == den.settings() and wrapped.learned_variance and wrapped.clip_x0 == 1.0
+    assert cg.base is cfg and cfg.base is den
+    # derive rebuilds the stack around the derived base: the same guidance, unclipped; the originals untouched
+    plain = cg.derive(clip_x0=None)
+    assert isinstance(plain, ClassifierGuided) and isinstance(plain.base, ClassifierFreeGuided)
+    assert plain.clip_x0 is None and plain.base.clip_x0 is None and plain.base.base.clip_x0 is None
+    assert cg.clip_x0 == 1.0 and den.clip_x0 == 1.0 and plain.scale == 1.5 and plain.base.scale == 2.0
+    x = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    t = torch.full((4,), 0.3, dtype=F64)
+    y = torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        got = plain(x, t, y)
+        unclipped = den.derive(clip_x0=None)
+        want = ClassifierGuided(classifier_free(unclipped, 2.0, lambda c: null_labels(c, 3)), cg.log_prob, 1.5,
+                                model_cond=True)(x, t, y)
+        clipped = cg(x, t, y)
+    assert torch.equal(got.x0, want.x0) and torch.equal(got.eps, want.eps)
+    assert got.x0.abs().max() > 1.0 and clipped.x0.abs().max() <= 1.0  # the derived one really is unclipped
+
+
+def test_cfg_at_zero_and_one_is_exactly_the_unconditional_and_conditional_denoiser():
+    net = tiny_unet()
+    den = Denoiser.from_network(net, DiscreteDDPM("linear", 50), "eps", clip_x0=1.0)
+    x = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    t = torch.linspace(0.1, 1.0, 6, dtype=F64)
+    y = torch.tensor([0, 1, 2, 2, 1, 0])
+    with torch.no_grad():
+        for given in (y, Cond(labels=y)):
+            u, c = den(x, t, torch.full_like(y, 3)), den(x, t, y)
+            w0 = classifier_free(den, 0.0, lambda cc: null_labels(cc, 3))(x, t, given)
+            w1 = classifier_free(den, 1, lambda cc: null_labels(cc, 3))(x, t, given)
+            for got, want in ((w0, u), (w1, c)):
+                assert torch.equal(got.x0, want.x0) and torch.equal(got.eps, want.eps)
+
+
+def recording_denoiser(seen: list) -> Denoiser:
+    """An x0-denoiser that records the conditioning it is given and answers x + 1 (+ the labels, if any)."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        seen.append(cond)
+        labels = None if cond is None else as_cond(cond).labels
+        return x + 1 + (0 if labels is None else labels.to(x.dtype).view(-1, 1))
+
+    return Denoiser.from_function(fn, PROCS["vp"], prediction="x0")
+
+
+def test_cfg_batches_conditionings_as_one_cond():
+    seen: list = []
+    den = recording_denoiser(seen)
+    x = torch.zeros(2, 3, dtype=F64)
+    image = torch.arange(2 * 4, dtype=F64).view(2, 1, 2, 2)
+    cond = Cond(labels=torch.tensor([1, 2]), image=image)
+    out = classifier_free(den, 3.0, lambda c: null_labels(c, 5)).output(x, 0.5, cond)
+    batched = seen[-1]
+    assert isinstance(batched, Cond) and batched.labels.tolist() == [1, 2, 5, 5]
+    assert torch.equal(batched.image, torch.cat([image, image]))  # the image condition is not nulled
+    # u + 3 (c - u) with c = x + 1 + y, u = x + 1 + 5
+    assert torch.equal(out, torch.tensor([[-6.0] * 3, [-3.0] * 3], dtype=F64))
+    # a label tensor or a {"tokens", "mask"} dict is read as a Cond
+    classifier_free(den, 2.0, lambda c: null_labels(c, 5)).output(x, 0.5, torch.tensor([1, 2]))
+    assert torch.equal(seen[-1].labels, torch.tensor([1, 2, 5, 5])) and seen[-1].image is None
+    classifier_free(den, 0.0, lambda c: null_labels(c, 5)).output(x, 0.5, torch.tensor([1, 2]))
+    assert torch.equal(seen[-1].labels, torch.tensor([5, 5]))
+    text = {"tokens": torch.tensor([[1, 7, 2], [1, 8, 2]]), "mask": torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()}
+    empty = {"tokens": torch.tensor([[1, 2, 0], [1, 2, 0]]), "mask": torch.tensor([[1, 1, 0], [1, 1, 0]]).bool()}
+    classifier_free(den, 2.0, lambda c: empty).output(x, 0.5, text)
+    assert set(seen[-1].present()) == {"tokens", "token_mask"}
+    assert torch.equal(seen[-1].tokens, torch.cat([text["tokens"], empty["tokens"]]))
+    assert torch.equal(seen[-1].token_mask, torch.cat([text["mask"], empty["mask"]]))
+    with pytest.raises(DiffusaError, match="cannot batch"):
+        classifier_free(den, 2.0, Cond(labels=torch.tensor([5, 5]))).output(x, 0.5, cond)
+
+
+def test_null_labels_and_null_captions_build_null_conds():
+    labels = torch.tensor([3, 1, 4])
+    null = null_labels(labels, 10)
+    assert isinstance(null, Cond) and torch.equal(null.labels, torch.full((3,), 10)) and null.image is None
+    image = torch.randn(3, 1, 2, 2)
+    nulled = null_labels(Cond(labels=labels, image=image), 10)
+    assert torch.equal(nulled.labels, torch.full((3,), 10)) and nulled.image is image
+    with pytest.raises(DiffusaError, match="labels"):
+        null_labels(Cond(image=image), 10)
+
+    class Tokenizing:
+        def __init__(self, as_dict: bool) -> None:
+            self.as_dict = as_dict
+
+        def tokenize(self, texts):
+            tokens = torch.tensor([[1, len(s) + 2, 0] for s in texts])
+            return {"tokens": tokens, "mask": tokens != 0} if self.as_dict else Cond(tokens=tokens,
+                                                                                     token_mask=tokens != 0)
+
+    text = {"tokens": torch.tensor([[1, 9, 9], [1, 8, 0]]), "mask": torch.tensor([[1, 1, 1], [1, 1, 0]]).bool()}
+    for as_dict in (True, False):
+        null = null_captions(Tokenizing(as_dict))(text)
+        assert isinstance(null, Cond) and null.tokens.tolist() == [[1, 2, 0], [1, 2, 0]]
+        assert null.token_mask.tolist() == [[True, True, False]] * 2
+    kept = null_captions(Tokenizing(True))(Cond(tokens=text["tokens"], token_mask=text["mask"], labels=labels[:2]))
+    assert torch.equal(kept.labels, labels[:2])
+    with pytest.raises(DiffusaError, match="text tokens"):
+        null_captions(Tokenizing(True))(labels)
+
+
+# a two-class mixture of isotropic 2-D Gaussians, for the closed-form guided score
+TWO_W = torch.tensor([0.3, 0.7], dtype=F64)
+TWO_M = torch.tensor([[-1.5, 0.5], [1.0, -0.5]], dtype=F64)
+TWO_S = torch.tensor([0.4, 0.7], dtype=F64)
+
+
+def two_class_terms(proc, x: torch.Tensor, t: torch.Tensor):
+    """(a, sigma, r, g): noise levels (B, 1), responsibilities r_k(x_t) (B, 2) and the class scores
+    g_k = grad log N(x_t; a m_k, v_k I) = (a m_k - x_t) / v_k (B, 2, 2), v_k = a^2 s_k^2 + sigma^2."""
+    a, s = (v.view(-1, 1) for v in proc.alpha_sigma(t))
+    var = a**2 * TWO_S**2 + s**2  # (B, 2)
+    d2 = ((x[:, None, :] - a[:, :, None] * TWO_M) ** 2).sum(-1)
+    r = torch.softmax(torch.log(TWO_W) - torch.log(var) - d2 / (2 * var), dim=1)  # 2-D: det = var^2
+    g = (a[:, :, None] * TWO_M - x[:, None, :]) / var[:, :, None]
+    return a, s, r, g
+
+
+def two_class_denoiser(proc, kind: str) -> Denoiser:
+    """The exact unconditional denoiser E[x0 | x_t] = sum_k r_k (m_k + s_k^2 a (x_t - a m_k) / v_k), emitted as
+    parameterization `kind`."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s, r, _ = two_class_terms(proc, x, t)
+        var = a**2 * TWO_S**2 + s**2
+        post = TWO_M + (TWO_S**2 * a / var)[:, :, None] * (x[:, None, :] - a[:, :, None] * TWO_M)
+        x0 = (r[:, :, None] * post).sum(1)
+        return target_of(kind, x0, (x - a * x0) / s, a, s)
+
+    return Denoiser.from_function(fn, proc, prediction=kind)
+
+
+def two_class_log_prob(proc):
+    """The exact noisy classifier log p(y | x_t, t) = log r_y(x_t)."""
+
+    def log_prob(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        _, _, r, _ = two_class_terms(proc, x, t)
+        return r.log().gather(1, y.view(-1, 1)).squeeze(1)
+
+    return log_prob
+
+
+@pytest.mark.parametrize("kind", ["x0", "eps", "v"])
+@pytest.mark.parametrize("pname", ["ddpm_cosine", "vp", "ve", "flow"])
+def test_classifier_guidance_on_two_gaussians_is_the_closed_form_guided_score(pname: str, kind: str):
+    """score_guided = grad log p(x_t) + g grad log p(y | x_t) = g g_y + (1 - g) sum_k r_k g_k (Dhariwal & Nichol
+    2021, eq. 11 with scale g); x0 = (x_t + sigma^2 score) / alpha (Tweedie), eps = -sigma score."""
+    proc = PROCS[pname]
+    den, lp = two_class_denoiser(proc, kind), two_class_log_prob(proc)
+    gen = torch.Generator().manual_seed(6)
+    x = 2 * torch.randn(8, 2, dtype=F64, generator=gen)
+    t = torch.linspace(0.2, 0.9, 8, dtype=F64)
+    y = torch.tensor([0, 1] * 4)
+    a, s, r, g = two_class_terms(proc, x, t)
+    g_y = g[torch.arange(8), y]
+    for scale in (0.5, 1.0, 4.0):
+        pred = ClassifierGuided(den, lp, scale)(x, t, Cond(labels=y))
+        score = scale * g_y + (1 - scale) * (r[:, :, None] * g).sum(1)
+        assert not torch.allclose(pred.score, den(x, t).score, atol=1e-2)
+        assert torch.allclose(pred.score, score, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(pred.eps, -s * score, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(pred.x0, (x + s**2 * score) / a, rtol=1e-9, atol=1e-9)
+        if scale == 1.0:  # the conditional denoiser of class y: m_y + s_y^2 a (x_t - a m_y) / v_y
+            v_y = (a**2 * TWO_S**2 + s**2)[torch.arange(8), y].view(-1, 1)
+            post = TWO_M[y] + TWO_S[y].view(-1, 1) ** 2 * a * (x - a * TWO_M[y]) / v_y
+            assert torch.allclose(pred.x0, post, rtol=1e-9, atol=1e-9)
+        # with clipping, the wrapped model's clipped x0 is moved by sigma^2 g grad log p(y | x_t) / alpha and
+        # clipped again, eps re-derived from it
+        clipped = ClassifierGuided(den.derive(clip_x0=0.5), lp, scale)(x, t, y)
+        mean = (r[:, :, None] * g).sum(1)
+        want = (((x + s**2 * mean) / a).clamp(-0.5, 0.5) + s**2 * scale * (g_y - mean) / a).clamp(-0.5, 0.5)
+        assert torch.allclose(clipped.x0, want, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(clipped.eps, (x - a * want) / s, rtol=1e-9, atol=1e-9)
+    if pname == "flow" and kind != "eps":  # alpha = 0 at t = 1: x_t holds nothing of x0, the step stays unguided
+        t1 = torch.ones(8, dtype=F64)
+        guided, plain = ClassifierGuided(den, lp, 3.0)(x, t1, y), den(x, t1)
+        assert torch.equal(guided.x0, plain.x0) and torch.equal(guided.eps, plain.eps)
 
 
 def test_classifier_guidance_shifts_eps_by_sigma_times_the_gradient():

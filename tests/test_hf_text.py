@@ -47,6 +47,14 @@ def test_local_model_directory_loads_offline_and_masks_padding(tiny_bert: Path, 
     feats = enc(cond["tokens"], cond["mask"])
     assert feats.shape == (2, 12, 16) and not feats.requires_grad
     assert list(enc.state_dict()) == [] and list(enc.parameters()) == []  # frozen, and not part of checkpoints
+    from diffusa.cond import Cond
+    from diffusa.nets.text import TextUNet
+
+    net = TextUNet({"channels": 8, "channel_mult": [1, 2], "attention_resolutions": [4], "image_size": 8},
+                   {"encoder": "hf", "path": str(tiny_bert), "max_len": 12})
+    tok = net.tokenize(["a handwritten seven", "the digit 3"])  # the network's tokenize: a Cond
+    assert isinstance(tok, Cond) and torch.equal(tok.tokens, cond["tokens"]) and tok.token_mask[0].sum() == 5
+    assert net(torch.zeros(2, 1, 8, 8), torch.zeros(2), tok).shape == (2, 1, 8, 8)
 
 
 def test_hf_text_run_trains_saves_small_and_samples(tiny_bert: Path, no_network: None, tmp_path: Path, cli):

@@ -25,7 +25,7 @@ from diffusa.process import VP, expand_as
 from diffusa.runs import load_run
 from diffusa.samplers import sample_ancestral
 from diffusa.schedules import discrete_grid, discrete_indices, make_betas
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 
 LOG2 = math.log(2.0)
 F64 = torch.float64
@@ -561,7 +561,7 @@ HYBRID = ['data.name="digits"', 'loss.kind="hybrid"', "model.learned_variance=tr
 
 
 def _train(out: Path, overrides: list[str], resume: bool = False) -> Path:
-    return Trainer(load_config(overrides=overrides), out, progress=False, resume=resume).fit()
+    return diffusion_engine(load_config(overrides=overrides), out, progress=False, resume=resume).fit()
 
 
 @pytest.fixture(scope="module")

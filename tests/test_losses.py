@@ -1,4 +1,5 @@
-"""SimpleLoss against closed forms from an exact Gaussian denoiser; Min-SNR weights; time samplers."""
+"""SimpleLoss against closed forms from an exact Gaussian denoiser; Min-SNR weights; the hybrid loss as its two
+parts in one network call; time samplers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from diffusa import Denoiser, DiffusaError, DiscreteDDPM, Process
-from diffusa.losses import SimpleLoss, UniformTimeSampler
+from diffusa.losses import HybridLoss, SimpleLoss, UniformTimeSampler, VLBLoss
 from diffusa.prediction import PARAMETERIZATIONS, target_of
 
 T = 1000
@@ -138,6 +139,34 @@ def test_learned_variance_loss_uses_mean_half(proc):
     learned = Denoiser.from_function(lambda x, t: torch.cat([plain.raw(x, t, None), torch.ones_like(x)], dim=1),
                                      proc, prediction="eps", learned_variance=True)
     assert torch.equal(SimpleLoss()(learned, x0, t, noise), SimpleLoss()(plain, x0, t, noise))
+
+
+def test_hybrid_is_simple_plus_lambda_vlb_in_one_network_call():
+    """L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, eq. 16), from one forward pass; L_vlb reads the
+    output unclipped (IDDPM trains with clip_denoised=False) whatever the denoiser's clip_x0."""
+    T = 10
+    proc = DiscreteDDPM("linear", T)
+    calls = []
+
+    def fn(x, t):
+        calls.append(len(x))
+        _, s = proc.alpha_sigma(t)
+        return torch.cat([0.8 * x + 0.5 * s[:, None], torch.tanh(x - 0.3)], dim=1)
+
+    den = Denoiser.from_function(fn, proc, prediction="eps", learned_variance=True, clip_x0=1.0)
+    x0, noise = draw(32, seed=12)
+    t = torch.randint(1, T + 1, (32,), generator=torch.Generator().manual_seed(13)).double() / T
+    simple = SimpleLoss(weighting="min_snr")
+    calls.clear()
+    hybrid = HybridLoss(proc, simple, vlb_weight=0.25)(den, x0, t, noise)
+    assert calls == [32]
+    vlb = VLBLoss(proc)(den, x0, t, noise)
+    assert torch.allclose(hybrid, simple(den, x0, t, noise) + 0.25 * vlb, rtol=1e-12, atol=0)
+    # the bound ignores clipping: the same as for the unclipped denoiser, though clipping does move x0 here
+    assert torch.equal(vlb, VLBLoss(proc)(den.derive(clip_x0=None), x0, t, noise))
+    x_t = proc.q_sample(x0, t, noise)
+    assert not torch.allclose(den(x_t, t).x0, den.derive(clip_x0=None)(x_t, t).x0)
+    assert den.clip_x0 == 1.0
 
 
 def test_loss_settings_errors():

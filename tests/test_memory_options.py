@@ -11,7 +11,7 @@ import torch
 from diffusa.config import load_config
 from diffusa.errors import DiffusaError
 from diffusa.nets import UNet, UNetConfig
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 
 
 def _net() -> UNet:
@@ -59,7 +59,7 @@ def test_training_in_low_precision_matches_fp32_loss_curve(tmp_path: Path, preci
     logs = {}
     for prec in ("fp32", precision):
         cfg = load_config(overrides=[*common, f"train.precision={prec!r}"])
-        Trainer(cfg, tmp_path / prec, progress=False).fit()
+        diffusion_engine(cfg, tmp_path / prec, progress=False).fit()
         logs[prec] = [json.loads(line)["loss"] for line in (tmp_path / prec / "log.jsonl").read_text().splitlines()]
     assert len(logs["fp32"]) == len(logs[precision]) == 3
     for a, b in zip(logs["fp32"], logs[precision], strict=True):
@@ -71,7 +71,7 @@ def test_training_in_low_precision_matches_fp32_loss_curve(tmp_path: Path, preci
 def test_grad_checkpoint_on_a_network_without_it_is_a_clear_error(tmp_path: Path) -> None:
     cfg = load_config(overrides=["data.name='moons'", "train.steps=2", "train.grad_checkpoint=true"])
     with pytest.raises(DiffusaError, match="needs the U-Net"):
-        Trainer(cfg, tmp_path / "run", progress=False)
+        diffusion_engine(cfg, tmp_path / "run", progress=False)
 
 
 def test_training_with_grad_checkpoint_follows_the_plain_run(tmp_path: Path) -> None:
@@ -80,7 +80,7 @@ def test_training_with_grad_checkpoint_follows_the_plain_run(tmp_path: Path) -> 
     losses = {}
     for flag in ("false", "true"):
         cfg = load_config(overrides=[*common, f"train.grad_checkpoint={flag}"])
-        Trainer(cfg, tmp_path / flag, progress=False).fit()
+        diffusion_engine(cfg, tmp_path / flag, progress=False).fit()
         losses[flag] = [json.loads(x)["loss"] for x in (tmp_path / flag / "log.jsonl").read_text().splitlines()]
     # same seed, same batches, gradients equal to float rounding: the loss curves agree to rounding
     assert losses["false"] == pytest.approx(losses["true"], rel=1e-4)

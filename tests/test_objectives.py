@@ -342,13 +342,13 @@ TOY_PROCESSES = ["vp", "ve", "edm", "flow"]
 @pytest.fixture(scope="module")
 def toy_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """vp, ve, edm and flow, each with its default objective, 300 steps on moons (~3 s each)."""
-    from diffusa.train import Trainer
+    from diffusa.train import diffusion_engine
 
     runs = {}
     for name in TOY_PROCESSES:
-        trainer = Trainer(load_config(overrides=[*TOY, f'process.name="{name}"']),
-                          tmp_path_factory.mktemp(name) / "run", progress=False)
-        trainer.save_samples = lambda name: None  # the final PNG is not under test here
+        trainer = diffusion_engine(load_config(overrides=[*TOY, f'process.name="{name}"']),
+                                   tmp_path_factory.mktemp(name) / "run", progress=False)
+        trainer.preview = lambda name: None  # the final PNG is not under test here
         runs[name] = trainer.fit()
     return runs
 

@@ -188,3 +188,54 @@ def test_from_network_feeds_c_noise(proc):
     assert net.seen.dtype == torch.float32
     assert torch.allclose(net.seen, torch.tensor([0.0, 499.0, 999.0]))
     assert den.net is net
+
+
+def test_derive_rebuilds_with_the_settings_changed_and_leaves_the_original():
+    from diffusa.process import EDM
+
+    edm = EDM()
+    net = torch.nn.Identity()
+    den = Denoiser(lambda x, t, c: torch.zeros_like(x), edm, "edm", clip_x0=1.0, sigma_data=0.7, net=net)
+    assert den.settings() == {"learned_variance": False, "clip_x0": 1.0, "sigma_data": 0.7, "net": net}
+    plain = den.derive(clip_x0=None)
+    assert type(plain) is Denoiser and plain is not den and plain.raw is den.raw and plain.process is edm
+    assert plain.settings() == {**den.settings(), "clip_x0": None} and den.clip_x0 == 1.0
+    other = den.derive(lambda x, t, c: torch.ones_like(x), sigma_data=0.5)
+    assert other.settings() == {**den.settings(), "sigma_data": 0.5} and other.prediction == "edm"
+    assert Denoiser.from_function(lambda x, t: x, edm).net is None
+    # edm: x0 = c_skip x + c_out F; clipping moves x0 and eps (x = alpha x0 + sigma eps still holds)
+    x, t = torch.full((2, 3), 5.0, dtype=torch.float64), torch.tensor([0.3, 0.6], dtype=torch.float64)
+    c_skip = 0.7**2 / (edm.alpha_sigma(t)[1] ** 2 + 0.7**2)
+    assert torch.allclose(plain(x, t).x0, 5.0 * c_skip[:, None].expand(2, 3), atol=1e-12)
+    assert torch.equal(den(x, t).x0, torch.ones(2, 3, dtype=torch.float64))
+
+
+def test_prediction_with_eps_is_the_eps_conversion_except_where_alpha_is_zero(proc):
+    g = torch.Generator().manual_seed(3)
+    x, eps = (torch.randn(4, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    alpha = torch.tensor([0.9, 0.5, 0.0, 0.2], dtype=torch.float64).view(4, 1)
+    sigma = torch.tensor([0.3, 0.8, 1.0, 0.98], dtype=torch.float64).view(4, 1)
+    v_var = torch.rand(4, 3, generator=g, dtype=torch.float64)
+    pred = Prediction(x=x, x0=torch.zeros_like(x), eps=x.clone(), alpha=alpha, sigma=sigma, v_var=v_var)
+    moved = pred.with_eps(eps)
+    # x0 = (x - sigma eps) / alpha where alpha > 0; at alpha = 0 the prediction is kept
+    live = alpha.view(-1) > 0
+    assert torch.allclose(moved.x0[live], ((x - sigma * eps) / alpha)[live], atol=1e-12)
+    assert torch.equal(moved.eps[live], eps[live])
+    assert torch.equal(moved.x0[~live], pred.x0[~live]) and torch.equal(moved.eps[~live], pred.eps[~live])
+    assert moved.v_var is v_var and moved.x is x
+    clipped = pred.with_eps(eps, clip=0.5)
+    assert torch.equal(clipped.x0, moved.x0.clamp(-0.5, 0.5))
+    assert torch.allclose(alpha * clipped.x0 + sigma * clipped.eps, x, atol=1e-12)
+
+
+def test_no_denoiser_is_copied_and_patched_in_the_library():
+    """DESIGN.md: wrappers of a Denoiser are Denoisers, built explicitly (no copy-and-patch)."""
+    from pathlib import Path
+
+    import diffusa
+
+    src = Path(diffusa.__file__).parent
+    hits = [f"{p.relative_to(src)}:{i}" for p in sorted(src.rglob("*.py"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if "copy.copy(" in line]
+    assert hits == []

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,13 +15,11 @@ import torch
 from conftest import DIGITS_OVERRIDES, train_run
 from safetensors import safe_open
 
+import diffusa
 from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
 from diffusa.checkpoint import load_tensors
-from diffusa.cli_common import generate
-from diffusa.cli_generate import prepare
-from diffusa.errors import DiffusaError
 from diffusa.runs import load_run
-from diffusa.shipped import SHIPPED, export_run, resolve_model, shipped_root
+from diffusa.shipped import SHIPPED, export_run, resolve_model
 
 REFERENCE = Path(__file__).parent / "data" / "shipped_reference.safetensors"
 
@@ -47,9 +44,8 @@ def test_shipped_models_reproduce_their_stored_outputs():
         meta = f.metadata()
     n, steps, seed, scale = int(meta["n"]), int(meta["steps"]), int(meta["seed"]), float(meta["scale"])
     for name, prompt in (("mnist-text", meta["prompt"]), ("mnist-pixel", None)):
-        run = load_run(shipped_root() / name)
-        den, cond = prepare(run, prompt, n, scale if prompt else None, name)
-        x = generate(run, n, "dpmpp_2m", steps, seed, None, {}, denoiser=den, cond=cond)
+        x = diffusa.load(name)(prompt, n=n, sampler="dpmpp_2m", steps=steps, seed=seed,
+                               guidance_scale=scale if prompt else None).samples
         assert x.shape == ref[name].shape == (n, 1, 28, 28)
         assert float((x - ref[name]).abs().max()) < 1e-3, name
 
@@ -70,7 +66,8 @@ def test_generate_draws_the_requested_digits(cli, tmp_path: Path, digit_classifi
 def test_generate_unconditional_and_errors(cli, tmp_path: Path):
     r = cli("generate", "--n", 4, "--steps", 5, "--out", tmp_path / "u.png")
     assert r.code == 0 and "mnist-pixel" in r.out and (tmp_path / "u.png").stat().st_size > 200, r.err
-    for args, msg in ((["--model", "nope"], "neither a shipped model"), (["--out", tmp_path / "x.jpg"], ".png"),
+    for args, msg in ((["--model", "nope"], "the shipped models are mnist-pixel, mnist-text"),
+                      (["--out", tmp_path / "x.jpg"], ".png"),
                       (["a 7", "--model", "mnist-pixel"], "takes no prompt"),
                       (["--model", "mnist-text"], "give a prompt"),
                       (["--guidance-scale", "7"], "is unconditional")):  # was silently ignored
@@ -83,8 +80,8 @@ def test_export_carries_the_autoencoder_and_loads_after_a_move(tmp_path: Path, c
                            progress=False)
     run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=3", f"data.latent='{ae}'"])
     out = export_run(run, tmp_path / "shipped" / "m", {"command": "test", "train_seconds": 1.0})
-    assert sorted(p.name for p in out.rglob("*")) == ["autoencoder", "autoencoder.safetensors", "config.json",
-                                                      "config.json", "model.safetensors"]
+    assert sorted(p.name for p in out.rglob("*")) == ["autoencoder", "config.json", "config.json",
+                                                      "model.safetensors", "model.safetensors"]  # one layout
     moved = tmp_path / "elsewhere"
     shutil.move(out, moved)
     shutil.rmtree(ae)
@@ -130,9 +127,3 @@ def test_export_over_an_existing_model_replaces_it_and_keeps_it_if_the_swap_fail
     monkeypatch.undo()
     kept = list(dest.parent.glob(".m.old.*/m/config.json"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["shipped"]["command"] == "second"
-
-
-def test_prepare_names_a_class_conditional_model_before_a_stray_guidance_scale():
-    run = SimpleNamespace(is_text=False, num_classes=10, denoiser=None)
-    with pytest.raises(DiffusaError, match="is class-conditional: use diffusa sample"):
-        prepare(run, None, 2, 3.0, "runs/cifar")

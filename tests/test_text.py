@@ -153,8 +153,8 @@ def test_conditioner_drops_captions_to_the_empty_one():
     data = Dataset("d", torch.zeros(400, 1, 4, 4), torch.arange(400) % 10, "image", 10)
     tok = Conditioner("text", data, 0.5, 10, tokenizer=lambda texts: tokenize(texts, 24))
     cond = tok.training(torch.arange(400), torch.Generator().manual_seed(0))
-    empty = cond["mask"].sum(1) == 2  # BOS, EOS
-    assert abs(float(empty.double().mean()) - 0.5) < 0.08 and cond["tokens"].shape == (400, 24)
+    empty = cond.token_mask.sum(1) == 2  # BOS, EOS
+    assert abs(float(empty.double().mean()) - 0.5) < 0.08 and cond.tokens.shape == (400, 24)
 
 
 def write_folder(folder: Path, n: int = 6) -> None:
@@ -176,7 +176,7 @@ def test_caption_files_for_image_folders(tmp_path: Path):
     assert data.captions == [f"pic {i}" for i in range(6)]
     cond = Conditioner("text", data, 0.0, tokenizer=lambda texts: tokenize(texts, 16)).training(
         torch.tensor([2, 0]), torch.Generator())
-    assert torch.equal(cond["tokens"], tokenize(["pic 2", "pic 0"], 16)["tokens"])
+    assert torch.equal(cond.tokens, tokenize(["pic 2", "pic 0"], 16)["tokens"])
     (folder / "captions.jsonl").write_text('{"file": "im0.png"}\n')
     with pytest.raises(DiffusaError, match=r"captions\.jsonl:1"):
         load_dataset(str(folder))
@@ -209,8 +209,8 @@ def test_text_model_trains_samples_and_rejects_bad_prompts(cli, tmp_path: Path, 
     assert cli("sample", run, "--n", 6, "--steps", 3, "--prompt", "the digit seven", "--guidance-scale", 3,
                "--out", again).code == 0
     assert np.array_equal(np.load(tmp_path / "s.npz")["samples"], np.load(again)["samples"])  # same seed
-    r = cli("generate", "the digit seven", "--model", run, "--n", 6, "--steps", 3, "--sampler", "ddim",
-            "--guidance-scale", 3, "--out", tmp_path / "g.npz")
+    r = cli("generate", "the digit seven", "--model", run, "--n", 6, "--steps", 3, "--guidance-scale", 3,
+            "--out", tmp_path / "g.npz")
     assert r.code == 0 and "wrote 6 samples" in r.out, r.err  # generate is sample with a prompt, on any run
     assert np.array_equal(np.load(tmp_path / "g.npz")["samples"], np.load(again)["samples"])
     r = cli("generate", "--model", run, "--n", 2, "--steps", 2, "--out", tmp_path / "g.png")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import diffusa.train as train_mod
+import diffusa.engine.loop as loop_mod
 from diffusa.checkpoint import load_json, load_tensors
 from diffusa.config import load_config
 from diffusa.data import load_dataset
@@ -18,11 +18,11 @@ from diffusa.errors import DiffusaError
 from diffusa.metrics import energy_distance
 from diffusa.runs import load_run
 from diffusa.samplers import sample
-from diffusa.train import Trainer
+from diffusa.train import diffusion_engine
 
 
 def train_run(out: Path, overrides: list[str], **kwargs) -> Path:
-    return Trainer(load_config(overrides=overrides), out, progress=False, **kwargs).fit()
+    return diffusion_engine(load_config(overrides=overrides), out, progress=False, **kwargs).fit()
 
 
 def _log(run: Path) -> list[dict]:
@@ -70,13 +70,13 @@ def test_run_folder_is_complete(moons_run: Path) -> None:
 def test_into_an_existing_run_needs_resume(moons_run: Path) -> None:
     cfg = load_config(overrides=['data.name="moons"'])
     with pytest.raises(DiffusaError, match="--resume"):
-        Trainer(cfg, moons_run, progress=False)
+        diffusion_engine(cfg, moons_run, progress=False)
 
 
 def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
     cfg = load_config(overrides=['data.name="moons"'])
     with pytest.raises(DiffusaError, match="resume"):
-        Trainer(cfg, tmp_path / "fresh", resume=True, progress=False)
+        diffusion_engine(cfg, tmp_path / "fresh", resume=True, progress=False)
 
 
 @pytest.mark.parametrize("override, match", [("train.steps=0", "steps"), ("train.batch_size=0", "batch"),
@@ -84,7 +84,7 @@ def test_resume_needs_a_checkpoint(tmp_path: Path) -> None:
 def test_bad_settings_are_rejected_before_any_work(tmp_path: Path, override: str, match: str) -> None:
     cfg = load_config(overrides=['data.name="moons"', override])
     with pytest.raises(DiffusaError, match=match):
-        Trainer(cfg, tmp_path / "run", progress=False)
+        diffusion_engine(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 
 
@@ -96,7 +96,7 @@ def test_unknown_names_are_rejected_before_any_work(tmp_path: Path, override: st
     for the final grid, after all the steps)."""
     cfg = load_config(overrides=[*TINY, override, "train.steps=2"])
     with pytest.raises(DiffusaError, match=match):
-        Trainer(cfg, tmp_path / "run", progress=False).fit()
+        diffusion_engine(cfg, tmp_path / "run", progress=False).fit()
     assert not (tmp_path / "run" / "config.json").exists()
 
 
@@ -136,7 +136,7 @@ def test_resume_with_more_steps_equals_uninterrupted(uninterrupted: dict[str, Pa
 def test_ctrl_c_then_resume_equals_uninterrupted(uninterrupted: dict[str, Path], tmp_path: Path) -> None:
     """Ctrl-C between steps saves a checkpoint; --resume then matches the uninterrupted run (cosine decay)."""
     cfg = load_config(overrides=[*TINY, 'train.lr_decay="cosine"', f"train.steps={2 * N}"])
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    trainer = diffusion_engine(cfg, tmp_path / "run", progress=False)
     step = trainer.train_step
 
     def interrupt_at_n() -> tuple:
@@ -148,7 +148,7 @@ def test_ctrl_c_then_resume_equals_uninterrupted(uninterrupted: dict[str, Path],
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
     assert load_json(tmp_path / "run" / "train_state.json")["step"] == N
-    Trainer(cfg, tmp_path / "run", resume=True, progress=False).fit()
+    diffusion_engine(cfg, tmp_path / "run", resume=True, progress=False).fit()
     assert_same_checkpoint(tmp_path / "run", uninterrupted["cosine"])
 
 
@@ -167,8 +167,8 @@ def test_ctrl_c_inside_the_parameter_update_then_resume_equals_uninterrupted(
 
 def _ctrl_c_inside_update(uninterrupted: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(overrides=[*TINY, 'train.lr_decay="cosine"', f"train.steps={2 * N}"])
-    trainer = Trainer(cfg, tmp_path / "run", progress=False)
-    real_ema_update = train_mod.ema_update
+    trainer = diffusion_engine(cfg, tmp_path / "run", progress=False)
+    real_ema_update = loop_mod.ema_update
     sent = []
 
     def ema_update(ema, net, decay):
@@ -177,9 +177,9 @@ def _ctrl_c_inside_update(uninterrupted: dict[str, Path], tmp_path: Path, monkey
             signal.raise_signal(signal.SIGINT)  # Python raises KeyboardInterrupt at its next check
         real_ema_update(ema, net, decay)
 
-    monkeypatch.setattr(train_mod, "ema_update", ema_update)
+    monkeypatch.setattr(loop_mod, "ema_update", ema_update)
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()
-    monkeypatch.setattr(train_mod, "ema_update", real_ema_update)
-    Trainer(cfg, tmp_path / "run", resume=True, progress=False).fit()
+    monkeypatch.setattr(loop_mod, "ema_update", real_ema_update)
+    diffusion_engine(cfg, tmp_path / "run", resume=True, progress=False).fit()
     assert_same_checkpoint(tmp_path / "run", uninterrupted["cosine"])

@@ -1,19 +1,24 @@
 """diffusa: diffusion models in one currency (noise levels alpha, sigma).
 
-    import torch, diffusa
-    run = diffusa.load_run("runs/mnist")
-    x = diffusa.sample(run.denoiser, (16, 1, 28, 28), sampler="ddim", steps=50,
-                       generator=torch.Generator().manual_seed(0))
+    import diffusa
+    pipe = diffusa.load("mnist-text")                  # a shipped model, or any run folder
+    images = pipe("a handwritten seven", n=16, seed=1)
+    images.save("seven.png")
+
+The layers below stay open: `diffusa.load_run(path).denoiser` is a Denoiser, and
+`diffusa.sample(denoiser, shape, sampler="ddim", steps=50, generator=g)` runs any sampler on it.
 """
 
 from __future__ import annotations
 
 from diffusa._version import __version__
+from diffusa.cond import Cond
 from diffusa.errors import DiffusaError
+from diffusa.pipelines import Pipeline, Samples, load
 from diffusa.prediction import Denoiser, Prediction
 from diffusa.process import DiscreteDDPM, Process
 from diffusa.runs import Run, load_run
 from diffusa.samplers import make_grid, sample
 
-__all__ = ["Denoiser", "DiffusaError", "DiscreteDDPM", "Prediction", "Process", "Run", "__version__",
-           "load_run", "make_grid", "sample"]
+__all__ = ["Cond", "Denoiser", "DiffusaError", "DiscreteDDPM", "Pipeline", "Prediction", "Process", "Run",
+           "Samples", "__version__", "load", "load_run", "make_grid", "sample"]

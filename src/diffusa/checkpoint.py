@@ -64,6 +64,13 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise DiffusaError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
+def weights_file(folder: Path, legacy: str) -> Path:
+    """The weights of a trained folder: model.safetensors (the engine's one layout), or `legacy`, the name an
+    older autoencoder or classifier folder used (the shipped text model's autoencoder, for one)."""
+    path = Path(folder) / "model.safetensors"
+    return path if path.is_file() or not (Path(folder) / legacy).is_file() else Path(folder) / legacy
+
+
 def load_json(path: Path) -> dict[str, Any]:
     """Load a JSON object; errors name the file."""
     path = Path(path)

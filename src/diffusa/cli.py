@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -19,12 +18,12 @@ import numpy as np
 import torch
 
 from diffusa.checkpoint import write_text
-from diffusa.cli_common import check_out, generate, non_negative_float, positive_int, write_samples
-from diffusa.cli_guidance import cmd_train_classifier, conditional_metrics, guided, requested_labels
+from diffusa.cli_common import non_negative_float, positive_int
+from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
+from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
 from diffusa.process import PROCESSES
 from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
-from diffusa.shipped import run_path
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -49,11 +48,16 @@ def _set_caches() -> None:
 # -- train ------------------------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from diffusa.config import load_config
+    from diffusa.engine import leave_distributed
     from diffusa.runs import read_run_meta
-    from diffusa.train import Trainer, leave_distributed
+    from diffusa.train import diffusion_engine, init_base
 
     overrides = list(args.set or [])
     base = None
+    if args.init and args.latent:
+        raise DiffusaError("--init takes the latent space of the run it starts from; drop --latent")
+    if args.init and not args.resume:
+        base = init_base(args.init)
     if args.resume:
         base = read_run_meta(Path(args.out))["config"]
         if args.process is not None and args.process != base["process"]["name"]:
@@ -76,16 +80,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append('model.conditioning="class"')
     if args.latent:
         overrides.append(f"data.latent={json.dumps(args.latent)}")
+    if args.stream is not None:
+        overrides.append(f"data.stream={json.dumps(args.stream)}")
     cfg = load_config(args.config, overrides, base=base)
-    trainer = Trainer(cfg, args.out, resume=args.resume, progress=not args.quiet)
-    if trainer.dist.main:
-        print(f"training {trainer.kind} ({sum(p.numel() for p in trainer.net.parameters()) / 1e6:.2f}M parameters) "
-              f"on {trainer.data.name} {list(trainer.data.shape)} x {len(trainer.data)} -> {args.out}", flush=True)
+    engine = diffusion_engine(cfg, args.out, resume=args.resume, progress=not args.quiet, init=args.init)
+    task = engine.task
+    if engine.dist.main:
+        start = f" from {args.init}" if args.init else ""
+        print(f"training {task.kind}{start} ({sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) "
+              f"on {task.data.name} {list(task.data.shape)} x {len(task.data)} -> {args.out}", flush=True)
     try:
-        out = trainer.fit()
+        out = engine.fit()
     finally:
         leave_distributed()
-    if trainer.dist.main:
+    if engine.dist.main:
         print(f"done: {out}/model.safetensors, samples in {out}/samples/, loss curve {out}/loss.png")
     return 0
 
@@ -101,47 +109,55 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
-DEFAULT_SAMPLER, DEFAULT_STEPS = "ddim", 50
-DEFAULT_TERMS, DEFAULT_RTOL = 100, 1e-5  # eval --bpd: bound terms per image (a chain), ODE tolerance
+def pipeline_args(args: argparse.Namespace, n: int) -> dict[str, Any]:
+    """The pipeline's arguments from the sampling flags; a flag not given keeps the pipeline's default."""
+    label = args.label
+    if label is not None and label.isdigit():
+        label = int(label)  # "all" stays; anything else is the pipeline's to refuse, naming the label
+    kw = {"n": n, "seed": args.seed, "label": label, "guidance_scale": args.guidance_scale,
+          "classifier": args.classifier, "classifier_scale": args.classifier_scale, "spacing": args.spacing,
+          "eta": args.eta, "variance": args.variance}
+    for key in ("sampler", "steps"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    return kw
 
 
-def sampling_defaults(args: argparse.Namespace) -> None:
-    """--sampler and --steps default to None, so that `eval --bpd` can tell a given flag from a default one."""
-    args.sampler = DEFAULT_SAMPLER if args.sampler is None else args.sampler
-    args.steps = DEFAULT_STEPS if args.steps is None else args.steps
+def check_prompt(pipe: Any, args: argparse.Namespace) -> None:
+    """A text model needs --prompt (or --label); said with the flags' names."""
+    if pipe.is_text and args.prompt is None and args.label is None:
+        raise DiffusaError(f"{args.run} is text-conditional: give --prompt \"a handwritten 7\" (or --label K)")
+    if args.classifier_scale is not None and args.classifier is None:
+        raise DiffusaError("--classifier-scale scales classifier guidance: add --classifier DIR")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from diffusa.runs import load_run
-    from diffusa.schedules import check_steps
+    from diffusa.pipelines import DEFAULT_STEPS, check_out, load
     from diffusa.viz import save_strip
 
-    out = Path(args.out)
-    check_out(out)
-    sampling_defaults(args)
-    check_steps(args.steps)
-    run = load_run(run_path(args.run))
-    frames: list[torch.Tensor] = []
-    labels: list[str] = []
+    out = check_out(args.out)
+    pipe = load(args.run)
+    check_prompt(pipe, args)
+    frames: dict[int, torch.Tensor] = {}
+    labels: dict[int, str] = {}
     callback = None
     if args.trajectory:
-        if not run.is_image:
+        if not pipe.is_image:
             raise DiffusaError("--trajectory draws images; this run's data are points")
-        keep = set(np.linspace(0, args.steps - 1, min(args.steps, 10)).round().astype(int).tolist())
+        steps = args.steps or DEFAULT_STEPS
+        keep = set(np.linspace(0, steps - 1, min(steps, 10)).round().astype(int).tolist())
 
-        def callback(info: dict[str, Any]) -> None:
-            if info["i"] in keep:
-                frames.append(run.to_images(info["x"][:8].clone()))
-                labels.append(f"t={float(info['s']):.2f}")
+        def callback(step: int, t: float, x_t: torch.Tensor, x0: torch.Tensor) -> None:
+            if step in keep and step not in frames:  # the first batch's first 8 samples
+                frames[step] = pipe.decode(x_t[:8].clone())
+                labels[step] = f"t={t:.2f}"
 
-    den, cond = guided(run, args, args.n)
-    x = generate(run, args.n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args),
-                 callback=callback, denoiser=den, cond=cond)
-    write_samples(x, out, run.is_image)
+    res = pipe(args.prompt, **pipeline_args(args, args.n), callback=callback)
+    res.save(out)
     if args.trajectory:
-        g = torch.Generator().manual_seed(args.seed)
-        x_T = run.denoiser.process.prior_sample((min(8, args.n), *run.data_shape), generator=g)
-        save_strip([run.to_images(x_T), *frames], args.trajectory, ["x_T (t=1)", *labels])
+        x_T = pipe.decode(pipe.noise(min(8, args.n), args.seed))
+        save_strip([x_T, *(frames[k] for k in sorted(frames))], args.trajectory,
+                   ["x_T (t=1)", *(labels[k] for k in sorted(labels))])
         print(f"wrote {args.trajectory}")
     print(f"wrote {args.n} samples to {out}")
     return 0
@@ -150,9 +166,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 # -- eval -------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.data import load_dataset
-    from diffusa.metrics import image_metrics, point_metrics
-    from diffusa.runs import load_run
-    from diffusa.schedules import check_steps
+    from diffusa.metrics import classify, image_metrics, point_metrics
+    from diffusa.pipelines import load
 
     if args.bpd:
         given = [f"--{k.replace('_', '-')}" for k in ("sampler", "steps", "label", "prompt", "guidance_scale",
@@ -165,32 +180,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
         given = [f"--{k}" for k in ("terms", "plot", "rtol") if getattr(args, k) is not None]
         if given:
             raise DiffusaError(f"{', '.join(given)} set how --bpd measures likelihood; add --bpd")
-    sampling_defaults(args)
-    check_steps(args.steps)
     if not args.bpd and args.n is not None and args.n < 2:
         raise DiffusaError("eval needs --n of at least 2 (the Frechet distance compares covariances)")
-    run = load_run(run_path(args.run))
-    dc = run.config.data
+    pipe = load(args.run)
+    dc = pipe.run.config.data
     test = load_dataset(dc.name, "test", dc.image_size, dc.grayscale)
     if args.bpd:
-        return eval_bpd(run, test.x, args)
+        return eval_bpd(pipe, test.x, args)
+    check_prompt(pipe, args)
     train = load_dataset(dc.name, "train", dc.image_size, dc.grayscale)
-    n = args.n or (1000 if run.is_image else 2000)
-    den, cond = guided(run, args, n)
-    x = generate(run, n, args.sampler, args.steps, args.seed, args.spacing, sampler_options(args), denoiser=den,
-                 cond=cond)
+    n = args.n or (1000 if pipe.is_image else 2000)
+    res = pipe(args.prompt, **pipeline_args(args, n))
+    x = res.samples
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     floor_set = train.x[perm[:n]]
-    metrics = image_metrics(x, test.x, floor_set) if run.is_image else point_metrics(x, test.x, floor_set)
-    if cond is not None and run.is_image and args.label is not None and args.prompt is None:
-        metrics.update(conditional_metrics(x, requested_labels(args.label, n, run.num_classes or 10), args))
-    metrics.update({"run": str(args.run), "sampler": args.sampler, "steps": args.steps,
-                    "spacing": args.spacing or "default", **sampler_options(args), "seed": args.seed})
-    text = json.dumps(metrics, indent=2)
-    print(text)
-    if args.out:
-        write_text(Path(args.out), text + "\n")
+    metrics = image_metrics(x, test.x, floor_set) if pipe.is_image else point_metrics(x, test.x, floor_set)
+    s = res.settings
+    if res.labels is not None and pipe.is_image:  # the digit classifier's argmax against the requested labels
+        metrics.update({"label": args.label, "guidance_scale": s["guidance_scale"], "classifier": args.classifier,
+                        "classifier_scale": s["classifier_scale"],
+                        "conditional_accuracy": float((classify(x)[1].argmax(1) == res.labels).float().mean())})
+    metrics.update({"run": str(args.run), "sampler": s["sampler"], "steps": s["steps"], "spacing": s["spacing"],
+                    **sampler_options(args), "seed": args.seed})
+    print_json(metrics, args.out)
     return 0
+
+
+def print_json(obj: dict[str, Any], out: str | None) -> None:
+    """Print a result as JSON, and write it to `out` too when given."""
+    text = json.dumps(obj, indent=2)
+    print(text)
+    if out:
+        write_text(Path(out), text + "\n")
 
 
 def default_plot(run: str) -> Path:
@@ -203,58 +224,15 @@ def default_plot(run: str) -> Path:
     return Path(run) / "bpd_terms.png"
 
 
-def eval_bpd(run: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
-    """Bits/dim of held-out images: the variational bound for a discrete chain (with the per-step terms
-    drawn as a plot), the probability-flow ODE likelihood for a continuous process."""
-    from diffusa.likelihood import bits_per_dim, ode_bits_per_dim
-    from diffusa.process import DiscreteDDPM
-    from diffusa.viz import save_bound_terms
-
-    if not run.is_image:
-        raise DiffusaError("--bpd measures images (bits per dimension of 8-bit pixels); this run models points")
-    if run.decoder is not None:
-        raise DiffusaError("--bpd measures 8-bit pixels; this run is a latent model, whose likelihood would be of "
-                           "its latents, not of the images")
+def eval_bpd(pipe: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
+    """eval --bpd: bits/dim of the first --n held-out images (Pipeline.likelihood), printed as JSON."""
     n = min(args.n or len(x), len(x))
-    x = x[:n]
-    g = torch.Generator().manual_seed(args.seed)
-    proc = run.denoiser.process
-    out: dict[str, Any] = {"run": str(args.run), "n": n, "seed": args.seed}
-    discrete = isinstance(proc, DiscreteDDPM)
-    wrong = [f"--{k}" for k in (("rtol",) if discrete else ("terms", "plot", "variance"))
-             if getattr(args, k) is not None]
-    if wrong:
-        how = ("the variational bound of its discrete chain" if discrete
-               else "the probability-flow ODE (continuous process)")
-        raise DiffusaError(f"{', '.join(wrong)}: not for this run, whose likelihood comes from {how}")
-    if discrete:
-        terms = None if args.terms == "all" else int(args.terms or DEFAULT_TERMS)
-        if terms is not None and terms < 1:
-            raise DiffusaError(f"--terms must be 'all' or a positive integer, got {args.terms}")
-        variance = args.variance or "beta_tilde"
-        res = bits_per_dim(run.denoiser, x, terms=terms, variance=variance, generator=g)
-        plot = Path(args.plot) if args.plot else default_plot(args.run)
-        save_bound_terms(res.times.tolist(), res.terms.tolist(), plot,
-                         f"{Path(args.run).name}: bound terms, total {res.total:.3f} bits/dim")
-        se = res.se if math.isfinite(res.se) else None  # one image: no standard error (and JSON has no NaN)
-        out.update({"method": "variational bound", "bpd": res.total, "se": se, "prior_bpd": res.prior,
-                    "terms": "all" if terms is None else terms, "num_steps": proc.num_steps,
-                    "variance": "learned" if run.denoiser.learned_variance else variance, "plot": str(plot)})
-    else:
-        parts, nfe, rtol = [], 0, DEFAULT_RTOL if args.rtol is None else args.rtol
-        for i in range(0, n, 100):  # the ODE runs on a whole batch at once; keep its memory bounded
-            bpd, k = ode_bits_per_dim(run.denoiser, x[i:i + 100], generator=g, divergence="hutchinson",
-                                      rtol=rtol, atol=rtol)
-            parts.append(bpd)
-            nfe += k
-        per_image = torch.cat(parts)
-        se = float(per_image.std() / math.sqrt(n)) if n > 1 else None  # JSON has no NaN
-        out.update({"method": "probability-flow ODE, Hutchinson trace, uniform dequantization",
-                    "bpd": float(per_image.mean()), "se": se, "nfe": nfe, "rtol": rtol})
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.out:
-        write_text(Path(args.out), text + "\n")
+    terms = None if args.terms is None else (args.terms if args.terms == "all" else int(args.terms))
+    plot = args.plot
+    if plot is None and pipe.discrete and pipe.is_image and not pipe.is_latent:
+        plot = default_plot(args.run)
+    res = pipe.likelihood(x[:n], terms=terms, variance=args.variance, rtol=args.rtol, seed=args.seed, plot=plot)
+    print_json({"run": str(args.run), **res}, args.out)
     return 0
 
 
@@ -275,10 +253,10 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
                             latent_channels=args.latent_channels, kl_weight=args.kl_weight,
                             codebook_size=args.codebook_size)
     out = train_autoencoder(args.data, args.out, cfg, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.seed, progress=not args.quiet)
+                            seed=args.seed, progress=not args.quiet, resume=args.resume)
     meta = load_json(out / "config.json")
     held = ", ".join(f"{k} {v:.4g}" for k, v in meta["held_out"].items())
-    print(f"done: {out}/autoencoder.safetensors; latents {meta['latent_shape']}, scale factor "
+    print(f"done: {out}/model.safetensors; latents {meta['latent_shape']}, scale factor "
           f"{meta['scale_factor']:.4g}; held-out {held}")
     return 0
 
@@ -290,7 +268,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     from diffusa.runs import build_process
     from diffusa.viz import save_strip
 
-    data = load_dataset(args.data, "train")
+    data = load_dataset(args.data, "train", stream="off")
     if data.kind != "image":
         raise DiffusaError(f"the forward-process picture needs images; {args.data} holds points")
     process = build_process(RunConfig(process=ProcessConfig(schedule=args.schedule, num_steps=args.num_steps)))
@@ -327,12 +305,18 @@ def build_parser() -> Parser:
     t.add_argument("--seed", type=int)
     t.add_argument("--minutes", type=float, help="stop (and checkpoint) after this much training time")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    t.add_argument("--init", metavar="RUN",
+                   help="fine-tune: start from this run's (or shipped model's) weights, process and network, with "
+                        "new data, a new --out and a fresh optimizer")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     t.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward: less memory")
     t.add_argument("--latent", metavar="AUTOENCODER",
                    help="latent diffusion: train in the latent space of this `diffusa train-autoencoder` folder")
     t.add_argument("--class-conditional", action="store_true",
                    help="condition on the data's labels, with label dropout (for --label and --guidance-scale)")
+    t.add_argument("--stream", choices=["auto", "on", "off"],
+                   help="image folders: decode batches from disk in worker processes instead of holding every "
+                        "image in memory (default auto: stream above 1/8 of memory decoded)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 
@@ -353,6 +337,7 @@ def build_parser() -> Parser:
     a.add_argument("--batch-size", type=positive_int, default=64)
     a.add_argument("--lr", type=float, default=1e-3)
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--resume", action="store_true", help="continue the autoencoder in --out from its checkpoint")
     a.add_argument("--quiet", action="store_true", help="no progress bar")
     a.set_defaults(func=cmd_train_autoencoder)
 
@@ -365,6 +350,7 @@ def build_parser() -> Parser:
     c.add_argument("--batch-size", type=positive_int, default=128)
     c.add_argument("--lr", type=float, default=1e-3)
     c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--resume", action="store_true", help="continue the classifier in --out from its checkpoint")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=cmd_train_classifier)
 
@@ -383,7 +369,8 @@ def build_parser() -> Parser:
         q.add_argument("--label", help="class to draw: K, or 'all' for 0, 1, ..., K-1 in turn")
         q.add_argument("--prompt", help="text to draw (a text-conditional model)")
         q.add_argument("--guidance-scale", type=float,
-                       help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = the conditional model")
+                       help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = the conditional model "
+                            f"(default: {DEFAULT_TEXT_SCALE:g} for a text model, none otherwise)")
         q.add_argument("--classifier", help="classifier guidance with this `diffusa train-classifier` folder")
         q.add_argument("--classifier-scale", type=float, help="classifier guidance scale s (default 1)")
 

@@ -21,6 +21,8 @@ class DataConfig:
     image_size: int | None = None  # folders: resize every image to this square size
     grayscale: bool | None = None  # folders: force one channel (None = decide from the files)
     latent: str | None = None  # an autoencoder folder: train and sample in its latent space (latent diffusion)
+    array: str | None = None  # .npz: the array holding the examples (None: images, else x, else the only one)
+    stream: str = "auto"  # folders: auto (stream above 1/8 of memory decoded) | on | off (docs/data.md)
 
 
 @dataclass

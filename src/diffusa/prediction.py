@@ -15,6 +15,9 @@ All parameterization conversions live here and nowhere else. With x = alpha x0 +
 
 Every target is an affine function of x0 at fixed x: target = A x0 + B x, so ||target error||^2 =
 A^2 ||x0 error||^2; `x0_error_gain` gives A^2, with which losses move a weighting between spaces exactly.
+
+A Denoiser derived from another (guidance, a loss's unclipped view) is built by a constructor, `Denoiser.derive`
+or a subclass's `__init__`, from the other's settings (`Denoiser.settings`): nothing copies and patches one.
 """
 
 from __future__ import annotations
@@ -139,6 +142,13 @@ def x0_error_gain(kind: str, alpha: torch.Tensor, sigma: torch.Tensor, *, d_alph
     raise _unknown(kind)
 
 
+def clamp_x0(x: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor,
+             bound: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0 clamped to [-bound, bound], eps re-derived from it): eps = (x - alpha x0) / sigma (Ho et al. 2020's
+    clip_denoised, applied to every parameterization)."""
+    return to_x0_eps("x0", x0.clamp(-bound, bound), x, alpha, sigma)
+
+
 def default_sigma_data(process: Process) -> float:
     """The data std EDM's preconditioning assumes: the process's own (EDM) or 0.5 (Karras et al. 2022)."""
     return float(getattr(process, "sigma_data", DEFAULT_SIGMA_DATA))
@@ -169,8 +179,25 @@ class Prediction:
         """v = alpha eps - sigma x0."""
         return self.alpha * self.eps - self.sigma * self.x0
 
+    def with_eps(self, eps: torch.Tensor, clip: float | None = None) -> Prediction:
+        """The prediction at the same (x_t, t) whose noise estimate is `eps`: x0 = (x - sigma eps) / alpha
+        (Ho et al. 2020, eq. 4 solved for x0), clamped to [-clip, clip] with eps re-derived when `clip` is set.
+
+        Where alpha = 0 (flow at t = 1) x_t holds nothing of x0, so no eps can move it: there this prediction is
+        kept as it is. The learned variance is kept. Classifier guidance (Dhariwal & Nichol 2021) shifts eps so.
+        """
+        live = self.alpha > 1e-6
+        x0, _ = to_x0_eps("eps", eps, self.x, self.alpha.clamp_min(1e-6), self.sigma)
+        x0 = torch.where(live, x0, self.x0)
+        eps = torch.where(live, eps, self.eps)
+        if clip is not None:
+            x0, eps = clamp_x0(self.x, x0, self.alpha, self.sigma, clip)
+        return Prediction(x=self.x, x0=x0, eps=eps, alpha=self.alpha, sigma=self.sigma, v_var=self.v_var)
+
 
 RawFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+# `Denoiser.derive`'s default for a setting it leaves as it is (None is a value: clip_x0=None turns clipping off)
+KEEP: Any = object()
 
 
 class Denoiser:
@@ -183,17 +210,37 @@ class Denoiser:
         learned_variance: `raw` outputs twice the channels; the second half is IDDPM's v in [-1, 1].
         clip_x0: clamp x0 to [-clip_x0, clip_x0] (and re-derive eps) when sampling images; None = off.
         sigma_data: the data std of EDM's preconditioning; None = the process's own, else 0.5.
+        net: the network behind `raw`, when there is one (`from_network`), for callers that count or move it.
+
+    Wrappers (guidance) are subclasses built from a base Denoiser's process, prediction and `settings()`.
     """
 
     def __init__(self, raw: RawFn, process: Process, prediction: str = "eps", *,
                  learned_variance: bool = False, clip_x0: float | None = None,
-                 sigma_data: float | None = None) -> None:
+                 sigma_data: float | None = None, net: torch.nn.Module | None = None) -> None:
         self.raw = raw
         self.process = process
         self.prediction = check_parameterization(prediction)
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
         self.sigma_data = default_sigma_data(process) if sigma_data is None else float(sigma_data)
+        self.net = net
+
+    def settings(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this Denoiser's interpretation of `raw` (with process, prediction)."""
+        return {"learned_variance": self.learned_variance, "clip_x0": self.clip_x0, "sigma_data": self.sigma_data,
+                "net": self.net}
+
+    def derive(self, raw: RawFn | None = None, *, learned_variance: bool = KEEP, clip_x0: float | None = KEEP,
+               sigma_data: float = KEEP) -> Denoiser:
+        """A new Denoiser with this one's process, prediction and settings, but for those given: another raw
+        function and/or learned_variance, clip_x0 (None = off), sigma_data. This one is left as it is.
+
+        A wrapper (guidance) rebuilds itself around its base's derived Denoiser, so e.g. `derive(clip_x0=None)`
+        of a guided denoiser is the same guidance without clipping."""
+        changes = {"learned_variance": learned_variance, "clip_x0": clip_x0, "sigma_data": sigma_data}
+        settings = {**self.settings(), **{k: v for k, v in changes.items() if v is not KEEP}}
+        return Denoiser(self.raw if raw is None else raw, self.process, self.prediction, **settings)
 
     @classmethod
     def from_network(cls, net: torch.nn.Module, process: Process, prediction: str = "eps",
@@ -212,9 +259,7 @@ class Denoiser:
                 x = x * expand_as(edm_scalings(a, s, sd)[2], x)
             return net(x, process.c_noise(t).to(x.dtype), cond)
 
-        den = cls(raw, process, prediction, **kwargs)
-        den.net = net
-        return den
+        return cls(raw, process, prediction, net=net, **kwargs)
 
     @classmethod
     def from_function(cls, fn: Callable[..., torch.Tensor], process: Process, prediction: str = "x0",
@@ -269,6 +314,5 @@ class Denoiser:
         alpha, sigma, extras = self.levels(t, x)
         x0, eps = to_x0_eps(self.prediction, out, x, alpha, sigma, **extras)
         if self.clip_x0 is not None:
-            x0 = x0.clamp(-self.clip_x0, self.clip_x0)
-            eps = (x - alpha * x0) / sigma
+            x0, eps = clamp_x0(x, x0, alpha, sigma, self.clip_x0)
         return Prediction(x=x, x0=x0, eps=eps, alpha=alpha, sigma=sigma, v_var=v_var)

@@ -22,60 +22,20 @@ from diffusa.checkpoint import (
 )
 from diffusa.config import RunConfig, auto_choice, load_config
 from diffusa.errors import DiffusaError
-from diffusa.nets import build_network
-from diffusa.nets.text import TextEncoderConfig
+from diffusa.nets import NetRequest, accepts, build_network, network_config, network_kind
 from diffusa.prediction import Denoiser
 from diffusa.process import PROCESSES, DiscreteDDPM, Process, process_from_dict
 
-# The default image network: 2x2 patches folded into channels first (28x28 -> 14x14), then a 3-level U-Net
-# (14, 7, 4) with 32/64/64 channels and attention at 7x7 and 4x4. At ~100 MFLOP per image it is ~4x cheaper
-# than a full-resolution U-Net of the same width and drew better digits per CPU-minute (docs/demo.md).
-DEFAULT_UNET: dict[str, Any] = {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
-                                "attention_resolutions": [7, 4], "patch_size": 2}
-DEFAULT_MLP: dict[str, Any] = {"hidden": 256, "depth": 4}
 
-
-def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int = 0) -> tuple[str, dict[str, Any]]:
-    """The network kind and its full config for data of this shape (defaults, then cfg.model.net)."""
-    kind = cfg.model.kind
-    image = len(data_shape) == 3
-    if kind == "auto":
-        kind = "unet" if image else "mlp"
-    out_mult = 2 if cfg.model.learned_variance else 1
-    if kind == "unet":
-        if not image:
-            raise DiffusaError(f"the U-Net needs images (C, H, W); this data has shape {data_shape}")
-        c, h, w = data_shape
-        if h != w:
-            raise DiffusaError(f"the U-Net expects square images, got {h}x{w}")
-        spec = {**DEFAULT_UNET, "in_channels": c, "out_channels": c * out_mult, "image_size": h}
-        if h % 2:
-            spec["patch_size"] = 1
-        if h // spec["patch_size"] <= 8:  # small inputs (8x8 digits, 7x7 latents): two levels, attention below
-            spec.update({"channel_mult": [1, 2], "attention_resolutions": [(h // spec["patch_size"] + 1) // 2]})
-    elif kind == "mlp":
-        if image:
-            raise DiffusaError(f"the MLP needs flat points (D,); this data has shape {data_shape}")
-        if out_mult != 1:
-            raise DiffusaError("learned variance is only available for the U-Net")
-        spec = {**DEFAULT_MLP, "dim": data_shape[0]}
-    else:
-        raise DiffusaError(f"unknown network {kind!r}; known: auto, mlp, unet")
-    spec.update(cfg.model.net)
-    if cfg.model.conditioning == "text":
-        if kind != "unet":
-            raise DiffusaError("text conditioning needs images (the U-Net's cross-attention); this data are points")
-        spec["num_classes"] = 0
-        return "text_unet", {"unet": spec, "text": {**TextEncoderConfig().to_dict(), **cfg.model.text}}
-    if cfg.model.conditioning == "class":
-        if not num_classes:
-            raise DiffusaError("model.conditioning=\"class\" needs labelled data; this dataset has no labels")
-        spec["num_classes"] = num_classes
-    elif cfg.model.conditioning != "none":
-        raise DiffusaError(f"unknown model.conditioning {cfg.model.conditioning!r}; known: none, class, text")
-    elif "num_classes" not in cfg.model.net:
-        spec["num_classes"] = 0  # unconditional unless asked
-    return kind, spec
+def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int = 0,
+                 cond_channels: int = 0) -> tuple[str, dict[str, Any]]:
+    """The network kind and its full config for data of this shape (the kind's defaults, then cfg.model.net):
+    diffusa.nets.registry.network_config. cond_channels > 0: an image of that many channels is concatenated to
+    the network's input (an image-conditioned U-Net)."""
+    request = NetRequest(tuple(data_shape), num_classes=num_classes, learned_variance=cfg.model.learned_variance,
+                         conditioning=cfg.model.conditioning, cond_channels=cond_channels, net=cfg.model.net,
+                         text=cfg.model.text)
+    return network_config(cfg.model.kind, request)
 
 
 def build_process(cfg: RunConfig) -> Process:
@@ -133,7 +93,13 @@ class Run:
     @property
     def is_text(self) -> bool:
         """A text-conditional model (cond = diffusa.text.tokenize(prompts))."""
-        return self.meta["network"]["kind"] == "text_unet"
+        return "text" in accepts(self.meta["network"]["kind"])
+
+    @property
+    def cond_channels(self) -> int:
+        """Channels of the image an image-conditioned model concatenates to its input; 0 for none."""
+        net = self.meta["network"]
+        return network_kind(net["kind"]).image_channels(net["config"])
 
     @property
     def num_classes(self) -> int:

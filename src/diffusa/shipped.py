@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from diffusa.checkpoint import load_json, save_json
+from diffusa.checkpoint import load_json, save_json, weights_file
 from diffusa.errors import DiffusaError
 
 SHIPPED: dict[str, str] = {
@@ -65,7 +65,7 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any]) ->
 
             ae = autoencoder_path(meta["latent"], run_dir)
             (tmp / "autoencoder").mkdir()
-            for name in ("config.json", "autoencoder.safetensors"):
+            for name in ("config.json", weights_file(ae, "autoencoder.safetensors").name):
                 shutil.copyfile(ae / name, tmp / "autoencoder" / name)
             meta["latent"] = {**meta["latent"], "autoencoder": "autoencoder"}
             meta["config"]["data"]["latent"] = "autoencoder"  # no path of the machine that trained it

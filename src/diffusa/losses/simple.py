@@ -77,7 +77,11 @@ class SimpleLoss:
         t = as_time(t, x0.shape[0], x0.device)
         a, s = denoiser.process.alpha_sigma(t)
         x_t = expand_as(a, x0) * x0 + expand_as(s, x0) * noise
-        out = denoiser.output(x_t, t, cond)
+        return self.of_output(denoiser, denoiser.output(x_t, t, cond), x0, t, noise)
+
+    def of_output(self, denoiser: Denoiser, out: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
+                  noise: torch.Tensor) -> torch.Tensor:
+        """The per-example loss of a raw output `out` already computed at x_t = alpha x0 + sigma noise, t (B,)."""
         if denoiser.learned_variance:
             out = out.chunk(2, dim=1)[0]
         diff = out - denoiser.target(x0, noise, t)

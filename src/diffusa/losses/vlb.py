@@ -7,7 +7,6 @@ T = 1000 the hybrid's vlb part is exactly IDDPM's `vb * T / 1000`). L_0, the dec
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -37,13 +36,6 @@ def chain_steps(process: DiscreteDDPM, t: torch.Tensor) -> tuple[torch.Tensor, t
     return t, (i - 1) / T, ((i + 1) / T if T > 1 else None)
 
 
-def _interpret(denoiser: Denoiser, out: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> Any:
-    """The Prediction of a raw output without x0 clipping (IDDPM trains with clip_denoised=False)."""
-    plain = copy.copy(denoiser)  # keeps every parameterization setting (e.g. EDM's sigma_data)
-    plain.clip_x0 = None
-    return plain.interpret(out, x_t, t)
-
-
 class VLBLoss:
     """L_vlb per example: T L_t for the sampled step (Nichol & Dhariwal 2021, Sec. 3.1; Ho et al. 2020, eq. 5).
 
@@ -62,7 +54,8 @@ class VLBLoss:
         """T L_t (bits/dim) from a raw network output at (x_t, t)."""
         proc = require_discrete(denoiser.process, "the vlb loss")
         t, s, t_above = chain_steps(proc, t)
-        pred = _interpret(denoiser, out.float(), x_t, t)
+        # without x0 clipping: IDDPM trains with clip_denoised=False
+        pred = denoiser.derive(clip_x0=None).interpret(out.float(), x_t, t)
         term = vlb_term_bpd(proc, x0, x_t, t, s, pred.x0, pred.v_var, variance=self.variance, t_above=t_above)
         return proc.num_steps * term
 
@@ -96,10 +89,7 @@ class HybridLoss:
         t = as_time(t, x0.shape[0], x0.device)
         x_t = denoiser.process.q_sample(x0, t, noise)
         out = denoiser.output(x_t, t, cond)
-        # L_simple through a denoiser that answers with this output (no second forward pass)
-        fixed = copy.copy(denoiser)
-        fixed.raw = lambda x, tt, c: out
-        simple = self.simple(fixed, x0, t, noise, cond)
+        simple = self.simple.of_output(denoiser, out, x0, t, noise)  # the same output: no second forward pass
         mean, var = out.chunk(2, dim=1)
         frozen = torch.cat([mean.detach(), var], dim=1)
         return simple + self.vlb_weight * self.vlb.term(denoiser, frozen, x0, x_t, t)

@@ -22,7 +22,7 @@ class EncoderClassifier(nn.Module):
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
-        self.cfg, self.num_classes = replace(cfg, num_classes=0), num_classes
+        self.cfg, self.num_classes = replace(cfg, num_classes=0, cond_channels=0), num_classes
         body = UNet(self.cfg)  # its encoder and middle block; the decoder is not kept
         self.emb_mlp, self.conv_in, self.down, self.mid = body.emb_mlp, body.conv_in, body.down, body.mid
         width = cfg.channels * cfg.channel_mult[-1]

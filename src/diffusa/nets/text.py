@@ -1,18 +1,23 @@
 """Text conditioning networks: a small transformer over byte tokens, trained jointly with the U-Net (or a frozen
-local Hugging Face model, diffusa.nets.hf_text), and the U-Net that cross-attends to its token features.
-`net(x, c_noise, cond)` with cond = {"tokens": (B, L) long, "mask": (B, L) bool} from `net.tokenize(texts)`;
-it knows no diffusion maths."""
+local Hugging Face model, diffusa.nets.hf_text), and the U-Net that cross-attends to its token features
+(Rombach et al. 2022, Sec. 3.3). `net(x, c_noise, cond)` with cond a Cond holding tokens (B, L) long and
+token_mask (B, L) bool, from `net.tokenize(texts)` (a {"tokens", "mask"} dict is read too), and optionally an
+image for an image-conditioned inner U-Net; it knows no diffusion maths."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from diffusa.nets.unet import UNet, UNetConfig
+from diffusa.cond import Cond
+from diffusa.errors import DiffusaError
+from diffusa.nets.inputs import read_cond
+from diffusa.nets.registry import NetRequest, NetworkKind, check_int, check_keys, network_kind
+from diffusa.nets.unet import UNet, check_unet, unet_config
 
 BYTE_VOCAB = 259  # 256 byte values, then PAD, BOS, EOS (diffusa.text)
 
@@ -57,13 +62,10 @@ class TextTransformer(nn.Module):
 class TextUNet(nn.Module):
     """A text encoder and a U-Net with cross-attention, trained together."""
 
-    def __init__(self, unet: dict[str, Any], text: dict[str, Any]) -> None:
+    def __init__(self, unet: Mapping[str, Any], text: Mapping[str, Any]) -> None:
         super().__init__()
         self.text_cfg = TextEncoderConfig(**text)
         ucfg = dict(unet)
-        for key in ("channel_mult", "attention_resolutions"):
-            if key in ucfg:
-                ucfg[key] = tuple(ucfg[key])
         if self.text_cfg.encoder == "hf":
             from diffusa.nets.hf_text import HFTextEncoder
 
@@ -74,15 +76,17 @@ class TextUNet(nn.Module):
             ucfg["context_dim"] = self.text_cfg.width
         else:
             raise ValueError(f"unknown text encoder {self.text_cfg.encoder!r}; known: byte, hf")
-        self.unet = UNet(UNetConfig(**ucfg))
+        self.unet = UNet(unet_config(ucfg))
 
-    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """{"tokens", "mask"} for this network's encoder (bytes, or the Hugging Face model's tokenizer)."""
+    def tokenize(self, texts: Sequence[str]) -> Cond:
+        """A Cond (tokens, token_mask) for this network's encoder (bytes, or the Hugging Face model's tokenizer)."""
         if self.text_cfg.encoder == "hf":
-            return self.encoder.tokenize(texts)
-        from diffusa.text import tokenize
+            out = self.encoder.tokenize(texts)
+        else:
+            from diffusa.text import tokenize
 
-        return tokenize(texts, self.text_cfg.max_len)
+            out = tokenize(texts, self.text_cfg.max_len)
+        return Cond(tokens=out["tokens"], token_mask=out["mask"])
 
     @property
     def grad_checkpoint(self) -> bool:
@@ -93,10 +97,46 @@ class TextUNet(nn.Module):
         self.unet.grad_checkpoint = value
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        if not isinstance(cond, dict) or "tokens" not in cond:
-            raise ValueError("a text-conditional model needs cond = {'tokens', 'mask'} (diffusa.text.tokenize)")
-        mask = cond["mask"].to(torch.bool)
-        return self.unet(x, c_noise, {"context": self.encoder(cond["tokens"], mask), "mask": mask})
+        """x (B, C, H, W), c_noise (B,), cond: tokens and token_mask (and an image, for cond_channels > 0)."""
+        c = read_cond(cond, {"tokens", "token_mask", "image"}, "text-conditional network")
+        text = None if c is None else c.text
+        if text is None:
+            raise ValueError("a text-conditional network needs cond.tokens and cond.token_mask (net.tokenize(texts))")
+        tokens, mask = text
+        rest = c.replace(tokens=None, token_mask=None)
+        return self.unet(x, c_noise, rest if rest.present() else None, context=(self.encoder(tokens, mask), mask))
 
 
-__all__ = ["BYTE_VOCAB", "TextEncoderConfig", "TextTransformer", "TextUNet"]
+class TextUNetKind(NetworkKind):
+    """"text_unet": images with captions; a text encoder and the U-Net, {"unet": ..., "text": ...}."""
+
+    accepts = frozenset({"text", "image"})
+
+    def config(self, request: NetRequest) -> dict[str, Any]:
+        if request.conditioning != "text":
+            raise DiffusaError(f"network 'text_unet' needs model.conditioning=\"text\", got {request.conditioning!r}")
+        unet = network_kind("unet").config(replace(request, conditioning="none"))
+        unet["num_classes"] = 0
+        return {"unet": unet, "text": {**TextEncoderConfig().to_dict(), **request.text}}
+
+    def check(self, cfg: Mapping[str, Any]) -> None:
+        check_keys(self.name, cfg, ("unet", "text"), required=("unet", "text"))
+        check_unet(self.name, cfg["unet"])
+        text = cfg["text"]
+        check_keys(self.name, text, TextEncoderConfig.__dataclass_fields__)
+        for key in ("width", "depth", "heads", "vocab"):
+            check_int(self.name, text, key)
+        check_int(self.name, text, "max_len", low=3)
+        t = TextEncoderConfig(**text)
+        if t.encoder not in ("byte", "hf"):
+            raise DiffusaError(f"network 'text_unet': unknown text encoder {t.encoder!r}; known: byte, hf")
+        if t.encoder == "byte" and t.width % t.heads:
+            raise DiffusaError(f"network 'text_unet': the text width {t.width} does not split into {t.heads} heads")
+        if t.encoder == "hf" and not t.path:
+            raise DiffusaError("network 'text_unet': the hf text encoder needs a path (model.text.path)")
+
+    def build(self, cfg: Mapping[str, Any]) -> nn.Module:
+        return TextUNet(cfg["unet"], cfg["text"])
+
+
+__all__ = ["BYTE_VOCAB", "TextEncoderConfig", "TextTransformer", "TextUNet", "TextUNetKind"]

@@ -1,0 +1,392 @@
+"""The one training loop: AdamW with warm-up and decay, gradient clipping, EMA, mixed precision, the progress bar,
+the JSONL log and loss-curve PNG, atomic checkpoints and exact resume, Ctrl-C, time limits, periodic previews;
+unchanged under `torchrun` (DDP, gloo on CPU). A `Task` supplies what differs: its modules and its loss.
+
+Randomness is a function of (seed, step, rank) alone, and the data order of (seed, epoch), so a run resumed from a
+checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from diffusa.checkpoint import (
+    load_json,
+    load_state_dict_strict,
+    load_tensors,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    save_json,
+    save_tensors,
+)
+from diffusa.config import TrainConfig
+from diffusa.engine.task import Task
+from diffusa.errors import DiffusaError
+from diffusa.viz import save_loss_curve
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+LR_DECAYS = ("constant", "cosine")
+
+
+@dataclass
+class DistInfo:
+    """Where this process stands in a torchrun job (world 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistInfo:
+    """Join the process group torchrun describes in the environment; nccl on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def leave_distributed() -> None:
+    """Leave the process group before exit: gloo's threads torn down at interpreter exit can abort a rank
+    ("terminate called without an active exception") after training has finished."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """A distinct, reproducible seed for each (run seed, step, rank)."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % (2**63 - 1)
+
+
+def lr_at(tc: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to lr_min_ratio * lr at the last step (Loshchilov & Hutter
+    2017's cosine, without restarts)."""
+    warm = min(1.0, (step + 1) / max(1, tc.warmup))
+    decay = 1.0
+    if tc.lr_decay == "cosine" and tc.steps > tc.warmup:
+        prog = min(1.0, max(0.0, (step - tc.warmup) / (tc.steps - tc.warmup)))
+        decay = tc.lr_min_ratio + (1 - tc.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * prog))
+    return tc.lr * warm * decay
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * net, with foreach ops."""
+    e = [p for p in ema.parameters()]
+    n = [p.detach() for p in net.parameters()]
+    torch._foreach_lerp_(e, n, 1.0 - decay)
+    for be, bn in zip(ema.buffers(), net.buffers(), strict=True):
+        be.copy_(bn)
+
+
+def validate_settings(tc: TrainConfig) -> None:
+    """Reject optimisation settings that cannot train, before any work is done."""
+    for key, kind in (("steps", int), ("batch_size", int), ("lr", (int, float))):
+        value = getattr(tc, key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DiffusaError(f"train.{key} must be a number, got {value!r}")
+    if tc.steps < 1:
+        raise DiffusaError(f"--steps must be a positive integer, got {tc.steps}")
+    if tc.batch_size < 1:
+        raise DiffusaError(f"--batch-size must be a positive integer, got {tc.batch_size}")
+    if not tc.lr > 0 or not math.isfinite(tc.lr):
+        raise DiffusaError(f"train.lr must be a positive number, got {tc.lr}")
+    if not 0 <= tc.label_dropout <= 1:
+        raise DiffusaError(f"train.label_dropout must be in [0, 1], got {tc.label_dropout}")
+    if not 0 <= tc.ema_decay < 1:
+        raise DiffusaError(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
+    if tc.precision not in PRECISIONS:
+        raise DiffusaError(f"unknown precision {tc.precision!r}; known: {', '.join(PRECISIONS)}")
+    if tc.lr_decay not in LR_DECAYS:
+        raise DiffusaError(f"unknown lr_decay {tc.lr_decay!r}; known: {', '.join(LR_DECAYS)}")
+    if tc.log_every < 1:
+        raise DiffusaError(f"train.log_every must be a positive integer, got {tc.log_every}")
+
+
+@contextlib.contextmanager
+def defer_sigint() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so a checkpoint never captures a half-applied step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and callable(previous):
+            previous(signal.SIGINT, None)
+
+
+def make_optimizer(params: Any, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019), fused into one kernel where torch has one for the device: 4x cheaper than
+    the per-parameter loop on the CPU (6 vs 28 ms a step for the default U-Net)."""
+    return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type in ("cpu", "cuda"))
+
+
+def load_init(model: nn.Module, path: Path) -> None:
+    """Start from another run's weights (`--init`): every tensor must match by name and shape."""
+    tensors = load_tensors(path)
+    own = model.state_dict()
+    for name in sorted(set(own) | set(tensors)):
+        if name not in tensors or name not in own or tensors[name].shape != own[name].shape:
+            theirs = tuple(tensors[name].shape) if name in tensors else "absent"
+            mine = tuple(own[name].shape) if name in own else "absent"
+            raise DiffusaError(f"--init {path.parent}: its network does not fit this one: tensor {name} is {theirs} "
+                               f"there and {mine} here")
+    load_state_dict_strict(model, tensors, path)
+
+
+class Engine:
+    """Trains one task into one run folder. Build it, then call `fit()`.
+
+    Folder layout, the same for every task: config.json (the task's), model.safetensors (EMA weights, or the
+    weights when the task keeps no EMA), train_state.safetensors + train_state.json (for exact resume), log.jsonl,
+    loss.png, samples/ (previews).
+    """
+
+    def __init__(self, task: Task, out: str | Path, *, resume: bool = False, progress: bool = True,
+                 init: str | Path | None = None) -> None:
+        self.task, self.out, self.progress = task, Path(out), progress
+        self.cfg = task.settings
+        validate_settings(self.cfg)
+        self.dist = setup_distributed()
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.cfg.threads > 0:
+            torch.set_num_threads(self.cfg.threads)
+        if self.out.exists() and not self.out.is_dir():
+            raise DiffusaError(f"--out {self.out} exists and is not a folder")
+        if (self.out / "config.json").exists() and not resume:
+            raise DiffusaError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if resume and not (self.out / "train_state.json").exists():
+            raise DiffusaError(f"cannot resume: {self.out} has no train_state.json (no checkpoint written yet?)")
+        if init is not None and resume:
+            raise DiffusaError("--init starts a new run from another's weights; --resume continues this one: pick one")
+        self.model = task.model.to(self.device)
+        if init is not None:
+            load_init(self.model, Path(init))
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval() if self.cfg.ema_decay > 0 else None
+        self.amp_dtype = PRECISIONS[self.cfg.precision]
+        # fp16 gradients underflow without loss scaling (Micikevicius et al. 2018); bf16 needs none
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.cfg.precision == "fp16" else None
+        self.opt = make_optimizer(task.parameters(), self.cfg, self.device)
+        self.step = 0
+        if resume:
+            task.check_resume(load_json(self.out / "config.json"), self.out)
+            self._load_state()
+        self.train_module = DistributedDataParallel(self.model) if self.dist.world > 1 else self.model
+        task.bind(self.train_module, self.ema, self.device)
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if not resume:
+                save_json(self.out / "config.json", task.meta())
+
+    @property
+    def averaged(self) -> nn.Module:
+        """The weights that are saved and sampled: the EMA copy, or the model itself without EMA."""
+        return self.ema if self.ema is not None else self.model
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def _load_state(self) -> None:
+        state = load_json(self.out / "train_state.json")
+        tensors = load_tensors(self.out / "train_state.safetensors")
+        if tensors.get("step", torch.tensor(-1)).item() != state.get("step") or "optimizer" not in state:
+            raise DiffusaError(f"{self.out}: train_state.json and train_state.safetensors disagree; "
+                               "the checkpoint is damaged")
+        model = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
+        load_state_dict_strict(self.model, model, self.out / "train_state.safetensors")
+        if self.ema is not None:
+            load_state_dict_strict(self.ema, load_tensors(self.out / "model.safetensors"),
+                                   self.out / "model.safetensors")
+        optimizer_from_tensors(self.opt, optim, state["optimizer"])
+        if self.scaler is not None and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
+        self.step = int(state["step"])
+        extra = {k: v for k, v in tensors.items() if not k.startswith(("model.", "optim.")) and k != "step"}
+        self.task.load_state(extra, state.get("task", {}))
+
+    def save(self) -> None:
+        """Write the averaged weights, then the training state; each file atomically (rank 0 only)."""
+        if not self.dist.main:
+            return
+        save_tensors(self.out / "model.safetensors", self.averaged.state_dict(), {"step": str(self.step)})
+        opt_tensors, opt_meta = optimizer_to_tensors(self.opt)
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"optim.{k}": v for k, v in opt_tensors.items()})
+        tensors["step"] = torch.tensor(self.step)
+        extra, values = self.task.state()
+        tensors.update(extra)
+        save_tensors(self.out / "train_state.safetensors", tensors)
+        state: dict[str, Any] = {"step": self.step, "optimizer": opt_meta}
+        if values:
+            state["task"] = values
+        if self.scaler is not None:
+            state["grad_scaler"] = {k: float(v) if torch.is_tensor(v) else v
+                                    for k, v in self.scaler.state_dict().items()}
+        save_json(self.out / "train_state.json", state)
+        if (self.out / "log.jsonl").exists():
+            save_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
+
+    def preview(self, name: str) -> None:
+        if self.dist.main:
+            self.task.preview(self.out, name)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def start_data(self) -> None:
+        """The data iterator from the current step on (exact resume: the order is a function of the step)."""
+        self._batches = self.task.data.loader(self.cfg.batch_size, self.cfg.seed, self.step, self.dist.rank,
+                                              self.dist.world)
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """One optimisation step; returns (loss, grad norm, the task's extra numbers)."""
+        cfg, step = self.cfg, self.step
+        idx, x = next(self._batches)
+        seed = step_seed(cfg.seed, step, self.dist.rank)
+        torch.manual_seed(seed)  # dropout
+        g = torch.Generator().manual_seed(seed)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            result = self.task.loss(idx, x.to(self.device), g)
+        losses = result.losses.float()
+        loss = (losses * result.weights).mean() if result.weights is not None else losses.mean()
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.opt)
+        else:
+            loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0
+                                            else float("inf"))
+        lr = lr_at(cfg, step)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        decay = cfg.ema_decay
+        if cfg.ema_warmup:
+            decay = min(decay, (1 + step) / (10 + step))
+        with defer_sigint():  # weights, optimizer, EMA, the task's state and the step counter change together
+            self.task.after_step(result)
+            if self.scaler is not None:
+                self.scaler.step(self.opt)  # skips the step when the scaled gradients overflowed
+                self.scaler.update()
+            else:
+                self.opt.step()
+            if self.ema is not None:
+                ema_update(self.ema, self.model, decay)
+            self.step += 1
+        return loss.detach(), gn.detach(), result.logs
+
+    def fit(self, on_step: Callable[[Engine], None] | None = None) -> Path:
+        """Train to settings.steps (or max_minutes); Ctrl-C saves a checkpoint that --resume continues.
+
+        `on_step(engine)` runs after every step (benchmarks use it to snapshot the EMA weights)."""
+        tc = self.cfg
+        self.start_data()
+        bar = None
+        if self.progress and self.dist.main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.steps, initial=self.step, desc=self.task.name, unit="step", dynamic_ncols=True,
+                       mininterval=1.0)
+        log = (self.out / "log.jsonl").open("a") if self.dist.main else None
+        start, start_step = time.time(), self.step
+        acc: dict[str, torch.Tensor] = {}
+        acc_n = 0
+        try:
+            while self.step < tc.steps:
+                loss, gn, logs = self.train_step()
+                if on_step is not None:
+                    on_step(self)
+                for key, value in {"loss": loss, **logs}.items():
+                    acc[key] = acc.get(key, torch.zeros(())) + torch.as_tensor(value).detach().float().cpu()
+                acc_n += 1
+                if bar is not None:
+                    bar.update(1)
+                if self.step % tc.log_every == 0 or self.step == tc.steps:
+                    means = {k: v / acc_n for k, v in acc.items()}
+                    if self.dist.world > 1:
+                        for v in means.values():
+                            dist.all_reduce(v)
+                            v /= self.dist.world
+                    elapsed = time.time() - start
+                    rate = (self.step - start_step) / max(elapsed, 1e-9)
+                    if log is not None:
+                        record = {"step": self.step, **{k: float(v) for k, v in means.items()},
+                                  "grad_norm": float(gn), "lr": lr_at(tc, self.step - 1), "steps_per_s": rate,
+                                  "elapsed_s": elapsed}
+                        log.write(json.dumps(record) + "\n")
+                        log.flush()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{float(means['loss']):.4f}", refresh=False)
+                    acc, acc_n = {}, 0
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+                if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
+                    self.preview(f"step_{self.step:06d}")
+                if tc.max_minutes > 0 and time.time() - start > tc.max_minutes * 60:
+                    if bar is not None:
+                        bar.write(f"time budget of {tc.max_minutes} min reached at step {self.step}")
+                    break
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            self.save()
+            if self.dist.main:
+                print(f"interrupted at step {self.step}; checkpoint saved — continue with --resume", flush=True)
+            raise
+        finally:
+            if log is not None:
+                log.close()
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()  # a streaming loader's worker processes exit here, before the final save and preview
+        if bar is not None:
+            bar.close()
+        self.save()
+        self.preview("final")
+        if self.dist.main:
+            self.task.finish(self.out, self.averaged)
+        if self.dist.world > 1:
+            dist.barrier()
+        return self.out
+
+
+__all__ = [
+    "PRECISIONS",
+    "DistInfo",
+    "Engine",
+    "defer_sigint",
+    "ema_update",
+    "leave_distributed",
+    "load_init",
+    "lr_at",
+    "make_optimizer",
+    "setup_distributed",
+    "step_seed",
+    "validate_settings",
+]

@@ -1,0 +1,31 @@
+"""Pipelines: typed requests in, samples out (DESIGN.md "Layers").
+
+    import diffusa
+    pipe = diffusa.load("mnist-text")                       # a shipped model's name, or any run folder
+    images = pipe("a handwritten seven", n=16, seed=1)      # Samples: .samples, .images (uint8), .settings
+    images.save("seven.png")                                # a PNG grid, or FILE.npz with the arrays
+
+`pipeline` (load, Pipeline: sampling with guidance, callbacks, batches), `request` (labels, prompts, guidance and
+conditioning images -> Denoiser + Cond), `result` (Samples and how they are saved), `likelihood` (bits/dim).
+The command line (`diffusa sample | generate | eval`) calls these and nothing else.
+"""
+
+from __future__ import annotations
+
+from diffusa.pipelines.likelihood import DEFAULT_RTOL, DEFAULT_TERMS
+from diffusa.pipelines.pipeline import (
+    DEFAULT_BATCH,
+    DEFAULT_N,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    Pipeline,
+    StepCallback,
+    load,
+    resolve_path,
+)
+from diffusa.pipelines.request import DEFAULT_TEXT_SCALE
+from diffusa.pipelines.result import Samples, check_out, write_samples
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_RTOL", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEFAULT_TERMS",
+           "DEFAULT_TEXT_SCALE", "Pipeline", "Samples", "StepCallback", "check_out", "load", "resolve_path",
+           "write_samples"]

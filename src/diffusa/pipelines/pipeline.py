@@ -1,0 +1,230 @@
+"""`diffusa.load(name_or_path) -> Pipeline`; calling the pipeline draws samples.
+
+    pipe = diffusa.load("mnist-text")
+    images = pipe("a handwritten seven", n=16, seed=1)
+    images.save("seven.png")
+
+One torch.Generator seeded with `seed` draws x_T for all n samples first (from the process's prior), then the
+samplers' noise, batch after batch: the same seed gives the same samples, and for a deterministic sampler (DDIM at
+eta = 0, DPM-Solver++, Heun, the ODE solvers) the batch size does not change them (beyond float rounding, ~1e-6:
+a convolution may sum in another order for another batch size). A stochastic sampler draws its noise batch by batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusa.errors import DiffusaError
+from diffusa.pipelines.likelihood import image_likelihood
+from diffusa.pipelines.request import Label, count, resolve
+from diffusa.pipelines.result import Samples
+from diffusa.runs import Run
+
+DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20  # DPM-Solver++(2M): the best at 10-20 NFE (docs/benchmarks.md)
+DEFAULT_N, DEFAULT_BATCH = 16, 250
+
+# callback(step, t, x_t, x0) after each step: `step` 0-based, x_t the state at time t, x0 the step's prediction
+StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], Any]
+
+
+class _StopSampling(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised through a sampler by the step hook when the callback asks to stop; carries the latest x0."""
+
+    def __init__(self, step: int, x0: torch.Tensor) -> None:
+        super().__init__(step)
+        self.step, self.x0 = step, x0
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise DiffusaError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class Pipeline:
+    """A loaded model that draws samples: `pipe(prompt, n=..., ...)` -> `Samples`; `pipe.likelihood(x)`."""
+
+    def __init__(self, run: Run, name: str | None = None, device: str | torch.device = "cpu") -> None:
+        self.run = run
+        self.name = str(run.path) if name is None else name
+        self.device = torch.device(device)
+
+    def __repr__(self) -> str:
+        what = "text-conditional" if self.is_text else (
+            f"class-conditional ({self.num_classes} classes)" if self.num_classes else "unconditional")
+        latent = ", latent" if self.is_latent else ""
+        image = f", image-conditioned ({self.image_channels} channels)" if self.image_channels else ""
+        return f"Pipeline({self.name!r}: {what}{latent}{image}, data {list(self.data_shape)})"
+
+    # -- what the model is ---------------------------------------------------------------------------------
+    @property
+    def is_text(self) -> bool:
+        """Conditioned on a prompt."""
+        return self.run.is_text
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional model; 0 otherwise."""
+        return self.run.num_classes
+
+    @property
+    def is_image(self) -> bool:
+        return self.run.is_image
+
+    @property
+    def is_latent(self) -> bool:
+        """Samples in an autoencoder's latent space, decoded to images."""
+        return self.run.decoder is not None
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """The shape of one sample where the model samples it (latents for a latent model)."""
+        return self.run.data_shape
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the image an image-conditioned model concatenates to its input; 0 for none."""
+        return self.run.cond_channels
+
+    @property
+    def discrete(self) -> bool:
+        """A discrete chain (likelihood: the variational bound), else a continuous process (the ODE)."""
+        from diffusa.process import DiscreteDDPM
+
+        return isinstance(self.run.denoiser.process, DiscreteDDPM)
+
+    # -- sampling ------------------------------------------------------------------------------------------
+    def noise(self, n: int, seed: int) -> torch.Tensor:
+        """x_T of the first n samples that a call with this seed starts from (on the CPU)."""
+        g = torch.Generator().manual_seed(seed)
+        return self.run.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space samples (e.g. a callback's x_t or x0) in data space: decoded for a latent model."""
+        return self.run.to_images(x)
+
+    def __call__(self, prompt: str | Sequence[str] | None = None, *, n: int | None = None, label: Label = None,
+                 sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance_scale: float | None = None,
+                 classifier: str | Path | None = None, classifier_scale: float | None = None,
+                 eta: float | None = None, variance: str | None = None, spacing: str | None = None,
+                 image: Any = None, seed: int = 0, batch_size: int = DEFAULT_BATCH,
+                 callback: StepCallback | None = None) -> Samples:
+        """Draw n samples (default 16, or one per prompt / label of a list).
+
+        prompt: a text model's prompt (one for all, or one per sample). label: a class (int), one per sample
+        (a list), or "all" for 0, 1, ..., K-1 in turn; on a text model it asks for "a handwritten K".
+        guidance_scale: classifier-free guidance w, eps_u + w (eps_c - eps_u): default 3 for a text model, none
+        otherwise. classifier / classifier_scale: classifier guidance with a `diffusa train-classifier` folder
+        (scale default 1). eta: stochasticity of ddim, euler_ancestral, dpmpp_2m_sde; variance: the ancestral
+        step's ("beta_tilde" or "beta"); spacing: the time grid (uniform, logsnr, karras; or leading,
+        trailing, even, ddim on a chain). image: the conditioning image of an image-conditioned model.
+        callback(step, t, x_t, x0): after every step of every batch (model space: latents for a latent model);
+        returning True stops there, and the samples are then the x0 predicted at that step, for this batch
+        and every later one (`Samples.stopped_at`).
+        """
+        from diffusa.samplers import SAMPLERS, make_grid, sample
+
+        if sampler not in SAMPLERS:
+            raise DiffusaError(f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+        _positive_int(steps, "steps")
+        _positive_int(batch_size, "batch_size")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise DiffusaError(f"seed must be an integer, got {seed!r}")
+        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
+                                or not math.isfinite(eta) or eta < 0):
+            raise DiffusaError(f"eta must be a finite number >= 0, got {eta!r}")
+        if callback is not None and not callable(callback):
+            raise DiffusaError(f"callback must be a function (step, t, x_t, x0), got {type(callback).__name__}")
+        n = count(n, prompt, label, DEFAULT_N)
+        req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
+                      classifier=classifier, classifier_scale=classifier_scale, image=image,
+                      image_channels=self.image_channels)
+        den = req.denoiser
+        options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
+        grid = make_grid(den, steps, spacing, sampler)
+        g = torch.Generator().manual_seed(seed)
+        x_T = den.process.prior_sample((n, *self.data_shape), generator=g)
+        stop: dict[str, int] = {}
+        nfe: list[int] = []
+        calls = [0]
+        hook = self.run.net.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+        chunks = []
+        try:
+            for lo in range(0, n, batch_size):
+                hi = min(n, lo + batch_size)
+                cond = None if req.cond is None else req.cond[lo:hi].to(self.device)
+                calls[0] = 0
+                try:
+                    x = sample(den, (hi - lo, *self.data_shape), sampler, steps, generator=g, grid=grid,
+                               x_T=x_T[lo:hi].to(self.device), cond=cond, device=self.device,
+                               callback=self._step_hook(callback, stop), **options)
+                except _StopSampling as s:
+                    stop.setdefault("step", s.step)
+                    x = s.x0
+                nfe.append(calls[0])
+                chunks.append(x.detach().cpu())
+        finally:
+            hook.remove()
+        samples = self.decode(torch.cat(chunks)).float()
+        settings = {"model": self.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing or "default",
+                    "guidance_scale": req.guidance_scale, "classifier": None if classifier is None else str(classifier),
+                    "classifier_scale": req.classifier_scale, "eta": eta, "variance": variance, "seed": seed,
+                    "batch_size": batch_size, "nfe": nfe[0], "prompt": prompt, "label": label}
+        if torch.is_tensor(label):
+            settings["label"] = label.tolist()
+        return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stop.get("step"))
+
+    @staticmethod
+    def _step_hook(callback: StepCallback | None, stop: dict[str, int]) -> Callable[[dict[str, Any]], None] | None:
+        """The samplers' callback (an info dict after each step) calling the user's; raises _StopSampling to end a
+        batch at the step the callback asked for, or at the step an earlier batch stopped."""
+        if callback is None:
+            return None
+
+        def hook(info: dict[str, Any]) -> None:
+            i = int(info["i"])
+            if callback(i, float(info["s"]), info["x"], info["x0"]) or stop.get("step") == i:
+                raise _StopSampling(i, info["x0"])
+
+        return hook
+
+    # -- likelihood ----------------------------------------------------------------------------------------
+    def likelihood(self, x: torch.Tensor, *, terms: int | str | None = None, variance: str | None = None,
+                   rtol: float | None = None, seed: int = 0, batch_size: int | None = None,
+                   plot: str | Path | None = None) -> dict[str, Any]:
+        """Bits/dim of 8-bit images x (see `diffusa.pipelines.likelihood.image_likelihood`): the variational bound
+        of a discrete chain (terms, default 100, or "all"; variance; a plot of its terms), or the probability-flow
+        ODE of a continuous process (rtol, default 1e-5; batch_size images per solve, default 100)."""
+        return image_likelihood(self.run, self.name, x, terms=terms, variance=variance, rtol=rtol, seed=seed,
+                                batch_size=batch_size, plot=plot)
+
+
+def resolve_path(name_or_path: str | Path) -> Path:
+    """A shipped model's name (unless a run folder of that name is here), or a run folder."""
+    from diffusa.shipped import SHIPPED, resolve_model
+
+    spec = str(name_or_path)
+    if spec in SHIPPED and not (Path(spec) / "config.json").is_file():
+        return resolve_model(spec)
+    path = Path(name_or_path)
+    if not path.is_dir():
+        what = "is a file, not a run folder" if path.exists() else "does not exist"
+        raise DiffusaError(f"run folder {spec} {what}; the shipped models are {', '.join(SHIPPED)}")
+    return path
+
+
+def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
+    """A pipeline for a shipped model ("mnist-pixel", "mnist-text") or a run folder (pixel or latent;
+    unconditional, class- or text-conditional), its network on `device`."""
+    from diffusa.runs import load_run
+
+    return Pipeline(load_run(resolve_path(name_or_path), device), str(name_or_path), device)
+
+
+__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "Pipeline", "StepCallback", "load",
+           "resolve_path"]

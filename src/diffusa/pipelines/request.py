@@ -1,0 +1,214 @@
+"""From a pipeline call's typed arguments to what the sampler runs: the (guided) Denoiser and its `Cond`.
+
+The one place that turns "16 sevens, guidance 3" into Denoiser + guidance: class labels (`label=`), prompts of a
+text model (or `label=` captioned "a handwritten K"), classifier-free guidance (Ho & Salimans 2021) against the
+null label or the empty caption, classifier guidance (Dhariwal & Nichol 2021) with a `diffusa train-classifier`
+folder, and an image concatenated to the input of an image-conditioned model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffusa.cond import Cond, as_cond
+from diffusa.errors import DiffusaError
+from diffusa.prediction import Denoiser
+
+DEFAULT_TEXT_SCALE = 3.0  # classifier-free guidance of a text model (docs/guidance.md: accuracy against diversity)
+LABEL_CAPTION = "a handwritten {d}"  # how label= asks a text model for a digit
+TEXT_CLASSES = 10  # label= on a text model names a digit
+
+Label = int | str | Sequence[int] | torch.Tensor | None
+
+
+@dataclass
+class Request:
+    """A resolved request: the Denoiser to sample, its conditioning for all n samples, and what was asked."""
+
+    denoiser: Denoiser
+    cond: Cond | None
+    labels: torch.Tensor | None  # the class asked of each sample (label=), on the CPU
+    prompts: list[str] | None  # the prompt of each sample (a text model)
+    guidance_scale: float | None  # classifier-free guidance actually applied (None: none)
+    classifier_scale: float | None  # classifier guidance actually applied (None: none)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def finite_scale(value: Any, name: str) -> float | None:
+    """A guidance scale: None, or a finite number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(float(value)):
+        raise DiffusaError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def count(n: int | None, prompt: Any, label: Label, default: int) -> int:
+    """The number of samples: n, else the length of a list of prompts or labels, else `default`."""
+    lengths = {name: len(v) for name, v in (("prompt", prompt), ("label", label))
+               if isinstance(v, (list, tuple)) or (torch.is_tensor(v) and v.ndim == 1)}
+    if n is None:
+        n = next(iter(lengths.values()), default)
+    if not _is_int(n) or n < 1:
+        raise DiffusaError(f"n must be a positive integer, got {n!r}")
+    for name, length in lengths.items():
+        if length != n:
+            raise DiffusaError(f"{name} holds {length} entries for n={n} samples: give one per sample, or one for all")
+    return int(n)
+
+
+def requested_labels(label: Label, n: int, num_classes: int) -> torch.Tensor:
+    """label=: one class for every sample (an int), one per sample (a list or tensor), or "all" for 0, 1, ...,
+    K-1 over and over."""
+    if isinstance(label, str) and label == "all":
+        return torch.arange(n) % num_classes
+    bad = DiffusaError(f"label must be 'all' or a class in 0..{num_classes - 1} (or a list of them), got {label!r}")
+    if _is_int(label) or (torch.is_tensor(label) and label.ndim == 0):
+        values = torch.full((n,), int(label), dtype=torch.long)
+    elif isinstance(label, (list, tuple)) and all(_is_int(v) for v in label):
+        values = torch.tensor([int(v) for v in label], dtype=torch.long).reshape(-1)
+    elif torch.is_tensor(label) and label.ndim == 1 and not label.is_floating_point() and label.dtype != torch.bool:
+        values = label.detach().cpu().long()
+    else:
+        raise bad
+    if values.numel() and (values.min() < 0 or values.max() >= num_classes):
+        raise bad
+    return values
+
+
+def prompts_of(prompt: str | Sequence[str], n: int) -> list[str]:
+    """prompt=: one text for every sample, or one per sample."""
+    if isinstance(prompt, str):
+        return [prompt] * n
+    if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+        raise DiffusaError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
+    return list(prompt)
+
+
+def cond_image(image: Any, n: int, channels: int, data_shape: tuple[int, ...]) -> torch.Tensor:
+    """image=: float (C, H, W) / (B, C, H, W) in [-1, 1], or uint8 (H, W, C) / (B, H, W, C) pixels -> float
+    (n, C, H, W); one image serves every sample. Checked against the model's condition channels and the aspect
+    of its inputs (the network resizes it to its input)."""
+    if isinstance(image, np.ndarray):
+        image = torch.from_numpy(image)
+    if not torch.is_tensor(image):
+        raise DiffusaError(f"image must be a tensor or a numpy array, got {type(image).__name__}")
+    if image.dtype == torch.uint8:
+        if image.ndim == 2:
+            image = image[..., None]
+        if image.ndim not in (3, 4):
+            raise DiffusaError(f"image: uint8 pixels must be (H, W, C) or (B, H, W, C), got {tuple(image.shape)}")
+        image = image.movedim(-1, -3).float() / 127.5 - 1
+    elif not image.is_floating_point():
+        raise DiffusaError(f"image must be float in [-1, 1] or uint8 pixels, got {image.dtype}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise DiffusaError(f"image must be (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise DiffusaError("image holds NaN or inf values")
+    b, c, h, w = image.shape
+    if c != channels:
+        raise DiffusaError(f"image has {c} channels; this model is conditioned on images of {channels}")
+    dh, dw = data_shape[-2:]
+    if h < 1 or w < 1 or h * dw != w * dh:
+        raise DiffusaError(f"image is {h}x{w}; this model's inputs are {dh}x{dw}: give an image of that shape "
+                           "(or of the same aspect, which is resized)")
+    if b not in (1, n):
+        raise DiffusaError(f"image holds {b} images for n={n} samples: give one, or one per sample")
+    return image.float().expand(n, c, h, w).contiguous()
+
+
+def _on_cpu(log_prob: Any) -> Any:
+    """log p(y | x_t, t) of a CPU classifier for inputs on another device (autograd follows the copies)."""
+
+    def wrapped(x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return log_prob(x.cpu(), t.cpu(), y.cpu()).to(x.device)
+
+    return wrapped
+
+
+def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, label: Label,
+            guidance_scale: float | None, classifier: Any, classifier_scale: float | None, image: Any,
+            image_channels: int) -> Request:
+    """The guided Denoiser and Cond for a request (see the module docstring); one DiffusaError naming the argument
+    for anything the model cannot do."""
+    from diffusa.guidance import ClassifierGuided, classifier_free, null_captions, null_labels
+
+    guidance_scale = finite_scale(guidance_scale, "guidance_scale")
+    classifier_scale = finite_scale(classifier_scale, "classifier_scale")
+    if classifier_scale is not None and classifier is None:
+        raise DiffusaError("classifier_scale scales classifier guidance: give classifier= (a `diffusa "
+                           "train-classifier` folder)")
+    if prompt is not None and label is not None:
+        raise DiffusaError("give a prompt or a label, not both")
+    extra = Cond()
+    if image is not None:
+        if not image_channels:
+            raise DiffusaError(f"image: {name} takes no conditioning image")
+        extra = Cond(image=cond_image(image, n, image_channels, run.data_shape))
+    elif image_channels:
+        raise DiffusaError(f"{name} is conditioned on an image: give image= ({image_channels} channels)")
+    den = run.denoiser
+    if run.is_text:
+        if classifier is not None:
+            raise DiffusaError("classifier guides class labels; a text model is guided by guidance_scale")
+        if prompt is not None:
+            prompts, labels = prompts_of(prompt, n), None
+        elif label is not None:
+            labels = requested_labels(label, n, TEXT_CLASSES)
+            prompts = [LABEL_CAPTION.format(d=int(y)) for y in labels.tolist()]
+        else:
+            raise DiffusaError(f"{name} is text-conditional: give a prompt, e.g. \"a handwritten 7\" (or a label)")
+        scale = DEFAULT_TEXT_SCALE if guidance_scale is None else guidance_scale
+        if scale != 1:  # against the empty caption; w = 1 is the conditional model itself
+            den = classifier_free(den, scale, null_captions(run.net))
+        cond = as_cond(run.net.tokenize(prompts)).replace(image=extra.image)
+        return Request(den, cond, labels, prompts, scale, None)
+    if prompt is not None:
+        raise DiffusaError(f"{name} is not text-conditional and takes no prompt (the shipped text model is "
+                           "mnist-text)")
+    if label is None:
+        if classifier is not None:
+            raise DiffusaError("classifier guidance needs a class to guide towards: give label=K (or 'all')")
+        if guidance_scale is not None:
+            if not run.num_classes:
+                raise DiffusaError(f"guidance_scale guides towards a label or a prompt; {name} is unconditional")
+            raise DiffusaError("guidance_scale needs a class to guide towards: give label=K (or 'all')")
+        return Request(den, extra if extra.present() else None, None, None, None, None)
+    if classifier is not None:
+        from diffusa.classifier import guidance_log_prob
+
+        if guidance_scale is not None and not run.num_classes:
+            raise DiffusaError(f"guidance_scale: {name} is unconditional (no classifier-free guidance); the "
+                               "classifier's strength is classifier_scale")
+        log_prob, k = guidance_log_prob(classifier, den.process)
+        if any(p.device.type != "cpu" for p in run.net.parameters()):
+            log_prob = _on_cpu(log_prob)  # the classifier loads on the CPU; its gradient flows back to the device
+        labels = requested_labels(label, n, k)
+        if run.num_classes and guidance_scale is not None and guidance_scale != 1:
+            den = classifier_free(den, guidance_scale, lambda c: null_labels(c, run.num_classes))
+        cscale = 1.0 if classifier_scale is None else classifier_scale
+        den = ClassifierGuided(den, log_prob, cscale, model_cond=run.num_classes > 0)
+        return Request(den, extra.replace(labels=labels), labels, None,
+                       guidance_scale if run.num_classes else None, cscale)
+    if not run.num_classes:
+        raise DiffusaError(f"label: {name} is unconditional; labels need a model trained with --class-conditional, "
+                           "or a noise-aware classifier (classifier=, from `diffusa train-classifier`)")
+    labels = requested_labels(label, n, run.num_classes)
+    if guidance_scale is not None and guidance_scale != 1:
+        den = classifier_free(den, guidance_scale, lambda c: null_labels(c, run.num_classes))
+    return Request(den, extra.replace(labels=labels), labels, None, guidance_scale, None)
+
+
+__all__ = ["DEFAULT_TEXT_SCALE", "LABEL_CAPTION", "Request", "cond_image", "count", "finite_scale",
+           "requested_labels", "resolve"]

@@ -1,0 +1,131 @@
+"""Diffusion training as a task of the engine: a run is built from its config (data, process, network, Denoiser,
+objective, time sampler, conditioning), and each step's loss is the objective at times from the time sampler
+(Ho et al. 2020, Alg. 1, in the currency of DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffusa.conditioning import conditioner_for
+from diffusa.config import RunConfig, resolve_defaults
+from diffusa.data import load_dataset
+from diffusa.engine.loop import validate_settings
+from diffusa.engine.task import StepLoss, Task
+from diffusa.errors import DiffusaError
+from diffusa.latent import LatentDecoder, latent_dataset
+from diffusa.losses import build_objective, build_time_sampler
+from diffusa.nets import build_network
+from diffusa.process import DiscreteDDPM
+from diffusa.runs import build_process, make_denoiser, network_spec, run_metadata
+from diffusa.samplers import get_sampler, sample
+from diffusa.viz import save_samples
+
+TIME_SAMPLER_PREFIX = "time_sampler."
+
+
+class DiffusionTask(Task):
+    """Trains `denoiser(x_t, t, cond)` on a dataset under a process; the network is averaged by EMA."""
+
+    name = "train"
+
+    def __init__(self, cfg: RunConfig, data: Any = None) -> None:
+        self.cfg = cfg
+        dc = cfg.data
+        self.data = data if data is not None else load_dataset(dc.name, "train", dc.image_size, dc.grayscale,
+                                                               **_data_options(cfg))
+        self.latent: dict[str, Any] | None = None
+        self.decoder = None
+        if dc.latent:  # encode once; the diffusion model sees only latents (Rombach et al. 2022)
+            self.data, self.latent = latent_dataset(self.data, dc.latent)
+            self.decoder = LatentDecoder(self.latent)
+        resolve_defaults(cfg, self.data.kind)
+        validate_settings(cfg.train)
+        get_sampler(cfg.train.sampler)  # the preview sampler: refused now, not after every step has run
+        self.settings = cfg.train
+        cond_images = getattr(self.data, "cond_images", None)
+        cond_channels = int(cond_images.shape[1]) if cond_images is not None else 0
+        self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes, cond_channels)
+        torch.manual_seed(cfg.train.seed)  # the network's initial weights
+        self.model = build_network(self.kind, self.spec)
+        if cfg.train.grad_checkpoint:
+            if not hasattr(self.model, "grad_checkpoint"):
+                raise DiffusaError(f"--grad-checkpoint needs the U-Net; this run's network is {self.kind!r}")
+            self.model.grad_checkpoint = True
+        self.process = build_process(cfg)
+        self.time_sampler = build_time_sampler(cfg.loss, self.process)
+        self.objective = build_objective(cfg.loss, self.process)
+        self.conditioner = conditioner_for(self.kind, self.spec, self.data, cfg.train.label_dropout, self.model)
+        self.image = self.data.kind == "image" and self.latent is None  # latents are not clipped to [-1, 1]
+        self.init: dict[str, Any] | None = None  # set by `diffusion_engine` when starting from another run
+
+    @property
+    def net(self) -> nn.Module:
+        return self.model
+
+    def bind(self, train_module: nn.Module, ema: nn.Module | None, device: torch.device) -> None:
+        self.device = device
+        self.denoiser = make_denoiser(train_module, self.process, self.cfg, self.image)
+        self.ema_denoiser = make_denoiser(ema if ema is not None else self.model, self.process, self.cfg, self.image)
+
+    def loss(self, idx: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> StepLoss:
+        t, w = self.time_sampler.sample(x.shape[0], generator, x.device)
+        noise = torch.randn(x.shape, generator=generator).to(x.device)
+        cond = None
+        if self.conditioner is not None:  # label dropout: one model learns p(x | y) and p(x) (Ho & Salimans 2021)
+            cond = self.conditioner.training(idx, generator, x.device)
+        losses = self.objective(self.denoiser, x, t, noise, cond)
+        return StepLoss(losses, w, extra=t)
+
+    def after_step(self, result: StepLoss) -> None:
+        self.time_sampler.update(result.extra, result.losses.detach().float())
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        if not hasattr(self.time_sampler, "state_dict"):  # e.g. importance sampling's loss history
+            return {}, {}
+        return {TIME_SAMPLER_PREFIX + k: v for k, v in self.time_sampler.state_dict().items()}, {}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        own = {k[len(TIME_SAMPLER_PREFIX):]: v for k, v in tensors.items() if k.startswith(TIME_SAMPLER_PREFIX)}
+        if own and hasattr(self.time_sampler, "load_state_dict"):
+            self.time_sampler.load_state_dict(own)
+
+    def meta(self) -> dict[str, Any]:
+        meta = run_metadata(self.cfg, self.data.shape, self.kind, self.spec, self.data.kind)
+        if self.latent is not None:
+            meta["latent"] = self.latent
+        if self.init is not None:
+            meta["init"] = self.init
+        return meta
+
+    def check_resume(self, meta: dict[str, Any], out: Path) -> None:
+        if meta.get("network", {}).get("config") != json.loads(json.dumps(self.spec)):
+            raise DiffusaError(f"cannot resume {out}: its network differs from this config")
+
+    def preview(self, out: Path, name: str) -> None:
+        """A grid of EMA samples with a fixed seed, so grids over training are comparable."""
+        tc = self.cfg.train
+        g = torch.Generator(device="cpu").manual_seed(tc.seed)
+        n = tc.sample_n if self.data.kind == "image" else 2000
+        steps = tc.sample_steps  # a short chain (process.num_steps < sample_steps) samples with all its steps
+        if isinstance(self.process, DiscreteDDPM):
+            steps = min(steps, self.process.num_steps)
+        cond = self.conditioner.grid(n, self.device) if self.conditioner is not None else None
+        x = sample(self.ema_denoiser, (n, *self.data.shape), tc.sampler, steps, generator=g, cond=cond,
+                   device=self.device)
+        if self.decoder is not None:
+            x = self.decoder(x)
+        ref = self.data.x[:2000] if self.data.kind == "points" else None
+        save_samples(x, out / "samples" / f"{name}.png", reference=ref, title=f"{self.data.name} {name}")
+
+
+def _data_options(cfg: RunConfig) -> dict[str, Any]:
+    """The data settings beyond name, size and colour that this config sets (array to train, streaming)."""
+    return {k: getattr(cfg.data, k) for k in ("array", "stream") if getattr(cfg.data, k, None) is not None}
+
+
+__all__ = ["DiffusionTask"]

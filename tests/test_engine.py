@@ -1,0 +1,188 @@
+"""The one training engine: every task (diffusion, autoencoder, noise-aware classifier) resumes bit-exactly after
+an interruption; `--init` starts a new run from exactly another run's weights; a concatenated condition image
+reaches the network through the whole training path."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from diffusa.autoencoder import AutoencoderConfig
+from diffusa.checkpoint import load_json, load_tensors
+from diffusa.config import load_config
+from diffusa.engine import Engine
+from diffusa.engine.loop import lr_at
+from diffusa.errors import DiffusaError
+from diffusa.tasks.autoencoder import AutoencoderTask, autoencoder_settings
+from diffusa.tasks.classifier import ClassifierTask, classifier_settings
+from diffusa.train import diffusion_engine
+
+N = 6  # steps before the interruption; every run goes to 2N
+
+
+def same_checkpoint(a: Path, b: Path) -> None:
+    for name in ("model.safetensors", "train_state.safetensors"):
+        ta, tb = load_tensors(a / name), load_tensors(b / name)
+        assert set(ta) == set(tb), name
+        for k in ta:
+            assert torch.equal(ta[k], tb[k]), f"{name}: {k} differs"
+    assert load_json(a / "train_state.json") == load_json(b / "train_state.json")
+
+
+def interrupt_then_resume(make: Callable[[bool], Engine]) -> None:
+    """Ctrl-C after N steps, then resume: the run must equal make(False) run uninterrupted to 2N steps."""
+    first = make(False)
+    step = first.train_step
+
+    def interrupt_at_n() -> tuple:
+        if first.step == N:
+            raise KeyboardInterrupt
+        return step()
+
+    first.train_step = interrupt_at_n
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    assert load_json(first.out / "train_state.json")["step"] == N
+    make(True).fit()
+
+
+AE = AutoencoderConfig(kind="kl", channels=8, channel_mult=(1, 2), latent_channels=2)
+
+
+def test_autoencoder_resumes_exactly(tmp_path: Path) -> None:
+    def make(out: Path) -> Callable[[bool], Engine]:
+        return lambda resume: Engine(AutoencoderTask("digits", AE, autoencoder_settings(2 * N, 16, 1e-3, 0)), out,
+                                     resume=resume, progress=False)
+
+    make(tmp_path / "whole")(False).fit()
+    interrupt_then_resume(make(tmp_path / "resumed"))
+    same_checkpoint(tmp_path / "whole", tmp_path / "resumed")
+    meta = load_json(tmp_path / "resumed" / "config.json")
+    assert meta["scale_factor"] > 0 and meta["held_out"]["mse"] > 0  # finished: the loader accepts it
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 2 * N and {"loss", "mse", "reg", "kl"} <= set(log[-1])
+
+
+def test_classifier_resumes_exactly(tmp_path: Path, digits_run: Path) -> None:
+    def make(out: Path) -> Callable[[bool], Engine]:
+        return lambda resume: Engine(ClassifierTask(digits_run, classifier_settings(2 * N, 32)), out, resume=resume,
+                                     progress=False)
+
+    make(tmp_path / "whole")(False).fit()
+    interrupt_then_resume(make(tmp_path / "resumed"))
+    same_checkpoint(tmp_path / "whole", tmp_path / "resumed")
+    assert set(load_json(tmp_path / "resumed" / "config.json")["held_out_accuracy"]) == {
+        "t=0.1", "t=0.3", "t=0.5", "t=0.7", "t=0.9"}
+
+
+def test_tasks_share_one_folder_layout(tmp_path: Path, digits_run: Path) -> None:
+    ae = Engine(AutoencoderTask("digits", AE, autoencoder_settings(2, 16)), tmp_path / "ae", progress=False).fit()
+    clf = Engine(ClassifierTask(digits_run, classifier_settings(2, 16)), tmp_path / "clf", progress=False).fit()
+    for out in (ae, clf, digits_run):
+        for name in ("config.json", "model.safetensors", "train_state.safetensors", "train_state.json",
+                     "log.jsonl", "loss.png"):
+            assert (out / name).is_file(), (out, name)
+
+
+def test_learning_rate_schedules_of_the_tasks() -> None:
+    """The classifier's cosine from the first step to 0 and the autoencoder's 50-step warm-up then cosine to 5%."""
+    clf = classifier_settings(steps=100, lr=1.0)
+    assert [lr_at(clf, s) for s in (0, 50)] == pytest.approx([1.0, 0.5])
+    ae = autoencoder_settings(steps=150, lr=1.0)
+    assert lr_at(ae, 0) == pytest.approx(1 / 50) and lr_at(ae, 49) == pytest.approx(1.0)
+    assert lr_at(ae, 100) == pytest.approx(0.05 + 0.95 * 0.5)
+    assert lr_at(ae, 150) == pytest.approx(0.05)
+
+
+@pytest.mark.parametrize("lr", ["-1", "nan"])
+def test_bad_learning_rates_are_one_line(cli, tmp_path: Path, lr: str) -> None:
+    r = cli("train-autoencoder", "--data", "digits", "--out", tmp_path / "ae", "--steps", 2, "--lr", lr)
+    assert r.code == 2 and "train.lr must be a positive number" in r.err and "Traceback" not in r.err
+
+
+# -- fine-tuning: --init -----------------------------------------------------------------------
+
+DIGITS_TINY = ['data.name="digits"', "train.batch_size=16", "train.sample_every=0", "train.sample_n=4",
+               "train.sample_steps=2"]
+
+
+def test_init_starts_from_exactly_the_base_weights(digits_run: Path, tmp_path: Path) -> None:
+    from diffusa.train import init_base
+
+    cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=3"], base=init_base(digits_run))
+    engine = diffusion_engine(cfg, tmp_path / "tuned", progress=False, init=digits_run)
+    base = load_tensors(digits_run / "model.safetensors")
+    for module in (engine.model, engine.ema):
+        own = module.state_dict()
+        assert set(own) == set(base) and all(torch.equal(own[k], base[k]) for k in base)
+    assert engine.step == 0 and not engine.opt.state  # its own, fresh optimizer
+    out = engine.fit()
+    meta = load_json(out / "config.json")
+    assert meta["init"] == {"from": str(digits_run)} and load_json(out / "train_state.json")["step"] == 3
+    assert not torch.equal(load_tensors(out / "model.safetensors")["conv_out.weight"], base["conv_out.weight"])
+
+
+def test_init_from_the_cli_and_an_incompatible_network(cli, digits_run: Path, tmp_path: Path) -> None:
+    r = cli("train", "--init", digits_run, "--data", "digits", "--steps", 2, "--out", tmp_path / "ok", "--quiet",
+            "--set", "train.sample_n=4", "--set", "train.sample_steps=2")
+    assert r.code == 0 and f"from {digits_run}" in r.out, r.err
+    r = cli("train", "--init", digits_run, "--data", "digits", "--steps", 2, "--out", tmp_path / "bad", "--quiet",
+            "--set", "model.net.channels=16")
+    assert r.code == 2 and "does not fit" in r.err and "tensor " in r.err and "Traceback" not in r.err, r.err
+    assert not (tmp_path / "bad" / "config.json").exists()
+    r = cli("train", "--init", "mnist-pixel", "--data", "digits", "--steps", 2, "--out", tmp_path / "px", "--quiet")
+    assert r.code == 2 and "does not fit" in r.err and "tensor " in r.err, r.err
+    r = cli("train", "--init", tmp_path / "nowhere", "--data", "digits", "--out", tmp_path / "x", "--quiet")
+    assert r.code == 2 and "does not exist" in r.err
+
+
+def test_init_from_a_shipped_model_keeps_its_weights(tmp_path: Path) -> None:
+    from diffusa.shipped import resolve_model
+    from diffusa.train import init_base
+
+    cfg = load_config(overrides=['data.name="mnist5k"', "train.steps=1"], base=init_base("mnist-pixel"))
+    engine = diffusion_engine(cfg, tmp_path / "tuned", progress=False, init="mnist-pixel")
+    base = load_tensors(resolve_model("mnist-pixel") / "model.safetensors")
+    assert all(torch.equal(engine.model.state_dict()[k], v) for k, v in base.items())
+
+
+def test_init_and_resume_together_are_refused(digits_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(DiffusaError, match="pick one"):
+        diffusion_engine(load_config(overrides=DIGITS_TINY, base=load_json(digits_run / "config.json")["config"]),
+                         digits_run, resume=True, init=digits_run, progress=False)
+
+
+# -- a condition image through the whole training path ----------------------------------------
+
+
+def test_a_concatenated_condition_image_is_learned(tmp_path: Path) -> None:
+    """The data are the condition images themselves, flipped: an 8x8 digit x0 = flip(c). Only a model that sees c
+    can do better than the data's mean; trained through `diffusa train` on an .npz with `cond_images`, it draws
+    flip(c) for held-out c, while the same network trained without the condition cannot."""
+    from diffusa.data import load_dataset
+    from diffusa.pipelines import load
+
+    digits = load_dataset("digits", "train")
+    c = digits.x[:512]
+    x0 = torch.flip(c, dims=[-1])
+    with_cond, without = tmp_path / "pairs.npz", tmp_path / "plain.npz"
+    np.savez(with_cond, x=x0.numpy(), cond_images=c.numpy())
+    np.savez(without, x=x0.numpy())
+    errors = {}
+    for name, data in (("cond", with_cond), ("plain", without)):
+        cfg = load_config(overrides=[f'data.name="{data}"', "train.steps=150", "train.batch_size=64",
+                                     "train.sample_every=0", "train.checkpoint_every=0", "model.net.channels=16",
+                                     "train.lr=2e-3"])
+        run = diffusion_engine(cfg, tmp_path / name, progress=False).fit()
+        held = load_dataset("digits", "test").x[:64]
+        pipe = load(run)
+        kwargs = {"image": held} if name == "cond" else {}
+        x = pipe(n=64, steps=10, seed=0, **kwargs).samples
+        errors[name] = float((x - torch.flip(held, dims=[-1])).square().mean())
+    assert load_json(tmp_path / "cond" / "config.json")["network"]["config"]["cond_channels"] == 1
+    assert errors["cond"] < 0.5 * errors["plain"], errors
