@@ -45,10 +45,14 @@ def resolve_model(spec: str) -> Path:
 
 
 def run_path(spec: str | Path) -> Path:
-    """For `sample` and `eval`: a run folder, or a shipped model's name when no run folder of that name exists."""
+    """A shipped model's name (unless a run folder of that name is here), or a run folder that exists."""
     if str(spec) in SHIPPED and not (Path(spec) / "config.json").is_file():
         return resolve_model(str(spec))
-    return Path(spec)
+    path = Path(spec)
+    if not path.is_dir():
+        what = "is a file, not a run folder" if path.exists() else "does not exist"
+        raise DiffusaError(f"run folder {spec} {what}; the shipped models are {', '.join(SHIPPED)}")
+    return path
 
 
 def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any]) -> Path:

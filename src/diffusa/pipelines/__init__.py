@@ -21,11 +21,10 @@ from diffusa.pipelines.pipeline import (
     Pipeline,
     StepCallback,
     load,
-    resolve_path,
 )
 from diffusa.pipelines.request import DEFAULT_TEXT_SCALE
 from diffusa.pipelines.result import Samples, check_out, write_samples
 
 __all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_RTOL", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEFAULT_TERMS",
-           "DEFAULT_TEXT_SCALE", "Pipeline", "Samples", "StepCallback", "check_out", "load", "resolve_path",
+           "DEFAULT_TEXT_SCALE", "Pipeline", "Samples", "StepCallback", "check_out", "load",
            "write_samples"]

@@ -204,27 +204,13 @@ class Pipeline:
                                 batch_size=batch_size, plot=plot)
 
 
-def resolve_path(name_or_path: str | Path) -> Path:
-    """A shipped model's name (unless a run folder of that name is here), or a run folder."""
-    from diffusa.shipped import SHIPPED, resolve_model
-
-    spec = str(name_or_path)
-    if spec in SHIPPED and not (Path(spec) / "config.json").is_file():
-        return resolve_model(spec)
-    path = Path(name_or_path)
-    if not path.is_dir():
-        what = "is a file, not a run folder" if path.exists() else "does not exist"
-        raise DiffusaError(f"run folder {spec} {what}; the shipped models are {', '.join(SHIPPED)}")
-    return path
-
-
 def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
     """A pipeline for a shipped model ("mnist-pixel", "mnist-text") or a run folder (pixel or latent;
     unconditional, class- or text-conditional), its network on `device`."""
     from diffusa.runs import load_run
+    from diffusa.shipped import run_path
 
-    return Pipeline(load_run(resolve_path(name_or_path), device), str(name_or_path), device)
+    return Pipeline(load_run(run_path(name_or_path), device), str(name_or_path), device)
 
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "Pipeline", "StepCallback", "load",
-           "resolve_path"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "Pipeline", "StepCallback", "load"]
