@@ -29,13 +29,13 @@ from pathlib import Path
 import torch
 from _tables import emit, run_stages, stage_parser, write_json
 
-from diffusa.classifier import guidance_log_prob, train_classifier
+import diffusa
 from diffusa.config import load_config
 from diffusa.data import load_dataset
-from diffusa.guidance import ClassifierGuided, classifier_free, null_captions, null_labels
 from diffusa.metrics import classify, frechet_distance
+from diffusa.pipelines import Pipeline
 from diffusa.runs import load_run, read_run_meta
-from diffusa.samplers import sample
+from diffusa.tasks.classifier import train_classifier
 from diffusa.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, digit_caption
 from diffusa.train import diffusion_engine
 from diffusa.viz import save_image_grid
@@ -76,9 +76,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
     ref, _ = classify(test.x)
     labels = torch.arange(args.n) % 10
 
-    def draw(den, cond, tag: str) -> torch.Tensor:
-        x_T = den.process.prior_sample((args.n, *test.x.shape[1:]), generator=torch.Generator().manual_seed(0))
-        x = sample(den, x_T.shape, "dpmpp_2m", args.sample_steps, x_T=x_T, cond=cond)
+    def draw(pipe: Pipeline, tag: str, **request) -> torch.Tensor:
+        """All n samples in one batch, x_T from seed 0 (DPM-Solver++(2M) draws no further noise)."""
+        x = pipe(n=args.n, sampler="dpmpp_2m", steps=args.sample_steps, seed=0, batch_size=args.n, **request).samples
         save_image_grid(x[:100], root / "grids" / f"{tag}.png", nrow=10)
         return x
 
@@ -86,36 +86,36 @@ def cmd_eval(args: argparse.Namespace) -> None:
         feats, probs = classify(x)
         return {"fd": frechet_distance(feats, ref), "accuracy": float((probs.argmax(1) == want).float().mean())}
 
-    run = load_run(root / "class")
-    null = lambda c: null_labels(c, run.num_classes)  # noqa: E731
+    pipe = diffusa.load(root / "class")
     for w in args.cfg_scales:
         if str(w) not in rec["cfg"]:
-            rec["cfg"][str(w)] = score(draw(classifier_free(run.denoiser, w, null), labels, f"cfg_{w:g}"), labels)
+            rec["cfg"][str(w)] = score(draw(pipe, f"cfg_{w:g}", label=labels, guidance_scale=w), labels)
             print(json.dumps({"cfg": w, **rec["cfg"][str(w)]}), flush=True)
             write_json(raw, rec)
-    log_prob, _ = guidance_log_prob(root / "classifier", run.denoiser.process)
+    classifier = root / "classifier"
     for s in args.classifier_scales:
         if str(s) not in rec["classifier"]:
-            den = ClassifierGuided(run.denoiser, log_prob, s, model_cond=False)  # the null-label (unconditional) model
-            rec["classifier"][str(s)] = score(draw(den, labels, f"classifier_{s:g}"), labels)
+            # guidance_scale 0: the model's null-label (unconditional) output, which the classifier steers
+            x = draw(pipe, f"classifier_{s:g}", label=labels, guidance_scale=0.0, classifier=classifier,
+                     classifier_scale=s)
+            rec["classifier"][str(s)] = score(x, labels)
             print(json.dumps({"classifier": s, **rec["classifier"][str(s)]}), flush=True)
             write_json(raw, rec)
     rec.setdefault("classifier_on_conditional", {})
     for s in args.classifier_cond_scales:
         if str(s) not in rec["classifier_on_conditional"]:
-            den = ClassifierGuided(run.denoiser, log_prob, s, model_cond=True)  # the label-conditional model
-            rec["classifier_on_conditional"][str(s)] = score(draw(den, labels, f"classifier_cond_{s:g}"), labels)
+            # no guidance_scale: the label-conditional model itself, steered by the classifier
+            x = draw(pipe, f"classifier_cond_{s:g}", label=labels, classifier=classifier, classifier_scale=s)
+            rec["classifier_on_conditional"][str(s)] = score(x, labels)
             print(json.dumps({"classifier_on_conditional": s, **rec["classifier_on_conditional"][str(s)]}), flush=True)
             write_json(raw, rec)
-    text = load_run(root / "text")
-    null_text = null_captions(text.net)
+    text = diffusa.load(root / "text")
     for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
         prompts = [digit_caption(int(y), templates[i % len(templates)]) for i, y in enumerate(labels.tolist())]
         for w in args.text_scales:
             key = f"{split}@{w:g}"
             if key not in rec["text"]:
-                den = classifier_free(text.denoiser, w, null_text)
-                rec["text"][key] = score(draw(den, text.net.tokenize(prompts), f"text_{key}"), labels)
+                rec["text"][key] = score(draw(text, f"text_{key}", prompt=prompts, guidance_scale=w), labels)
                 print(json.dumps({"text": key, **rec["text"][key]}), flush=True)
                 write_json(raw, rec)
     rec["n"], rec["steps"] = args.n, args.sample_steps
@@ -148,21 +148,18 @@ def cmd_prompts(args: argparse.Namespace) -> None:
         raise SystemExit(f"{path}: neither a training folder (train_state.json) nor a shipped model")
     final_step = json.loads(state.read_text())["step"] if state.exists() else meta["shipped"]["steps"]
     for step, w_file in [*sorted(weights), (final_step, "model.safetensors")]:
-        run = load_run(path, weights=w_file)
-        null = null_captions(run.net)
+        # load_run, not diffusa.load: an EMA snapshot is a weights file of the run, which diffusa.load cannot name
+        pipe = Pipeline(load_run(path, weights=w_file), f"{path} ({w_file})")
         for w in args.prompt_scales:
             key = f"{step}@{w:g}"
             if key in cell["rows"]:
                 continue
             row: dict = {"step": step, "scale": w}
-            den = classifier_free(run.denoiser, w, null)
             for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
                 prompts, labels, which = prompt_grid(templates, args.n)
-                x_T = den.process.prior_sample((len(prompts), *run.data_shape),
-                                               generator=torch.Generator().manual_seed(0))
-                with torch.inference_mode():
-                    x = run.to_images(sample(den, x_T.shape, "dpmpp_2m", args.sample_steps, x_T=x_T,
-                                             cond=run.net.tokenize(prompts)))
+                # every prompt in one batch, x_T from seed 0
+                x = pipe(prompts, sampler="dpmpp_2m", steps=args.sample_steps, guidance_scale=w, seed=0,
+                         batch_size=len(prompts)).samples
                 feats, probs = classify(x)
                 hit = (probs.argmax(1) == labels).float()
                 row[split] = float(hit.mean())

@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 from _tables import emit, line_figure, run_stages, stage_parser, write_json
 
-from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+import diffusa
+from diffusa.autoencoder import AutoencoderConfig
 from diffusa.config import load_config
 from diffusa.data import load_dataset
-from diffusa.guidance import classifier_free, null_captions
 from diffusa.metrics import classify, frechet_distance
+from diffusa.pipelines import Pipeline
 from diffusa.runs import load_run
-from diffusa.samplers import sample
+from diffusa.tasks.autoencoder import train_autoencoder
 from diffusa.text import HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, digit_caption
 from diffusa.train import diffusion_engine, last_log, snapshots
 from diffusa.viz import save_image_grid
@@ -72,34 +73,32 @@ def step_seconds(run: Path, repeats: int) -> float:
     return statistics.median(times)
 
 
-def draw(run, prompts: list[str], scale: float, steps: int, seed: int = 0) -> torch.Tensor:
-    """Images for these prompts: classifier-free guidance against the empty caption, DPM-Solver++(2M)."""
-    den = classifier_free(run.denoiser, scale, null_captions(run.net))
-    x_T = den.process.prior_sample((len(prompts), *run.data_shape), generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        x = sample(den, x_T.shape, "dpmpp_2m", steps, x_T=x_T, cond=run.net.tokenize(prompts))
-        return run.to_images(x)
+def draw(pipe: Pipeline, prompts: str | list[str], scale: float, steps: int, n: int | None = None) -> torch.Tensor:
+    """Images (decoded) for these prompts: classifier-free guidance w = scale against the empty caption,
+    DPM-Solver++(2M), every sample in one batch with x_T from seed 0."""
+    n = len(prompts) if n is None else n
+    return pipe(prompts, n=n, sampler="dpmpp_2m", steps=steps, guidance_scale=scale, seed=0, batch_size=n).samples
 
 
-def quality(run, labels: torch.Tensor, ref: torch.Tensor, args: argparse.Namespace) -> dict:
+def quality(pipe: Pipeline, labels: torch.Tensor, ref: torch.Tensor, args: argparse.Namespace) -> dict:
     """{split: (FD, conditional accuracy, images)} for prompts from the training and the held-out templates."""
     out = {}
     for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
         prompts = [digit_caption(int(y), templates[i % len(templates)]) for i, y in enumerate(labels.tolist())]
-        x = draw(run, prompts, args.scale, args.sample_steps)
+        x = draw(pipe, prompts, args.scale, args.sample_steps)
         feats, probs = classify(x)
         out[split] = (frechet_distance(feats, ref), float((probs.argmax(1) == labels).float().mean()), x)
     return out
 
 
-def timing(run, path: Path, args: argparse.Namespace) -> dict:
+def timing(pipe: Pipeline, path: Path, args: argparse.Namespace) -> dict:
     """Seconds per training step of the run's configuration, the training time that makes, and the median seconds
     of `diffusa generate`'s work (16 images, --gen-steps steps, w, decoded)."""
     sps = step_seconds(path, args.time_repeats)
     gen = []
     for _ in range(3):
         t0 = time.perf_counter()
-        draw(run, [digit_caption(7, TRAIN_TEMPLATES[0])] * 16, args.scale, args.gen_steps)
+        draw(pipe, digit_caption(7, TRAIN_TEMPLATES[0]), args.scale, args.gen_steps, n=16)
         gen.append(time.perf_counter() - t0)
     return {"step_seconds": sps, "train_seconds": sps * last_log(path).get("step", 0),
             "generate16_seconds": statistics.median(gen)}
@@ -112,7 +111,7 @@ def cmd_third(args: argparse.Namespace) -> None:
     rec = json.loads(raw.read_text())
     for name, path in (("pixel", Path(args.pixel_run)), ("latent", Path(args.latent_run))):
         m = rec["models"][name]
-        m.update(timing(load_run(path), path, args))
+        m.update(timing(diffusa.load(path), path, args))
         for c in m["curve"]:
             c["train_seconds"] = c["step"] * m["step_seconds"]
         print(json.dumps({name: {k: m[k] for k in ("step_seconds", "train_seconds", "generate16_seconds")}}),
@@ -127,7 +126,7 @@ def cmd_third(args: argparse.Namespace) -> None:
     ref, _ = classify(test.x)
     labels = torch.arange(args.n) % 10
     m = {"steps": steps, "train_seconds": steps * rec["models"]["latent"]["step_seconds"]}
-    for split, (fd, acc, x) in quality(load_run(third), labels, ref, args).items():
+    for split, (fd, acc, x) in quality(diffusa.load(third), labels, ref, args).items():
         m[split] = {"fd": fd, "accuracy": acc}
         save_image_grid(x[:100], Path(args.img) / f"ldm_latent_third_{split}.png", nrow=10)
     rec["models"]["latent_third"] = m
@@ -145,19 +144,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
     ae_meta = json.loads((Path(args.ae) / "config.json").read_text())
     rec["autoencoder"] = {k: ae_meta[k] for k in ("steps", "train_seconds", "scale_factor", "held_out")}
     for name, path in (("pixel", Path(args.pixel_run)), ("latent", Path(args.latent_run))):
-        run = load_run(path)
+        pipe = diffusa.load(path)
         log = last_log(path)
-        m = {"steps": log.get("step"), "logged_seconds": log.get("elapsed_s"), "data_shape": list(run.data_shape),
-             "image_shape": list(test.x.shape[1:]), "parameters": sum(p.numel() for p in run.net.parameters())}
-        m.update(timing(run, path, args))
+        m = {"steps": log.get("step"), "logged_seconds": log.get("elapsed_s"), "data_shape": list(pipe.data_shape),
+             "image_shape": list(test.x.shape[1:]), "parameters": sum(p.numel() for p in pipe.run.net.parameters())}
+        m.update(timing(pipe, path, args))
         sps = m["step_seconds"]
-        for split, (fd, acc, x) in quality(run, labels, ref, args).items():
+        for split, (fd, acc, x) in quality(pipe, labels, ref, args).items():
             m[split] = {"fd": fd, "accuracy": acc}
             save_image_grid(x[:100], Path(args.img) / f"ldm_{name}_{split}.png", nrow=10)
         m["curve"] = []
         for snap in sorted((path / "snapshots").glob("step_*.safetensors"), key=lambda p: int(p.stem[5:])):
             step = int(snap.stem[5:])
-            q = quality(load_run(path, weights=f"snapshots/{snap.name}"), labels, ref, args)
+            # load_run, not diffusa.load: an EMA snapshot is a weights file of the run, which diffusa.load cannot name
+            snap_pipe = Pipeline(load_run(path, weights=f"snapshots/{snap.name}"), f"{path} (snapshots/{snap.name})")
+            q = quality(snap_pipe, labels, ref, args)
             point = {"step": step, "train_seconds": step * sps}
             for s, (fd, acc, _) in q.items():
                 point.update({f"fd_{s}": fd, f"accuracy_{s}": acc})

@@ -27,11 +27,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 
-from diffusa.autoencoder import train_autoencoder  # noqa: E402
 from diffusa.autoencoder.nets import AutoencoderConfig  # noqa: E402
 from diffusa.checkpoint import load_json, save_tensors  # noqa: E402
 from diffusa.config import load_config  # noqa: E402
 from diffusa.shipped import export_run, shipped_root  # noqa: E402
+from diffusa.tasks.autoencoder import train_autoencoder  # noqa: E402
 from diffusa.train import diffusion_engine, last_log, snapshots  # noqa: E402
 
 # The latent network: 7x7x4 latents, no patching, two levels (7, 4) with 32/64 channels, attention (and

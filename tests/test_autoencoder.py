@@ -17,9 +17,9 @@ from diffusa.autoencoder import (
     VQAutoencoder,
     encode_all,
     load_autoencoder,
-    train_autoencoder,
 )
 from diffusa.errors import DiffusaError
+from diffusa.tasks.autoencoder import train_autoencoder
 
 
 @pytest.mark.parametrize("size,mult,latent", [(28, (1, 2), 7), (28, (1,), 14), (8, (1, 2), 2), (28, (1, 2, 2), 4)])

@@ -132,11 +132,35 @@ def test_damaged_npz(cli, tmp_path: Path) -> None:
     (["--eta", "-1"], "--eta"),  # was silently deterministic
     (["--eta", "inf"], "--eta"),  # was all-NaN samples
     (["--eta", "nan"], "--eta"),
-    (["--classifier-scale", "2"], "add --classifier DIR"),  # was ignored without a classifier
+    (["--classifier-scale", "2"], "classifier_scale scales classifier guidance"),  # was ignored without a classifier
+    (["--label", "\u00b2"], "label"),  # a Unicode digit that int() refuses: was a ValueError traceback
+    (["--seed", str(2**64)], "seed must be an integer in"),  # was torch's ValueError
 ])
 def test_bad_sampling_flags(cli, moons_run: Path, tmp_path: Path, args: list[str], fragment: str) -> None:
     assert_one_line_error(cli("sample", moons_run, "--out", tmp_path / "x.png", *args), fragment)
     assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "mnist-text is text-conditional: give a prompt"),
+    (["--label", "\u00b2"], "label must be 'all' or a class in 0..9"),
+    (["--prompt", "a 3", "--label", "3"], "a prompt or a label, not both"),
+])
+def test_text_model_flags(cli, tmp_path: Path, args: list[str], fragment: str) -> None:
+    """The pipeline's refusals reach the command line as one line naming the argument (the CLI no longer keeps
+    its own copies of them)."""
+    assert_one_line_error(cli("sample", "mnist-text", "--out", tmp_path / "x.png", *args), fragment)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_labels_are_parsed_as_decimal_numbers() -> None:
+    """--label K is an int when every character is a decimal digit (an Arabic-Indic 3 too); anything else ("²",
+    which isdigit() accepts and int() refuses; "-1"; "all") goes to the pipeline as given, to use or refuse."""
+    from diffusa.cli import build_parser, pipeline_args
+
+    for text, label in (("7", 7), ("\u0663", 3), ("\u00b2", "\u00b2"), ("-1", "-1"), ("all", "all")):
+        args = build_parser().parse_args(["sample", "run", "--out", "x.png", "--label", text])
+        assert pipeline_args(args, 4)["label"] == label
 
 
 @pytest.mark.parametrize("out", ["samples.jpg", "samples", "samples.npy"])

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import DIGITS_OVERRIDES, train_run
 
-from diffusa.classifier import guidance_log_prob, load_classifier, train_classifier
+from diffusa.classifier import guidance_log_prob, load_classifier
 from diffusa.config import load_config
 from diffusa.errors import DiffusaError
 from diffusa.process import VP
+from diffusa.tasks.classifier import train_classifier
 from diffusa.train import diffusion_engine
 
 COND = [*DIGITS_OVERRIDES, 'model.conditioning="class"']

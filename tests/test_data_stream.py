@@ -226,3 +226,16 @@ def test_cli_trains_on_a_streamed_folder(cli, tmp_path: Path) -> None:
     logs = [(tmp_path / s / "log.jsonl").read_text().splitlines() for s in ("on", "off")]
     losses = [[json.loads(line)["loss"] for line in log] for log in logs]
     assert losses[0] == losses[1] and len(losses[0]) >= 1  # the same batches: the same losses
+
+
+def test_mixed_gray_and_rgb_folder_has_the_same_channels_streamed_or_not(tmp_path: Path) -> None:
+    """One rule for both paths: grayscale only when every file is; a gray file first does not make it gray."""
+    from PIL import Image
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.new("L", (8, 8), 100).save(folder / "a.png")
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(folder / "b.png")
+    resident, streamed = (load_dataset(str(folder), stream=s) for s in ("off", "on"))
+    assert resident.shape == streamed.shape == (3, 8, 8)
+    assert torch.equal(resident.get(torch.arange(2)), streamed.get(torch.arange(2)))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from resume_check import interrupt_then_resume, same_checkpoint
 
 from diffusa.autoencoder import AutoencoderConfig
 from diffusa.checkpoint import load_json, load_tensors
@@ -25,32 +26,6 @@ from diffusa.train import diffusion_engine
 N = 6  # steps before the interruption; every run goes to 2N
 
 
-def same_checkpoint(a: Path, b: Path) -> None:
-    for name in ("model.safetensors", "train_state.safetensors"):
-        ta, tb = load_tensors(a / name), load_tensors(b / name)
-        assert set(ta) == set(tb), name
-        for k in ta:
-            assert torch.equal(ta[k], tb[k]), f"{name}: {k} differs"
-    assert load_json(a / "train_state.json") == load_json(b / "train_state.json")
-
-
-def interrupt_then_resume(make: Callable[[bool], Engine]) -> None:
-    """Ctrl-C after N steps, then resume: the run must equal make(False) run uninterrupted to 2N steps."""
-    first = make(False)
-    step = first.train_step
-
-    def interrupt_at_n() -> tuple:
-        if first.step == N:
-            raise KeyboardInterrupt
-        return step()
-
-    first.train_step = interrupt_at_n
-    with pytest.raises(KeyboardInterrupt):
-        first.fit()
-    assert load_json(first.out / "train_state.json")["step"] == N
-    make(True).fit()
-
-
 AE = AutoencoderConfig(kind="kl", channels=8, channel_mult=(1, 2), latent_channels=2)
 
 
@@ -60,7 +35,7 @@ def test_autoencoder_resumes_exactly(tmp_path: Path) -> None:
                                      resume=resume, progress=False)
 
     make(tmp_path / "whole")(False).fit()
-    interrupt_then_resume(make(tmp_path / "resumed"))
+    interrupt_then_resume(make(tmp_path / "resumed"), N)
     same_checkpoint(tmp_path / "whole", tmp_path / "resumed")
     meta = load_json(tmp_path / "resumed" / "config.json")
     assert meta["scale_factor"] > 0 and meta["held_out"]["mse"] > 0  # finished: the loader accepts it
@@ -74,7 +49,7 @@ def test_classifier_resumes_exactly(tmp_path: Path, digits_run: Path) -> None:
                                      progress=False)
 
     make(tmp_path / "whole")(False).fit()
-    interrupt_then_resume(make(tmp_path / "resumed"))
+    interrupt_then_resume(make(tmp_path / "resumed"), N)
     same_checkpoint(tmp_path / "whole", tmp_path / "resumed")
     assert set(load_json(tmp_path / "resumed" / "config.json")["held_out_accuracy"]) == {
         "t=0.1", "t=0.3", "t=0.5", "t=0.7", "t=0.9"}

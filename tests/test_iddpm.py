@@ -575,9 +575,9 @@ def test_hybrid_importance_training_resumes_exactly(hybrid_run: Path, tmp_path: 
     # 8 steps x 32 examples over 10 steps: the sampler has warmed up, so the second half samples by importance
     assert torch.equal(half["time_sampler.counts"], torch.full((10,), 10))
     _train(out, [*HYBRID, f"train.steps={2 * N}"], resume=True)
-    from test_train import assert_same_checkpoint
+    from resume_check import same_checkpoint
 
-    assert_same_checkpoint(out, hybrid_run)
+    same_checkpoint(out, hybrid_run)
     hist = load_tensors(hybrid_run / "train_state.safetensors")["time_sampler.history"]
     assert hist.shape == (10, 10) and bool(torch.isfinite(hist).all()) and float(hist.min()) > 0
 

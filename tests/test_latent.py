@@ -12,10 +12,11 @@ import pytest
 import torch
 from conftest import DIGITS_OVERRIDES, train_run
 
-from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+from diffusa.autoencoder import AutoencoderConfig
 from diffusa.data import load_dataset
 from diffusa.latent import latent_dataset
 from diffusa.runs import load_run
+from diffusa.tasks.autoencoder import train_autoencoder
 
 
 @pytest.fixture(scope="module")

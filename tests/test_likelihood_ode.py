@@ -170,3 +170,19 @@ def test_dequantize_images():
     for bad in (torch.zeros(2, 3, dtype=torch.uint8), torch.full((1, 1, 2, 2), 1.5)):
         with pytest.raises(DiffusaError):
             dequantize_images(bad)
+
+
+def test_bound_in_batches_slices_a_typed_condition() -> None:
+    """bits_per_dim with a Cond (labels) in batches of 2 equals one batch of 4: each batch gets its own labels."""
+    from diffusa import Cond, DiscreteDDPM
+    from diffusa.likelihood import bits_per_dim
+    from diffusa.prediction import Denoiser
+
+    proc = DiscreteDDPM("linear", 20)
+    den = Denoiser.from_function(lambda x, t, c: 0.1 * c.labels.view(-1, 1, 1, 1).to(x) + 0 * x, proc, "x0")
+    x = torch.linspace(-1, 1, 4 * 16).view(4, 1, 4, 4)
+    cond = Cond(labels=torch.tensor([0, 1, 2, 3]))
+    whole = bits_per_dim(den, x, cond=cond, generator=torch.Generator().manual_seed(0), batch_size=4)
+    halves = bits_per_dim(den, x, cond=cond, generator=torch.Generator().manual_seed(0), batch_size=2)
+    assert torch.allclose(whole.per_example, halves.per_example, rtol=1e-6)
+    assert len(set(whole.per_example.tolist())) == 4  # the labels reached each example

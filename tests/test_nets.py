@@ -293,3 +293,13 @@ def test_a_concatenated_image_condition_reaches_the_network():
     zeroed, _ = fit_to_condition(True)
     assert 0.95 < var < 1.05 and zeroed > 0.95 * var  # without the condition: no better than the mean
     assert mse < 0.25 * var and mse < 0.25 * zeroed
+
+
+def test_image_channels_of_every_kind() -> None:
+    """What a pipeline asks of a run: the condition image's channels, for the U-Net and the text U-Net alike."""
+    from diffusa.nets import network_kind
+
+    assert network_kind("unet").image_channels({"cond_channels": 3}) == 3
+    assert network_kind("unet").image_channels({}) == 0
+    assert network_kind("text_unet").image_channels({"unet": {"cond_channels": 2}, "text": {}}) == 2
+    assert network_kind("mlp").image_channels({"dim": 2}) == 0

@@ -51,7 +51,8 @@ def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def latent_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+    from diffusa.autoencoder import AutoencoderConfig
+    from diffusa.tasks.autoencoder import train_autoencoder
 
     base = tmp_path_factory.mktemp("latent")
     ae = train_autoencoder("digits", base / "ae", AutoencoderConfig(channels=8, latent_channels=2), steps=3,
@@ -173,7 +174,7 @@ def test_labels_prompts_and_guidance_are_recorded(cond_run: Path, text_run: Path
 
 
 def test_classifier_guidance(digits_run: Path, tmp_path: Path) -> None:
-    from diffusa.classifier import train_classifier
+    from diffusa.tasks.classifier import train_classifier
 
     clf = train_classifier(digits_run, tmp_path / "clf", steps=2, progress=False)
     pipe = diffusa.load(digits_run)
@@ -224,6 +225,12 @@ BAD = [
     ("digits_run", {"steps": 0}, "steps must be a positive integer"),
     ("digits_run", {"batch_size": 0}, "batch_size must be"),
     ("digits_run", {"seed": "one"}, "seed must be an integer"),
+    ("digits_run", {"seed": 2**64}, r"seed must be an integer in \[-2\*\*63, 2\*\*64 - 1\], got 18446744073709551616"),
+    ("digits_run", {"seed": -2**63 - 1}, "seed must be an integer in"),
+    ("digits_run", {"sampler": ["x"]}, "sampler must be a sampler's name"),
+    ("digits_run", {"steps": 5000}, "^steps 5000 exceeds the model's 1000 training steps"),  # not "--steps"
+    ("digits_run", {"steps": 5000, "sampler": "ddim", "spacing": "even"}, "^steps 5000 exceeds"),
+    ("digits_run", {"sampler": "ddim", "eta": "a"}, "eta must be a number"),
     ("digits_run", {"sampler": "dpm_pp"}, "unknown sampler 'dpm_pp'"),
     ("digits_run", {"spacing": "sideways"}, "unknown spacing 'sideways'"),
     ("digits_run", {"eta": -0.5}, "eta must be a finite number >= 0"),
@@ -243,6 +250,7 @@ BAD = [
     ("cond_run", {"guidance_scale": 2}, "guidance_scale needs a class"),
     ("cond_run", {"label": 1, "guidance_scale": math.nan}, "guidance_scale must be a finite number"),
     ("cond_run", {"label": 1, "guidance_scale": math.inf}, "guidance_scale must be a finite number"),
+    ("cond_run", {"label": 1, "guidance_scale": True}, "guidance_scale must be a finite number"),
     ("cond_run", {"label": 1, "classifier": "x", "classifier_scale": math.nan}, "classifier_scale must be a finite"),
     ("text_run", {}, "is text-conditional: give a prompt"),
     ("text_run", {"prompt": "a 3", "label": 3}, "a prompt or a label, not both"),
@@ -261,6 +269,65 @@ def test_bad_arguments_are_one_error_naming_them(request: pytest.FixtureRequest,
     with pytest.raises(DiffusaError, match=fragment) as info:
         pipe(**{"steps": 2, **kwargs})
     assert "\n" not in str(info.value)
+
+
+def test_device_is_checked_before_loading(digits_run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device torch cannot parse, or one this machine lacks, is one DiffusaError naming it (was a RuntimeError,
+    or an AssertionError from torch deep in loading) before any weights load."""
+    pipe = diffusa.load(digits_run, device="cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+
+    def no_loading(*_: object, **__: object) -> None:
+        raise AssertionError("loaded before the device was checked")
+
+    monkeypatch.setattr("diffusa.runs.load_run", no_loading)
+    for device, fragment in (("foo", "device 'foo' is not a device: use 'cpu', 'cuda'"),
+                             ("cuda", "device 'cuda': this machine has no CUDA device"),
+                             ("cuda:1", "device 'cuda:1': this machine has no CUDA device"),
+                             (torch.device("cuda"), "this machine has no CUDA device"),
+                             ("mps", "device 'mps': not available on this machine"),
+                             ("meta", "device 'meta': not available"), ([0], "is not a device")):
+        with pytest.raises(DiffusaError, match=fragment):
+            diffusa.load(digits_run, device=device)
+        with pytest.raises(DiffusaError, match=fragment):
+            Pipeline(pipe.run, device=device)
+
+
+def test_seeds_are_the_range_torch_takes(digits_run: Path) -> None:
+    """[-2**63, 2**64 - 1] (what torch.Generator.manual_seed accepts), numpy integers included, for sampling, the
+    noise it starts from, and likelihood; one helper refuses the rest for all three."""
+    pipe = diffusa.load(digits_run)
+    for seed in (-2**63, 2**64 - 1):
+        assert pipe(n=1, steps=1, seed=seed).settings["seed"] == seed
+    assert torch.equal(pipe(n=1, steps=1, seed=np.int64(7)).samples, pipe(n=1, steps=1, seed=7).samples)
+    assert torch.equal(pipe.noise(2, np.int64(7)), pipe.noise(2, 7))
+    x = torch.zeros(1, 1, 8, 8)
+    for bad in (2**64, -2**63 - 1, 1.0, True):
+        for call, kwargs in ((pipe, {"n": 1, "steps": 1}), (pipe.noise, {"n": 1}), (pipe.likelihood, {"x": x})):
+            with pytest.raises(DiffusaError, match="seed must be an integer in"):
+                call(**kwargs, seed=bad)
+
+
+def test_one_rule_for_guidance_scales_and_eta(cond_run: Path) -> None:
+    """A guidance scale is a finite number in the pipeline and in ClassifierFreeGuided alike (inf made NaN samples
+    there); eta is the samplers' own check_eta, called early by the pipeline."""
+    from diffusa.guidance import ClassifierFreeGuided, null_labels
+    from diffusa.samplers.common import check_eta
+
+    pipe = diffusa.load(cond_run)
+    for bad in (math.inf, -math.inf, math.nan, True, "2", 10**400):
+        with pytest.raises(DiffusaError, match="guidance scale must be a finite number"):
+            ClassifierFreeGuided(pipe.run.denoiser, bad, lambda c: null_labels(c, 10))
+        with pytest.raises(DiffusaError, match="guidance_scale must be a finite number"):
+            pipe(n=1, steps=1, label=1, guidance_scale=bad)
+    assert ClassifierFreeGuided(pipe.run.denoiser, np.float32(2), lambda c: null_labels(c, 10)).scale == 2.0
+    for eta in (-0.5, math.inf, math.nan):
+        with pytest.raises(DiffusaError) as samplers:
+            check_eta(eta)
+        with pytest.raises(DiffusaError) as pipeline:
+            pipe(n=1, steps=1, sampler="ddim", eta=eta)
+        assert str(pipeline.value) == str(samplers.value)
 
 
 def test_generate_refuses_a_class_conditional_model(cli, cond_run: Path, tmp_path: Path) -> None:
@@ -330,6 +397,31 @@ def test_likelihood_is_eval_bpd(cli, digits_run: Path, tmp_path: Path) -> None:
                              ({"terms": "some"}, "terms must be"), ({"seed": 1.5}, "seed must be")):
         with pytest.raises(DiffusaError, match=fragment):
             pipe.likelihood(x, **kwargs)
+
+
+def test_likelihood_takes_tensors_and_arrays_of_the_models_shape(digits_run: Path) -> None:
+    """Float (N, C, H, W) in [-1, 1] or uint8 pixels (N, H, W, C) as `Samples.images` holds them, as tensors or
+    numpy arrays, give the same bits/dim; another type or shape is one DiffusaError naming x (was an
+    AttributeError, or a convolution's RuntimeError)."""
+    pipe = diffusa.load(digits_run)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1), dtype=np.uint8)
+    x = torch.from_numpy(pixels).movedim(-1, 1).float() / 127.5 - 1
+    bpd = pipe.likelihood(x, terms=2, seed=1)["bpd"]
+    for same in (pixels, torch.from_numpy(pixels), pixels[..., 0], torch.from_numpy(pixels).movedim(-1, 1),
+                 x.numpy(), x.double()):
+        assert pipe.likelihood(same, terms=2, seed=1)["bpd"] == bpd
+    samples = pipe(n=2, steps=2)
+    assert pipe.likelihood(samples.images, terms=2)["bpd"] > 0  # a pipeline's own uint8 images
+    shape = r"x must be this model's images: float \(N, 1, 8, 8\) in \[-1, 1\], or uint8 pixels \(N, 8, 8, 1\)"
+    for bad, fragment in ((torch.zeros(2, 1, 28, 28), shape + r"; got torch.float32 of shape \(2, 1, 28, 28\)"),
+                          (torch.zeros(1, 8, 8), shape), (np.zeros((2, 8, 8, 3), np.uint8), shape),
+                          (np.zeros((2, 8, 8, 1), np.int32), "x must be uint8 pixels or float images"),
+                          (torch.zeros(2, 1, 8, 8, dtype=torch.long), "x must be uint8 pixels or float images"),
+                          ([x], "x must be a tensor or a numpy array of images, got list"),
+                          (torch.full((1, 1, 8, 8), math.nan), "x holds NaN")):
+        with pytest.raises(DiffusaError, match=fragment) as info:
+            pipe.likelihood(bad, terms=2)
+        assert "\n" not in str(info.value)
 
 
 def test_a_cpu_classifier_guides_a_model_on_another_device() -> None:

@@ -16,10 +16,11 @@ from conftest import DIGITS_OVERRIDES, train_run
 from safetensors import safe_open
 
 import diffusa
-from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+from diffusa.autoencoder import AutoencoderConfig
 from diffusa.checkpoint import load_tensors
 from diffusa.runs import load_run
 from diffusa.shipped import SHIPPED, export_run, resolve_model
+from diffusa.tasks.autoencoder import train_autoencoder
 
 REFERENCE = Path(__file__).parent / "data" / "shipped_reference.safetensors"
 

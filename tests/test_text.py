@@ -218,7 +218,7 @@ def test_text_model_trains_samples_and_rejects_bad_prompts(cli, tmp_path: Path, 
     r = cli("generate", "a 3", "--model", digits_run, "--n", 2, "--steps", 2, "--out", tmp_path / "g.png")
     assert r.code == 2 and "takes no prompt" in r.err and r.err.count("\n") == 1
     r = cli("sample", run, "--n", 4, "--steps", 2, "--out", tmp_path / "x.png")
-    assert r.code == 2 and "give --prompt" in r.err
+    assert r.code == 2 and "is text-conditional: give a prompt" in r.err
     r = cli("sample", digits_run, "--n", 4, "--steps", 2, "--prompt", "a 3", "--out", tmp_path / "x.png")
     assert r.code == 2 and "not text-conditional" in r.err and r.err.count("\n") == 1
     r = cli("eval", run, "--n", 20, "--steps", 2, "--label", "all", "--guidance-scale", 2)

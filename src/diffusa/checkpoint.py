@@ -71,6 +71,25 @@ def weights_file(folder: Path, legacy: str) -> Path:
     return path if path.is_file() or not (Path(folder) / legacy).is_file() else Path(folder) / legacy
 
 
+def read_trained_meta(path: Path, fmt: str, version: int, what: str, finished: str, command: str) -> dict[str, Any]:
+    """The config.json of a folder the engine trained (`what`: "autoencoder", "classifier"): its format and
+    version checked, and that training finished (`finished`: the key its task writes last); `command` trains one."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise DiffusaError(f"{path} is not a diffusa {what}: config.json is missing")
+    meta = load_json(path / "config.json")
+    if meta.get("format") != fmt:
+        raise DiffusaError(f"{path / 'config.json'} is not {'an' if what[0] in 'aeiou' else 'a'} {what} config "
+                           f"(format {meta.get('format')!r}); train one with `{command}`")
+    if finished not in meta:
+        raise DiffusaError(f"{path} holds a {what} whose training has not finished: finish it with "
+                           f"`{command} --resume`")
+    if meta.get("format_version") != version:
+        raise DiffusaError(f"{path}: {what} format version {meta.get('format_version')!r}; this diffusa reads "
+                           f"version {version}")
+    return meta
+
+
 def load_json(path: Path) -> dict[str, Any]:
     """Load a JSON object; errors name the file."""
     path = Path(path)

@@ -1,5 +1,6 @@
-"""Noise-aware classifiers for classifier guidance: build one for a diffusion run, train it (a task of the engine,
-`diffusa.tasks.classifier`), load it back as log p(y | x_t, t) (Dhariwal & Nichol 2021, Sec. 4)."""
+"""Noise-aware classifiers for classifier guidance: build one for a diffusion run, load it back as
+log p(y | x_t, t) (Dhariwal & Nichol 2021, Sec. 4); it is trained as a task of the engine
+(`diffusa.tasks.classifier.train_classifier`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import torch
 
-from diffusa.checkpoint import load_json, load_state_dict_strict, load_tensors, weights_file
+from diffusa.checkpoint import load_state_dict_strict, load_tensors, read_trained_meta, weights_file
 from diffusa.errors import DiffusaError
 from diffusa.guidance import LogProbFn, classifier_log_prob
 from diffusa.nets import network_kind
@@ -44,41 +45,17 @@ def accuracy_by_noise(net: EncoderClassifier, process: Process, x: torch.Tensor,
     g = torch.Generator().manual_seed(seed)
     out = {}
     for t in times:
-        tt = torch.full((x.shape[0],), t, dtype=torch.float64)
-        x_t = process.q_sample(x, tt, torch.randn(x.shape, generator=g))
+        tt = torch.full((x.shape[0],), t, dtype=torch.float64, device=x.device)
+        x_t = process.q_sample(x, tt, torch.randn(x.shape, generator=g).to(x.device))
         out[f"t={t:g}"] = float((net(x_t, process.c_noise(tt).float()).argmax(1) == y).float().mean())
     return out
-
-
-def train_classifier(run: str | Path, out: str | Path, *, steps: int = 1500, batch_size: int = 128,
-                     lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, progress: bool = True,
-                     resume: bool = False) -> Path:
-    """Train p(y | x_t, t) on the labelled data of `run` with the engine (`diffusa.tasks.classifier`)."""
-    from diffusa.engine import Engine
-    from diffusa.tasks.classifier import ClassifierTask, classifier_settings
-
-    out = Path(out)
-    if (out / "config.json").exists() and not resume:
-        raise DiffusaError(f"{out} already holds a classifier; choose another --out (or --resume)")
-    task = ClassifierTask(run, classifier_settings(steps, batch_size, lr, weight_decay, seed))
-    return Engine(task, out, resume=resume, progress=progress).fit()
 
 
 def load_classifier(path: str | Path) -> tuple[EncoderClassifier, Process, dict[str, Any]]:
     """(network, process, config) of a classifier folder written by `train_classifier`."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise DiffusaError(f"{path} is not a diffusa classifier: config.json is missing")
-    meta = load_json(path / "config.json")
-    if meta.get("format") != CLASSIFIER_FORMAT:
-        raise DiffusaError(f"{path / 'config.json'} is not a classifier config (format {meta.get('format')!r}); "
-                           "train one with `diffusa train-classifier RUN --out DIR`")
-    if "held_out_accuracy" not in meta:
-        raise DiffusaError(f"{path} holds a classifier whose training has not finished: finish it with "
-                           "`diffusa train-classifier RUN --out DIR --resume`")
-    if meta.get("format_version") != CLASSIFIER_VERSION:
-        raise DiffusaError(f"{path}: classifier format version {meta.get('format_version')!r}; this diffusa reads "
-                           f"version {CLASSIFIER_VERSION}")
+    meta = read_trained_meta(path, CLASSIFIER_FORMAT, CLASSIFIER_VERSION, "classifier", "held_out_accuracy",
+                             "diffusa train-classifier RUN --out DIR")
     try:
         net = build_classifier(meta["network"], int(meta["num_classes"]))
     except (KeyError, TypeError, ValueError) as e:
@@ -98,4 +75,4 @@ def guidance_log_prob(path: str | Path, process: Process) -> tuple[LogProbFn, in
 
 
 __all__ = ["CLASSIFIER_FORMAT", "CLASSIFIER_VERSION", "accuracy_by_noise", "build_classifier", "classifier_config",
-            "guidance_log_prob", "load_classifier", "train_classifier"]
+            "guidance_log_prob", "load_classifier"]

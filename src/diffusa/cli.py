@@ -112,7 +112,7 @@ def sampler_options(args: argparse.Namespace) -> dict[str, Any]:
 def pipeline_args(args: argparse.Namespace, n: int) -> dict[str, Any]:
     """The pipeline's arguments from the sampling flags; a flag not given keeps the pipeline's default."""
     label = args.label
-    if label is not None and label.isdigit():
+    if label is not None and label.isdecimal():  # not isdigit: "²" is a digit that int() refuses
         label = int(label)  # "all" stays; anything else is the pipeline's to refuse, naming the label
     kw = {"n": n, "seed": args.seed, "label": label, "guidance_scale": args.guidance_scale,
           "classifier": args.classifier, "classifier_scale": args.classifier_scale, "spacing": args.spacing,
@@ -124,11 +124,12 @@ def pipeline_args(args: argparse.Namespace, n: int) -> dict[str, Any]:
 
 
 def check_prompt(pipe: Any, args: argparse.Namespace) -> None:
-    """A text model needs --prompt (or --label); said with the flags' names."""
-    if pipe.is_text and args.prompt is None and args.label is None:
-        raise DiffusaError(f"{args.run} is text-conditional: give --prompt \"a handwritten 7\" (or --label K)")
-    if args.classifier_scale is not None and args.classifier is None:
-        raise DiffusaError("--classifier-scale scales classifier guidance: add --classifier DIR")
+    """The pipeline's own refusals that need no sampling (a text model without a prompt or label, a classifier
+    scale without a classifier, a non-finite scale), before eval loads its data sets."""
+    from diffusa.pipelines.request import check_request
+
+    check_request(pipe.run, pipe.name, prompt=args.prompt, label=args.label, guidance_scale=args.guidance_scale,
+                  classifier=args.classifier, classifier_scale=args.classifier_scale)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -137,7 +138,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = check_out(args.out)
     pipe = load(args.run)
-    check_prompt(pipe, args)
     frames: dict[int, torch.Tensor] = {}
     labels: dict[int, str] = {}
     callback = None
@@ -164,8 +164,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 # -- eval -------------------------------------------------------------------------------------
+EVAL_REFERENCE = 10_000  # held-out examples the samples are compared with (every built-in test split whole)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    from diffusa.data import load_dataset
+    from diffusa.data import examples, run_dataset
     from diffusa.metrics import classify, image_metrics, point_metrics
     from diffusa.pipelines import load
 
@@ -184,17 +187,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DiffusaError("eval needs --n of at least 2 (the Frechet distance compares covariances)")
     pipe = load(args.run)
     dc = pipe.run.config.data
-    test = load_dataset(dc.name, "test", dc.image_size, dc.grayscale)
+    test = examples(run_dataset(dc, "test"), EVAL_REFERENCE)  # a folder that streams is read in part
     if args.bpd:
-        return eval_bpd(pipe, test.x, args)
+        return eval_bpd(pipe, test, args)
     check_prompt(pipe, args)
-    train = load_dataset(dc.name, "train", dc.image_size, dc.grayscale)
+    train = run_dataset(dc, "train")
     n = args.n or (1000 if pipe.is_image else 2000)
     res = pipe(args.prompt, **pipeline_args(args, n))
     x = res.samples
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    floor_set = train.x[perm[:n]]
-    metrics = image_metrics(x, test.x, floor_set) if pipe.is_image else point_metrics(x, test.x, floor_set)
+    floor_set = train.get(perm[:n])
+    metrics = image_metrics(x, test, floor_set) if pipe.is_image else point_metrics(x, test, floor_set)
     s = res.settings
     if res.labels is not None and pipe.is_image:  # the digit classifier's argmax against the requested labels
         metrics.update({"label": args.label, "guidance_scale": s["guidance_scale"], "classifier": args.classifier,
@@ -238,15 +241,16 @@ def eval_bpd(pipe: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
 
 def terms_arg(text: str) -> str:
     """--terms: 'all' or a positive integer."""
-    if text == "all" or (text.isdigit() and int(text) > 0):
+    if text == "all" or (text.isdecimal() and int(text) > 0):
         return text
     raise argparse.ArgumentTypeError(f"expected 'all' or a positive integer, got {text!r}")
 
 
 # -- autoencoder ------------------------------------------------------------------------------
 def cmd_train_autoencoder(args: argparse.Namespace) -> int:
-    from diffusa.autoencoder import AutoencoderConfig, train_autoencoder
+    from diffusa.autoencoder import AutoencoderConfig
     from diffusa.checkpoint import load_json
+    from diffusa.tasks.autoencoder import train_autoencoder
 
     levels = {2: 1, 4: 2, 8: 3}[args.factor]
     cfg = AutoencoderConfig(kind=args.kind, channels=args.channels, channel_mult=(1, 2, 2)[:levels],

@@ -7,7 +7,7 @@ import argparse
 
 
 def cmd_train_classifier(args: argparse.Namespace) -> int:
-    from diffusa.classifier import train_classifier
+    from diffusa.tasks.classifier import train_classifier
 
     out = train_classifier(args.run, args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            seed=args.seed, progress=not args.quiet, resume=args.resume)

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -182,6 +182,12 @@ def image_header(f: Path) -> tuple[str, tuple[int, int]]:
         raise DiffusaError(f"cannot read image {f}: {e}") from None
 
 
+def folder_grayscale(files: list[Path]) -> bool:
+    """A folder's images are read as one channel when every file is grayscale (headers only), else as RGB: the
+    one rule of resident and streamed folders alike."""
+    return all(image_header(f)[0] in GRAY_MODES for f in files)
+
+
 def decode_image(f: Path, mode: str, image_size: int | None = None) -> np.ndarray:
     """One image file -> uint8 (H, W) for mode "L" or (H, W, 3) for "RGB", resized (bicubic) to a square of
     `image_size` if given. The resident and the streaming folders both decode through here."""
@@ -204,7 +210,7 @@ def load_folder(path: Path, image_size: int | None = None, grayscale: bool | Non
     is an error that names it. grayscale None: one channel if every file is grayscale, else RGB."""
     files = list_images(path) if files is None else files
     if grayscale is None:
-        grayscale = all(image_header(f)[0] in GRAY_MODES for f in files)
+        grayscale = folder_grayscale(files)
     mode = "L" if grayscale else "RGB"
     arrays = [decode_image(f, mode, image_size) for f in files]
     sizes = {a.shape for a in arrays}
@@ -342,6 +348,21 @@ BUILTIN = ["mnist5k", "digits", *TOYS]
 
 
 STREAM_CHOICES = ("auto", "on", "off")
+
+
+def run_dataset(data: Any, split: str = "train", **overrides: Any) -> Dataset | FolderStream:
+    """The dataset a run's data settings name: a `DataConfig`, or the "data" table of a run's config.json."""
+    def value(key: str) -> Any:
+        return data.get(key) if isinstance(data, dict) else getattr(data, key, None)
+
+    options = {"image_size": value("image_size"), "grayscale": value("grayscale"), "array": value("array"),
+               "stream": value("stream") or "auto", **overrides}
+    return load_dataset(value("name"), split, **options)
+
+
+def examples(data: Dataset | FolderStream, limit: int) -> torch.Tensor:
+    """The first `limit` examples of a dataset (all of a smaller one) as one tensor, whether it streams or not."""
+    return data.get(torch.arange(min(len(data), limit)))
 
 
 def load_dataset(name: str, split: str = "train", image_size: int | None = None, grayscale: bool | None = None,

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from diffusa.data import (
-    GRAY_MODES,
     Dataset,
     batches,
     decode_image,
+    folder_grayscale,
     image_header,
     list_images,
     load_folder,
@@ -134,9 +134,9 @@ class _StepBatches:
 class FolderStream:
     """An image folder read from disk batch by batch; the attributes of `Dataset` except `x`.
 
-    Only the file list lives in memory. The first file fixes the shape (and, with grayscale None, the channels:
-    one if it is grayscale); a file of another size is an error when it is met, unless `image_size` resizes
-    every file."""
+    Only the file list lives in memory. The first file fixes the shape; with grayscale None the channels are one
+    when every file is grayscale (`folder_grayscale`, as a resident folder decides); a file of another size is an
+    error when it is met, unless `image_size` resizes every file."""
 
     kind = "image"
     labels: torch.Tensor | None = None
@@ -147,7 +147,7 @@ class FolderStream:
                  num_workers: int | None = None) -> None:
         self.name = path.name
         self.num_workers = NUM_WORKERS if num_workers is None else num_workers  # 0: decode in this process
-        mode = "L" if (grayscale if grayscale is not None else image_header(files[0])[0] in GRAY_MODES) else "RGB"
+        mode = "L" if (grayscale if grayscale is not None else folder_grayscale(files)) else "RGB"
         first = decode_image(files[0], mode, image_size)
         self._decoder = _Decoder(_PathTable(path, files), mode, image_size, first.shape)
         self.captions = read_captions(path, files)
@@ -198,9 +198,10 @@ def open_folder(path: Path, image_size: int | None = None, grayscale: bool | Non
     """A folder of images, resident (`load_folder`) or streamed (`FolderStream`): stream "on", "off", or "auto"
     (streams when the decoded float32 images would exceed `stream_threshold()` bytes)."""
     files = list_images(path)
+    grayscale = folder_grayscale(files) if grayscale is None else grayscale  # headers only, read once
     if stream == "auto":
-        mode, (w, h) = image_header(files[0])
-        gray = grayscale if grayscale is not None else mode in GRAY_MODES
+        _, (w, h) = image_header(files[0])
+        gray = grayscale
         side = (image_size, image_size) if image_size is not None else (h, w)
         decoded = len(files) * (1 if gray else 3) * side[0] * side[1] * 4
         stream = "on" if decoded > stream_threshold() else "off"

@@ -13,6 +13,8 @@ guidance on top of a classifier-free guided model. Conditionings are read as `di
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +29,18 @@ LogProbFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NullCond = Any  # the unconditional conditioning, or a function of the conditional one that returns it
 
 
-def _check_scale(scale: Any) -> float:
-    """A guidance scale as a float; a DiffusaError for anything but a number (NaN included)."""
-    if not isinstance(scale, (int, float)) or scale != scale:
-        raise DiffusaError(f"guidance scale must be a number, got {scale!r}")
-    return float(scale)
+def check_scale(scale: Any, name: str = "guidance scale") -> float:
+    """A guidance scale as a float: the one rule for guidance scales (ClassifierFreeGuided's, and the pipelines'
+    guidance_scale and classifier_scale). A finite real number (numpy's included); a DiffusaError naming `name`
+    for anything else: a bool, NaN, or inf (which makes every sample NaN)."""
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):
+        try:
+            value = float(scale)
+        except OverflowError:  # an int beyond a float's range
+            value = math.inf
+        if math.isfinite(value):
+            return value
+    raise DiffusaError(f"{name} must be a finite number, got {scale!r}")
 
 
 def null_labels(cond: Cond | torch.Tensor, null: int) -> Cond:
@@ -69,7 +78,7 @@ class ClassifierFreeGuided(Denoiser):
     """
 
     def __init__(self, denoiser: Denoiser, scale: float, null_cond: NullCond) -> None:
-        self.scale = _check_scale(scale)
+        self.scale = check_scale(scale)
         if not isinstance(denoiser, Denoiser):
             raise DiffusaError(f"classifier-free guidance wraps a Denoiser, got {type(denoiser).__name__}")
         if isinstance(denoiser, ClassifierGuided):  # its guidance is on the score: the raw outputs do not have it
@@ -166,5 +175,5 @@ def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     return log_prob
 
 
-__all__ = ["ClassifierFreeGuided", "ClassifierGuided", "classifier_free", "classifier_log_prob", "null_captions",
-           "null_labels"]
+__all__ = ["ClassifierFreeGuided", "ClassifierGuided", "check_scale", "classifier_free", "classifier_log_prob",
+           "null_captions", "null_labels"]

@@ -28,11 +28,13 @@ from diffusa.process import PROCESSES, DiscreteDDPM, Process, process_from_dict
 
 
 def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int = 0,
-                 cond_channels: int = 0) -> tuple[str, dict[str, Any]]:
-    """The network kind and its full config for data of this shape (the kind's defaults, then cfg.model.net):
+                 cond_channels: int = 0, data_kind: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The network kind and its full config for data of this shape and kind ("image" | "points", as the dataset
+    declares it; None: read from the shape) — the kind's defaults, then cfg.model.net:
     diffusa.nets.registry.network_config. cond_channels > 0: an image of that many channels is concatenated to
     the network's input (an image-conditioned U-Net)."""
-    request = NetRequest(tuple(data_shape), num_classes=num_classes, learned_variance=cfg.model.learned_variance,
+    request = NetRequest(tuple(data_shape), data_kind=data_kind, num_classes=num_classes,
+                         learned_variance=cfg.model.learned_variance,
                          conditioning=cfg.model.conditioning, cond_channels=cond_channels, net=cfg.model.net,
                          text=cfg.model.text)
     return network_config(cfg.model.kind, request)

@@ -12,6 +12,7 @@ from typing import Any
 from diffusa.checkpoint import save_tensors
 from diffusa.config import RunConfig
 from diffusa.engine import Engine, leave_distributed
+from diffusa.engine.loop import check_out
 from diffusa.errors import DiffusaError
 from diffusa.runs import read_run_meta
 from diffusa.tasks.diffusion import DiffusionTask
@@ -44,6 +45,7 @@ def diffusion_engine(cfg: RunConfig, out: str | Path, *, resume: bool = False, p
                      data: Any = None, init: str | Path | None = None) -> Engine:
     """The engine that trains a diffusion run folder from `cfg`. `init`: a run folder or shipped model whose EMA
     weights the network starts from (a new run, with its own optimizer state)."""
+    check_out(out, resume, init)  # before the data are read (and encoded) and the network built
     weights = None
     task = DiffusionTask(cfg, data)
     if init is not None:

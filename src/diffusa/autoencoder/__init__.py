@@ -1,16 +1,15 @@
-"""Autoencoders for latent diffusion: KL- and VQ-regularized, their training, metrics, save and load."""
+"""Autoencoders for latent diffusion: KL- and VQ-regularized, their metrics, save and load (training:
+`diffusa.tasks.autoencoder`)."""
 
-from diffusa.autoencoder.model import AUTOENCODERS, KLAutoencoder, VectorQuantizer, VQAutoencoder
-from diffusa.autoencoder.nets import AutoencoderConfig
-from diffusa.autoencoder.train import (
+from diffusa.autoencoder.io import (
     build_autoencoder,
     decode_all,
     encode_all,
     load_autoencoder,
     reconstruction_metrics,
-    train_autoencoder,
 )
+from diffusa.autoencoder.model import AUTOENCODERS, KLAutoencoder, VectorQuantizer, VQAutoencoder
+from diffusa.autoencoder.nets import AutoencoderConfig
 
 __all__ = ["AUTOENCODERS", "AutoencoderConfig", "KLAutoencoder", "VQAutoencoder", "VectorQuantizer",
-           "build_autoencoder", "decode_all", "encode_all", "load_autoencoder", "reconstruction_metrics",
-           "train_autoencoder"]
+           "build_autoencoder", "decode_all", "encode_all", "load_autoencoder", "reconstruction_metrics"]

@@ -37,7 +37,8 @@ class KLAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         mean, logvar = self.moments(x)
-        eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        # drawn where the generator lives (the engine's is on the CPU), then moved: the same noise on every device
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype).to(mean.device)
         z = mean + (0.5 * logvar).exp() * eps
         kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).flatten(1).mean(1).mean()
         return self.decode(z), self.cfg.kl_weight * kl, {"kl": kl.item()}

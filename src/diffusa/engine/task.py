@@ -72,8 +72,9 @@ class Task:
     def preview(self, out: Path, name: str) -> None:
         """Write a picture of the model now (samples, reconstructions) as out/samples/NAME.png; optional."""
 
-    def finish(self, out: Path, model: nn.Module) -> None:
-        """After the last step: final measurements into config.json, with `model` the weights that were saved."""
+    def finish(self, out: Path, model: nn.Module, seconds: float) -> None:
+        """After the last step: final measurements into config.json, with `model` the weights that were saved and
+        `seconds` the training time (every segment of a resumed run)."""
 
 
 __all__ = ["StepLoss", "Task"]

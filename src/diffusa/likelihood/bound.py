@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from diffusa.cond import slice_cond
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser
 from diffusa.process import DiscreteDDPM, Process, as_time, expand_as
@@ -197,10 +198,6 @@ def _randn(shape: torch.Size, like: torch.Tensor, generator: torch.Generator | N
     return torch.randn(shape, generator=generator, device=dev, dtype=like.dtype).to(like.device)
 
 
-def _slice_cond(cond: Any, lo: int, hi: int) -> Any:
-    return cond[lo:hi] if torch.is_tensor(cond) else cond
-
-
 def term_draws(n: int, terms: int | None, batch: int, generator: torch.Generator | None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """(steps (batch, K), weights (K,)): every step with weight 1, or a stratified draw of K of the n steps.
@@ -247,7 +244,7 @@ def bits_per_dim(denoiser: Denoiser, x0: torch.Tensor, *, terms: int | None = No
     for lo in range(0, x0.shape[0], batch_size):
         xb = x0[lo:lo + batch_size]
         b = xb.shape[0]
-        cb = _slice_cond(cond, lo, lo + batch_size)
+        cb = slice_cond(cond, lo, lo + batch_size)
         prior_b = prior_bpd(denoiser.process, xb, grid[0].to(xb.device)).double().cpu()
         steps, weights = term_draws(n, terms, b, generator)
         total_b = torch.zeros(b, dtype=torch.float64)

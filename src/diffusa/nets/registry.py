@@ -71,10 +71,7 @@ class NetworkKind:
 
     def image_channels(self, cfg: Mapping[str, Any]) -> int:
         """Channels of the condition image this network concatenates to its input (cond.image); 0 for none."""
-        if "image" not in self.accepts:
-            return 0
-        unet = self.classifier_unet(cfg) or {}
-        return int(unet.get("cond_channels", 0) or 0)
+        return 0
 
 
 _KINDS: dict[str, NetworkKind] = {}

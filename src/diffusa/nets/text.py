@@ -135,6 +135,9 @@ class TextUNetKind(NetworkKind):
         if t.encoder == "hf" and not t.path:
             raise DiffusaError("network 'text_unet': the hf text encoder needs a path (model.text.path)")
 
+    def image_channels(self, cfg: Mapping[str, Any]) -> int:
+        return int(cfg["unet"].get("cond_channels", 0) or 0)
+
     def build(self, cfg: Mapping[str, Any]) -> nn.Module:
         return TextUNet(cfg["unet"], cfg["text"])
 

@@ -307,5 +307,8 @@ class UNetKind(NetworkKind):
     def classifier_unet(self, cfg: Mapping[str, Any]) -> dict[str, Any] | None:
         return dict(cfg)
 
+    def image_channels(self, cfg: Mapping[str, Any]) -> int:
+        return int(cfg.get("cond_channels", 0) or 0)
+
 
 __all__ = ["DEFAULT_UNET", "UNet", "UNetConfig", "UNetKind", "check_unet", "unet_config"]

@@ -7,19 +7,50 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from diffusa.errors import DiffusaError
+from diffusa.pipelines.request import check_seed
 
 DEFAULT_TERMS = 100  # bound terms per image on a chain: an unbiased K-term estimate
 DEFAULT_RTOL = 1e-5  # the ODE solver's tolerance (rtol = atol)
 ODE_BATCH = 100  # images per ODE solve: the solver runs on a whole batch at once; this bounds its memory
 
 
-def image_likelihood(run: Any, name: str, x: torch.Tensor, *, terms: int | str | None = None,
+def likelihood_images(x: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """The images `likelihood` measures, as float (N, C, H, W) in [-1, 1] of the model's data `shape` (C, H, W): a
+    tensor or numpy array, float (N, C, H, W) in [-1, 1] from 8-bit pixels, or uint8 pixels (N, H, W, C)
+    (`Samples.images`; (N, H, W) for one channel) or (N, C, H, W); one DiffusaError naming x otherwise."""
+    c, h, w = shape
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+            raise DiffusaError(f"x must be uint8 pixels or float images in [-1, 1], got a numpy array of {x.dtype}")
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not torch.is_tensor(x):
+        raise DiffusaError(f"x must be a tensor or a numpy array of images, got {type(x).__name__}")
+    got = tuple(x.shape)
+    if x.dtype == torch.uint8:
+        if x.ndim == 3 and c == 1:
+            x = x[..., None]  # (N, H, W): one channel
+        if x.ndim == 4 and tuple(x.shape[1:]) == (h, w, c) != (c, h, w):
+            x = x.movedim(-1, 1)
+        x = x.float() / 127.5 - 1
+    elif not x.is_floating_point():
+        raise DiffusaError(f"x must be uint8 pixels or float images in [-1, 1], got {x.dtype}")
+    if x.ndim != 4 or tuple(x.shape[1:]) != (c, h, w):
+        raise DiffusaError(f"x must be this model's images: float (N, {c}, {h}, {w}) in [-1, 1], or uint8 pixels "
+                           f"(N, {h}, {w}, {c}); got {x.dtype} of shape {got}")
+    if not torch.isfinite(x).all():
+        raise DiffusaError("x holds NaN or inf values")
+    return x.float()
+
+
+def image_likelihood(run: Any, name: str, x: torch.Tensor | np.ndarray, *, terms: int | str | None = None,
                      variance: str | None = None, rtol: float | None = None, seed: int = 0,
                      batch_size: int | None = None, plot: str | Path | None = None) -> dict[str, Any]:
-    """Bits/dim of images x (float (N, C, H, W) in [-1, 1] from 8-bit pixels, or uint8) as a JSON-ready dict.
+    """Bits/dim of images x (float (N, C, H, W) in [-1, 1] from 8-bit pixels, or uint8: `likelihood_images`) as a
+    JSON-ready dict.
 
     A discrete chain: the bound with `terms` terms per image (default 100; "all" for the full bound) and the
     fixed step `variance` ("beta_tilde", default, or "beta") of a model that does not learn it; `plot` draws the
@@ -36,8 +67,8 @@ def image_likelihood(run: Any, name: str, x: torch.Tensor, *, terms: int | str |
     if run.decoder is not None:
         raise DiffusaError("likelihood measures 8-bit pixels; this run is a latent model, whose likelihood would be "
                            "of its latents, not of the images")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DiffusaError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed)
+    x = likelihood_images(x, run.data_shape)
     n = len(x)
     if n < 1:
         raise DiffusaError("likelihood needs at least one image")
@@ -93,4 +124,4 @@ def image_likelihood(run: Any, name: str, x: torch.Tensor, *, terms: int | str |
     return out
 
 
-__all__ = ["DEFAULT_RTOL", "DEFAULT_TERMS", "ODE_BATCH", "image_likelihood"]
+__all__ = ["DEFAULT_RTOL", "DEFAULT_TERMS", "ODE_BATCH", "image_likelihood", "likelihood_images"]

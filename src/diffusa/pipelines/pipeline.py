@@ -12,16 +12,16 @@ a convolution may sum in another order for another batch size). A stochastic sam
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from diffusa.errors import DiffusaError
 from diffusa.pipelines.likelihood import image_likelihood
-from diffusa.pipelines.request import Label, count, resolve
+from diffusa.pipelines.request import Label, check_seed, count, resolve
 from diffusa.pipelines.result import Samples
 from diffusa.runs import Run
 
@@ -46,13 +46,51 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+def check_device(device: Any) -> torch.device:
+    """A device this machine has: "cpu", "cuda" / "cuda:N" (with CUDA), "mps" (on Apple silicon), or another that
+    torch reports available; one DiffusaError naming `device` otherwise, before anything loads."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise DiffusaError(f"device {device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DiffusaError(f"device {device!r}: this machine has no CUDA device available (use device='cpu')")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DiffusaError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return dev
+    if dev.type == "mps":
+        available = torch.backends.mps.is_available()
+    else:  # xpu and the like: torch.<type>.is_available(); meta and backends without one are refused
+        available = getattr(getattr(torch, dev.type, None), "is_available", lambda: False)()
+    if not available:
+        raise DiffusaError(f"device {device!r}: not available on this machine (use device='cpu')")
+    return dev
+
+
+def _grid(den: Any, steps: int, spacing: str | None, sampler: str) -> torch.Tensor:
+    """The sampling grid (samplers.make_grid), its steps refusal naming the argument `steps` rather than the
+    command line's --steps (a discrete chain's grid has at most its training steps)."""
+    from diffusa.samplers import make_grid
+
+    try:
+        return make_grid(den, steps, spacing, sampler)
+    except DiffusaError as e:
+        if str(e).startswith("--steps "):
+            raise DiffusaError(str(e).removeprefix("--")) from None
+        raise
+
+
 class Pipeline:
     """A loaded model that draws samples: `pipe(prompt, n=..., ...)` -> `Samples`; `pipe.likelihood(x)`."""
 
     def __init__(self, run: Run, name: str | None = None, device: str | torch.device = "cpu") -> None:
         self.run = run
         self.name = str(run.path) if name is None else name
-        self.device = torch.device(device)
+        self.device = check_device(device)
 
     def __repr__(self) -> str:
         what = "text-conditional" if self.is_text else (
@@ -101,7 +139,7 @@ class Pipeline:
     # -- sampling ------------------------------------------------------------------------------------------
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """x_T of the first n samples that a call with this seed starts from (on the CPU)."""
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(check_seed(seed))
         return self.run.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,26 +165,29 @@ class Pipeline:
         returning True stops there, and the samples are then the x0 predicted at that step, for this batch
         and every later one (`Samples.stopped_at`).
         """
-        from diffusa.samplers import SAMPLERS, make_grid, sample
+        from diffusa.samplers import SAMPLERS, sample
+        from diffusa.samplers.common import check_eta
 
+        if not isinstance(sampler, str):
+            raise DiffusaError(f"sampler must be a sampler's name (a string), got {type(sampler).__name__}")
         if sampler not in SAMPLERS:
             raise DiffusaError(f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
         _positive_int(steps, "steps")
         _positive_int(batch_size, "batch_size")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise DiffusaError(f"seed must be an integer, got {seed!r}")
-        if eta is not None and (isinstance(eta, bool) or not isinstance(eta, (int, float))
-                                or not math.isfinite(eta) or eta < 0):
-            raise DiffusaError(f"eta must be a finite number >= 0, got {eta!r}")
+        seed = check_seed(seed)
+        if eta is not None:
+            if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+                raise DiffusaError(f"eta must be a number, got {eta!r}")
+            check_eta(float(eta))  # the samplers' own rule, before anything is drawn
         if callback is not None and not callable(callback):
             raise DiffusaError(f"callback must be a function (step, t, x_t, x0), got {type(callback).__name__}")
         n = count(n, prompt, label, DEFAULT_N)
+        grid = _grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
         req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                       classifier=classifier, classifier_scale=classifier_scale, image=image,
                       image_channels=self.image_channels)
         den = req.denoiser
         options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
-        grid = make_grid(den, steps, spacing, sampler)
         g = torch.Generator().manual_seed(seed)
         x_T = den.process.prior_sample((n, *self.data_shape), generator=g)
         stop: dict[str, int] = {}
@@ -194,12 +235,14 @@ class Pipeline:
         return hook
 
     # -- likelihood ----------------------------------------------------------------------------------------
-    def likelihood(self, x: torch.Tensor, *, terms: int | str | None = None, variance: str | None = None,
-                   rtol: float | None = None, seed: int = 0, batch_size: int | None = None,
-                   plot: str | Path | None = None) -> dict[str, Any]:
-        """Bits/dim of 8-bit images x (see `diffusa.pipelines.likelihood.image_likelihood`): the variational bound
-        of a discrete chain (terms, default 100, or "all"; variance; a plot of its terms), or the probability-flow
-        ODE of a continuous process (rtol, default 1e-5; batch_size images per solve, default 100)."""
+    def likelihood(self, x: torch.Tensor | np.ndarray, *, terms: int | str | None = None,
+                   variance: str | None = None, rtol: float | None = None, seed: int = 0,
+                   batch_size: int | None = None, plot: str | Path | None = None) -> dict[str, Any]:
+        """Bits/dim of 8-bit images x of the model's data shape, float (N, C, H, W) in [-1, 1] or uint8 pixels
+        (N, H, W, C) such as `Samples.images` (see `diffusa.pipelines.likelihood.image_likelihood`): the
+        variational bound of a discrete chain (terms, default 100, or "all"; variance; a plot of its terms), or
+        the probability-flow ODE of a continuous process (rtol, default 1e-5; batch_size images per solve,
+        default 100)."""
         return image_likelihood(self.run, self.name, x, terms=terms, variance=variance, rtol=rtol, seed=seed,
                                 batch_size=batch_size, plot=plot)
 
@@ -210,7 +253,9 @@ def load(name_or_path: str | Path, device: str | torch.device = "cpu") -> Pipeli
     from diffusa.runs import load_run
     from diffusa.shipped import run_path
 
-    return Pipeline(load_run(run_path(name_or_path), device), str(name_or_path), device)
+    dev = check_device(device)  # before the weights load
+    return Pipeline(load_run(run_path(name_or_path), dev), str(name_or_path), dev)
 
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "Pipeline", "StepCallback", "load"]
+__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "Pipeline", "StepCallback", "check_device",
+           "load"]

@@ -8,7 +8,6 @@ folder, and an image concatenated to the input of an image-conditioned model.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,12 +43,37 @@ def _is_int(v: Any) -> bool:
 
 
 def finite_scale(value: Any, name: str) -> float | None:
-    """A guidance scale: None, or a finite number."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not math.isfinite(float(value)):
-        raise DiffusaError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    """A guidance scale: None, or a finite number (`diffusa.guidance.check_scale`, the one rule)."""
+    from diffusa.guidance import check_scale
+
+    return None if value is None else check_scale(value, name)
+
+
+SEED_RANGE = (-2 ** 63, 2 ** 64 - 1)  # what torch.Generator.manual_seed accepts
+
+
+def check_seed(seed: Any) -> int:
+    """A seed for torch.Generator.manual_seed: an integer in [-2**63, 2**64 - 1]."""
+    lo, hi = SEED_RANGE
+    if not _is_int(seed) or not lo <= seed <= hi:
+        raise DiffusaError(f"seed must be an integer in [-2**63, 2**64 - 1], got {seed!r}")
+    return int(seed)
+
+
+def check_request(run: Any, name: str, *, prompt: Any, label: Label, guidance_scale: Any, classifier: Any,
+                  classifier_scale: Any) -> tuple[float | None, float | None]:
+    """The refusals of `resolve` that need neither the network nor a classifier (the scales, and which of
+    prompt, label and classifier go together); the checked (guidance_scale, classifier_scale)."""
+    guidance_scale = finite_scale(guidance_scale, "guidance_scale")
+    classifier_scale = finite_scale(classifier_scale, "classifier_scale")
+    if classifier_scale is not None and classifier is None:
+        raise DiffusaError("classifier_scale scales classifier guidance: give classifier= (a `diffusa "
+                           "train-classifier` folder)")
+    if prompt is not None and label is not None:
+        raise DiffusaError("give a prompt or a label, not both")
+    if run.is_text and prompt is None and label is None:
+        raise DiffusaError(f"{name} is text-conditional: give a prompt, e.g. \"a handwritten 7\" (or a label)")
+    return guidance_scale, classifier_scale
 
 
 def count(n: int | None, prompt: Any, label: Label, default: int) -> int:
@@ -144,13 +168,9 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
     for anything the model cannot do."""
     from diffusa.guidance import ClassifierGuided, classifier_free, null_captions, null_labels
 
-    guidance_scale = finite_scale(guidance_scale, "guidance_scale")
-    classifier_scale = finite_scale(classifier_scale, "classifier_scale")
-    if classifier_scale is not None and classifier is None:
-        raise DiffusaError("classifier_scale scales classifier guidance: give classifier= (a `diffusa "
-                           "train-classifier` folder)")
-    if prompt is not None and label is not None:
-        raise DiffusaError("give a prompt or a label, not both")
+    guidance_scale, classifier_scale = check_request(run, name, prompt=prompt, label=label,
+                                                     guidance_scale=guidance_scale, classifier=classifier,
+                                                     classifier_scale=classifier_scale)
     extra = Cond()
     if image is not None:
         if not image_channels:
@@ -164,11 +184,9 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             raise DiffusaError("classifier guides class labels; a text model is guided by guidance_scale")
         if prompt is not None:
             prompts, labels = prompts_of(prompt, n), None
-        elif label is not None:
+        else:  # a label (check_request refused neither)
             labels = requested_labels(label, n, TEXT_CLASSES)
             prompts = [LABEL_CAPTION.format(d=int(y)) for y in labels.tolist()]
-        else:
-            raise DiffusaError(f"{name} is text-conditional: give a prompt, e.g. \"a handwritten 7\" (or a label)")
         scale = DEFAULT_TEXT_SCALE if guidance_scale is None else guidance_scale
         if scale != 1:  # against the empty caption; w = 1 is the conditional model itself
             den = classifier_free(den, scale, null_captions(run.net))
@@ -210,5 +228,5 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
     return Request(den, extra.replace(labels=labels), labels, None, guidance_scale, None)
 
 
-__all__ = ["DEFAULT_TEXT_SCALE", "LABEL_CAPTION", "Request", "cond_image", "count", "finite_scale",
-           "requested_labels", "resolve"]
+__all__ = ["DEFAULT_TEXT_SCALE", "LABEL_CAPTION", "SEED_RANGE", "Request", "check_request", "check_seed",
+           "cond_image", "count", "finite_scale", "requested_labels", "resolve"]

@@ -4,7 +4,6 @@ held-out accuracy at a few noise levels goes into config.json."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,9 @@ from diffusa.classifier import (
     classifier_config,
 )
 from diffusa.config import TrainConfig
-from diffusa.data import load_dataset
+from diffusa.data import run_dataset
+from diffusa.engine import Engine
+from diffusa.engine.loop import check_out
 from diffusa.engine.task import StepLoss, Task
 from diffusa.errors import DiffusaError
 from diffusa.losses import UniformTimeSampler
@@ -46,8 +47,7 @@ class ClassifierTask(Task):
         self.run, self.settings = str(run), settings
         meta = read_run_meta(Path(run))
         self.data_cfg = meta["config"]["data"]
-        dc = self.data_cfg
-        self.data = load_dataset(dc["name"], "train", dc["image_size"], dc["grayscale"])
+        self.data = run_dataset(self.data_cfg, "train")
         if self.data.labels is None or self.data.num_classes < 2:
             raise DiffusaError(f"{self.data.name} has no labels: a classifier needs labelled data")
         self.process_dict = meta["process"]
@@ -56,14 +56,13 @@ class ClassifierTask(Task):
         torch.manual_seed(settings.seed)
         self.model = build_classifier(self.arch, self.data.num_classes)
         self.times = UniformTimeSampler(self.process)
-        self.start = time.time()
 
     def bind(self, train_module: nn.Module, ema: nn.Module | None, device: torch.device) -> None:
         self.train_module = train_module
 
     def loss(self, idx: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> StepLoss:
         y = self.data.labels[idx.cpu()].to(x.device)
-        t, _ = self.times.sample(len(idx), generator)
+        t, _ = self.times.sample(len(idx), generator, x.device)
         x_t = self.process.q_sample(x, t, torch.randn(x.shape, generator=generator).to(x.device))
         logits = self.train_module(x_t, self.process.c_noise(t).float().to(x.device))
         losses = F.cross_entropy(logits, y, reduction="none")
@@ -77,19 +76,31 @@ class ClassifierTask(Task):
                 "weight_decay": s.weight_decay, "seed": s.seed, "trained_for": self.run}
 
     def check_resume(self, meta: dict[str, Any], out: Path) -> None:
+        if meta.get("format") != CLASSIFIER_FORMAT:
+            raise DiffusaError(f"cannot resume {out}: it is not a classifier folder (format {meta.get('format')!r})")
         if meta.get("network") != self.arch or meta.get("process") != self.process_dict:
             raise DiffusaError(f"cannot resume {out}: it classifies for another run")
 
     @torch.no_grad()
-    def finish(self, out: Path, model: nn.Module) -> None:
+    def finish(self, out: Path, model: nn.Module, seconds: float) -> None:
         model.eval()
-        dc = self.data_cfg
-        test = load_dataset(dc["name"], "test", dc["image_size"], dc["grayscale"], stream="off")
-        acc = accuracy_by_noise(model, self.process, test.x, test.labels) if test.labels is not None else {}
+        test = run_dataset(self.data_cfg, "test", stream="off")  # labelled data: never a folder
+        device = next(model.parameters()).device
+        acc = accuracy_by_noise(model, self.process, test.x.to(device), test.labels.to(device)) \
+            if test.labels is not None else {}
         meta = load_json(out / "config.json")
-        meta.update({"held_out_accuracy": acc, "train_seconds": time.time() - self.start})
+        meta.update({"held_out_accuracy": acc, "train_seconds": seconds})
         save_json(out / "config.json", meta)
         model.train()
 
 
-__all__ = ["ClassifierTask", "classifier_settings"]
+def train_classifier(run: str | Path, out: str | Path, *, steps: int = 1500, batch_size: int = 128,
+                     lr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, progress: bool = True,
+                     resume: bool = False) -> Path:
+    """Train p(y | x_t, t) on the labelled data of `run` with the engine (`diffusa.tasks.classifier`)."""
+    check_out(out, resume, what="a classifier")  # before the data are read and the network built
+    task = ClassifierTask(run, classifier_settings(steps, batch_size, lr, weight_decay, seed))
+    return Engine(task, out, resume=resume, progress=progress).fit()
+
+
+__all__ = ["ClassifierTask", "classifier_settings", "train_classifier"]

@@ -13,7 +13,7 @@ from torch import nn
 
 from diffusa.conditioning import conditioner_for
 from diffusa.config import RunConfig, resolve_defaults
-from diffusa.data import load_dataset
+from diffusa.data import run_dataset
 from diffusa.engine.loop import validate_settings
 from diffusa.engine.task import StepLoss, Task
 from diffusa.errors import DiffusaError
@@ -36,20 +36,20 @@ class DiffusionTask(Task):
     def __init__(self, cfg: RunConfig, data: Any = None) -> None:
         self.cfg = cfg
         dc = cfg.data
-        self.data = data if data is not None else load_dataset(dc.name, "train", dc.image_size, dc.grayscale,
-                                                               **_data_options(cfg))
+        self.data = data if data is not None else run_dataset(dc, "train")
         self.latent: dict[str, Any] | None = None
         self.decoder = None
         if dc.latent:  # encode once; the diffusion model sees only latents (Rombach et al. 2022)
             self.data, self.latent = latent_dataset(self.data, dc.latent)
             self.decoder = LatentDecoder(self.latent)
         resolve_defaults(cfg, self.data.kind)
-        validate_settings(cfg.train)
+        validate_settings(cfg.train)  # before the network is built (the engine checks again, for every task)
         get_sampler(cfg.train.sampler)  # the preview sampler: refused now, not after every step has run
         self.settings = cfg.train
         cond_images = getattr(self.data, "cond_images", None)
         cond_channels = int(cond_images.shape[1]) if cond_images is not None else 0
-        self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes, cond_channels)
+        self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes, cond_channels,
+                                            data_kind=self.data.kind)
         torch.manual_seed(cfg.train.seed)  # the network's initial weights
         self.model = build_network(self.kind, self.spec)
         if cfg.train.grad_checkpoint:
@@ -121,11 +121,6 @@ class DiffusionTask(Task):
             x = self.decoder(x)
         ref = self.data.x[:2000] if self.data.kind == "points" else None
         save_samples(x, out / "samples" / f"{name}.png", reference=ref, title=f"{self.data.name} {name}")
-
-
-def _data_options(cfg: RunConfig) -> dict[str, Any]:
-    """The data settings beyond name, size and colour that this config sets (array to train, streaming)."""
-    return {k: getattr(cfg.data, k) for k in ("array", "stream") if getattr(cfg.data, k, None) is not None}
 
 
 __all__ = ["DiffusionTask"]

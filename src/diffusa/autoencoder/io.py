@@ -1,5 +1,5 @@
-"""Build an autoencoder for latent diffusion, train it (a task of the engine, `diffusa.tasks.autoencoder`), measure
-its reconstructions, load it back (safetensors + JSON).
+"""Build an autoencoder for latent diffusion, measure its reconstructions, load it back (safetensors + JSON); it is
+trained as a task of the engine (`diffusa.tasks.autoencoder.train_autoencoder`).
 
 The latent scale factor is 1 / std of the training latents (Rombach et al. 2022, Sec. 4.3.2 / App. G), so the
 diffusion model sees latents of unit variance whatever the regularizer.
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from diffusa.autoencoder.model import AUTOENCODERS
 from diffusa.autoencoder.nets import AutoencoderConfig
-from diffusa.checkpoint import load_json, load_state_dict_strict, load_tensors, weights_file
+from diffusa.checkpoint import load_state_dict_strict, load_tensors, read_trained_meta, weights_file
 from diffusa.errors import DiffusaError
 
 AE_FORMAT = "diffusa-autoencoder"
@@ -61,35 +61,11 @@ def reconstruction_metrics(model: torch.nn.Module, x: torch.Tensor) -> dict[str,
     return out
 
 
-def train_autoencoder(data_name: str, out: str | Path, cfg: AutoencoderConfig, *, steps: int = 2000,
-                      batch_size: int = 64, lr: float = 1e-3, seed: int = 0, progress: bool = True,
-                      resume: bool = False) -> Path:
-    """Train on a dataset's train split with the engine; write model.safetensors and config.json (with the scale
-    factor and the held-out reconstruction metrics), log.jsonl and loss.png into `out`."""
-    from diffusa.engine import Engine
-    from diffusa.tasks.autoencoder import AutoencoderTask, autoencoder_settings
-
-    out = Path(out)
-    if (out / "config.json").exists() and not resume:
-        raise DiffusaError(f"{out} already holds an autoencoder; choose another --out (or --resume)")
-    task = AutoencoderTask(data_name, cfg, autoencoder_settings(steps, batch_size, lr, seed))
-    return Engine(task, out, resume=resume, progress=progress).fit()
-
-
 def load_autoencoder(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """(model in eval mode, its config.json) from a folder written by `train_autoencoder`."""
+    """(model in eval mode, its config.json) from a folder written by `diffusa.tasks.autoencoder.train_autoencoder`."""
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise DiffusaError(f"{path} is not a diffusa autoencoder: config.json is missing")
-    meta = load_json(path / "config.json")
-    if meta.get("format") != AE_FORMAT:
-        raise DiffusaError(f"{path / 'config.json'} is not an autoencoder config (format {meta.get('format')!r})")
-    if "scale_factor" not in meta:
-        raise DiffusaError(f"{path} holds an autoencoder whose training has not finished (no scale factor yet): "
-                           "finish it with `diffusa train-autoencoder --resume`")
-    if meta.get("format_version") != AE_VERSION:
-        raise DiffusaError(f"{path}: autoencoder format version {meta.get('format_version')!r}; this diffusa reads "
-                           f"version {AE_VERSION}")
+    meta = read_trained_meta(path, AE_FORMAT, AE_VERSION, "autoencoder", "scale_factor",
+                             "diffusa train-autoencoder --out DIR")
     try:
         raw = dict(meta["config"])
         raw["channel_mult"] = tuple(raw["channel_mult"])
@@ -103,4 +79,4 @@ def load_autoencoder(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]
 
 
 __all__ = ["AE_FORMAT", "AE_VERSION", "build_autoencoder", "decode_all", "encode_all", "load_autoencoder",
-           "reconstruction_metrics", "train_autoencoder"]
+           "reconstruction_metrics"]
