@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import json
 import math
 import os
@@ -406,6 +407,11 @@ class Engine:
             self.task.finish(self.out, self.averaged, self.elapsed)
         if self.dist.world > 1:
             dist.barrier()
+            # drop the DDP wrapper (its reducer holds the process group) before `leave_distributed` destroys the
+            # group: a reducer torn down after its group can abort a rank at exit (gloo, seen once under load)
+            self.train_module = self.model
+            self.task.bind(self.model, self.ema, self.device)
+            gc.collect()
         return self.out
 
 
