@@ -161,3 +161,15 @@ def test_a_concatenated_condition_image_is_learned(tmp_path: Path) -> None:
         errors[name] = float((x - torch.flip(held, dims=[-1])).square().mean())
     assert load_json(tmp_path / "cond" / "config.json")["network"]["config"]["cond_channels"] == 1
     assert errors["cond"] < 0.5 * errors["plain"], errors
+
+
+def test_time_limit_stops_with_a_log_record_and_a_checkpoint(tmp_path: Path) -> None:
+    """train.max_minutes: the run stops at the first step past the budget, writes that step's record (the window
+    is not dropped) and a checkpoint that --resume continues."""
+    cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=50", "train.log_every=25", "train.max_minutes=1e-9",
+                                 "model.net.channels=8"])
+    out = diffusion_engine(cfg, tmp_path / "run", progress=False).fit()
+    state = load_json(out / "train_state.json")
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert state["step"] == 1 and [r["step"] for r in records] == [1] and state["seconds"] > 0
+    assert state["log"] == {"n": 0, "sums": {}}
