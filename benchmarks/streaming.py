@@ -115,12 +115,12 @@ class PeakMemory(threading.Thread):
 # -- one configuration, in its own process ------------------------------------------------------
 def child(folder: str, stream: str, steps: int, batch: int, workers: int, warmup: int) -> None:
     """Train on the folder in this process; print one JSON line."""
-    import diffusa.data_stream
+    import diffusa.data.stream
     from diffusa.config import load_config
     from diffusa.train import diffusion_engine, last_log
 
     born = time.perf_counter()
-    diffusa.data_stream.NUM_WORKERS = workers
+    diffusa.data.stream.NUM_WORKERS = workers
     out = Path(tempfile.mkdtemp()) / "run"
     cfg = load_config(overrides=[f"data.name={json.dumps(folder)}", f"data.stream={json.dumps(stream)}",
                                  f"train.steps={steps}", f"train.batch_size={batch}", "train.sample_every=0",

@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-import diffusa.data_stream as data_stream
+import diffusa.data.stream as data_stream
 from diffusa.data import Dataset, batches, load_dataset
-from diffusa.data_stream import FolderStream
+from diffusa.data.stream import FolderStream
 from diffusa.errors import DiffusaError
 
 N, SIDE = 40, 12

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import gc
 import json
 import math
@@ -284,8 +285,12 @@ class Engine:
     # -- the loop ------------------------------------------------------------------------------
     def start_data(self) -> None:
         """The data iterator from the current step on (exact resume: the order is a function of the step)."""
-        self._batches = self.task.data.loader(self.cfg.batch_size, self.cfg.seed, self.step, self.dist.rank,
-                                              self.dist.world)
+        data = self.task.data
+        if self.device.type != "cpu" and "x" in vars(data):  # resident data: copied to the GPU once, indexed there
+            if getattr(self, "_device_data", None) is None:
+                self._device_data = dataclasses.replace(data, x=data.x.to(self.device))
+            data = self._device_data
+        self._batches = data.loader(self.cfg.batch_size, self.cfg.seed, self.step, self.dist.rank, self.dist.world)
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
         """One optimisation step; returns (loss, grad norm, the task's extra numbers)."""

@@ -1,7 +1,7 @@
 """Image folders streamed from disk: for folders whose decoded images do not fit in memory.
 
 `FolderStream` holds the folder's file paths only (packed into two numpy arrays, so DataLoader workers
-share them without copy-on-write growth). `loader(...)` yields the index batches of `diffusa.data.batches`
+share them without copy-on-write growth). `loader(...)` yields the index batches of `diffusa.data.base.batches`
 and decodes them in persistent DataLoader worker processes, a few batches ahead of training; the tensors are
 bit for bit those of the resident `load_folder` dataset, because both decode through `decode_image`.
 
@@ -19,17 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusa.data import (
-    Dataset,
-    batches,
-    decode_image,
-    folder_grayscale,
-    image_header,
-    list_images,
-    load_folder,
-    read_captions,
-    uint8_to_unit,
-)
+from diffusa.data.base import Dataset, batches, uint8_to_unit
+from diffusa.data.folders import decode_image, folder_grayscale, image_header, list_images, load_folder, read_captions
 from diffusa.errors import DiffusaError
 
 NUM_WORKERS = 2  # decoding processes per loader
