@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save
 
 from diffusa.errors import DiffusaError
@@ -51,6 +52,32 @@ def write_text(path: Path, text: str) -> None:
 def save_json(path: Path, obj: dict[str, Any]) -> None:
     """Save JSON atomically."""
     write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and the string metadata of a safetensors file; errors as `load_tensors`."""
+    path = Path(path)
+    tensors = load_tensors(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return tensors, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise DiffusaError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
+
+
+TMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp$")  # what `_atomic` names its temporaries
+
+
+def remove_stray_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that saves killed mid-write left in `folder` (and its samples/); returns them."""
+    gone = []
+    for sub in (Path(folder), Path(folder) / "samples"):
+        if sub.is_dir():
+            for p in sub.iterdir():
+                if TMP_NAME.match(p.name) and p.is_file():
+                    p.unlink(missing_ok=True)
+                    gone.append(p)
+    return gone
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

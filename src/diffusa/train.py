@@ -12,7 +12,7 @@ from typing import Any
 from diffusa.checkpoint import save_tensors
 from diffusa.config import RunConfig
 from diffusa.engine import Engine, leave_distributed
-from diffusa.engine.loop import check_out
+from diffusa.engine.state import check_out
 from diffusa.errors import DiffusaError
 from diffusa.runs import read_run_meta
 from diffusa.tasks.diffusion import DiffusionTask

@@ -104,8 +104,11 @@ def save_loss_curve(log_path: str | Path, path: str | Path) -> None:
     """Plot the training loss from a JSONL log (raw and smoothed) against the step."""
     steps, losses = [], []
     for line in Path(log_path).read_text().splitlines():
-        rec = json.loads(line)
-        if "loss" in rec:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line torn by a kill mid-write: the engine drops it on resume
+            continue
+        if isinstance(rec, dict) and "loss" in rec:
             steps.append(rec["step"])
             losses.append(rec["loss"])
     if not steps:

@@ -19,7 +19,7 @@ from diffusa.checkpoint import load_json, save_json
 from diffusa.config import TrainConfig
 from diffusa.data import load_dataset
 from diffusa.engine import Engine
-from diffusa.engine.loop import check_out
+from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss, Task
 from diffusa.errors import DiffusaError
 

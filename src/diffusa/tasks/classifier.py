@@ -22,7 +22,7 @@ from diffusa.classifier import (
 from diffusa.config import TrainConfig
 from diffusa.data import run_dataset
 from diffusa.engine import Engine
-from diffusa.engine.loop import check_out
+from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss, Task
 from diffusa.errors import DiffusaError
 from diffusa.losses import UniformTimeSampler
