@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from resume_check import same_checkpoint
 
 import diffusa.checkpoint as checkpoint_mod
@@ -107,3 +108,40 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path: Path) -> None:
     assert kills >= 1
     same_checkpoint(out, reference)
     assert (out / STATE).is_file() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_loss_that_is_not_finite_stops_training_and_keeps_the_checkpoint(whole: Path, tmp_path: Path) -> None:
+    """No silent NaN: the step whose loss is not finite is named, nothing after the last checkpoint is written."""
+    import shutil
+
+    from diffusa.checkpoint import load_tensors
+    from diffusa.errors import DiffusaError
+
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    before = load_tensors(out / STATE)
+    cfg = load_config(overrides=[*TINY, f"train.steps={STEPS + 3}", "train.lr=1e30", "train.warmup=0"])
+    engine = diffusion_engine(cfg, out, resume=True, progress=False)
+    with pytest.raises(DiffusaError, match=r"step \d+: the loss is (nan|inf)"):
+        engine.fit()
+    after = load_tensors(out / STATE)
+    assert all(bool(torch.isfinite(v).all()) for k, v in after.items() if v.is_floating_point())
+    assert int(after["step"]) >= STEPS and set(after) == set(before)
+
+
+@pytest.mark.parametrize("damage", ["nan", "int8"])
+def test_weights_that_are_not_finite_floats_are_refused(whole: Path, tmp_path: Path, damage: str) -> None:
+    import shutil
+
+    from diffusa.checkpoint import load_tensors, save_tensors
+    from diffusa.errors import DiffusaError
+    from diffusa.runs import load_run
+
+    run = tmp_path / "run"
+    shutil.copytree(whole, run)
+    weights = load_tensors(run / "model.safetensors")
+    key = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[key] = weights[key].clone().fill_(float("nan")) if damage == "nan" else weights[key].to(torch.int8)
+    save_tensors(run / "model.safetensors", weights)
+    with pytest.raises(DiffusaError, match="non-finite" if damage == "nan" else "int8"):
+        load_run(run)

@@ -144,6 +144,14 @@ def load_state_dict_strict(module: torch.nn.Module, tensors: dict[str, torch.Ten
         if v.shape != own[k].shape:
             raise DiffusaError(f"{source}: tensor {k} has shape {tuple(v.shape)}, the network expects "
                                f"{tuple(own[k].shape)}; is it from another model?")
+        if own[k].is_floating_point():  # an int8 or bool tensor would load, converted, into garbage weights
+            if not v.is_floating_point():
+                raise DiffusaError(f"{source}: tensor {k} is {str(v.dtype).removeprefix('torch.')}, the network's "
+                                   "weights are floating point; the file is damaged or from another tool")
+            bad = int((~torch.isfinite(v)).sum())
+            if bad:
+                raise DiffusaError(f"{source}: tensor {k} holds {bad} non-finite value(s) (NaN or inf); the file is "
+                                   "damaged, or it was saved from a run whose training diverged")
     module.load_state_dict(tensors)
 
 

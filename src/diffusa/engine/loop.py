@@ -300,6 +300,9 @@ class Engine:
             result = self.task.loss(idx, x.to(self.device), g)
         losses = result.losses.float()
         loss = (losses * result.weights).mean() if result.weights is not None else losses.mean()
+        if not bool(torch.isfinite(loss)):  # stop before the weights (and then a checkpoint) are spoilt
+            raise DiffusaError(f"step {step + 1}: the loss is {float(loss.detach())}, not a finite number; training "
+                               "stopped and the last checkpoint is kept (lower train.lr, or check the data)")
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
