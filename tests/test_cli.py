@@ -433,3 +433,20 @@ def test_bpd_of_a_shipped_model_writes_beside_the_user(cli, tmp_path: Path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist-pixel-bpd_terms.png"]
     (tmp_path / "mnist-pixel").mkdir()  # an unrelated folder of that name does not hide the shipped model
     assert cli("sample", "mnist-pixel", "--n", "1", "--steps", "1", "--out", tmp_path / "x.png").code == 0
+
+
+def test_outputs_never_overwrite_a_runs_own_files(cli, digits_run, tmp_path) -> None:
+    """eval RUN --out RUN/config.json used to replace the run's config with metrics (issue 16): refused in one
+    line before any work, for every output flag, and the run is untouched."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(digits_run, run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for args in (("eval", run, "--n", 4, "--steps", 2, "--out", run / "config.json"),
+                 ("eval", run, "--bpd", "--n", 2, "--plot", run / "log.jsonl"),
+                 ("sample", run, "--n", 2, "--steps", 2, "--out", run / "model.safetensors"),
+                 ("forward", "--data", "digits", "--out", run / "train_state.json")):
+        r = cli(*args)
+        assert r.code == 2 and "would overwrite a file of the trained folder" in r.err and "Traceback" not in r.err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before

@@ -91,11 +91,11 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path: Path) -> None:
     subprocess.run([*cmd[:5], str(reference), *cmd[6:]], check=True, capture_output=True, timeout=300)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     kills = 0
-    for _ in range(12):
+    while True:  # three random kills (under load the run may need them all to get going), then to the end
         resume = ["--resume"] if (out / "config.json").exists() else []
         proc = subprocess.Popen([*cmd, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         try:
-            proc.wait(timeout=rng.uniform(2.5, 6.0))  # start-up (imports, data) takes ~2 s; then steps
+            proc.wait(timeout=rng.uniform(2.5, 6.0) if kills < 3 else 300)  # start-up (imports, data) ~2 s
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
@@ -103,8 +103,6 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path: Path) -> None:
             continue
         assert proc.returncode == 0, proc.stderr.read().decode()[-2000:]
         break
-    else:
-        pytest.fail("the run never finished")
     assert kills >= 1
     same_checkpoint(out, reference)
     assert (out / STATE).is_file() and not [p for p in out.iterdir() if p.name.endswith(".tmp")]

@@ -77,7 +77,7 @@ def test_learning_rate_schedules_of_the_tasks() -> None:
 @pytest.mark.parametrize("lr", ["-1", "nan"])
 def test_bad_learning_rates_are_one_line(cli, tmp_path: Path, lr: str) -> None:
     r = cli("train-autoencoder", "--data", "digits", "--out", tmp_path / "ae", "--steps", 2, "--lr", lr)
-    assert r.code == 2 and "train.lr must be a positive number" in r.err and "Traceback" not in r.err
+    assert r.code == 2 and "train.lr must be a number in (0, inf)" in r.err and "Traceback" not in r.err
 
 
 # -- fine-tuning: --init -----------------------------------------------------------------------
@@ -173,3 +173,20 @@ def test_time_limit_stops_with_a_log_record_and_a_checkpoint(tmp_path: Path) -> 
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert state["step"] == 1 and [r["step"] for r in records] == [1] and state["seconds"] > 0
     assert state["log"] == {"n": 0, "sums": {}}
+
+
+@pytest.mark.parametrize("override, match", [
+    ("train.grad_clip=nan", r"train\.grad_clip must be a number in \[0, inf\), got nan"),  # clipping silently off
+    ("train.lr_min_ratio=nan", r"train\.lr_min_ratio"), ("train.lr_min_ratio=1.5", r"\[0, 1\]"),
+    ("train.max_minutes=nan", "--minutes"), ("train.seed=1000000000000000000000000000000", "--seed"),
+    ("train.sample_n=0", r"train\.sample_n must be an integer in \[1, 10000\]"),
+    ("train.sample_steps=0", r"train\.sample_steps"), ("train.checkpoint_every=-1", "checkpoint_every"),
+    ("train.warmup=-5", "warmup"), ("train.weight_decay=inf", "weight_decay"),
+])
+def test_every_training_number_is_checked_before_any_work(tmp_path: Path, override: str, match: str) -> None:
+    """Each refused before the network is built or the folder made, not after training (sample_n, sample_steps
+    were used only by the final preview) and never silently (a NaN clip norm turned clipping off)."""
+    cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=2", override])
+    with pytest.raises(DiffusaError, match=match) as info:
+        diffusion_engine(cfg, tmp_path / "run", progress=False)
+    assert "\n" not in str(info.value) and not (tmp_path / "run").exists()

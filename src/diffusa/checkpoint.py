@@ -32,6 +32,20 @@ def _atomic(path: Path, write: Any) -> None:
         raise
 
 
+RUN_FILES = ("config.json", "model.safetensors", "train_state.safetensors", "train_state.json", "log.jsonl",
+             "autoencoder.safetensors", "classifier.safetensors")
+
+
+def guard_output(path: str | Path, flag: str = "--out") -> Path:
+    """An output a user named, refused when it is one of a trained folder's own files (`eval RUN --out
+    RUN/config.json` would replace the run's config with metrics, and the run would be dead)."""
+    path = Path(path)
+    if path.name in RUN_FILES and (path.parent / "config.json").is_file():
+        raise DiffusaError(f"{flag} {path} would overwrite a file of the trained folder {path.parent}; "
+                           "write elsewhere")
+    return path
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save a flat dict of tensors as safetensors, atomically."""
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

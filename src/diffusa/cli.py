@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from diffusa.checkpoint import write_text
+from diffusa.checkpoint import guard_output, write_text
 from diffusa.cli_common import non_negative_float, positive_int
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
@@ -172,6 +172,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.metrics import classify, image_metrics, point_metrics
     from diffusa.pipelines import load
 
+    for flag, value in (("--out", args.out), ("--plot", args.plot)):
+        if value is not None:
+            guard_output(value, flag)  # before any sampling: eval RUN --out RUN/config.json would kill the run
     if args.bpd:
         given = [f"--{k.replace('_', '-')}" for k in ("sampler", "steps", "label", "prompt", "guidance_scale",
                                                       "classifier", "classifier_scale", "spacing", "eta")
@@ -272,6 +275,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     from diffusa.runs import build_process
     from diffusa.viz import save_strip
 
+    guard_output(args.out)
     data = load_dataset(args.data, "train", stream="off")
     if data.kind != "image":
         raise DiffusaError(f"the forward-process picture needs images; {args.data} holds points")

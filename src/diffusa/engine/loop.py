@@ -111,28 +111,46 @@ def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
         be.copy_(bn)
 
 
+SEED_LIMIT = 2**40  # |seed|: the data order seeds torch with seed * 1_000_003 + epoch, which must stay in int64
+# (key, integer?, low, high, low included?, high included?): every number of TrainConfig the engine reads
+SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
+    ("steps", True, 1, math.inf, True, False),
+    ("batch_size", True, 1, math.inf, True, False),
+    ("lr", False, 0, math.inf, False, False),
+    ("warmup", True, 0, math.inf, True, False),
+    ("lr_min_ratio", False, 0, 1, True, True),
+    ("weight_decay", False, 0, math.inf, True, False),
+    ("grad_clip", False, 0, math.inf, True, False),
+    ("ema_decay", False, 0, 1, True, False),
+    ("label_dropout", False, 0, 1, True, True),
+    ("seed", True, -SEED_LIMIT, SEED_LIMIT, False, False),
+    ("max_minutes", False, 0, math.inf, True, False),
+    ("log_every", True, 1, math.inf, True, False),
+    ("checkpoint_every", True, 0, math.inf, True, False),
+    ("sample_every", True, 0, math.inf, True, False),
+    ("sample_n", True, 1, 10_000, True, True),
+    ("sample_steps", True, 1, 10_000, True, True),
+    ("threads", True, 0, 1024, True, True),
+)
+
+
 def validate_settings(tc: TrainConfig) -> None:
-    """Reject optimisation settings that cannot train, before any work is done."""
-    for key, kind in (("steps", int), ("batch_size", int), ("lr", (int, float))):
+    """Reject optimisation settings that cannot train, before any work is done: every number finite, of its type
+    and in its range (a NaN grad_clip would silently turn clipping off), every name known."""
+    for key, integer, low, high, low_in, high_in in SETTINGS:
         value = getattr(tc, key)
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise DiffusaError(f"train.{key} must be a number, got {value!r}")
-    if tc.steps < 1:
-        raise DiffusaError(f"--steps must be a positive integer, got {tc.steps}")
-    if tc.batch_size < 1:
-        raise DiffusaError(f"--batch-size must be a positive integer, got {tc.batch_size}")
-    if not tc.lr > 0 or not math.isfinite(tc.lr):
-        raise DiffusaError(f"train.lr must be a positive number, got {tc.lr}")
-    if not 0 <= tc.label_dropout <= 1:
-        raise DiffusaError(f"train.label_dropout must be in [0, 1], got {tc.label_dropout}")
-    if not 0 <= tc.ema_decay < 1:
-        raise DiffusaError(f"train.ema_decay must be in [0, 1), got {tc.ema_decay}")
+        kind = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            raise DiffusaError(f"train.{key} must be {kind}, got {value!r}")
+        inside = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+        if not math.isfinite(value) or not inside:
+            span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+            flag = {"steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "max_minutes": "--minutes"}
+            raise DiffusaError(f"{flag.get(key, 'train.' + key)} must be {kind} in {span}, got {value}")
     if tc.precision not in PRECISIONS:
         raise DiffusaError(f"unknown precision {tc.precision!r}; known: {', '.join(PRECISIONS)}")
     if tc.lr_decay not in LR_DECAYS:
         raise DiffusaError(f"unknown lr_decay {tc.lr_decay!r}; known: {', '.join(LR_DECAYS)}")
-    if tc.log_every < 1:
-        raise DiffusaError(f"train.log_every must be a positive integer, got {tc.log_every}")
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusa.checkpoint import guard_output
 from diffusa.errors import DiffusaError
 
 SUFFIXES = (".png", ".npz")
@@ -17,7 +19,7 @@ SUFFIXES = (".png", ".npz")
 
 def check_out(path: str | Path) -> Path:
     """A file to save samples to: a PNG grid or an .npz of arrays."""
-    path = Path(path)
+    path = guard_output(path)
     if path.suffix not in SUFFIXES:
         raise DiffusaError(f"samples are saved as .png (a grid) or .npz (arrays), got {path.name!r}")
     return path
@@ -31,7 +33,8 @@ def write_samples(x: torch.Tensor, path: str | Path, is_image: bool) -> Path:
 
     path = check_out(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    # a name of this write alone: two processes saving to one --out must not share a temporary
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
     try:
         if path.suffix == ".png":
             save_samples(x, tmp)
