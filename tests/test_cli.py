@@ -450,3 +450,21 @@ def test_outputs_never_overwrite_a_runs_own_files(cli, digits_run, tmp_path) -> 
         r = cli(*args)
         assert r.code == 2 and "would overwrite a file of the trained folder" in r.err and "Traceback" not in r.err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
+@pytest.mark.parametrize("args, match", [
+    (("generate", "--model", "", "--out", "{tmp}/g.png"), "--model is empty"),
+    (("sample", "", "--out", "{tmp}/s.png"), "no run given"),
+    (("sample", "{run}/config.json", "--out", "{tmp}/s.png"), "is a file, not a run folder"),
+    (("sample", "{run}", "--out", "{tmp}"), "is a folder"),
+    (("sample", "{run}", "--n", 2, "--out", "{tmp}/s.png", "--trajectory", "{tmp}/t.jpg"), "--trajectory writes a PNG"),
+    (("forward", "--data", "digits", "--out", "{tmp}/f.txt"), "--out writes a PNG"),
+    (("eval", "{run}", "--bpd", "--n", 2, "--plot", "{tmp}/p.pdf"), "--plot writes a PNG"),
+    (("generate", "\udcff\udcfe", "--out", "{tmp}/g.png"), "not valid text"),
+    (("train", "--data", "digits", "--out", "{tmp}/r", "--config", "{tmp}/latin1.toml"), "not UTF-8"),
+])
+def test_more_bad_input_is_one_line(cli, digits_run, tmp_path, args, match) -> None:
+    """Inputs from issue 16's list: each refused in one line before any work, no traceback."""
+    (tmp_path / "latin1.toml").write_bytes("[train]\n# caf\xe9\n".encode("latin-1"))
+    r = cli(*(a.format(tmp=tmp_path, run=digits_run) if isinstance(a, str) else a for a in args))
+    assert r.code == 2 and match in r.err and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err

@@ -40,6 +40,8 @@ def guard_output(path: str | Path, flag: str = "--out") -> Path:
     """An output a user named, refused when it is one of a trained folder's own files (`eval RUN --out
     RUN/config.json` would replace the run's config with metrics, and the run would be dead)."""
     path = Path(path)
+    if path.is_dir():
+        raise DiffusaError(f"{flag} {path} is a folder; name a file in it")
     if path.name in RUN_FILES and (path.parent / "config.json").is_file():
         raise DiffusaError(f"{flag} {path} would overwrite a file of the trained folder {path.parent}; "
                            "write elsewhere")

@@ -137,6 +137,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from diffusa.viz import save_strip
 
     out = check_out(args.out)
+    if args.trajectory is not None:
+        png_out(args.trajectory, "--trajectory")
     pipe = load(args.run)
     frames: dict[int, torch.Tensor] = {}
     labels: dict[int, str] = {}
@@ -172,9 +174,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.metrics import classify, image_metrics, point_metrics
     from diffusa.pipelines import load
 
-    for flag, value in (("--out", args.out), ("--plot", args.plot)):
-        if value is not None:
-            guard_output(value, flag)  # before any sampling: eval RUN --out RUN/config.json would kill the run
+    if args.out is not None:
+        guard_output(args.out)  # before any sampling: eval RUN --out RUN/config.json would kill the run
+    if args.plot is not None:
+        png_out(args.plot, "--plot")
     if args.bpd:
         given = [f"--{k.replace('_', '-')}" for k in ("sampler", "steps", "label", "prompt", "guidance_scale",
                                                       "classifier", "classifier_scale", "spacing", "eta")
@@ -210,6 +213,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     **sampler_options(args), "seed": args.seed})
     print_json(metrics, args.out)
     return 0
+
+
+def png_out(path: str, flag: str) -> Path:
+    """A picture a flag names: a .png file that is no trained folder's own file."""
+    out = guard_output(path, flag)
+    if out.suffix.lower() != ".png":
+        raise DiffusaError(f"{flag} writes a PNG picture: name a .png file, got {out.name!r}")
+    return out
 
 
 def print_json(obj: dict[str, Any], out: str | None) -> None:
@@ -275,7 +286,7 @@ def cmd_forward(args: argparse.Namespace) -> int:
     from diffusa.runs import build_process
     from diffusa.viz import save_strip
 
-    guard_output(args.out)
+    png_out(args.out, "--out")
     data = load_dataset(args.data, "train", stream="off")
     if data.kind != "image":
         raise DiffusaError(f"the forward-process picture needs images; {args.data} holds points")

@@ -41,6 +41,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
 
     out = check_out(args.out)
+    if args.model is not None and not args.model.strip():
+        raise DiffusaError("--model is empty: give a shipped model's name or a run folder")
     name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None else DEFAULT_MODEL)
     t0 = time.perf_counter()
     pipe = load(name)

@@ -228,9 +228,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise DiffusaError(f"config file {p} does not exist")
         try:
-            _merge(cfg, tomllib.loads(p.read_text()), "")
+            _merge(cfg, tomllib.loads(p.read_text(encoding="utf-8")), "")
         except tomllib.TOMLDecodeError as e:
             raise DiffusaError(f"config file {p} is not valid TOML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise DiffusaError(f"config file {p} is not UTF-8 text: {e.reason}") from None
     for text in overrides or []:
         _merge(cfg, parse_override(text), "")
     return cfg

@@ -46,6 +46,8 @@ def resolve_model(spec: str) -> Path:
 
 def run_path(spec: str | Path) -> Path:
     """A shipped model's name (unless a run folder of that name is here), or a run folder that exists."""
+    if not str(spec).strip():
+        raise DiffusaError(f"no run given: name a run folder or a shipped model ({', '.join(SHIPPED)})")
     if str(spec) in SHIPPED and not (Path(spec) / "config.json").is_file():
         return resolve_model(str(spec))
     path = Path(spec)

@@ -111,11 +111,15 @@ def requested_labels(label: Label, n: int, num_classes: int) -> torch.Tensor:
 
 def prompts_of(prompt: str | Sequence[str], n: int) -> list[str]:
     """prompt=: one text for every sample, or one per sample."""
-    if isinstance(prompt, str):
-        return [prompt] * n
-    if not isinstance(prompt, (list, tuple)) or not all(isinstance(p, str) for p in prompt):
+    prompts = [prompt] * n if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
         raise DiffusaError(f"prompt must be a string or a list of strings, got {type(prompt).__name__}")
-    return list(prompt)
+    for p in prompts:
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not text, as a shell passes $'\xff\xfe' through
+            raise DiffusaError(f"prompt {p!r} is not valid text (UTF-8)") from None
+    return list(prompts)
 
 
 def cond_image(image: Any, n: int, channels: int, data_shape: tuple[int, ...]) -> torch.Tensor:
