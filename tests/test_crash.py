@@ -143,3 +143,23 @@ def test_weights_that_are_not_finite_floats_are_refused(whole: Path, tmp_path: P
     save_tensors(run / "model.safetensors", weights)
     with pytest.raises(DiffusaError, match="non-finite" if damage == "nan" else "int8"):
         load_run(run)
+
+
+def test_a_torn_or_foreign_log_line_is_dropped_on_resume(whole: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A kill mid-write leaves half a JSON line; a hand-edited log may hold anything: resume drops them with one
+    warning and writes the records the uninterrupted run has."""
+    import shutil
+
+    from resume_check import log_records
+
+    from diffusa.engine.state import trim_log
+
+    out = tmp_path / "run"
+    shutil.copytree(whole, out)
+    expected = log_records(out)
+    with (out / "log.jsonl").open("a") as f:
+        f.write('{"step": "x", "loss": 1}\n[1, 2]\n{"step": 9999, "loss": 1.0}\n{"step": 3, "lo')
+    trim_log(out, STEPS)
+    assert log_records(out) == expected
+    assert "dropped 3 torn or foreign line(s)" in capsys.readouterr().err

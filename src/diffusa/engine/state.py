@@ -106,10 +106,14 @@ def trim_log(out: Path, step: int) -> None:
         except json.JSONDecodeError:
             torn += 1
             continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
+        at = record.get("step") if isinstance(record, dict) else None
+        if isinstance(at, int) and not isinstance(at, bool) and at <= step:
             kept.append(line)
+        elif not isinstance(at, int) or isinstance(at, bool):
+            torn += 1  # not a record this engine wrote: dropped like a torn line
     if torn:
-        print(f"warning: {path}: dropped {torn} torn line(s) (a run killed while writing its log)", file=sys.stderr)
+        print(f"warning: {path}: dropped {torn} torn or foreign line(s) (a run killed while writing its log?)",
+              file=sys.stderr)
     write_text(path, "".join(line + "\n" for line in kept))
 
 
