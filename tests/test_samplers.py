@@ -421,28 +421,40 @@ def test_prior_scale_from_sample_entry_point():
     assert x_T.std().item() == pytest.approx(math.sqrt(1 - den.process.alphas_cumprod[-1].item()), rel=0.03)
 
 
-def dpm_solver_reference(schedule: str, steps: int, order: int, spacing: str, num_steps: int = 1000,
-                         algorithm: str = "dpmsolver++"):
-    """diffusers' DPMSolverMultistepScheduler (DPM-Solver++, order 2 or 3) and a diffusa Denoiser driven by the same
-    analytic eps, on one float64 alphabar table, with the matching decreasing grid: (sched, denoiser, grid, eps_fn).
+def diffusers_reference(scheduler_cls, schedule: str, steps: int, spacing: str, num_steps: int = 1000,
+                        final_zero: bool = True, **config):
+    """A diffusers multistep scheduler (`scheduler_cls(**config)`) and a diffusa Denoiser driven by the same analytic
+    eps, on one float64 alphabar table, with the matching decreasing grid: (sched, denoiser, grid, eps_fn).
 
     diffusers' betas are float32 (cosine's capped 0.999 moves alphabar_T by 1e-5 relative) and its sigmas are cast
-    to float32 in set_timesteps; both are recomputed in float64 so the comparison is of step formulas only."""
-    from diffusers import DPMSolverMultistepScheduler
-
+    to float32 in set_timesteps; both are recomputed in float64 so the comparison is of step formulas only.
+    `final_zero`: the last step goes to sigma = 0 (t = 0), else to the chain's first step (t = 1 / num_steps,
+    diffusers' final_sigmas_type="sigma_min")."""
     from diffusa import Denoiser, DiscreteDDPM
 
     proc = DiscreteDDPM(schedule, num_steps)
-    sched = DPMSolverMultistepScheduler(num_train_timesteps=num_steps, beta_schedule=DIFFUSERS_NAME[schedule],
-                                        algorithm_type=algorithm, solver_order=order, lower_order_final=True,
-                                        prediction_type="epsilon", timestep_spacing=spacing)
+    sched = scheduler_cls(num_train_timesteps=num_steps, beta_schedule=DIFFUSERS_NAME[schedule],
+                          prediction_type="epsilon", timestep_spacing=spacing,
+                          final_sigmas_type="zero" if final_zero else "sigma_min", **config)
     sched.betas = proc.betas.clone()
     float64_tables(sched)
     sched.set_timesteps(steps)
     ab = sched.alphas_cumprod
-    sched.sigmas = torch.cat([((1 - ab) / ab).sqrt()[sched.timesteps], torch.zeros(1, dtype=torch.float64)])
+    sig = ((1 - ab) / ab).sqrt()
+    last = torch.zeros(1, dtype=torch.float64) if final_zero else sig[:1]
+    sched.sigmas = torch.cat([sig[sched.timesteps], last])
     eps_fn = make_eps_fn(ab)
     den = Denoiser.from_function(lambda x, t: eps_fn(x, proc.c_noise(t)), proc, prediction="eps")
-    grid = torch.cat([(sched.timesteps.to(torch.float64) + 1) / num_steps, torch.zeros(1, dtype=torch.float64)])
+    t_last = torch.full((1,), 0.0 if final_zero else 1 / num_steps, dtype=torch.float64)
+    grid = torch.cat([(sched.timesteps.to(torch.float64) + 1) / num_steps, t_last])
     return sched, den, grid, eps_fn
 
+
+def dpm_solver_reference(schedule: str, steps: int, order: int, spacing: str, num_steps: int = 1000,
+                         algorithm: str = "dpmsolver++"):
+    """diffusers' DPMSolverMultistepScheduler (DPM-Solver++, order 2 or 3) and a diffusa Denoiser driven by the same
+    analytic eps (`diffusers_reference`)."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return diffusers_reference(DPMSolverMultistepScheduler, schedule, steps, spacing, num_steps,
+                               algorithm_type=algorithm, solver_order=order, lower_order_final=True)

@@ -157,6 +157,7 @@ SETTINGS: dict[str, Setting] = {
     "heun": Setting("karras", 40, 79, 0.012),                  # 0.8%
     "dpmpp_2m": Setting("karras", 40, 40, 0.012),              # 0.9%
     "dpmpp_3m": Setting("karras", 20, 20, 0.004),              # 0.2%
+    "unipc": Setting("karras", 30, 30, 0.01),                  # 0.7% (UniPC-2, bh2; 20 steps 2.7%)
     # beta-tilde drops Var[x0 | x_t] (Bao et al. 2022): O(1 / steps), 400 steps 1.7%
     "ancestral": Setting("karras", 400, 400, 0.02, stochastic=True),
     "euler_ancestral": Setting("karras", 400, 400, 0.02, stochastic=True),

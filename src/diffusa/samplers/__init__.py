@@ -20,6 +20,7 @@ from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
 from diffusa.samplers.heun import sample_heun
 from diffusa.samplers.ode import sample_ode_euler, sample_ode_heun, sample_rk4, sample_rk45
 from diffusa.samplers.sde import sample_euler_maruyama, sample_pc, sample_reverse_diffusion
+from diffusa.samplers.unipc import sample_unipc
 from diffusa.schedules import check_steps, discrete_grid, karras_grid, log_snr_uniform_grid, uniform_grid
 
 SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
@@ -39,6 +40,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "rk4": sample_rk4,
     "rk45": sample_rk45,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "unipc": sample_unipc,
 }
 
 
@@ -157,5 +159,6 @@ __all__ = [
     "sample_reverse_diffusion",
     "sample_rk4",
     "sample_rk45",
+    "sample_unipc",
     "sampler_options",
 ]
