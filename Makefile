@@ -10,7 +10,7 @@ export HF_HOME        := $(CURDIR)/.cache/huggingface
 export XDG_CACHE_HOME := $(CURDIR)/.cache/xdg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-train test lint clean
+.PHONY: demo demo-train serve test lint browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,14 +20,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # `make demo`: the shipped models, no training (about a minute after set-up); `make demo-train` trains a fresh one.
+# --force: the demo owns $(RUN), whose files an older diffusa wrote without the mark `--out` looks for.
 demo: $(STAMP)
 	mkdir -p $(RUN)
-	$(VENV)/bin/diffusa generate "a handwritten seven" --n 16 --out $(RUN)/seven.png
-	$(VENV)/bin/diffusa generate "the number 2 written by hand" --n 16 --out $(RUN)/two.png
-	$(VENV)/bin/diffusa generate --n 64 --out $(RUN)/pixel.png
+	$(VENV)/bin/diffusa generate "a handwritten seven" --n 16 --out $(RUN)/seven.png --force
+	$(VENV)/bin/diffusa generate "the number 2 written by hand" --n 16 --out $(RUN)/two.png --force
+	$(VENV)/bin/diffusa generate --n 64 --out $(RUN)/pixel.png --force
 	$(VENV)/bin/diffusa eval mnist-text --label all --guidance-scale 3 --n 200 --sampler dpmpp_2m --steps 20 \
-		--out $(RUN)/text_metrics.json
-	$(VENV)/bin/diffusa eval mnist-pixel --n 200 --sampler dpmpp_2m --steps 20 --out $(RUN)/pixel_metrics.json
+		--out $(RUN)/text_metrics.json --force
+	$(VENV)/bin/diffusa eval mnist-pixel --n 200 --sampler dpmpp_2m --steps 20 --out $(RUN)/pixel_metrics.json --force
 
 demo-train: $(STAMP)
 	rm -rf $(TRAIN_RUN)
@@ -37,11 +38,24 @@ demo-train: $(STAMP)
 		--trajectory $(TRAIN_RUN)/trajectory.png
 	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 500 --sampler ddim --steps 50 --out $(TRAIN_RUN)/metrics.json
 
+# `make serve`: the web page and REST API over the shipped models and the runs under runs/ (docs/serve.md)
+serve: $(STAMP)
+	mkdir -p runs
+	$(VENV)/bin/diffusa serve --runs runs
+
+# The page's browser test drives Debian's Chromium through its driver: CI (root) installs them when missing;
+# elsewhere the test skips with one line saying what is missing.
+browser:
+ifneq ($(CI),)
+	@command -v chromedriver >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
+endif
+
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
 
 # Two workers, one file each at a time (module fixtures are built once); each test uses one torch thread.
-test: $(STAMP) lint
+test: $(STAMP) lint browser
 	$(PY) -m pytest -n 2 --dist loadfile
 
 clean:

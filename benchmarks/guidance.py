@@ -56,9 +56,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         if (out / "model.safetensors").exists():
             print(f"{name}: already trained", flush=True)
             continue
+        own = [o for o in args.set if cond == "text" or not o.startswith("model.text")]  # text settings: text run
         cfg = load_config(overrides=[f"data.name='{args.data}'", f"model.conditioning='{cond}'",
                                      f"train.steps={args.steps}", "train.sample_every=0",
-                                     "train.checkpoint_every=200", *args.set])
+                                     "train.checkpoint_every=200", *own])
         t0 = time.time()
         diffusion_engine(cfg, out, progress=False, resume=(out / "train_state.json").exists()).fit()
         print(json.dumps({"run": name, "steps": args.steps, "seconds": time.time() - t0}), flush=True)

@@ -233,7 +233,8 @@ def test_sample_npz_points(cli, moons_run: Path, tmp_path: Path) -> None:
     res = cli("sample", moons_run, "--n", "300", "--steps", "3", "--out", tmp_path / "s.npz")
     assert res.code == 0, res.err
     with np.load(tmp_path / "s.npz") as f:
-        assert sorted(f.files) == ["samples"]
+        assert sorted(f.files) == ["diffusa", "samples"]  # the samples, and the mark of a file diffusa wrote
+        assert str(f["diffusa"]).startswith("diffusa ")
         assert f["samples"].dtype == np.float32 and f["samples"].shape == (300, 2)
         assert np.isfinite(f["samples"]).all()
 

@@ -214,7 +214,7 @@ def test_npz_that_diffusa_sample_writes_trains_from_images(tmp_path: Path) -> No
     x = torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(0)) * 2 - 1
     write_samples(x, tmp_path / "s.npz", is_image=True)
     with np.load(tmp_path / "s.npz") as f:
-        assert sorted(f.files) == ["images", "samples"]
+        assert sorted(f.files) == ["diffusa", "images", "samples"]
     d = load_dataset(str(tmp_path / "s.npz"))
     assert d.kind == "image" and d.shape == (1, 6, 6) and len(d) == 5
     assert torch.equal(d.x, uint8_to_unit(unit_to_uint8(x)))  # read from the uint8 `images`

@@ -176,9 +176,11 @@ def test_time_limit_stops_with_a_log_record_and_a_checkpoint(tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("override, match", [
-    ("train.grad_clip=nan", r"train\.grad_clip must be a number in \[0, inf\), got nan"),  # clipping silently off
+    ("train.grad_clip=nan", r"train\.grad_clip must be a finite number, got nan"),  # clipping silently off
+    ("train.grad_clip=-1", r"train\.grad_clip must be a number in \[0, inf\), got -1"),
     ("train.lr_min_ratio=nan", r"train\.lr_min_ratio"), ("train.lr_min_ratio=1.5", r"\[0, 1\]"),
-    ("train.max_minutes=nan", "--minutes"), ("train.seed=1000000000000000000000000000000", "--seed"),
+    ("train.max_minutes=nan", r"train\.max_minutes"), ("train.max_minutes=-1", "--minutes"),
+    ("train.seed=1000000000000000000000000000000", "--seed"),
     ("train.sample_n=0", r"train\.sample_n must be an integer in \[1, 10000\]"),
     ("train.sample_steps=0", r"train\.sample_steps"), ("train.checkpoint_every=-1", "checkpoint_every"),
     ("train.warmup=-5", "warmup"), ("train.weight_decay=inf", "weight_decay"),
@@ -186,7 +188,7 @@ def test_time_limit_stops_with_a_log_record_and_a_checkpoint(tmp_path: Path) -> 
 def test_every_training_number_is_checked_before_any_work(tmp_path: Path, override: str, match: str) -> None:
     """Each refused before the network is built or the folder made, not after training (sample_n, sample_steps
     were used only by the final preview) and never silently (a NaN clip norm turned clipping off)."""
-    cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=2", override])
-    with pytest.raises(DiffusaError, match=match) as info:
+    with pytest.raises(DiffusaError, match=match) as info:  # NaN and inf already where the config is read
+        cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=2", override])
         diffusion_engine(cfg, tmp_path / "run", progress=False)
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()

@@ -390,6 +390,7 @@ def test_likelihood_is_eval_bpd(cli, digits_run: Path, tmp_path: Path) -> None:
     assert r.code == 0, r.err
     out = json.loads(r.out)
     assert out.pop("run") == str(digits_run) and out.pop("plot") == str(tmp_path / "q.png")
+    assert out.pop("diffusa_version")  # the mark of a file diffusa wrote
     assert res.pop("plot") == str(tmp_path / "p.png") and res == out
     assert res["method"] == "variational bound" and res["terms"] == 3 and res["n"] == 6 and res["bpd"] > 0
     assert pipe.likelihood(x[:2])["terms"] == 100 and pipe.likelihood(x[:2])["plot"] is None

@@ -19,7 +19,7 @@ FORMAT = "diffusa-run"
 FORMAT_VERSION = 1
 
 
-def _atomic(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     # a unique name created by the writer itself, so the file gets the user's umask (mkstemp's would be 0600)
@@ -36,15 +36,70 @@ RUN_FILES = ("config.json", "model.safetensors", "train_state.safetensors", "tra
              "autoencoder.safetensors", "classifier.safetensors")
 
 
-def guard_output(path: str | Path, flag: str = "--out") -> Path:
-    """An output a user named, refused when it is one of a trained folder's own files (`eval RUN --out
-    RUN/config.json` would replace the run's config with metrics, and the run would be dead)."""
+MARK = "diffusa"  # PNG text chunk "Software", .npz array and JSON key by which diffusa knows its own outputs
+
+
+def mark() -> str:
+    """The value of the mark: "diffusa VERSION"."""
+    from diffusa._version import __version__
+
+    return f"{MARK} {__version__}"
+
+
+def written_by_diffusa(path: Path) -> bool:
+    """Whether an existing file is one diffusa wrote (a PNG whose "Software" text says so, an .npz holding the
+    `diffusa` array, a JSON object with "diffusa_version") or holds nothing (empty): what --out may replace
+    without --force."""
+    import zipfile
+
     path = Path(path)
-    if path.is_dir():
-        raise DiffusaError(f"{flag} {path} is a folder; name a file in it")
-    if path.name in RUN_FILES and (path.parent / "config.json").is_file():
-        raise DiffusaError(f"{flag} {path} would overwrite a file of the trained folder {path.parent}; "
-                           "write elsewhere")
+    try:
+        if path.stat().st_size == 0:
+            return True
+        suffix = path.suffix.lower()
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                return str(im.info.get("Software", "")).startswith(MARK)
+        if suffix == ".npz":
+            with zipfile.ZipFile(path) as z:
+                return f"{MARK}.npy" in z.namelist()
+        if suffix == ".json":
+            obj = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(obj, dict) and "diffusa_version" in obj
+    except (OSError, ValueError, zipfile.BadZipFile, RecursionError, SyntaxError):
+        return False
+    return False
+
+
+def check_parents(path: Path, flag: str = "--out") -> None:
+    """The nearest existing folder above `path` is a folder (an output under a file could never be written)."""
+    for parent in Path(path).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise DiffusaError(f"{flag} {path}: {parent} is a file, not a folder")
+            return
+
+
+def guard_output(path: str | Path, flag: str = "--out", force: bool = False) -> Path:
+    """An output a user named, checked before any work: refused when it is a folder, lies under a file, is one of
+    a trained folder's own files (`eval RUN --out RUN/config.json` would replace the run's config with metrics,
+    and the run would be dead), or is an existing file diffusa did not write (unless `force`)."""
+    path = Path(path)
+    if not str(path).strip():
+        raise DiffusaError(f"{flag} is empty: name a file")
+    try:
+        if path.is_dir():
+            raise DiffusaError(f"{flag} {path} is a folder; name a file in it")
+        check_parents(path, flag)
+        if path.name in RUN_FILES and (path.parent / "config.json").is_file():
+            raise DiffusaError(f"{flag} {path} would overwrite a file of the trained folder {path.parent}; "
+                               "write elsewhere")
+        if path.is_file() and not force and not written_by_diffusa(path):
+            raise DiffusaError(f"{flag} {path} exists and was not written by diffusa; pass --force to replace it")
+    except OSError as e:
+        raise DiffusaError(f"{flag} {path}: {e.strerror or e}") from None
     return path
 
 
@@ -52,7 +107,7 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
     """Save a flat dict of tensors as safetensors, atomically."""
     data = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     # serialise in memory and write the bytes ourselves: safetensors' save_file creates its files 0600
-    _atomic(Path(path), lambda tmp: Path(tmp).write_bytes(save(data, metadata=metadata)))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(save(data, metadata=metadata)))
 
 
 def write_text(path: Path, text: str) -> None:
@@ -62,7 +117,7 @@ def write_text(path: Path, text: str) -> None:
     if path.is_symlink() or (path.exists() and not path.is_file()):
         path.write_text(text)
         return
-    _atomic(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def save_json(path: Path, obj: dict[str, Any]) -> None:
@@ -81,7 +136,7 @@ def load_tensors_and_metadata(path: Path) -> tuple[dict[str, torch.Tensor], dict
         raise DiffusaError(f"{path} is not a readable safetensors file (truncated or corrupt?): {e}") from None
 
 
-TMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp$")  # what `_atomic` names its temporaries
+TMP_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{12}\.tmp$")  # what `atomic_write` names its temporaries
 
 
 def remove_stray_temporaries(folder: Path) -> list[Path]:
@@ -139,9 +194,11 @@ def load_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DiffusaError(f"{path} does not exist")
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DiffusaError(f"{path} is not valid JSON: {e}") from None
+    except RecursionError:
+        raise DiffusaError(f"{path} is nested too deeply to be a diffusa file") from None
     if not isinstance(obj, dict):
         raise DiffusaError(f"{path} does not hold a JSON object")
     return obj

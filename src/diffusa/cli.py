@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffusa.checkpoint import guard_output, write_text
-from diffusa.cli_common import non_negative_float, positive_int
+from diffusa.cli_common import force_flag, non_negative_float, positive_int
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
@@ -136,9 +136,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from diffusa.pipelines import DEFAULT_STEPS, check_out, load
     from diffusa.viz import save_strip
 
-    out = check_out(args.out)
+    out = check_out(args.out, args.force)
     if args.trajectory is not None:
-        png_out(args.trajectory, "--trajectory")
+        png_out(args.trajectory, "--trajectory", args.force)
     pipe = load(args.run)
     frames: dict[int, torch.Tensor] = {}
     labels: dict[int, str] = {}
@@ -155,7 +155,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                 labels[step] = f"t={t:.2f}"
 
     res = pipe(args.prompt, **pipeline_args(args, args.n), callback=callback)
-    res.save(out)
+    res.save(out, args.force)
     if args.trajectory:
         x_T = pipe.decode(pipe.noise(min(8, args.n), args.seed))
         save_strip([x_T, *(frames[k] for k in sorted(frames))], args.trajectory,
@@ -175,9 +175,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from diffusa.pipelines import load
 
     if args.out is not None:
-        guard_output(args.out)  # before any sampling: eval RUN --out RUN/config.json would kill the run
+        guard_output(args.out, force=args.force)  # before any sampling: eval RUN --out RUN/config.json kills RUN
     if args.plot is not None:
-        png_out(args.plot, "--plot")
+        png_out(args.plot, "--plot", args.force)
     if args.bpd:
         given = [f"--{k.replace('_', '-')}" for k in ("sampler", "steps", "label", "prompt", "guidance_scale",
                                                       "classifier", "classifier_scale", "spacing", "eta")
@@ -215,9 +215,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def png_out(path: str, flag: str) -> Path:
-    """A picture a flag names: a .png file that is no trained folder's own file."""
-    out = guard_output(path, flag)
+def png_out(path: str, flag: str, force: bool = False) -> Path:
+    """A picture a flag names: a .png file that is no trained folder's own file (nor, without `force`, a file
+    diffusa did not write)."""
+    out = guard_output(path, flag, force)
     if out.suffix.lower() != ".png":
         raise DiffusaError(f"{flag} writes a PNG picture: name a .png file, got {out.name!r}")
     return out
@@ -225,7 +226,9 @@ def png_out(path: str, flag: str) -> Path:
 
 def print_json(obj: dict[str, Any], out: str | None) -> None:
     """Print a result as JSON, and write it to `out` too when given."""
-    text = json.dumps(obj, indent=2)
+    from diffusa._version import __version__
+
+    text = json.dumps({**obj, "diffusa_version": __version__}, indent=2)  # the mark of a file diffusa wrote
     print(text)
     if out:
         write_text(Path(out), text + "\n")
@@ -247,7 +250,7 @@ def eval_bpd(pipe: Any, x: torch.Tensor, args: argparse.Namespace) -> int:
     terms = None if args.terms is None else (args.terms if args.terms == "all" else int(args.terms))
     plot = args.plot
     if plot is None and pipe.discrete and pipe.is_image and not pipe.is_latent:
-        plot = default_plot(args.run)
+        plot = png_out(str(default_plot(args.run)), "the bound's plot", args.force)
     res = pipe.likelihood(x[:n], terms=terms, variance=args.variance, rtol=args.rtol, seed=args.seed, plot=plot)
     print_json({"run": str(args.run), **res}, args.out)
     return 0
@@ -280,17 +283,25 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
 
 
 # -- forward ----------------------------------------------------------------------------------
+FORWARD_MAX = 64  # rows and columns of the forward-process picture
+
+
 def cmd_forward(args: argparse.Namespace) -> int:
     from diffusa.config import ProcessConfig, RunConfig
     from diffusa.data import load_dataset
+    from diffusa.limits import check_count
+    from diffusa.pipelines.request import check_seed
     from diffusa.runs import build_process
     from diffusa.viz import save_strip
 
-    png_out(args.out, "--out")
+    png_out(args.out, "--out", args.force)
+    check_count("--n (rows of the picture)", args.n, FORWARD_MAX)
+    check_count("--columns", args.columns, FORWARD_MAX)
+    check_seed(args.seed)
+    process = build_process(RunConfig(process=ProcessConfig(schedule=args.schedule, num_steps=args.num_steps)))
     data = load_dataset(args.data, "train", stream="off")
     if data.kind != "image":
         raise DiffusaError(f"the forward-process picture needs images; {args.data} holds points")
-    process = build_process(RunConfig(process=ProcessConfig(schedule=args.schedule, num_steps=args.num_steps)))
     g = torch.Generator().manual_seed(args.seed)
     x0 = data.x[torch.randperm(len(data), generator=g)[:args.n]]
     noise = torch.randn(x0.shape, generator=g)
@@ -322,7 +333,7 @@ def build_parser() -> Parser:
     t.add_argument("--config", help="TOML file with config overrides")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. train.lr=1e-3")
     t.add_argument("--seed", type=int)
-    t.add_argument("--minutes", type=float, help="stop (and checkpoint) after this much training time")
+    t.add_argument("--minutes", type=non_negative_float, help="stop (and checkpoint) after this much training time")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--init", metavar="RUN",
                    help="fine-tune: start from this run's (or shipped model's) weights, process and network, with "
@@ -397,11 +408,14 @@ def build_parser() -> Parser:
     sampling_flags(s, 64)
     s.add_argument("--out", required=True, help="FILE.png (grid) or FILE.npz (samples, images)")
     s.add_argument("--trajectory", help="also draw the reverse process of 8 samples as a strip PNG")
+    force_flag(s)
     s.set_defaults(func=cmd_sample)
 
+    from diffusa.cli_edit import add_parser as add_edit
     from diffusa.cli_generate import add_parser as add_generate
 
     add_generate(sub)
+    add_edit(sub)  # diffusa edit, diffusa inpaint
 
     e = sub.add_parser("eval", help="measure a run's samples; prints JSON",
                        description="Frechet distance, KID and classifier confidence (images) or energy distance "
@@ -418,6 +432,7 @@ def build_parser() -> Parser:
                                    "or NAME-bpd_terms.png here for a shipped model)")
     e.add_argument("--rtol", type=float,
                    help=f"--bpd with the ODE: solver tolerance (rtol = atol; default {DEFAULT_RTOL:g})")
+    force_flag(e)
     e.set_defaults(func=cmd_eval)
 
     f = sub.add_parser("forward", help="picture of the forward process on real images",
@@ -429,7 +444,11 @@ def build_parser() -> Parser:
     f.add_argument("--schedule", default="cosine")
     f.add_argument("--num-steps", type=positive_int, default=1000)
     f.add_argument("--seed", type=int, default=0)
+    force_flag(f)
     f.set_defaults(func=cmd_forward)
+    from diffusa.cli_serve import add_parser as add_serve  # diffusa serve: the web page and REST API
+
+    add_serve(sub)
     return p
 
 

@@ -29,3 +29,9 @@ def positive_int(text: str) -> int:
 
 
 __all__ = ["non_negative_float", "positive_int"]
+
+
+def force_flag(parser: argparse.ArgumentParser) -> None:
+    """--force: outputs may replace existing files diffusa did not write (never a trained folder's own files)."""
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing output file that diffusa did not write")

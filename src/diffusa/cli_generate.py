@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from diffusa.cli_common import positive_int
+from diffusa.cli_common import force_flag, positive_int
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_SCALE
 
@@ -33,6 +33,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--guidance-scale", type=float,
                    help=f"classifier-free guidance w (text models; default {DEFAULT_TEXT_SCALE:g})")
     g.add_argument("--seed", type=int, default=0)
+    force_flag(g)
     g.set_defaults(func=cmd_generate)
 
 
@@ -40,7 +41,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from diffusa.pipelines import check_out, load
     from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
 
-    out = check_out(args.out)
+    out = check_out(args.out, args.force)
     if args.model is not None and not args.model.strip():
         raise DiffusaError("--model is empty: give a shipped model's name or a run folder")
     name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None else DEFAULT_MODEL)
@@ -50,7 +51,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise DiffusaError(f"{name} is class-conditional: use diffusa sample {name} --label K")
     kw = {k: getattr(args, k) for k in ("sampler", "steps") if getattr(args, k) is not None}
     res = pipe(args.prompt, n=args.n, guidance_scale=args.guidance_scale, seed=args.seed, **kw)
-    res.save(out)
+    res.save(out, args.force)
     s = res.settings
     what = f"{args.prompt!r}, guidance {s['guidance_scale']:g}" if args.prompt is not None else "unconditional"
     print(f"wrote {args.n} samples to {out} ({name}, {what}, {s['sampler']} {s['steps']} steps, "

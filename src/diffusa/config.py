@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,8 @@ def _merge(obj: Any, values: dict[str, Any], where: str) -> None:
             known = ", ".join(f.name for f in dataclasses.fields(obj))
             raise DiffusaError(f"unknown config key {where}{key!r}; known here: {known}")
         current = getattr(obj, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DiffusaError(f"config key {where}{key} must be a finite number, got {value}")
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise DiffusaError(f"config key {where}{key} must be a table")
@@ -178,12 +182,27 @@ def _merge(obj: Any, values: dict[str, Any], where: str) -> None:
                 raise DiffusaError(f"config key {where}{key} must be a table")
             current.update(value)
         else:
-            setattr(obj, key, _coerce(current, value, f"{where}{key}"))
+            setattr(obj, key, _coerce(current, value, f"{where}{key}", _declared(type(obj), key)))
 
 
-def _coerce(current: Any, value: Any, name: str) -> Any:
-    if current is None or value is None:
-        return value
+def _declared(cls: type, key: str) -> tuple[type, ...]:
+    """The types a dataclass field declares (`int | None` -> (int, NoneType))."""
+    hint = typing.get_type_hints(cls)[key]
+    return typing.get_args(hint) or (hint,)
+
+
+def _coerce(current: Any, value: Any, name: str, declared: tuple[type, ...]) -> Any:
+    """`value` as the field's type: ints for integer fields (1.0 -> 1), floats for float fields, None only where
+    the field allows it (a setting left to its default); anything else one DiffusaError naming the key."""
+    if value is None:
+        if type(None) in declared:
+            return None
+        raise DiffusaError(f"config key {name} must not be empty (null)")
+    if current is None:  # a field whose default is None: coerce as its declared type (int | None -> int)
+        kinds = [t for t in declared if t is not type(None)]
+        if len(kinds) != 1:
+            return value
+        current = kinds[0]()
     if isinstance(current, bool):
         if not isinstance(value, bool):
             raise DiffusaError(f"config key {name} must be true or false, got {value!r}")
@@ -217,6 +236,45 @@ def parse_override(text: str) -> dict[str, Any]:
     return out
 
 
+# (section.key, integer?, low, high, low included?, high included?): the numbers outside [train] (whose table is
+# the engine's SETTINGS) checked when a config is read; process settings are checked by diffusa.process
+RANGES: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
+    ("loss.gamma", False, 0, math.inf, False, False),
+    ("loss.p_std", False, 0, math.inf, False, False),
+    ("loss.vlb_weight", False, 0, math.inf, True, False),
+    ("data.image_size", True, 1, 8192, True, True),
+)
+
+
+def check_range(name: str, value: Any, integer: bool, low: float, high: float, low_in: bool, high_in: bool) -> None:
+    """One setting: of its type (an integer, or a number), finite, in its range; else one DiffusaError naming it."""
+    kind = "an integer" if integer else "a number"
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        raise DiffusaError(f"{name} must be {kind}, got {value!r}")
+    inside = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
+    if not math.isfinite(value) or not inside:
+        span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+        raise DiffusaError(f"{name} must be {kind} in {span}, got {value}")
+
+
+CONDITIONINGS = ("none", "class", "text")
+
+
+def check_config(cfg: RunConfig) -> RunConfig:
+    """The RANGES of a config (None: left to its default), and the names no builder checks when sampling."""
+    if cfg.model.conditioning not in CONDITIONINGS:
+        raise DiffusaError(f"unknown model.conditioning {cfg.model.conditioning!r}; known: {', '.join(CONDITIONINGS)}")
+    if cfg.model.text and cfg.model.conditioning != "text":
+        raise DiffusaError(f"model.text sets the text encoder of a text-conditional model; this model's "
+                           f"conditioning is {cfg.model.conditioning!r} (set model.conditioning=\"text\")")
+    for key, *rule in RANGES:
+        section, field_name = key.split(".")
+        value = getattr(getattr(cfg, section), field_name)
+        if value is not None:
+            check_range(key, value, *rule)
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> RunConfig:
     """Defaults, then a saved config dict `base`, then a TOML file, then `--set` overrides."""
@@ -233,6 +291,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise DiffusaError(f"config file {p} is not valid TOML: {e}") from None
         except UnicodeDecodeError as e:
             raise DiffusaError(f"config file {p} is not UTF-8 text: {e.reason}") from None
+        except RecursionError:
+            raise DiffusaError(f"config file {p} is nested too deeply") from None
     for text in overrides or []:
         _merge(cfg, parse_override(text), "")
-    return cfg
+    return check_config(cfg)

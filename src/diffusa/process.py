@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from diffusa.errors import DiffusaError
+from diffusa.limits import MAX_CHAIN_STEPS
 from diffusa.schedules import make_betas
 
 
@@ -390,10 +391,24 @@ PROCESSES: dict[str, type[Process]] = {"ddpm": DiscreteDDPM, "vp": VP, "subvp": 
 
 def process_from_dict(cfg: dict[str, Any]) -> Process:
     """Rebuild a process from `Process.to_dict()` output."""
+    if not isinstance(cfg, dict):
+        raise DiffusaError(f"a process is a table of settings (name = ...), got {cfg!r}")
     cfg = dict(cfg)
     name = cfg.pop("name", None)
-    if name not in PROCESSES:
+    if not isinstance(name, str) or name not in PROCESSES:
         raise DiffusaError(f"unknown process {name!r}; known: {', '.join(sorted(PROCESSES))}")
+    for key, value in cfg.items():
+        if key == "schedule":
+            continue
+        if key == "num_steps":
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHAIN_STEPS:
+                raise DiffusaError(f"process {name!r}: num_steps must be an integer in [1, {MAX_CHAIN_STEPS:,}], "
+                                   f"got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise DiffusaError(f"process {name!r}: {key} must be a finite number > 0, got {value!r}")
+    for lo, hi in (("beta_min", "beta_max"), ("sigma_min", "sigma_max")):
+        if lo in cfg and hi in cfg and not cfg[lo] < cfg[hi]:
+            raise DiffusaError(f"process {name!r}: {lo} ({cfg[lo]:g}) must be below {hi} ({cfg[hi]:g})")
     try:
         return PROCESSES[name](**cfg)
     except TypeError as e:

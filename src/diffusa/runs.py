@@ -22,9 +22,10 @@ from diffusa.checkpoint import (
 )
 from diffusa.config import RunConfig, auto_choice, load_config
 from diffusa.errors import DiffusaError
+from diffusa.limits import ACTIVATION_FLOATS, check_bytes, tensor_bytes
 from diffusa.nets import NetRequest, accepts, build_network, network_config, network_kind
 from diffusa.prediction import Denoiser
-from diffusa.process import PROCESSES, DiscreteDDPM, Process, process_from_dict
+from diffusa.process import Process, process_from_dict
 
 
 def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int = 0,
@@ -43,12 +44,13 @@ def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int =
 def build_process(cfg: RunConfig) -> Process:
     """The forward process named in the config."""
     p = cfg.process
-    if p.name == "ddpm":
-        return DiscreteDDPM(p.schedule, p.num_steps)
-    if p.name not in PROCESSES:
-        raise DiffusaError(f"unknown process {p.name!r}; known: {', '.join(PROCESSES)}")
     params = {k: getattr(p, k) for k in ("beta_min", "beta_max", "sigma_min", "sigma_max", "sigma_data")
               if getattr(p, k) is not None}
+    if p.name == "ddpm":
+        if params:
+            raise DiffusaError(f"process.{next(iter(params))} does not apply to the ddpm chain (its settings: "
+                               "schedule, num_steps)")
+        return process_from_dict({"name": "ddpm", "schedule": p.schedule, "num_steps": p.num_steps})
     return process_from_dict({"name": p.name, **params})
 
 
@@ -126,7 +128,36 @@ def read_run_meta(path: Path) -> dict[str, Any]:
     for key in ("config", "data_shape", "data_kind", "network"):
         if key not in meta:
             raise DiffusaError(f"{cfg_file} lacks {key!r}; the file is damaged")
+    check_run_meta(meta, cfg_file)
     return meta
+
+
+DATA_KINDS = {"image": 3, "points": 1}  # data kind -> rank of one example
+
+
+def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
+    """The shapes and tables of a config.json, before anything is built from them: one DiffusaError naming the
+    file and the key (a hand-edited or damaged file must not reach torch as a negative or huge shape)."""
+    def bad(key: str, what: str) -> DiffusaError:
+        return DiffusaError(f"{cfg_file}: {key} {what}, got {meta.get(key)!r:.80}; the file is damaged")
+
+    kind = meta["data_kind"]
+    if kind not in DATA_KINDS:
+        raise bad("data_kind", f"must be one of {', '.join(DATA_KINDS)}")
+    shape = meta["data_shape"]
+    if not isinstance(shape, list) or len(shape) != DATA_KINDS[kind] or \
+            any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape):
+        raise bad("data_shape", f"must be {DATA_KINDS[kind]} positive integer(s) for {kind} data")
+    check_bytes(f"{cfg_file}: one example of data_shape {shape}", tensor_bytes(shape, ACTIVATION_FLOATS))
+    for key in ("config", "network"):
+        if not isinstance(meta[key], dict):
+            raise bad(key, "must be a table")
+    net = meta["network"]
+    if not isinstance(net.get("kind"), str) or not isinstance(net.get("config"), dict):
+        raise DiffusaError(f"{cfg_file}: network must hold a kind (a name) and a config (a table); the file is "
+                           "damaged")
+    if "process" in meta and not isinstance(meta["process"], dict):
+        raise bad("process", "must be a table")
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> Run:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from diffusa.errors import DiffusaError
+from diffusa.limits import MAX_SAMPLING_STEPS, check_count
 
 
 def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02,
@@ -64,9 +65,9 @@ def make_betas(name: str, num_steps: int) -> torch.Tensor:
 
 def check_steps(steps: int) -> int:
     """Validate a user-given number of sampling steps."""
-    if not isinstance(steps, int) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise DiffusaError(f"--steps must be a positive integer, got {steps}")
-    return steps
+    return check_count("--steps", steps, MAX_SAMPLING_STEPS)
 
 
 def discrete_indices(num_train_steps: int, steps: int, spacing: str = "leading") -> list[int]:

@@ -46,14 +46,21 @@ def resolve_model(spec: str) -> Path:
 
 def run_path(spec: str | Path) -> Path:
     """A shipped model's name (unless a run folder of that name is here), or a run folder that exists."""
+    if not isinstance(spec, (str, Path)):
+        raise DiffusaError(f"a model is a shipped model's name or a run folder's path, got {type(spec).__name__}")
     if not str(spec).strip():
         raise DiffusaError(f"no run given: name a run folder or a shipped model ({', '.join(SHIPPED)})")
-    if str(spec) in SHIPPED and not (Path(spec) / "config.json").is_file():
-        return resolve_model(str(spec))
-    path = Path(spec)
-    if not path.is_dir():
-        what = "is a file, not a run folder" if path.exists() else "does not exist"
-        raise DiffusaError(f"run folder {spec} {what}; the shipped models are {', '.join(SHIPPED)}")
+    if "\x00" in str(spec):
+        raise DiffusaError(f"run folder {spec!r}: a path cannot hold a NUL character")
+    try:
+        if str(spec) in SHIPPED and not (Path(spec) / "config.json").is_file():
+            return resolve_model(str(spec))
+        path = Path(spec)
+        if not path.is_dir():
+            what = "is a file, not a run folder" if path.exists() else "does not exist"
+            raise DiffusaError(f"run folder {spec!s:.200} {what}; the shipped models are {', '.join(SHIPPED)}")
+    except OSError as e:  # a name too long for the file system, a folder that may not be read
+        raise DiffusaError(f"run folder {spec!s:.200}: {e.strerror or e}") from None
     return path
 
 

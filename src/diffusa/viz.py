@@ -8,10 +8,12 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from diffusa.checkpoint import atomic_write, mark
 from diffusa.data import unit_to_uint8
 
 
@@ -26,14 +28,23 @@ def _plt():
 
 
 def _save_png(arr: np.ndarray, path: Path) -> None:
+    """uint8 pixels as a PNG marked as diffusa's (checkpoint.written_by_diffusa), written atomically."""
     from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    info = PngInfo()
+    info.add_text("Software", mark())
+    atomic_write(Path(path), lambda tmp: img.save(tmp, format="PNG", pnginfo=info))
+
+
+def _save_figure(fig: Any, path: str | Path, dpi: int) -> None:
+    """A matplotlib figure as a PNG marked as diffusa's, written atomically; the figure is closed."""
+    try:
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight",
+                                                    metadata={"Software": mark()}))
+    finally:
+        _plt().close(fig)
 
 
 def image_grid(x: torch.Tensor, nrow: int | None = None, pad: int = 2, scale: int = 1) -> np.ndarray:
@@ -68,9 +79,7 @@ def save_points(x: torch.Tensor, path: str | Path, reference: torch.Tensor | Non
     ax.set_aspect("equal")
     ax.set_title(title)
     ax.legend(loc="upper right", markerscale=4)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path, dpi=100)
 
 
 def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None, title: str = "") -> None:
@@ -95,9 +104,7 @@ def save_strip(frames: Sequence[torch.Tensor], path: str | Path, labels: Sequenc
     cell = grid.shape[1] / f
     ax.set_xticks([cell * (i + 0.5) for i in range(f)], list(labels), fontsize=7, rotation=45)
     ax.set_yticks([])
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path, dpi=110)
 
 
 def save_loss_curve(log_path: str | Path, path: str | Path) -> None:
@@ -125,9 +132,7 @@ def save_loss_curve(log_path: str | Path, path: str | Path) -> None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path, dpi=100)
 
 
 def save_bound_terms(times: Sequence[float], terms: Sequence[float], path: str | Path, title: str = "") -> None:
@@ -143,7 +148,5 @@ def save_bound_terms(times: Sequence[float], terms: Sequence[float], path: str |
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    _save_figure(fig, path, dpi=100)
 

@@ -26,7 +26,9 @@ AE_VERSION = 1
 def build_autoencoder(cfg: AutoencoderConfig) -> torch.nn.Module:
     if cfg.kind not in AUTOENCODERS:
         raise DiffusaError(f"unknown autoencoder kind {cfg.kind!r}; known: {', '.join(AUTOENCODERS)}")
-    return AUTOENCODERS[cfg.kind](cfg)
+    from diffusa.limits import build_within_budget
+
+    return build_within_budget(lambda: AUTOENCODERS[cfg.kind](cfg), f"the {cfg.kind} autoencoder")
 
 
 @torch.no_grad()

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from diffusa.data.base import Dataset, uint8_to_unit
 from diffusa.errors import DiffusaError
+from diffusa.limits import check_pixels
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-GRAY_MODES = ("L", "1", "I;16", "I")  # PIL modes a folder keeps as one channel when grayscale is None
+# PIL modes a folder keeps as one channel when grayscale is None
+GRAY_MODES = ("L", "1", "LA", "I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def list_images(path: Path) -> list[Path]:
@@ -25,15 +28,42 @@ def list_images(path: Path) -> list[Path]:
 
 
 def image_header(f: Path) -> tuple[str, tuple[int, int]]:
-    """(PIL mode, (width, height)) from an image file's header, nothing decoded; an unreadable file is an error
-    naming it."""
+    """(PIL mode, (width, height)) from an image file's header, nothing decoded; an unreadable file, or one
+    larger than limits.MAX_IMAGE_PIXELS (a decompression bomb's header), is an error naming it."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(f) as im:
-            return im.mode, im.size
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            mode, size = im.mode, im.size
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DiffusaError(f"cannot read image {f}: {e}") from None
+    check_pixels(f, *size)
+    return mode, size
+
+
+def to_mode(im: Any, mode: str) -> Any:
+    """A PIL image in mode "L" or "RGB", every mode read as people see it: 16- and 32-bit grayscale scaled to 8
+    bits by their type's range (PIL's own conversion clips them, so a 16-bit image turns white), float images
+    clipped to [0, 1] -> [0, 255], palettes expanded, transparency composited onto black (the background of
+    the shipped digits)."""
+    from PIL import Image
+
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        a = np.asarray(im)
+        if im.mode == "F":
+            a8 = (np.clip(a, 0, 1) * 255).round()
+        elif im.mode == "I" and a.max(initial=0) <= 255 and a.min(initial=0) >= 0:
+            a8 = a  # 8-bit values held in 32 bits (what some readers return)
+        else:
+            a8 = np.clip(a.astype(np.float64), 0, 65535) / 257.0  # 16-bit range (PIL reads 16-bit PNGs as I / I;16)
+        im = Image.fromarray(np.asarray(a8.round() if im.mode != "F" else a8, dtype=np.uint8), "L")
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    if im.mode in ("LA", "RGBA"):
+        background = Image.new(im.mode[:-1], im.size, 0)
+        background.paste(im, mask=im.getchannel("A"))
+        im = background
+    return im.convert(mode)
 
 
 def folder_grayscale(files: list[Path]) -> bool:
@@ -47,11 +77,12 @@ def decode_image(f: Path, mode: str, image_size: int | None = None) -> np.ndarra
     `image_size` if given. The resident and the streaming folders both decode through here."""
     from PIL import Image, UnidentifiedImageError
 
+    image_header(f)  # the pixel limit, before anything is decoded
     try:
         with Image.open(f) as im:
             im.load()
-            im = im.convert(mode)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            im = to_mode(im, mode)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DiffusaError(f"cannot read image {f}: {e}") from None
     if image_size is not None:
         im = im.resize((image_size, image_size), Image.Resampling.BICUBIC)

@@ -12,7 +12,9 @@ import torch
 from diffusa.data.base import Dataset, uint8_to_unit
 from diffusa.errors import DiffusaError
 
-AUX_ARRAYS = ("labels", "cond_images")  # .npz arrays that go with the data, never the data itself
+# .npz arrays that go with the data, never the data itself ("diffusa": the mark of a file `diffusa sample` wrote)
+AUX_ARRAYS = ("labels", "cond_images", "diffusa")
+MAX_SCALE = 1e4  # |value| of float data: diffusion's noise levels assume data of about unit scale
 PREFERRED_ARRAYS = ("images", "x")  # the data array when present (`diffusa sample` writes samples + images)
 
 
@@ -52,6 +54,9 @@ def _npz_images_or_points(path: Path, key: str, a: np.ndarray) -> tuple[torch.Te
         if bad:
             raise DiffusaError(f"{path}: array {key!r} holds {bad} non-finite values (NaN or inf, or beyond "
                                "float32); replace them or drop those examples")
+        if x.numel() and float(x.abs().max()) > MAX_SCALE:
+            raise DiffusaError(f"{path}: array {key!r} holds values up to {float(x.abs().max()):.3g}; diffusion "
+                               f"expects data of about unit scale (|x| <= {MAX_SCALE:g}): standardise it first")
         return x, "points" if a.ndim == 2 else "image"
     raise DiffusaError(f"{path}: array {key!r} is {a.dtype} of shape {a.shape}; expected uint8 images (N, H, W) or "
                        "(N, H, W, C), float points (N, D), or float images (N, C, H, W) in [-1, 1]")

@@ -22,26 +22,10 @@ import torch
 from diffusa.data.base import Dataset, batches, uint8_to_unit
 from diffusa.data.folders import decode_image, folder_grayscale, image_header, list_images, load_folder, read_captions
 from diffusa.errors import DiffusaError
+from diffusa.limits import memory_bytes
 
 NUM_WORKERS = 2  # decoding processes per loader
 PREFETCH_FACTOR = 2  # batches each worker decodes ahead
-
-
-def memory_bytes() -> int | None:
-    """Memory this process may use: physical memory, or the cgroup (v2 or v1) limit where lower; None if unknown."""
-    found = []
-    try:
-        found.append(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        pass
-    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(limit).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit():
-            found.append(int(text))
-    return min(found) if found else None
 
 
 def stream_threshold() -> int:

@@ -37,7 +37,7 @@ from diffusa.checkpoint import (
     remove_stray_temporaries,
     save_json,
 )
-from diffusa.config import TrainConfig
+from diffusa.config import TrainConfig, check_range
 from diffusa.engine.state import (
     STATE,
     check_out,
@@ -137,20 +137,25 @@ SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
 def validate_settings(tc: TrainConfig) -> None:
     """Reject optimisation settings that cannot train, before any work is done: every number finite, of its type
     and in its range (a NaN grad_clip would silently turn clipping off), every name known."""
-    for key, integer, low, high, low_in, high_in in SETTINGS:
-        value = getattr(tc, key)
-        kind = "an integer" if integer else "a number"
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise DiffusaError(f"train.{key} must be {kind}, got {value!r}")
-        inside = (value >= low if low_in else value > low) and (value <= high if high_in else value < high)
-        if not math.isfinite(value) or not inside:
-            span = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-            flag = {"steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "max_minutes": "--minutes"}
-            raise DiffusaError(f"{flag.get(key, 'train.' + key)} must be {kind} in {span}, got {value}")
+    flags = {"steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "max_minutes": "--minutes"}
+    for key, *rule in SETTINGS:
+        check_range(flags.get(key, f"train.{key}"), getattr(tc, key), *rule)
     if tc.precision not in PRECISIONS:
         raise DiffusaError(f"unknown precision {tc.precision!r}; known: {', '.join(PRECISIONS)}")
     if tc.lr_decay not in LR_DECAYS:
         raise DiffusaError(f"unknown lr_decay {tc.lr_decay!r}; known: {', '.join(LR_DECAYS)}")
+
+
+def check_training_memory(model: nn.Module, batch_size: int, example_shape: tuple[int, ...]) -> None:
+    """Refuse a training whose weights, EMA and Adam's two moments (four copies of the parameters), plus the
+    activations of one batch (limits.ACTIVATION_FLOATS per input value, an estimate that errs low), would not fit
+    this machine: before any step runs."""
+    from diffusa.limits import ACTIVATION_FLOATS, check_bytes, tensor_bytes
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    batch = tensor_bytes((batch_size, *example_shape), ACTIVATION_FLOATS)
+    check_bytes(f"training with --batch-size {batch_size} on examples of shape {list(example_shape)}",
+                4 * weights + batch, "lower the batch size or the network's size")
 
 
 @contextlib.contextmanager
@@ -201,6 +206,7 @@ class Engine:
         self.task, self.out, self.progress = task, Path(out), progress
         self.cfg = task.settings
         validate_settings(self.cfg)
+        check_training_memory(task.model, self.cfg.batch_size, tuple(task.data.shape))
         self.dist = setup_distributed()
         if torch.cuda.is_available():
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -442,6 +448,7 @@ __all__ = [
     "PRECISIONS",
     "DistInfo",
     "Engine",
+    "check_training_memory",
     "defer_sigint",
     "ema_update",
     "leave_distributed",

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from diffusa.checkpoint import (
+    check_parents,
     load_json,
     load_tensors,
     load_tensors_and_metadata,
@@ -47,8 +48,12 @@ def check_out(out: str | Path, resume: bool = False, init: str | Path | None = N
     out = Path(out)
     if init is not None and resume:
         raise DiffusaError("--init starts a new run from another's weights; --resume continues this one: pick one")
-    if out.exists() and not out.is_dir():
-        raise DiffusaError(f"--out {out} exists and is not a folder")
+    try:
+        if out.exists() and not out.is_dir():
+            raise DiffusaError(f"--out {out} exists and is not a folder")
+        check_parents(out)
+    except OSError as e:
+        raise DiffusaError(f"--out {out}: {e.strerror or e}") from None
     if (out / "config.json").exists() and not resume and not never_checkpointed(out):
         raise DiffusaError(f"{out} already holds {what}; pass --resume to continue it or choose another --out")
     if resume and not (out / STATE).exists() and not never_checkpointed(out):

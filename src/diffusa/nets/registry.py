@@ -124,10 +124,14 @@ def network_config(kind: str, request: NetRequest) -> tuple[str, dict[str, Any]]
 
 def build_network(kind: str, cfg: Mapping[str, Any]) -> nn.Module:
     """Build a network from its kind and its config dict (e.g. config.json's "network"), after its checks."""
+    from diffusa.limits import build_within_budget
+
+    if not isinstance(kind, str):
+        raise DiffusaError(f"a network kind is a name, got {kind!r}")
     net = network_kind(kind)
     net.check(cfg)
-    try:
-        return net.build(cfg)
+    try:  # built on the meta device first: a network too large for this machine is refused before allocation
+        return build_within_budget(lambda: net.build(cfg), f"network {kind!r}")
     except (TypeError, KeyError) as e:
         raise DiffusaError(f"bad settings for network {kind!r}: {e}") from None
 

@@ -4,14 +4,24 @@
     pipe = diffusa.load("mnist-text")                       # a shipped model's name, or any run folder
     images = pipe("a handwritten seven", n=16, seed=1)      # Samples: .samples, .images (uint8), .settings
     images.save("seven.png")                                # a PNG grid, or FILE.npz with the arrays
+    pipe.img2img(x, 0.5, "a handwritten 3")                 # SDEdit: x (uint8 pixels or [-1, 1]) redrawn
+    pipe.inpaint(x, "center", label=3)                      # RePaint: the white part of the mask redrawn
 
 `pipeline` (load, Pipeline: sampling with guidance, callbacks, batches), `request` (labels, prompts, guidance and
-conditioning images -> Denoiser + Cond), `result` (Samples and how they are saved), `likelihood` (bits/dim).
-The command line (`diffusa sample | generate | eval`) calls these and nothing else.
+conditioning images -> Denoiser + Cond), `result` (Samples and how they are saved), `likelihood` (bits/dim),
+`edit` (img2img and inpainting requests; the algorithms are `diffusa.editing`).
+The command line (`diffusa sample | generate | eval | edit | inpaint`) calls these and nothing else.
 """
 
 from __future__ import annotations
 
+from diffusa.pipelines.edit import (
+    DEFAULT_INPAINT_SAMPLER,
+    DEFAULT_JUMP_LENGTH,
+    DEFAULT_JUMP_N_SAMPLE,
+    DEFAULT_STRENGTH,
+    MASKS,
+)
 from diffusa.pipelines.likelihood import DEFAULT_RTOL, DEFAULT_TERMS
 from diffusa.pipelines.pipeline import (
     DEFAULT_BATCH,
@@ -25,6 +35,7 @@ from diffusa.pipelines.pipeline import (
 from diffusa.pipelines.request import DEFAULT_TEXT_SCALE
 from diffusa.pipelines.result import Samples, check_out, write_samples
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_RTOL", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEFAULT_TERMS",
-           "DEFAULT_TEXT_SCALE", "Pipeline", "Samples", "StepCallback", "check_out", "load",
+__all__ = ["DEFAULT_BATCH", "DEFAULT_INPAINT_SAMPLER", "DEFAULT_JUMP_LENGTH", "DEFAULT_JUMP_N_SAMPLE", "DEFAULT_N",
+           "DEFAULT_RTOL", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "DEFAULT_STRENGTH", "DEFAULT_TERMS",
+           "DEFAULT_TEXT_SCALE", "MASKS", "Pipeline", "Samples", "StepCallback", "check_out", "load",
            "write_samples"]

@@ -12,7 +12,8 @@ a convolution may sum in another order for another batch size). A stochastic sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 
 from diffusa.errors import DiffusaError
 from diffusa.pipelines.likelihood import image_likelihood
-from diffusa.pipelines.request import Label, check_seed, count, resolve
+from diffusa.pipelines.request import Label, Request, check_seed, count, resolve
 from diffusa.pipelines.result import Samples
 from diffusa.runs import Run
 
@@ -44,6 +45,43 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DiffusaError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: Any, callback: Any) -> int:
+    """The refusals of sampling arguments shared by every way a pipeline draws (`__call__`, img2img, inpaint),
+    before anything is drawn; the checked seed."""
+    from diffusa.samplers import SAMPLERS
+    from diffusa.samplers.common import check_eta
+
+    if not isinstance(sampler, str):
+        raise DiffusaError(f"sampler must be a sampler's name (a string), got {type(sampler).__name__}")
+    if sampler not in SAMPLERS:
+        raise DiffusaError(f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
+    _positive_int(steps, "steps")
+    _positive_int(batch_size, "batch_size")
+    if eta is not None:
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            raise DiffusaError(f"eta must be a number, got {eta!r}")
+        check_eta(float(eta))  # the samplers' own rule
+    if callback is not None and not callable(callback):
+        raise DiffusaError(f"callback must be a function (step, t, x_t, x0), got {type(callback).__name__}")
+    return check_seed(seed)
+
+
+@contextmanager
+def network_calls(net: torch.nn.Module) -> Iterator[list[int]]:
+    """Count the network's forward calls (the NFE a sampler spent) in `counter[0]` while the block runs."""
+    counter = [0]
+    handle = net.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+    try:
+        yield counter
+    finally:
+        handle.remove()
+
+
+def sampler_kwargs(eta: float | None, variance: str | None) -> dict[str, Any]:
+    """The sampler-specific options that were given."""
+    return {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
 
 
 def check_device(device: Any) -> torch.device:
@@ -165,60 +203,68 @@ class Pipeline:
         returning True stops there, and the samples are then the x0 predicted at that step, for this batch
         and every later one (`Samples.stopped_at`).
         """
-        from diffusa.samplers import SAMPLERS, sample
-        from diffusa.samplers.common import check_eta
-
-        if not isinstance(sampler, str):
-            raise DiffusaError(f"sampler must be a sampler's name (a string), got {type(sampler).__name__}")
-        if sampler not in SAMPLERS:
-            raise DiffusaError(f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
-        _positive_int(steps, "steps")
-        _positive_int(batch_size, "batch_size")
-        seed = check_seed(seed)
-        if eta is not None:
-            if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-                raise DiffusaError(f"eta must be a number, got {eta!r}")
-            check_eta(float(eta))  # the samplers' own rule, before anything is drawn
-        if callback is not None and not callable(callback):
-            raise DiffusaError(f"callback must be a function (step, t, x_t, x0), got {type(callback).__name__}")
+        seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
         n = count(n, prompt, label, DEFAULT_N)
+        self.check_memory(n)
         grid = _grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
         req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                       classifier=classifier, classifier_scale=classifier_scale, image=image,
                       image_channels=self.image_channels)
-        den = req.denoiser
-        options = {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
         g = torch.Generator().manual_seed(seed)
-        x_T = den.process.prior_sample((n, *self.data_shape), generator=g)
+        x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
+        samples, nfe, stopped = self.run_batches(req, x_T, grid, sampler, g, batch_size,
+                                                 sampler_kwargs(eta, variance), callback)
+        settings = self.settings_of(req, n=n, sampler=sampler, steps=steps, spacing=spacing, classifier=classifier,
+                                    eta=eta, variance=variance, seed=seed, batch_size=batch_size, nfe=nfe,
+                                    prompt=prompt, label=label)
+        return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stopped)
+
+    def run_batches(self, req: Request, x_start: torch.Tensor, grid: torch.Tensor, sampler: str,
+                    generator: torch.Generator, batch_size: int, options: dict[str, Any],
+                    callback: StepCallback | None) -> tuple[torch.Tensor, int, int | None]:
+        """`sampler` over `grid` from x_start (model space), batch after batch, with the request's Denoiser and
+        conditioning: (the samples in data space on the CPU, the network evaluations of the first batch, the
+        step a callback stopped at or None). The loop of `__call__` and of img2img (`pipelines.edit`)."""
+        from diffusa.samplers import sample
+
+        n = x_start.shape[0]
         stop: dict[str, int] = {}
         nfe: list[int] = []
-        calls = [0]
-        hook = self.run.net.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
         chunks = []
-        try:
+        with network_calls(self.run.net) as calls:
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
                 cond = None if req.cond is None else req.cond[lo:hi].to(self.device)
                 calls[0] = 0
                 try:
-                    x = sample(den, (hi - lo, *self.data_shape), sampler, steps, generator=g, grid=grid,
-                               x_T=x_T[lo:hi].to(self.device), cond=cond, device=self.device,
+                    x = sample(req.denoiser, (hi - lo, *self.data_shape), sampler, generator=generator, grid=grid,
+                               x_T=x_start[lo:hi].to(self.device), cond=cond, device=self.device,
                                callback=self._step_hook(callback, stop), **options)
                 except _StopSampling as s:
                     stop.setdefault("step", s.step)
                     x = s.x0
                 nfe.append(calls[0])
                 chunks.append(x.detach().cpu())
-        finally:
-            hook.remove()
-        samples = self.decode(torch.cat(chunks)).float()
-        settings = {"model": self.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing or "default",
-                    "guidance_scale": req.guidance_scale, "classifier": None if classifier is None else str(classifier),
-                    "classifier_scale": req.classifier_scale, "eta": eta, "variance": variance, "seed": seed,
-                    "batch_size": batch_size, "nfe": nfe[0], "prompt": prompt, "label": label}
-        if torch.is_tensor(label):
-            settings["label"] = label.tolist()
-        return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stop.get("step"))
+        return self.decode(torch.cat(chunks)).float(), nfe[0], stop.get("step")
+
+    def settings_of(self, req: Request, *, n: int, sampler: str, steps: int, spacing: str | None, classifier: Any,
+                    eta: Any, variance: Any, seed: int, batch_size: int, nfe: int, prompt: Any, label: Label,
+                    **extra: Any) -> dict[str, Any]:
+        """`Samples.settings`: how samples were drawn (what was asked, and the guidance actually applied), and
+        `extra` (an edit's task, strength, ...)."""
+        return {"model": self.name, "n": n, "sampler": sampler, "steps": steps, "spacing": spacing or "default",
+                "guidance_scale": req.guidance_scale, "classifier": None if classifier is None else str(classifier),
+                "classifier_scale": req.classifier_scale, "eta": eta, "variance": variance, "seed": seed,
+                "batch_size": batch_size, "nfe": nfe, "prompt": prompt,
+                "label": label.tolist() if torch.is_tensor(label) else label, **extra}
+
+    def check_memory(self, n: int) -> None:
+        """Refuse n samples whose tensors (x_T, the samples, their decoded images: about four copies of n
+        examples) would not fit this machine, before anything is drawn."""
+        from diffusa.limits import check_bytes, tensor_bytes
+
+        check_bytes(f"n={n} samples of shape {list(self.data_shape)}", tensor_bytes((n, *self.data_shape), 4),
+                    "draw fewer per call")
 
     @staticmethod
     def _step_hook(callback: StepCallback | None, stop: dict[str, int]) -> Callable[[dict[str, Any]], None] | None:
@@ -233,6 +279,25 @@ class Pipeline:
                 raise _StopSampling(i, info["x0"])
 
         return hook
+
+    # -- editing (diffusa.pipelines.edit) -------------------------------------------------------------------
+    def img2img(self, image: Any, strength: float | None = None, prompt: str | Sequence[str] | None = None,
+                **kwargs: Any) -> Samples:
+        """SDEdit (Meng et al. 2022): `image` noised to the level `strength` in (0, 1] names (default 0.6; the same
+        on every process), then sampled back; keywords as `__call__` (n, label, sampler, steps, guidance_scale,
+        seed, ...). See `diffusa.pipelines.edit.img2img`."""
+        from diffusa.pipelines.edit import img2img
+
+        return img2img(self, image, strength, prompt, **kwargs)
+
+    def inpaint(self, image: Any, mask: Any, prompt: str | Sequence[str] | None = None, **kwargs: Any) -> Samples:
+        """RePaint (Lugmayr et al. 2022): the part of `image` where `mask` is white (True, >= 0.5, >= 128, or a
+        name: left, right, top, bottom, center, box:X,Y,W,H) drawn anew, the rest kept exactly; jump_length,
+        jump_n_sample (1: replacement without jumps) and the keywords of `__call__`.
+        See `diffusa.pipelines.edit.inpaint`."""
+        from diffusa.pipelines.edit import inpaint
+
+        return inpaint(self, image, mask, prompt, **kwargs)
 
     # -- likelihood ----------------------------------------------------------------------------------------
     def likelihood(self, x: torch.Tensor | np.ndarray, *, terms: int | str | None = None,

@@ -96,9 +96,13 @@ def requested_labels(label: Label, n: int, num_classes: int) -> torch.Tensor:
     if isinstance(label, str) and label == "all":
         return torch.arange(n) % num_classes
     bad = DiffusaError(f"label must be 'all' or a class in 0..{num_classes - 1} (or a list of them), got {label!r}")
-    if _is_int(label) or (torch.is_tensor(label) and label.ndim == 0):
+    if _is_int(label) or (torch.is_tensor(label) and label.ndim == 0 and not label.is_floating_point()):
+        if not 0 <= int(label) < num_classes:  # before a tensor holds it: 10**30 overflows int64
+            raise bad
         values = torch.full((n,), int(label), dtype=torch.long)
     elif isinstance(label, (list, tuple)) and all(_is_int(v) for v in label):
+        if not all(0 <= int(v) < num_classes for v in label):
+            raise bad
         values = torch.tensor([int(v) for v in label], dtype=torch.long).reshape(-1)
     elif torch.is_tensor(label) and label.ndim == 1 and not label.is_floating_point() and label.dtype != torch.bool:
         values = label.detach().cpu().long()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,41 +9,41 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusa.checkpoint import guard_output
+from diffusa.checkpoint import MARK, atomic_write, guard_output, mark
 from diffusa.errors import DiffusaError
 
 SUFFIXES = (".png", ".npz")
 
 
-def check_out(path: str | Path) -> Path:
-    """A file to save samples to: a PNG grid or an .npz of arrays."""
-    path = guard_output(path)
+def check_out(path: str | Path, force: bool = False) -> Path:
+    """A file to save samples to: a PNG grid or an .npz of arrays (`checkpoint.guard_output`: never a run's own
+    file, nor without `force` a file diffusa did not write)."""
+    path = guard_output(path, force=force)
     if path.suffix not in SUFFIXES:
         raise DiffusaError(f"samples are saved as .png (a grid) or .npz (arrays), got {path.name!r}")
     return path
 
 
-def write_samples(x: torch.Tensor, path: str | Path, is_image: bool) -> Path:
+def write_samples(x: torch.Tensor, path: str | Path, is_image: bool, force: bool = False) -> Path:
     """A PNG grid (images; a scatter plot of points), or an .npz with `samples` (float32) and, for images,
-    `images` (uint8 (N, H, W, C)); written to a temporary file, then renamed into place."""
+    `images` (uint8 (N, H, W, C)), and the `diffusa` mark; written to a temporary file of this write alone
+    (two processes saving to one --out must not share one), then renamed into place."""
     from diffusa.data import unit_to_uint8
     from diffusa.viz import save_samples
 
-    path = check_out(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of this write alone: two processes saving to one --out must not share a temporary
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
-    try:
-        if path.suffix == ".png":
-            save_samples(x, tmp)
-        else:
-            arrays = {"samples": x.detach().cpu().numpy().astype(np.float32)}
-            if is_image:
-                arrays["images"] = unit_to_uint8(x)
-            np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    path = check_out(path, force)
+    if path.suffix == ".png":
+        save_samples(x, path)
+        return path
+    arrays = {"samples": x.detach().cpu().numpy().astype(np.float32), MARK: np.array(mark())}
+    if is_image:
+        arrays["images"] = unit_to_uint8(x)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to the temporary's name
+            np.savez(f, **arrays)
+
+    atomic_write(path, write)
     return path
 
 
@@ -83,9 +81,10 @@ class Samples:
             raise DiffusaError("these samples are points, not images: use .samples")
         return unit_to_uint8(self.samples)
 
-    def save(self, path: str | Path) -> Path:
-        """Write a PNG grid (FILE.png) or the arrays (FILE.npz: samples, and images as uint8), atomically."""
-        return write_samples(self.samples, path, self.is_image)
+    def save(self, path: str | Path, force: bool = False) -> Path:
+        """Write a PNG grid (FILE.png) or the arrays (FILE.npz: samples, and images as uint8), atomically; an
+        existing file diffusa did not write is replaced only with `force`."""
+        return write_samples(self.samples, path, self.is_image, force)
 
 
 __all__ = ["Samples", "check_out", "write_samples"]

@@ -16,9 +16,10 @@ from torch import nn
 from diffusa.autoencoder.io import AE_FORMAT, AE_VERSION, build_autoencoder, encode_all, reconstruction_metrics
 from diffusa.autoencoder.nets import AutoencoderConfig
 from diffusa.checkpoint import load_json, save_json
-from diffusa.config import TrainConfig
+from diffusa.config import TrainConfig, check_range
 from diffusa.data import load_dataset
 from diffusa.engine import Engine
+from diffusa.engine.loop import validate_settings
 from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss, Task
 from diffusa.errors import DiffusaError
@@ -41,6 +42,8 @@ class AutoencoderTask(Task):
 
     def __init__(self, data_name: str, cfg: AutoencoderConfig, settings: TrainConfig) -> None:
         self.data_name, self.settings = data_name, settings
+        validate_settings(settings)  # before the data are read (the engine checks again)
+        check_range("--kl-weight", cfg.kl_weight, False, 0, math.inf, True, False)
         self.data = load_dataset(data_name, "train")
         if self.data.kind != "image":
             raise DiffusaError(f"an autoencoder needs images; {data_name} holds points")

@@ -22,6 +22,7 @@ from diffusa.classifier import (
 from diffusa.config import TrainConfig
 from diffusa.data import run_dataset
 from diffusa.engine import Engine
+from diffusa.engine.loop import validate_settings
 from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss, Task
 from diffusa.errors import DiffusaError
@@ -45,6 +46,7 @@ class ClassifierTask(Task):
 
     def __init__(self, run: str | Path, settings: TrainConfig) -> None:
         self.run, self.settings = str(run), settings
+        validate_settings(settings)  # before the data are read (the engine checks again)
         meta = read_run_meta(Path(run))
         self.data_cfg = meta["config"]["data"]
         self.data = run_dataset(self.data_cfg, "train")

@@ -1,0 +1,15 @@
+"""`diffusa serve`: a web page and a REST API over the pipelines, on loopback unless told otherwise.
+
+    from diffusa.serve import create_app
+    app = create_app(runs="runs", history="diffusa-history")      # FastAPI: /api/..., /docs, the page at /
+
+`app` (the application), `api` (REST routes), `schema` (the request body and its limits), `ui` (the Gradio page),
+`models` (names -> folders, never outside --runs), `history` (the gallery on disk), `jobs` (the bounded queue and
+the one generation at a time), `guard` (host, token, origin, body size), `limits` (every limit). docs/serve.md.
+"""
+
+from __future__ import annotations
+
+from diffusa.serve.app import create_app
+
+__all__ = ["create_app"]

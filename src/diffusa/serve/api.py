@@ -1,0 +1,129 @@
+"""The REST API: `POST /api/generate`, `GET /api/models`, `GET /api/history[/ID[/image]]`.
+
+    curl -s http://127.0.0.1:7860/api/generate -H 'Content-Type: application/json' \\
+         -d '{"model": "mnist-text", "prompt": "a 3", "n": 16, "seed": 1}' -o three.png
+
+The body's fields are the pipeline's argument names plus `model` and `format` (schema.py); the answer is the PNG
+grid `diffusa generate --out x.png` writes for the same settings, byte for byte (or the .npz of `--out x.npz`),
+with the settings used in the header X-Diffusa-Settings (JSON) and the history id in X-Diffusa-Id.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusa.serve.jobs import Generation, Service
+from diffusa.serve.limits import MAX_BODY, Refusal, limits
+from diffusa.serve.schema import GenerateRequest, parse_json, parse_request
+
+JSON_TYPES = ("application/json",)
+
+
+async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
+    """The body of a JSON request, at most `limit` bytes (415 for another content type, 413 beyond the limit)."""
+    ctype = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        raise Refusal(415, f"send the body as JSON with the header 'Content-Type: application/json' (got "
+                           f"{ctype or 'none'!r})")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise Refusal(413, f"the request body is over the limit of {limit} bytes")
+    return bytes(body)
+
+
+def settings_header(settings: dict[str, Any]) -> str:
+    """The settings as one line of ASCII JSON (a header value)."""
+    return json.dumps(settings, separators=(",", ":"), ensure_ascii=True)
+
+
+def respond(service: Service, gen: Generation, fmt: str) -> Response:
+    """The generation as the response: PNG grid or .npz, settings in the headers."""
+    res, entry = gen.samples, gen.entry
+    assert entry is not None  # the API never stops a generation early
+    headers = {"X-Diffusa-Settings": settings_header(res.settings), "X-Diffusa-Id": entry.id}
+    if fmt == "png":
+        return Response(entry.png.read_bytes(), media_type="image/png",
+                        headers={**headers, "Content-Disposition": f'inline; filename="{entry.id}.png"'})
+    tmp = service.history.scratch() / f"{uuid.uuid4().hex}.npz"
+    try:
+        data = res.save(tmp).read_bytes()
+    finally:
+        tmp.unlink(missing_ok=True)
+    return Response(data, media_type="application/octet-stream",
+                    headers={**headers, "Content-Disposition": f'attachment; filename="{entry.id}.npz"'})
+
+
+def build_router(service: Service) -> APIRouter:
+    """The API's routes over one service."""
+    router = APIRouter(prefix="/api", tags=["api"])
+
+    @router.get("/models", summary="the models, samplers, defaults and limits")
+    def models() -> dict[str, Any]:
+        from diffusa.samplers import SAMPLERS
+        from diffusa.shipped import SHIPPED
+
+        out = []
+        for name in service.models.names():
+            try:
+                info = service.models.describe(service.models.resolve(name))
+            except Exception:  # a damaged run is listed as such, and the list still answers
+                info = {"error": "config.json could not be read"}
+            out.append({"name": name, "kind": "shipped" if name in SHIPPED else "run",
+                        "description": SHIPPED.get(name, ""), **info})
+        return {"models": out, "samplers": sorted(SAMPLERS), "limits": limits(),
+                "defaults": {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS},
+                "queue": {"max_queue": service.gate.max_queue, "admitted": service.gate.admitted}}
+
+    @router.post("/generate", summary="draw images: a PNG grid (or .npz), settings in X-Diffusa-Settings",
+                 response_class=Response,
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "application/json": {"schema": GenerateRequest.model_json_schema()}}}},
+                 responses={200: {"content": {"image/png": {}, "application/octet-stream": {}},
+                                  "description": "the grid (format png) or the arrays (format npz)"},
+                            400: {"description": "the pipeline refused the request (the message names the field)"},
+                            403: {"description": "a model name outside --runs"},
+                            404: {"description": "no such model"}, 413: {"description": "body over the limit"},
+                            415: {"description": "not JSON"}, 422: {"description": "a field of the wrong type, "
+                                                                                   "out of range, or unknown"},
+                            429: {"description": "busy: the queue is full"}})
+    async def generate(request: Request) -> Response:
+        req = parse_request(parse_json(await read_body(request)))
+        service.models.resolve(req.model_name)  # 403 / 404 before taking a place in the queue
+        with service.gate.admit():
+            gen = await run_in_threadpool(service.run, req, "api")
+        return respond(service, gen, req.format)
+
+    @router.get("/history", summary="the newest generations, newest first")
+    def history() -> dict[str, Any]:
+        return {"generations": [e.record for e in service.history.entries()]}
+
+    @router.get("/history/{gid}", summary="one generation's record")
+    def history_entry(gid: str) -> dict[str, Any]:
+        return service.history.get(gid).record
+
+    @router.get("/history/{gid}/image", summary="one generation's PNG grid", response_class=FileResponse)
+    def history_image(gid: str) -> FileResponse:
+        return FileResponse(service.history.get(gid).png, media_type="image/png")
+
+    @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown(request: Request, rest: str) -> None:
+        """Every other path under /api is the API's to refuse (never the page's)."""
+        known = [r for r in router.routes if getattr(r, "path", None) == request.url.path and r is not unknown_route]
+        if known:
+            raise Refusal(405, f"{request.method} is not allowed on {request.url.path} (see /docs)")
+        raise Refusal(404, f"no API route {request.url.path} (see /docs)")
+
+    unknown_route = router.routes[-1]
+    return router
+
+
+__all__ = ["build_router", "read_body", "respond", "settings_header"]

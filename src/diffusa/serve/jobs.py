@@ -1,0 +1,126 @@
+"""Generations, one at a time, behind a bounded queue; loaded pipelines kept for the next request.
+
+`Gate.admit()` takes one of max_queue + 1 places (the running generation and those waiting) or answers
+`Busy` (429) at once: the queue never grows. `Gate.running()` is the lock that lets one generation use the
+cores at a time, so two users do not each run at a fraction of the speed. The REST API and the web page share
+one gate, so the queue bounds both together.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusa.pipelines import Pipeline, Samples, StepCallback
+from diffusa.serve.history import Entry, History
+from diffusa.serve.limits import DEFAULT_QUEUE, MAX_QUEUE, Busy
+from diffusa.serve.models import Models
+from diffusa.serve.schema import GenerateRequest
+
+CACHED = 2  # pipelines kept loaded (the two shipped models, or a shipped model and a run)
+
+# watch(pipe) -> the step callback of a generation with that pipeline (the page's progress and previews)
+Watch = Callable[[Pipeline], StepCallback | None]
+
+
+class Gate:
+    """At most max_queue requests waiting behind the one that runs; one runs at a time."""
+
+    def __init__(self, max_queue: int = DEFAULT_QUEUE) -> None:
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or not 0 <= max_queue <= MAX_QUEUE:
+            from diffusa.errors import DiffusaError
+
+            raise DiffusaError(f"--max-queue must be an integer in 0..{MAX_QUEUE}, got {max_queue!r}")
+        self.max_queue = max_queue
+        self._count = 0
+        self._count_lock = threading.Lock()
+        self._run = threading.Lock()
+
+    @property
+    def admitted(self) -> int:
+        """Requests in the server now: running and waiting."""
+        return self._count
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """A place in the queue for the duration of the block, or Busy at once."""
+        with self._count_lock:
+            if self._count > self.max_queue:
+                raise Busy(self.max_queue)
+            self._count += 1
+        try:
+            yield
+        finally:
+            with self._count_lock:
+                self._count -= 1
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """The one generation that runs (blocks until the previous one is done)."""
+        with self._run:
+            yield
+
+
+@dataclass
+class Generation:
+    """What a request drew, and its history entry (None when it was stopped before its last step)."""
+
+    samples: Samples
+    entry: Entry | None
+
+
+class Service:
+    """Models, pipelines, the gate and the history: what the API and the page call to generate."""
+
+    def __init__(self, models: Models, history: History, max_queue: int = DEFAULT_QUEUE,
+                 device: str = "cpu") -> None:
+        from diffusa.pipelines.pipeline import check_device
+
+        self.models, self.history, self.gate = models, history, Gate(max_queue)
+        self.device = check_device(device)
+        self._pipes: OrderedDict[tuple[Any, ...], Pipeline] = OrderedDict()
+
+    def pipeline(self, name: str) -> Pipeline:
+        """The pipeline of a model name (loaded again when its files changed); call inside `gate.running()`."""
+        from diffusa.runs import load_run
+
+        path = self.models.resolve(name)
+        key = (name, str(path), *_stamp(path))
+        pipe = self._pipes.pop(key, None)
+        if pipe is None:
+            pipe = Pipeline(load_run(path, self.device), name, self.device)
+        self._pipes[key] = pipe
+        while len(self._pipes) > CACHED:
+            self._pipes.popitem(last=False)
+        return pipe
+
+    def run(self, req: GenerateRequest, source: str, watch: Watch | None = None) -> Generation:
+        """Draw what `req` asks (call inside `gate.admit()`): the pipeline call, then the history entry.
+        `watch(pipe)` gives the step callback; a callback that stops the drawing early leaves no entry."""
+        self.models.resolve(req.model_name)  # a refused name is answered before waiting for the lock
+        with self.gate.running():
+            pipe = self.pipeline(req.model_name)
+            kw = req.pipeline_kwargs()
+            res = pipe(kw.pop("prompt"), **kw, callback=None if watch is None else watch(pipe))
+            entry = None if res.stopped_at is not None else self.history.add(res, req.record(), source)
+        return Generation(res, entry)
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    """Size and modification time of a run's files: a retrained run is loaded afresh."""
+    out: list[int] = []
+    for name in ("config.json", "model.safetensors"):
+        try:
+            st = (path / name).stat()
+            out += [st.st_mtime_ns, st.st_size]
+        except OSError:
+            out += [0, 0]
+    return tuple(out)
+
+
+__all__ = ["CACHED", "Gate", "Generation", "Service", "Watch"]

@@ -1,0 +1,50 @@
+"""Every limit of `diffusa serve` in one place, and the refusal that carries an HTTP status.
+
+A request beyond a limit is refused with a 4xx and a one-line message naming the field; the pipeline's own
+checks (seed, sampler, guidance, eta, ...) answer everything else, as `DiffusaError` -> 400.
+"""
+
+from __future__ import annotations
+
+from diffusa.errors import DiffusaError
+
+MAX_N = 64  # samples per request
+MAX_STEPS = 200  # sampling steps per request
+MAX_PROMPT = 200  # characters of one prompt (the shipped text model reads its first 46 bytes)
+MAX_PROMPT_TOTAL = 1000  # characters of all prompts of one request (the settings travel in a response header)
+MAX_LABEL = 1_000_000  # a class index (the pipeline refuses one the model lacks; this keeps int64 whole)
+MAX_GUIDANCE = 100.0  # |guidance_scale|: beyond it every sample saturates
+MAX_ETA = 10.0  # a sampler's stochasticity (the pipeline refuses a negative one)
+MAX_NAME = 200  # characters of a model name or of a sampler / spacing / variance name
+MAX_BODY = 64 * 1024  # bytes of an API request body
+MAX_UPLOAD = 1024 * 1024  # bytes of any other request body (the web page's own calls)
+DEFAULT_QUEUE, MAX_QUEUE = 4, 32  # requests that may wait behind the running one (--max-queue)
+HISTORY_SHOWN = 100  # newest generations shown in the gallery and listed by GET /api/history
+MIN_TOKEN = 16  # characters of an access token given with --token
+
+
+class Refusal(DiffusaError):  # noqa: N818 (a refusal, not an error of the server)
+    """A request the server refuses: an HTTP status, a one-line message and, where one is to blame, the field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+class Busy(Refusal):
+    """Every queue slot is taken: 429, try again later."""
+
+    def __init__(self, max_queue: int) -> None:
+        super().__init__(429, f"busy: one generation is running and {max_queue} wait (--max-queue {max_queue}); "
+                              "try again shortly")
+
+
+def limits() -> dict[str, int | float]:
+    """The limits as JSON (GET /api/models reports them)."""
+    return {"n": MAX_N, "steps": MAX_STEPS, "prompt_chars": MAX_PROMPT, "prompt_chars_total": MAX_PROMPT_TOTAL,
+            "guidance_scale": MAX_GUIDANCE, "eta": MAX_ETA, "body_bytes": MAX_BODY}
+
+
+__all__ = ["DEFAULT_QUEUE", "HISTORY_SHOWN", "MAX_BODY", "MAX_ETA", "MAX_GUIDANCE", "MAX_LABEL", "MAX_N", "MAX_NAME",
+           "MAX_PROMPT", "MAX_PROMPT_TOTAL", "MAX_QUEUE", "MAX_STEPS", "MAX_UPLOAD", "MIN_TOKEN", "Busy", "Refusal",
+           "limits"]

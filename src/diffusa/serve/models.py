@@ -1,0 +1,104 @@
+"""Which models a server may load: the shipped ones, by name, and the run folders under its --runs root.
+
+A name is a shipped model's name or a relative path inside the root. Absolute paths, `..`, backslashes and
+control characters are refused before the file system is touched; what remains is resolved (symlinks followed)
+and must still lie inside the root, so a link that points out of it is refused too. Nothing but a run's
+config.json and safetensors is ever read (the pipeline guarantees it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from diffusa.checkpoint import load_json
+from diffusa.errors import DiffusaError
+from diffusa.serve.limits import MAX_NAME, Refusal
+from diffusa.shipped import SHIPPED, resolve_model, shipped_root
+
+LIST_DEPTH = 3  # run folders are looked for this many levels below the root (runs/a/b/c)
+LIST_MAX = 500  # at most this many folders are listed
+
+
+class Models:
+    """Model names -> folders: the shipped models and the runs under `runs` (None: the shipped models only)."""
+
+    def __init__(self, runs: str | Path | None = None) -> None:
+        self.root: Path | None = None
+        if runs is not None:
+            root = Path(runs)
+            if not root.is_dir():
+                raise DiffusaError(f"--runs {runs}: no such folder")
+            self.root = root.resolve()
+
+    def resolve(self, name: Any) -> Path:
+        """The folder of a model's name: 403 for a name that leaves the root, 404 for one that is not there."""
+        if not isinstance(name, str) or not name.strip():
+            raise Refusal(422, "model: give a model's name (GET /api/models lists them)", "model")
+        if len(name) > MAX_NAME:
+            raise Refusal(422, f"model: at most {MAX_NAME} characters", "model")
+        if name in SHIPPED:
+            return resolve_model(name)
+        if any(ord(c) < 32 or c == "\x7f" for c in name) or "\\" in name:
+            raise Refusal(403, f"model {name!r}: control characters and backslashes are not allowed", "model")
+        rel = PurePosixPath(name)
+        if rel.is_absolute() or name.startswith("~") or (len(name) > 1 and name[1] == ":"):
+            raise Refusal(403, f"model {name!r}: absolute paths are not allowed; name a folder under --runs",
+                          "model")
+        if ".." in rel.parts:
+            raise Refusal(403, f"model {name!r}: '..' is not allowed; name a folder under --runs", "model")
+        if self.root is None:
+            raise Refusal(404, f"model {name!r} is not a shipped model ({', '.join(SHIPPED)}), and this server has "
+                               "no --runs folder", "model")
+        try:
+            path = (self.root / rel).resolve(strict=True)
+        except (OSError, RuntimeError):  # missing, or a loop of links
+            raise Refusal(404, f"model {name!r}: no such run under --runs (GET /api/models lists them)",
+                          "model") from None
+        if not path.is_relative_to(self.root):
+            raise Refusal(403, f"model {name!r} leads outside --runs (a link); refused", "model")
+        if not (path / "config.json").is_file():
+            raise Refusal(404, f"model {name!r} is not a run folder (no config.json)", "model")
+        return path
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """What GET /api/models says of a folder: its conditioning and data shape (from config.json)."""
+        meta = load_json(path / "config.json")
+        return {"conditioning": meta.get("config", {}).get("model", {}).get("conditioning", "none"),
+                "data_shape": meta.get("data_shape"), "latent": "latent" in meta}
+
+    def runs(self) -> list[str]:
+        """The run folders under the root (diffusion runs: a config.json of format diffusa-run), sorted."""
+        from diffusa.checkpoint import FORMAT
+
+        if self.root is None:
+            return []
+        found: list[str] = []
+        for top, dirs, files in os.walk(self.root):  # links to folders are not followed
+            here = Path(top)
+            depth = len(here.relative_to(self.root).parts)
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if depth < LIST_DEPTH else []
+            if here != self.root and "config.json" in files:
+                try:
+                    if load_json(here / "config.json").get("format") == FORMAT:
+                        found.append(here.relative_to(self.root).as_posix())
+                except DiffusaError:
+                    continue
+            if len(found) >= LIST_MAX:
+                break
+        return sorted(found)
+
+    def names(self) -> list[str]:
+        """Every name this server answers to: the shipped models, then the runs."""
+        return [*SHIPPED, *self.runs()]
+
+    def redact(self, message: str) -> str:
+        """A message without the server's own paths (the root, the installed package)."""
+        for path, alias in ((self.root, "<runs>"), (shipped_root(), "<shipped>")):
+            if path is not None:
+                message = message.replace(str(path), alias)
+        return message
+
+
+__all__ = ["Models"]

@@ -1,0 +1,615 @@
+"""`diffusa serve`: the REST API and the page's handlers over the pipelines — bit-identical to Python and the CLI,
+every hostile request refused with a 4xx naming the problem (and nothing outside the history written), the bounded
+queue answering 429, the token required with --listen, the history surviving a restart, and a real uvicorn start.
+
+No training: the runs under --runs are copies of the shipped pixel model. Small n and steps throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("gradio")
+
+from fastapi.testclient import TestClient
+
+import diffusa
+from diffusa.errors import DiffusaError
+from diffusa.serve import create_app
+from diffusa.serve.limits import MAX_BODY, Busy, Refusal
+from diffusa.shipped import resolve_model
+
+BASE = "http://127.0.0.1:7860"
+TOKEN = "test-token-0123456789abcdef"
+
+
+class Payload:
+    """Unpickling this writes a file: a pickle renamed model.safetensors must never be unpickled."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return open, (str(self.marker), "w")
+
+
+def copy_run(src: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(src / name, dest / name)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """runs/ (pixel: a copy of mnist-pixel with a loss curve and metrics; evil: a pickle named model.safetensors;
+    link-out: a link to a run outside runs/; link-in: a link to runs/pixel), outside/, and the history folder."""
+    from PIL import Image
+
+    base = tmp_path_factory.mktemp("serve")
+    runs, outside = base / "runs", base / "outside"
+    pixel = copy_run(resolve_model("mnist-pixel"), runs / "pixel")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(pixel / "loss.png")
+    (pixel / "metrics.json").write_text(json.dumps({"fd": 12.5, "fd_floor": 1.5, "kid": 0.01, "run": "pixel"}))
+    evil = runs / "evil"
+    evil.mkdir()
+    shutil.copyfile(pixel / "config.json", evil / "config.json")
+    (evil / "model.safetensors").write_bytes(pickle.dumps(Payload(base / "pwned")))
+    copy_run(resolve_model("mnist-pixel"), outside / "secret")
+    (runs / "link-out").symlink_to(outside / "secret", target_is_directory=True)
+    (runs / "link-in").symlink_to(pixel, target_is_directory=True)
+    (runs / "notes.txt").write_text("not a run")
+    return {"base": base, "runs": runs, "outside": outside, "history": base / "history", "pixel": pixel}
+
+
+@pytest.fixture(scope="module")
+def client(place: dict[str, Path]) -> Any:
+    app = create_app(runs=place["runs"], history=place["history"], max_queue=1)
+    with TestClient(app, base_url=BASE, raise_server_exceptions=False) as c:
+        yield c
+
+
+def tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every file and link under the roots (links not followed): size and modification time."""
+    out = {}
+    for root in roots:
+        for top, dirs, files in os.walk(root):
+            for name in dirs + files:
+                st = os.lstat(Path(top) / name)
+                out[str(Path(top) / name)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def post(client: TestClient, body: Any, **kw: Any) -> Any:
+    return client.post("/api/generate", json=body, **kw)
+
+
+# -- bit-identity --------------------------------------------------------------------------------------------------
+def test_png_is_the_cli_bytes_and_python_samples(client: TestClient, tmp_path: Path) -> None:
+    body = {"model": "mnist-text", "prompt": "a 3", "n": 2, "steps": 3, "seed": 7}
+    place = client.app.state.service.history.folder.parent
+    before = {k: v for k, v in tree(place).items() if "history" not in k}
+    r = post(client, body)
+    assert r.status_code == 200, r.text
+    assert {k: v for k, v in tree(place).items() if "history" not in k} == before  # written: the history only
+    assert r.headers["content-type"] == "image/png"
+    settings = json.loads(r.headers["x-diffusa-settings"])
+    res = diffusa.load("mnist-text")("a 3", n=2, steps=3, seed=7)
+    assert settings == res.settings
+    assert r.content == res.save(tmp_path / "py.png").read_bytes()
+    r2 = post(client, {**body, "format": "npz"})
+    assert r2.status_code == 200 and r2.headers["content-type"] == "application/octet-stream"
+    npz = tmp_path / "api.npz"
+    npz.write_bytes(r2.content)
+    with np.load(npz, allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), res.samples)
+        assert np.array_equal(z["images"], res.images)
+
+
+def test_stochastic_sampler_and_run_folder_bit_identical(client: TestClient, place: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    kw = {"n": 3, "sampler": "ddim", "eta": 1.0, "steps": 3, "seed": 11}
+    for model, ref in (("mnist-pixel", "mnist-pixel"), ("pixel", place["pixel"]), ("link-in", place["pixel"])):
+        r = post(client, {"model": model, **kw, "format": "npz"})
+        assert r.status_code == 200, r.text
+        (tmp_path / "x.npz").write_bytes(r.content)
+        res = diffusa.load(ref)(**kw)
+        with np.load(tmp_path / "x.npz", allow_pickle=False) as z:
+            assert torch.equal(torch.from_numpy(z["samples"]), res.samples), model
+        assert json.loads(r.headers["x-diffusa-settings"])["model"] == model
+
+
+def test_labels_and_prompt_lists(client: TestClient) -> None:
+    r = post(client, {"model": "mnist-text", "label": [1, 2], "steps": 2})
+    assert r.status_code == 200, r.text
+    s = json.loads(r.headers["x-diffusa-settings"])
+    assert s["n"] == 2 and s["label"] == [1, 2]
+    r = post(client, {"prompt": ["a 1", "ein 2 \u00fc"], "steps": 2})  # the default text model; non-ASCII header
+    assert r.status_code == 200, r.text
+    assert json.loads(r.headers["x-diffusa-settings"])["prompt"] == ["a 1", "ein 2 \u00fc"]
+
+
+def test_models_and_openapi(client: TestClient) -> None:
+    r = client.get("/api/models")
+    assert r.status_code == 200
+    got = r.json()
+    names = [m["name"] for m in got["models"]]
+    assert names[:2] == ["mnist-pixel", "mnist-text"] and "pixel" in names and "evil" in names
+    assert "secret" not in json.dumps(got) and "link-out" not in names  # links are not walked
+    assert got["limits"]["n"] == 64 and "dpmpp_2m" in got["samplers"]
+    spec = client.get("/openapi.json").json()
+    schema = spec["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"model", "prompt", "n", "seed", "format"} <= set(schema["properties"])
+    assert client.get("/docs").status_code == 200
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+# -- hostile requests ----------------------------------------------------------------------------------------------
+def _chunks(n: int) -> Any:
+    for _ in range(n):
+        yield b" " * 4096
+
+
+JSON = {"content-type": "application/json"}
+HOSTILE: list[tuple[str, dict[str, Any], int, str]] = [
+    # the body itself
+    ("not JSON", {"content": b"model=mnist-text", "headers": JSON}, 400, "not valid JSON"),
+    ("form content type", {"content": b"x=1", "headers": {"content-type": "application/x-www-form-urlencoded"}},
+     415, "Content-Type"),
+    ("no content type", {"content": b"{}"}, 415, "Content-Type"),
+    ("text/plain JSON (a form-free CSRF)", {"content": b"{}", "headers": {"content-type": "text/plain"}}, 415,
+     "Content-Type"),
+    ("a JSON list", {"json": [1, 2]}, 422, "JSON object"),
+    ("a JSON string", {"json": "mnist-text"}, 422, "JSON object"),
+    ("JSON null", {"content": b"null", "headers": JSON}, 422, "JSON object"),
+    ("NaN literal", {"content": b'{"guidance_scale": NaN}', "headers": JSON}, 400, "NaN"),
+    ("Infinity literal", {"content": b'{"eta": Infinity}', "headers": JSON}, 400, "Infinity"),
+    ("-Infinity literal", {"content": b'{"seed": -Infinity}', "headers": JSON}, 400, "Infinity"),
+    ("body over the limit", {"json": {"prompt": "x" * (MAX_BODY + 10)}}, 413, "limit"),
+    ("streamed body over the limit", {"content": _chunks(20), "headers": JSON}, 413, "limit"),
+    ("bad UTF-8", {"content": b'{"prompt": "\xff\xfe"}', "headers": JSON}, 400, "not valid JSON"),
+    ("nested too deeply", {"content": b"[" * 50000 + b"]" * 50000, "headers": JSON}, 413, "limit"),
+    ("nested deep within the limit", {"content": b"[" * 30000 + b"]" * 30000, "headers": JSON}, 400, "JSON"),
+    ("an integer of 5000 digits", {"content": b'{"seed": ' + b"9" * 5000 + b"}", "headers": JSON}, 400, "JSON"),
+    # fields
+    ("unknown field", {"json": {"foo": 1}}, 422, "unknown field 'foo'"),
+    ("unknown field callback", {"json": {"callback": "os.system"}}, 422, "unknown field 'callback'"),
+    ("classifier path not a field", {"json": {"classifier": "/etc"}}, 422, "unknown field 'classifier'"),
+    ("batch_size not a field", {"json": {"batch_size": 10**9}}, 422, "unknown field 'batch_size'"),
+    ("n zero", {"json": {"n": 0}}, 422, "n:"),
+    ("n over the limit", {"json": {"n": 65}}, 422, "n:"),
+    ("n huge", {"json": {"n": 10**30}}, 422, "n:"),
+    ("n a string", {"json": {"n": "4"}}, 422, "n:"),
+    ("n a float", {"json": {"n": 2.5}}, 422, "n:"),
+    ("n a bool", {"json": {"n": True}}, 422, "n:"),
+    ("steps zero", {"json": {"steps": 0}}, 422, "steps:"),
+    ("steps over the limit", {"json": {"steps": 201}}, 422, "steps:"),
+    ("steps negative", {"json": {"steps": -5}}, 422, "steps:"),
+    ("steps a string", {"json": {"steps": "20"}}, 422, "steps:"),
+    ("prompt too long", {"json": {"prompt": "x" * 201}}, 422, "prompt"),
+    ("prompts too many", {"json": {"prompt": ["a 1"] * 65}}, 422, "prompt"),
+    ("prompts too long together", {"json": {"prompt": ["x" * 200] * 6}}, 422, "prompt"),
+    ("prompt a number", {"json": {"prompt": 3}}, 422, "prompt"),
+    ("prompt an object", {"json": {"prompt": {"a": 1}}}, 422, "prompt"),
+    ("label a word", {"json": {"model": "mnist-text", "label": "seven"}}, 422, "label"),
+    ("label negative", {"json": {"model": "mnist-text", "label": -1}}, 422, "label"),
+    ("label huge", {"json": {"model": "mnist-text", "label": 10**20}}, 422, "label"),
+    ("label list with a word", {"json": {"model": "mnist-text", "label": [1, "x"]}}, 422, "label"),
+    ("label a float", {"json": {"model": "mnist-text", "label": 3.5}}, 422, "label"),
+    ("label beyond the classes", {"json": {"model": "mnist-text", "label": 10, "steps": 2}}, 400, "label"),
+    ("guidance huge", {"json": {"guidance_scale": 1e300}}, 422, "guidance_scale"),
+    ("guidance a string", {"json": {"guidance_scale": "3"}}, 422, "guidance_scale"),
+    ("eta huge", {"json": {"eta": 1e9}}, 422, "eta"),
+    ("eta negative (the pipeline's rule)", {"json": {"sampler": "ddim", "eta": -1.0, "steps": 2}}, 400, "eta"),
+    ("seed too large (the pipeline's rule)", {"json": {"seed": 2**70, "steps": 2}}, 400, "seed"),
+    ("seed too small", {"json": {"seed": -(2**70), "steps": 2}}, 400, "seed"),
+    ("seed a string", {"json": {"seed": "1"}}, 422, "seed"),
+    ("unknown sampler", {"json": {"sampler": "nope", "steps": 2}}, 400, "sampler"),
+    ("sampler name too long", {"json": {"sampler": "x" * 500}}, 422, "sampler"),
+    ("sampler a number", {"json": {"sampler": 5}}, 422, "sampler"),
+    ("unknown spacing", {"json": {"spacing": "bogus", "steps": 2}}, 400, "spacing"),
+    ("format gif", {"json": {"format": "gif"}}, 422, "format"),
+    ("prompt to an unconditional model", {"json": {"model": "mnist-pixel", "prompt": "a 3"}}, 400, "prompt"),
+    ("text model without a prompt", {"json": {"model": "mnist-text", "steps": 2}}, 400, "prompt"),
+    ("label to an unconditional model", {"json": {"model": "mnist-pixel", "label": 3}}, 400, "label"),
+    ("guidance to an unconditional model", {"json": {"model": "mnist-pixel", "guidance_scale": 2.0}}, 400,
+     "guidance_scale"),
+    ("prompt and label", {"json": {"prompt": "a 3", "label": 3}}, 400, "prompt or a label"),
+    ("labels not one per sample", {"json": {"model": "mnist-text", "label": [1, 2], "n": 3}}, 400, "label"),
+    # model names
+    ("parent folder", {"json": {"model": "../etc"}}, 403, "'..'"),
+    ("parent inside a path", {"json": {"model": "pixel/../../outside/secret"}}, 403, "'..'"),
+    ("absolute path", {"json": {"model": "/etc"}}, 403, "absolute"),
+    ("absolute path to a file", {"json": {"model": "/etc/passwd"}}, 403, "absolute"),
+    ("home folder", {"json": {"model": "~root"}}, 403, "absolute"),
+    ("a drive", {"json": {"model": "C:/Windows"}}, 403, "absolute"),
+    ("backslashes", {"json": {"model": "..\\..\\etc"}}, 403, "backslash"),
+    ("a NUL byte", {"json": {"model": "pixel\x00"}}, 403, "control"),
+    ("a link out of --runs", {"json": {"model": "link-out"}}, 403, "outside"),
+    ("a link out, then up", {"json": {"model": "link-out/../pixel"}}, 403, "'..'"),
+    ("no such model", {"json": {"model": "nope"}}, 404, "no such run"),
+    ("a file, not a run", {"json": {"model": "notes.txt"}}, 404, "not a run folder"),
+    ("empty model name", {"json": {"model": ""}}, 422, "model"),
+    ("model a number", {"json": {"model": 5}}, 422, "model"),
+    ("a pickle named model.safetensors", {"json": {"model": "evil", "steps": 2}}, 400, "safetensors"),
+]
+
+
+@pytest.mark.parametrize(("what", "request_kw", "status", "message"), HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_request_refused(client: TestClient, place: dict[str, Path], what: str, request_kw: dict[str, Any],
+                                 status: int, message: str) -> None:
+    before = tree(place["base"])
+    r = client.post("/api/generate", **request_kw)
+    assert r.status_code == status, (what, r.text)
+    detail = r.json()["detail"]
+    assert message in detail, (what, detail)
+    assert "Traceback" not in r.text and str(place["base"]) not in r.text
+    assert tree(place["base"]) == before, what  # nothing written anywhere, the history included
+    assert not (place["base"] / "pwned").exists()
+
+
+OTHER: list[tuple[str, str, str, dict[str, Any], int, str]] = [
+    ("GET on generate", "GET", "/api/generate", {}, 405, "not allowed"),
+    ("an unknown API route", "POST", "/api/../../etc/passwd", {"json": {}}, 404, ""),
+    ("an API route that is not", "DELETE", "/api/history", {}, 405, "not allowed"),
+    ("another unknown API route", "GET", "/api/admin", {}, 404, "no API route"),
+    ("history id with traversal", "GET", "/api/history/..%2F..%2Fetc%2Fpasswd", {}, 404, ""),
+    ("history id not an id", "GET", "/api/history/nope", {}, 404, "no generation"),
+    ("history image not an id", "GET", "/api/history/config/image", {}, 404, "no generation"),
+    ("history id of the right shape", "GET", "/api/history/20200101T000000000000-deadbeef/image", {}, 404,
+     "no generation"),
+    ("another site's name (DNS rebinding)", "GET", "/api/models", {"headers": {"host": "evil.example"}}, 400,
+     "127.0.0.1"),
+    ("another site's name on the page", "GET", "/", {"headers": {"host": "evil.example:7860"}}, 400, "127.0.0.1"),
+    ("a cross-site POST", "POST", "/api/generate", {"json": {}, "headers": {"origin": "http://evil.example"}}, 403,
+     "cross-origin"),
+    ("an opaque origin", "POST", "/api/generate", {"json": {}, "headers": {"origin": "null"}}, 403, "cross-origin"),
+    ("a cross-site POST to the page's queue", "POST", "/gradio_api/queue/join",
+     {"json": {}, "headers": {"origin": "http://evil.example"}}, 403, "cross-origin"),
+    ("an oversized POST to the page", "POST", "/gradio_api/queue/join",
+     {"content": b"{" + b" " * (2 * 1024 * 1024) + b"}", "headers": JSON}, 413, "limit"),
+]
+
+
+@pytest.mark.parametrize(("what", "method", "path", "kw", "status", "message"), OTHER, ids=[o[0] for o in OTHER])
+def test_other_hostile_requests(client: TestClient, place: dict[str, Path], what: str, method: str, path: str,
+                                kw: dict[str, Any], status: int, message: str) -> None:
+    before = tree(place["base"])
+    r = client.request(method, path, **kw)
+    assert r.status_code == status, (what, r.text)
+    assert message in r.json()["detail"], (what, r.text)
+    assert "Traceback" not in r.text
+    assert tree(place["base"]) == before
+
+
+def test_same_origin_post_and_internal_error(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = post(client, {"model": "mnist-pixel", "n": 1, "steps": 2}, headers={"origin": BASE})
+    assert r.status_code == 200, r.text
+    service = client.app.state.service
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret detail /very/private/path")
+
+    monkeypatch.setattr(service, "run", broken)
+    r = post(client, {"model": "mnist-pixel", "n": 1, "steps": 2})
+    assert r.status_code == 500
+    assert "internal error" in r.json()["detail"]
+    assert "secret" not in r.text and "Traceback" not in r.text and "private" not in r.text
+    assert service.gate.admitted == 0  # the place in the queue was given back
+
+
+# -- the queue -----------------------------------------------------------------------------------------------------
+def test_queue_full_answers_429_and_serves_after(client: TestClient) -> None:
+    from diffusa.serve.ui import generate_updates, page_request
+
+    service = client.app.state.service  # max_queue=1: one running (held here) and one waiting
+    results: list[int] = []
+    body = {"model": "mnist-pixel", "n": 1, "steps": 2}
+    with service.gate.running():  # the running generation
+        waiters = [threading.Thread(target=lambda: results.append(post(client, body).status_code))
+                   for _ in range(2)]
+        for w in waiters:
+            w.start()
+        deadline = time.monotonic() + 10
+        while service.gate.admitted < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.gate.admitted == 2
+        t0 = time.monotonic()
+        r = post(client, body)
+        assert r.status_code == 429 and "busy" in r.json()["detail"] and r.headers["retry-after"]
+        assert time.monotonic() - t0 < 5  # answered at once, not queued
+        assert client.get("/api/models").status_code == 200  # the server stays responsive
+        with pytest.raises(Busy):  # the page shares the queue
+            next(generate_updates(service, page_request("mnist-pixel", "", "", "ddim", 2, None, None, 0, 1),
+                                  threading.Event()))
+    for w in waiters:
+        w.join(30)
+    assert sorted(results) == [200, 200]
+    assert service.gate.admitted == 0
+
+
+def test_gate_limits() -> None:
+    from diffusa.serve.jobs import Gate
+
+    gate = Gate(0)
+    with gate.admit():
+        with pytest.raises(Busy), gate.admit():
+            pass
+    with gate.admit():  # the place came back
+        pass
+    for bad in (-1, 33, 1.5, True):
+        with pytest.raises(DiffusaError, match="max-queue"):
+            Gate(bad)
+
+
+# -- the token -----------------------------------------------------------------------------------------------------
+def test_listen_requires_a_token(place: dict[str, Path]) -> None:
+    with pytest.raises(DiffusaError, match="token"):
+        create_app(history=place["base"] / "h-listen", listen=True, ui=False)
+    with pytest.raises(DiffusaError, match="16"):
+        create_app(history=place["base"] / "h-listen", token="short", ui=False)
+    app = create_app(history=place["base"] / "h-listen", listen=True, token=TOKEN, ui=True)
+    with TestClient(app, base_url="http://192.0.2.7:7860", raise_server_exceptions=False) as c:
+        for path in ("/api/models", "/docs", "/openapi.json", "/", "/api/history", "/gradio_api/info"):
+            r = c.get(path)
+            assert r.status_code == 401 and "token" in r.json()["detail"], path
+            assert c.get(path, headers={"authorization": "Bearer wrong-token-0123456789"}).status_code == 401
+        assert post(c, {"model": "mnist-pixel", "n": 1, "steps": 2}).status_code == 401
+        auth = {"authorization": f"Bearer {TOKEN}"}
+        assert c.get("/api/models", headers=auth).status_code == 200
+        assert c.get(f"/api/models?token={TOKEN}").status_code == 200
+        r = post(c, {"model": "mnist-pixel", "n": 1, "steps": 2}, headers=auth)
+        assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+        # the page: ?token= becomes a cookie, and leaves the address
+        r = c.get(f"/?token={TOKEN}", follow_redirects=False)
+        assert r.status_code == 303 and r.headers["location"] == "/"
+        assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+        assert c.get("/").status_code == 200  # the client kept the cookie
+        assert c.get("/api/models").status_code == 200
+        c.cookies.clear()
+        assert c.get("/").status_code == 401
+    app = create_app(history=place["base"] / "h-listen", token=TOKEN, ui=False)  # a token on loopback too
+    with TestClient(app, base_url=BASE) as c:
+        assert c.get("/api/models").status_code == 401
+        assert c.get("/api/models", headers={"authorization": f"Bearer {TOKEN}"}).status_code == 200
+
+
+# -- history -------------------------------------------------------------------------------------------------------
+def test_history_survives_a_new_app(client: TestClient, place: dict[str, Path]) -> None:
+    from diffusa.serve.ui import CONTROLS, reload
+
+    body = {"model": "pixel", "n": 2, "sampler": "euler", "steps": 2, "seed": 5}
+    r = post(client, body)
+    assert r.status_code == 200
+    gid = r.headers["x-diffusa-id"]
+    app = create_app(runs=place["runs"], history=place["history"], ui=False)  # a restart
+    with TestClient(app, base_url=BASE) as c:
+        listed = c.get("/api/history").json()["generations"]
+        assert listed[0]["id"] == gid
+        assert listed[0]["request"] == {"model": "pixel", "prompt": None, "n": 2, "label": None, "sampler": "euler",
+                                        "steps": 2, "guidance_scale": None, "eta": None, "variance": None,
+                                        "spacing": None, "seed": 5}
+        assert c.get(f"/api/history/{gid}/image").content == r.content
+        assert c.get(f"/api/history/{gid}").json()["settings"] == json.loads(r.headers["x-diffusa-settings"])
+        values, png, record = reload(app.state.service, gid)  # the page's click on the gallery
+        got = dict(zip(CONTROLS, values, strict=True))
+        assert got["model"] == "pixel" and got["seed"] == 5 and got["steps"] == 2 and got["n"] == 2
+        assert Path(png).read_bytes() == r.content and record["id"] == gid
+        (place["history"] / "20000101T000000000000-00000000.json").write_text("{torn")  # damaged: skipped
+        assert c.get("/api/history").json()["generations"][0]["id"] == gid
+
+
+# -- the page's handlers -------------------------------------------------------------------------------------------
+def test_page_request_uses_the_api_schema() -> None:
+    from diffusa.serve.ui import page_request
+
+    req = page_request("mnist-text", "a 3", "", "dpmpp_2m", 4.0, 3, None, 12.0, 2.0)
+    assert req.record() == {"model": "mnist-text", "prompt": "a 3", "n": 2, "label": None, "sampler": "dpmpp_2m",
+                            "steps": 4, "guidance_scale": 3.0, "eta": None, "variance": None, "spacing": None,
+                            "seed": 12}
+    assert page_request("mnist-text", "  ", "all", "", 2, None, None, None, 1).label == "all"
+    assert page_request("mnist-text", "", "1, 2", "ddim", 2, None, 0, 0, 2).label == [1, 2]
+    for args, field in ((("mnist-text", "", "seven", "ddim", 2, None, None, 0, 1), "label"),
+                        (("mnist-text", "a", "", "ddim", 2, float("nan"), None, 0, 1), "guidance_scale"),
+                        (("mnist-text", "a", "", "ddim", 999, None, None, 0, 1), "steps"),
+                        (("mnist-text", "a", "", "ddim", 2, None, None, 0.5, 1), "seed")):
+        with pytest.raises(Refusal) as e:
+            page_request(*args)
+        assert e.value.field == field and e.value.status == 422
+
+
+def test_page_generation_previews_cancel_and_identity(client: TestClient, place: dict[str, Path],
+                                                      tmp_path: Path) -> None:
+    from diffusa.serve.ui import generate_updates, history_gallery, page_request
+
+    service = client.app.state.service
+    req = page_request("mnist-text", "a 5", "", "dpmpp_2m", 4, None, None, 3, 2)
+    steps: list[tuple[int, int]] = []
+    updates = list(generate_updates(service, req, threading.Event(), lambda p, desc: steps.append(p)))
+    previews = [u[0] for u in updates[:-1]]
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert len(previews) == 4 and all(p.dtype == np.uint8 and p.ndim == 2 for p in previews)
+    gen = updates[-1][1]
+    assert gen.entry is not None and "2 images" in updates[-1][2]
+    api = post(client, {"model": "mnist-text", "prompt": "a 5", "n": 2, "steps": 4, "seed": 3})
+    assert gen.entry.png.read_bytes() == api.content  # the page's grid is the API's, byte for byte
+    items, ids = history_gallery(service)
+    assert ids[0] == api.headers["x-diffusa-id"] and ids[1] == gen.entry.id
+    assert Path(items[0][0]).is_file() and "a 5" in items[0][1]
+    # cancel: the drawing stops at the next step, and nothing is kept
+    before = tree(place["history"])
+    stop = threading.Event()
+    seen = []
+    for update in generate_updates(service, page_request("mnist-pixel", "", "", "ddim", 40, None, None, 0, 1), stop):
+        seen.append(update)
+        stop.set()
+    _, gen, status = seen[-1]
+    assert len(seen) <= 3 and gen is not None and gen.samples.stopped_at is not None and gen.samples.stopped_at < 39
+    assert gen.entry is None and "stopped" in status
+    assert tree(place["history"]) == before
+
+
+def test_metrics_panel(client: TestClient) -> None:
+    from diffusa.serve.ui import run_metrics
+
+    service = client.app.state.service
+    loss, text = run_metrics(service, "pixel")
+    assert loss is not None and loss.shape == (20, 30, 3)
+    assert "| fd | 12.5 | 1.5 |" in text and "| kid | 0.01 |  |" in text and "run" not in text.split("metrics.json")[1]
+    loss, text = run_metrics(service, "mnist-text")
+    assert loss is None and "shipped" in text
+    with pytest.raises(Refusal) as e:
+        run_metrics(service, "link-out")
+    assert e.value.status == 403
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+def test_cli_help_and_refusals(cli: Any, tmp_path: Path) -> None:
+    r = cli("serve", "--help")
+    assert r.code == 0 and "--listen" in r.out and "--max-queue" in r.out and "--token" in r.out
+    for args, text in ((["--host", "0.0.0.0"], "--listen"), (["--token", "short"], "16 characters"),
+                       (["--runs", str(tmp_path / "none")], "no such folder"), (["--port", "70000"], "port"),
+                       (["--max-queue", "1000"], "0..32")):
+        r = cli("serve", *args)
+        assert r.code == 2 and text in r.err and "Traceback" not in r.err, args
+        assert len(r.err.strip().splitlines()) == 1
+
+
+def test_port_in_use_is_one_line() -> None:
+    from diffusa.cli_serve import bind
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        with pytest.raises(DiffusaError, match="cannot listen"):
+            bind("127.0.0.1", s.getsockname()[1]).close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`diffusa serve --listen` (bound to loopback here) on a free port, in a subprocess: (url, token, proc)."""
+    import httpx
+
+    base = tmp_path_factory.mktemp("real")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "diffusa.cli", "serve", "--listen", "--host", "127.0.0.1",
+                             "--port", "0", "--history", str(base / "h")], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=base)
+    try:
+        first = proc.stdout.readline()  # printed once the socket is bound and the app is built
+        assert first.startswith("diffusa serve: http://127.0.0.1:"), first
+        url, token = first.split()[2].split("?token=")
+        for _ in range(100):
+            try:
+                httpx.get(url + "api/models", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield url, token, proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            out, _ = proc.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+    assert proc.returncode == 0 and "Traceback" not in out, out  # Ctrl-C stops it cleanly
+
+
+def test_real_server_with_listen_and_token(server: Any) -> None:
+    """The real server prints its URL and a token, refuses a request without the token and answers with it."""
+    import httpx
+
+    url, token, _ = server
+    assert httpx.get(url + "api/models", timeout=5).status_code == 401
+    r = httpx.get(url + "api/models", headers={"authorization": f"Bearer {token}"}, timeout=5)
+    assert r.status_code == 200 and r.json()["models"][0]["name"] == "mnist-pixel"
+
+
+def _browser() -> Any:
+    """Headless Debian Chromium through its chromedriver (nothing downloaded), or a skip saying what is missing."""
+    missing = [p for p in ("/usr/bin/chromium", "/usr/bin/chromedriver") if not Path(p).exists()]
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        missing.append("selenium")
+    if missing:
+        pytest.skip(f"no browser test: {', '.join(missing)} missing (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1100"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
+
+
+def _tiles(png: bytes, n: int) -> torch.Tensor:
+    """The 28x28 digits of a grid PNG (diffusa.viz.save_image_grid: pad 2, doubled), as float in [-1, 1]."""
+    import io
+    import math
+
+    from PIL import Image
+
+    grid = np.asarray(Image.open(io.BytesIO(png)))[::2, ::2]
+    nrow = math.ceil(math.sqrt(n))
+    tiles = [grid[2 + (i // nrow) * 30:2 + (i // nrow) * 30 + 28, 2 + (i % nrow) * 30:2 + (i % nrow) * 30 + 28]
+             for i in range(n)]
+    return torch.from_numpy(np.stack(tiles)).float()[:, None] / 127.5 - 1
+
+
+def test_page_in_headless_chromium(server: Any, tmp_path: Path, digit_classifier_path: Path) -> None:
+    """A person's path through the page: open it with the token, type a prompt, generate, read the grid back
+    (the Python call's bytes; the classifier sees threes), roll the dice, and reload the seed from the history."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from diffusa.metrics import classify
+
+    url, token, _ = server
+    driver = _browser()
+    try:
+        wait = WebDriverWait(driver, 60)
+        driver.get(f"{url}?token={token}")
+        prompt = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#prompt textarea"))
+        assert "token" not in driver.current_url
+        prompt.clear()
+        prompt.send_keys("a handwritten three")
+        driver.find_element(By.CSS_SELECTOR, "#generate").click()
+        wait.until(lambda d: "16 images" in d.find_element(By.CSS_SELECTOR, "#status").text)
+        src = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#result img").get_attribute("src"))
+        png = httpx.get(src, headers={"authorization": f"Bearer {token}"}, timeout=10).content
+        assert png == diffusa.load("mnist-text")("a handwritten three", n=16, seed=0).save(tmp_path / "py.png") \
+            .read_bytes()
+        threes = float((classify(_tiles(png, 16))[1].argmax(1) == 3).float().mean())
+        assert threes >= 0.9, threes
+        shot = Path(os.environ.get("DIFFUSA_SCREENSHOTS", tmp_path)) / "serve.png"
+        driver.save_screenshot(str(shot))
+        seed = driver.find_element(By.CSS_SELECTOR, "#seed input")
+        driver.find_element(By.CSS_SELECTOR, "#dice").click()
+        wait.until(lambda d: seed.get_attribute("value") not in ("", "0"))
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history img"))[0].click()
+        wait.until(lambda d: "reloaded" in d.find_element(By.CSS_SELECTOR, "#status").text)
+        assert seed.get_attribute("value") == "0"
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+    finally:
+        driver.quit()
