@@ -371,7 +371,8 @@ def _cases() -> list[tuple[str, list[str]]]:
                    ("loss.time_sampler", '"random"'), ("loss.gamma", "nan"), ("loss.p_std", "-1"),
                    ("loss.vlb_weight", "nan"), ("loss.p_mean", "inf"),
                    ("data.name", '""'), ("data.image_size", "0"), ("data.image_size", "-8"),
-                   ("data.array", '"nope"'), ("data.stream", '"maybe"'), ("data.grayscale", '"yes"')):
+                   ("data.array", '"nope"'), ("data.stream", '"maybe"'), ("data.grayscale", '"yes"'),
+                   ("data.standardize", '"maybe"'), ("data.standardize", "true")):
         add(f"train-set-{key}={v[:12]}", *tr, "--set", f"{key}={v}")
     add("train-set-no-equals", *tr, "--set", "train.lr")
     add("train-set-empty-key", *tr, "--set", "=1")

@@ -286,9 +286,12 @@ def test_eval_images(cli, digits_run: Path, digit_classifier_path: Path) -> None
     res = cli("eval", digits_run, "--n", "200", "--steps", "3")
     assert res.code == 0, res.err
     metrics = json.loads(res.out)
-    for key in ("fd", "fd_floor", "kid", "kid_floor", "confident_share", "confident_share_floor"):
+    for key in ("fd", "fd_floor", "kid", "kid_floor", "confident_share", "confident_share_floor", "precision",
+                "recall", "precision_floor", "recall_floor"):
         assert np.isfinite(metrics[key]), key
     assert 0 <= metrics["fd_floor"] < metrics["fd"]  # 20 training steps are far from real digits
+    assert metrics["pr_k"] == 3 and metrics["pr_n"] == 200
+    assert metrics["precision"] < metrics["precision_floor"] and metrics["recall"] < metrics["recall_floor"]
 
 
 def test_forward(cli, tmp_path: Path) -> None:

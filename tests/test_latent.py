@@ -45,7 +45,7 @@ def test_latent_run_trains_loads_both_and_samples_images(ldm: Path, ae: Path, cl
     run = load_run(ldm)
     assert run.decoder is not None and run.denoiser.clip_x0 is None  # latents are not clipped to [-1, 1]
     z = torch.randn(5, 3, 2, 2)
-    img = run.to_images(z)
+    img = run.to_data(z)
     assert img.shape == (5, 1, 8, 8) and float(img.abs().max()) <= 1.0
     r = cli("sample", ldm, "--n", 6, "--steps", 3, "--label", 4, "--guidance-scale", 2, "--out", tmp_path / "s.npz",
             "--trajectory", tmp_path / "t.png")

@@ -130,26 +130,12 @@ def test_confidence_stats_by_hand() -> None:
     assert strict["confident_share"] == pytest.approx(0.25) and strict["class_counts"] == [0, 0, 1]
 
 
-# -- the shipped classifier --------------------------------------------------------------------
+# -- the shipped classifier (accuracy, calibration, rejection: tests/test_judge.py) -------------
 
 
-@pytest.fixture(scope="module")
-def classified_test_split(digit_classifier_path, mnist5k: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return classify(mnist5k["test"].x)
-
-
-def test_digit_classifier_accuracy_on_held_out_mnist5k(classified_test_split, mnist5k: dict) -> None:
-    feats, probs = classified_test_split
-    assert feats.shape == (1000, 128) and probs.shape == (1000, 10)
-    assert torch.allclose(probs.sum(1), torch.ones(1000), atol=1e-5)
-    accuracy = (probs.argmax(1) == mnist5k["test"].labels).float().mean().item()
-    assert accuracy >= 0.95, f"held-out accuracy {accuracy:.3f}"
-    assert confidence_stats(probs)["confident_share"] > 0.8
-
-
-def test_image_fd_floor_is_far_below_noise(classified_test_split, mnist5k: dict) -> None:
+def test_image_fd_floor_is_far_below_noise(digit_classifier_path, mnist5k: dict) -> None:
     """In the classifier's features, real-vs-real FD is small next to noise-vs-real."""
-    f_test, _ = classified_test_split
+    f_test, _ = classify(mnist5k["test"].x)
     train = mnist5k["train"]
     perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))  # the splits are sorted by class
     f_train, _ = classify(train.x[perm[:500]])

@@ -156,6 +156,11 @@ def test_models_and_openapi(client: TestClient) -> None:
     spec = client.get("/openapi.json").json()
     schema = spec["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"model", "prompt", "n", "seed", "format"} <= set(schema["properties"])
+    for route, fields in (("edit", {"image_png", "digit", "strength"}),
+                          ("inpaint", {"image_png", "digit", "mask_png", "mask", "jump_length", "jump_n_sample"})):
+        body = spec["paths"][f"/api/{route}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert fields | {"model", "prompt", "seed"} <= set(body["properties"]), route
+    assert got["limits"]["image_pixels"] == 1 << 22 and got["limits"]["image_png_chars"] == 48_000
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
@@ -315,6 +320,205 @@ def test_same_origin_post_and_internal_error(client: TestClient, monkeypatch: py
     assert service.gate.admitted == 0  # the place in the queue was given back
 
 
+# -- edit and inpaint ----------------------------------------------------------------------------------------------
+def png_b64(pixels: np.ndarray) -> str:
+    """uint8 pixels as a base64 PNG (the API's image_png / mask_png)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def png_chunks(width: int, height: int, *chunks: tuple[bytes, bytes]) -> str:
+    """A hand-made PNG: the signature, an IHDR claiming width x height (8-bit gray), then `chunks`; base64."""
+    import base64
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+    return base64.b64encode(data + b"".join(chunk(k, d) for k, d in chunks)).decode()
+
+
+def held_out(index: int) -> torch.Tensor:
+    """A held-out mnist5k digit as `diffusa edit mnist5k:INDEX` passes it: float (1, 1, 28, 28)."""
+    from diffusa.data import load_dataset
+
+    return load_dataset("mnist5k", "test").x[index:index + 1]
+
+
+def digit_pixels(index: int) -> np.ndarray:
+    from diffusa.data import unit_to_uint8
+
+    return unit_to_uint8(held_out(index))[0, ..., 0]  # uint8 (28, 28)
+
+
+def npz_samples(r: Any, tmp_path: Path) -> torch.Tensor:
+    (tmp_path / "api.npz").write_bytes(r.content)
+    with np.load(tmp_path / "api.npz", allow_pickle=False) as z:
+        return torch.from_numpy(z["samples"])
+
+
+def test_edit_api_is_python_img2img(client: TestClient, tmp_path: Path) -> None:
+    """POST /api/edit == pipe.img2img(...): a held-out digit (tensors), an uploaded PNG to the text model (PNG
+    bytes), a larger PNG of the same aspect (resized by the pipeline) and an RGB PNG to a gray model."""
+    from PIL import Image
+
+    pixel, text = diffusa.load("mnist-pixel"), diffusa.load("mnist-text")
+    r = client.post("/api/edit", json={"digit": 17, "strength": 0.5, "steps": 4, "seed": 3, "format": "npz"})
+    assert r.status_code == 200, r.text
+    res = pixel.img2img(held_out(17), 0.5, steps=4, seed=3)
+    assert torch.equal(npz_samples(r, tmp_path), res.samples)
+    assert json.loads(r.headers["x-diffusa-settings"]) == res.settings and res.settings["task"] == "img2img"
+    seven = digit_pixels(0)
+    body = {"image_png": png_b64(seven), "prompt": "a 7", "n": 2, "strength": 0.7, "steps": 3, "seed": 5}
+    r = client.post("/api/edit", json=body)  # the text model: the default with a prompt, as `diffusa edit`
+    assert r.status_code == 200, r.text
+    res = text.img2img(seven[..., None], 0.7, "a 7", n=2, steps=3, seed=5)
+    assert r.content == res.save(tmp_path / "py.png").read_bytes()
+    big = np.asarray(Image.fromarray(seven).resize((56, 56)))
+    rgb = np.repeat(seven[..., None], 3, -1)
+    for image, ref in ((big, big[..., None]), (rgb, np.asarray(Image.fromarray(rgb).convert("L"))[..., None])):
+        r = client.post("/api/edit", json={"image_png": png_b64(image), "steps": 2, "seed": 1, "format": "npz"})
+        assert r.status_code == 200, r.text
+        assert torch.equal(npz_samples(r, tmp_path), pixel.img2img(ref, steps=2, seed=1).samples)
+
+
+def test_inpaint_api_is_python_inpaint(client: TestClient, tmp_path: Path) -> None:
+    """POST /api/inpaint == pipe.inpaint(...) with a mask PNG (ancestral RePaint, tensors) and a named mask (the
+    text model, PNG bytes); the history keeps the input and the mask, served beside the result."""
+    import io
+
+    from PIL import Image
+
+    mask = np.zeros((28, 28), np.uint8)
+    mask[:14, 4:24] = 255
+    image = digit_pixels(3)
+    body = {"image_png": png_b64(image), "mask_png": png_b64(mask), "steps": 6, "jump_length": 2, "jump_n_sample": 2,
+            "seed": 4, "format": "npz"}
+    r = client.post("/api/inpaint", json=body)
+    assert r.status_code == 200, r.text
+    res = diffusa.load("mnist-pixel").inpaint(image[..., None], mask, steps=6, jump_length=2, jump_n_sample=2, seed=4)
+    assert torch.equal(npz_samples(r, tmp_path), res.samples)
+    assert json.loads(r.headers["x-diffusa-settings"]) == res.settings and res.settings["sampler"] == "ddpm"
+    gid = r.headers["x-diffusa-id"]
+    record = client.get(f"/api/history/{gid}").json()
+    assert record["task"] == "inpaint" and record["request"]["mask"] is None and record["request"]["digit"] is None
+    for part, want in (("input", image), ("mask", mask)):
+        got = client.get(f"/api/history/{gid}/{part}")
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(got.content))), want)
+    r = client.get(f"/api/history/{gid}/secret")
+    assert r.status_code == 404 and "no 'secret'" in r.json()["detail"]
+    r = client.post("/api/inpaint", json={"model": "mnist-text", "digit": 5, "mask": "top", "prompt": "a 9",
+                                          "steps": 4, "jump_length": 2, "jump_n_sample": 2, "seed": 2})
+    assert r.status_code == 200, r.text
+    res = diffusa.load("mnist-text").inpaint(held_out(5), "top", "a 9", steps=4, jump_length=2, jump_n_sample=2,
+                                             seed=2)
+    assert r.content == res.save(tmp_path / "py.png").read_bytes()
+    gid = r.headers["x-diffusa-id"]
+    assert client.get(f"/api/history/{gid}").json()["request"]["mask"] == "top"
+    assert client.get(f"/api/history/{gid}/mask").status_code == 404  # a named mask is in the request
+
+
+BLACK = png_b64(np.zeros((28, 28), np.uint8))
+FULL = png_b64(np.full((28, 28), 255, np.uint8))
+EDIT_HOSTILE: list[tuple[str, str, dict[str, Any], int, str]] = [
+    # the image
+    ("bad base64", "edit", {"json": {"image_png": "not base64!!"}}, 400, "image_png: not base64"),
+    ("base64 of a JPEG", "edit", {"json": {"image_png": "/9j/4AAQSkZJRgABAQ=="}}, 400, "not a PNG"),
+    ("a data URL of a JPEG", "edit", {"json": {"image_png": "data:image/jpeg;base64,AAAA"}}, 400, "data URL"),
+    ("the PNG signature alone", "edit", {"json": {"image_png": "iVBORw0KGgo="}}, 400, "IHDR"),
+    ("a PNG bomb's header (60000 x 60000)", "edit", {"json": {"image_png": png_chunks(60000, 60000)}}, 413,
+     "60000x60000 pixels; at most 67,108,864"),
+    ("a PNG over the server's pixels (3000 x 3000)", "edit", {"json": {"image_png": png_chunks(3000, 3000)}}, 413,
+     "at most 4,194,304 pixels"),
+    ("a PNG of 0 x 0", "edit", {"json": {"image_png": png_chunks(0, 0)}}, 400, "cannot read image"),
+    ("a PNG whose data is not deflate", "edit",
+     {"json": {"image_png": png_chunks(28, 28, (b"IDAT", b"garbage"), (b"IEND", b""))}}, 400, "cannot read image"),
+    ("a PNG without data", "edit", {"json": {"image_png": png_chunks(28, 28, (b"IEND", b""))}}, 400,
+     "cannot read image"),
+    ("an image of another aspect", "edit", {"json": {"image_png": png_b64(np.zeros((28, 40), np.uint8))}}, 400,
+     "image is 28x40; this model draws 28x28"),
+    ("image_png over its cap", "edit", {"json": {"image_png": "A" * 48_001}}, 422, "image_png: String should have "
+                                                                                   "at most 48000"),
+    ("image_png a number", "edit", {"json": {"image_png": 5}}, 422, "image_png"),
+    ("image_png and digit", "edit", {"json": {"image_png": BLACK, "digit": 3}}, 422, "not both"),
+    ("no image", "edit", {"json": {"strength": 0.5}}, 422, "image_png: give the image as image_png or as digit"),
+    ("digit beyond the split", "edit", {"json": {"digit": 1000}}, 422, "digit: the held-out split has digits 0..999"),
+    ("digit negative", "edit", {"json": {"digit": -1}}, 422, "digit:"),
+    ("digit a string", "edit", {"json": {"digit": "3"}}, 422, "digit:"),
+    # strength (the pipeline's rule) and other fields
+    ("strength 0", "edit", {"json": {"digit": 3, "strength": 0}}, 400, "strength must be a number in (0, 1]"),
+    ("strength 1.5", "edit", {"json": {"digit": 3, "strength": 1.5}}, 400, "strength must be a number in (0, 1]"),
+    ("strength NaN", "edit", {"content": b'{"digit": 3, "strength": NaN}', "headers": JSON}, 400, "NaN"),
+    ("strength a string", "edit", {"json": {"digit": 3, "strength": "0.5"}}, 422, "strength:"),
+    ("strength to inpaint", "inpaint", {"json": {"digit": 3, "mask": "top", "strength": 0.5}}, 422,
+     "unknown field 'strength'"),
+    ("unknown field", "edit", {"json": {"digit": 3, "foo": 1}}, 422, "unknown field 'foo'"),
+    ("cond_image not a field", "edit", {"json": {"digit": 3, "cond_image": "x"}}, 422, "unknown field 'cond_image'"),
+    ("classifier not a field", "inpaint", {"json": {"digit": 3, "mask": "top", "classifier": "/etc"}}, 422,
+     "unknown field 'classifier'"),
+    ("a label to an unconditional model", "edit", {"json": {"model": "mnist-pixel", "digit": 3, "label": 3}}, 400,
+     "label"),
+    ("body over the limit", "edit", {"json": {"digit": 3, "prompt": "x" * (MAX_BODY + 10)}}, 413, "limit"),
+    ("image and mask over the body limit together", "inpaint",
+     {"json": {"image_png": "A" * 48_000, "mask_png": "A" * 12_000, "prompt": "x" * 6_000}}, 413, "limit"),
+    ("a form", "edit", {"content": b"digit=3", "headers": {"content-type": "application/x-www-form-urlencoded"}}, 415,
+     "Content-Type"),
+    ("a cross-site POST", "inpaint", {"json": {"digit": 3, "mask": "top"}, "headers": {"origin": "http://evil.example"}},
+     403, "cross-origin"),
+    # model names
+    ("parent folder", "edit", {"json": {"model": "../etc", "digit": 3}}, 403, "'..'"),
+    ("absolute path", "inpaint", {"json": {"model": "/etc", "digit": 3, "mask": "top"}}, 403, "absolute"),
+    ("a link out of --runs", "edit", {"json": {"model": "link-out", "digit": 3}}, 403, "outside"),
+    ("backslashes", "inpaint", {"json": {"model": "..\\etc", "digit": 3, "mask": "top"}}, 403, "backslash"),
+    ("no such model", "edit", {"json": {"model": "nope", "digit": 3}}, 404, "no such run"),
+    ("a pickle named model.safetensors", "edit", {"json": {"model": "evil", "digit": 3, "steps": 2}}, 400,
+     "safetensors"),
+    # the mask
+    ("an empty mask", "inpaint", {"json": {"digit": 3, "mask_png": BLACK}}, 400, "marks no pixel to repaint"),
+    ("a full mask", "inpaint", {"json": {"digit": 3, "mask_png": FULL}}, 400, "covers the whole image"),
+    ("a mask of another size", "inpaint", {"json": {"digit": 3, "mask_png": png_b64(np.full((14, 14), 255,
+                                                                                             np.uint8))}},
+     400, "mask is 14x14; the image is 28x28"),
+    ("a mask of bad base64", "inpaint", {"json": {"digit": 3, "mask_png": "%%%"}}, 400, "mask_png: not base64"),
+    ("a mask bomb's header", "inpaint", {"json": {"digit": 3, "mask_png": png_chunks(60000, 60000)}}, 413,
+     "60000x60000"),
+    ("mask_png over its cap", "inpaint", {"json": {"digit": 3, "mask_png": "A" * 12_001}}, 422, "mask_png:"),
+    ("an unknown mask name", "inpaint", {"json": {"digit": 3, "mask": "middle"}}, 400, "unknown mask 'middle'"),
+    ("a box outside the image", "inpaint", {"json": {"digit": 3, "mask": "box:20,20,14,14"}}, 400, "inside the"),
+    ("mask_png and mask", "inpaint", {"json": {"digit": 3, "mask": "top", "mask_png": FULL}}, 422, "not both"),
+    ("no mask", "inpaint", {"json": {"digit": 3}}, 422, "mask_png: give the mask as mask_png or as mask"),
+    ("a jump longer than the grid", "inpaint", {"json": {"digit": 3, "mask": "top", "steps": 4, "jump_length": 5}},
+     400, "jump_length 5 leaves no room"),
+    ("jumps beyond the reverse steps", "inpaint",
+     {"json": {"digit": 3, "mask": "top", "steps": 200, "jump_length": 1, "jump_n_sample": 20}}, 422,
+     "at most 2500"),
+    ("jump_n_sample zero", "inpaint", {"json": {"digit": 3, "mask": "top", "jump_n_sample": 0}}, 422,
+     "jump_n_sample:"),
+]
+
+
+@pytest.mark.parametrize(("what", "route", "request_kw", "status", "message"), EDIT_HOSTILE,
+                         ids=[h[0] for h in EDIT_HOSTILE])
+def test_hostile_edit_refused(client: TestClient, place: dict[str, Path], what: str, route: str,
+                              request_kw: dict[str, Any], status: int, message: str) -> None:
+    before = tree(place["base"])
+    r = client.post(f"/api/{route}", **request_kw)
+    assert r.status_code == status, (what, r.text)
+    assert message in r.json()["detail"], (what, r.json()["detail"])
+    assert "Traceback" not in r.text and str(place["base"]) not in r.text
+    assert tree(place["base"]) == before, what  # nothing written anywhere, the history included
+    assert not (place["base"] / "pwned").exists()
+
+
 # -- the queue -----------------------------------------------------------------------------------------------------
 def test_queue_full_answers_429_and_serves_after(client: TestClient) -> None:
     from diffusa.serve.ui import generate_updates, page_request
@@ -335,6 +539,9 @@ def test_queue_full_answers_429_and_serves_after(client: TestClient) -> None:
         r = post(client, body)
         assert r.status_code == 429 and "busy" in r.json()["detail"] and r.headers["retry-after"]
         assert time.monotonic() - t0 < 5  # answered at once, not queued
+        for route, edit in (("edit", {"digit": 1, "steps": 2}), ("inpaint", {"digit": 1, "mask": "top"})):
+            r = client.post(f"/api/{route}", json=edit)  # the edits share the queue
+            assert r.status_code == 429 and "busy" in r.json()["detail"], route
         assert client.get("/api/models").status_code == 200  # the server stays responsive
         with pytest.raises(Busy):  # the page shares the queue
             next(generate_updates(service, page_request("mnist-pixel", "", "", "ddim", 2, None, None, 0, 1),
@@ -466,6 +673,114 @@ def test_page_generation_previews_cancel_and_identity(client: TestClient, place:
     assert tree(place["history"]) == before
 
 
+def test_page_edit_and_inpaint(client: TestClient, tmp_path: Path) -> None:
+    """The edit tabs' handlers: an uploaded PNG and a held-out digit, a mask painted in the editor (scaled down
+    to the model's size), the same bytes as the API, reloaded from the history (image, strokes and all) to the
+    same bytes again; an upload missing, or nothing painted, refused."""
+    from PIL import Image
+
+    from diffusa.serve.schema import EditRequest, InpaintRequest
+    from diffusa.serve.ui import (
+        DIGIT,
+        EDIT_CONTROLS,
+        INPAINT_CONTROLS,
+        PAINTED,
+        UPLOAD,
+        before_image,
+        editor_value,
+        generate_updates,
+        history_gallery,
+        page_edit_request,
+        page_inputs,
+        painted_mask,
+        reload,
+    )
+
+    service = client.app.state.service
+
+    def run(req: Any, inputs: Any) -> Any:
+        *_, (_, gen, status) = generate_updates(service, req, threading.Event(), None, inputs)
+        assert gen.entry is not None, status
+        return gen, status
+
+    seven = digit_pixels(0)
+    Image.fromarray(seven).save(tmp_path / "seven.png")
+    req = page_edit_request(EditRequest, "mnist-pixel", UPLOAD, 0, "", "", "dpmpp_2m", 4, "", "", 2, 1, strength=0.5)
+    gen, status = run(req, page_inputs(service, req, str(tmp_path / "seven.png")))
+    assert status.startswith("edited") and "strength 0.5" in status
+    api = client.post("/api/edit", json={"image_png": png_b64(seven), "strength": 0.5, "steps": 4, "seed": 2})
+    assert gen.entry.png.read_bytes() == api.content  # the page's edit is the API's, byte for byte
+    values, _, record = reload(service, gen.entry.id)
+    got = dict(zip(EDIT_CONTROLS, values, strict=True))
+    assert got["source"] == UPLOAD and got["strength"] == 0.5 and got["seed"] == 2 and record["task"] == "img2img"
+    again = page_edit_request(EditRequest, *(got[k] for k in EDIT_CONTROLS if k not in ("upload", "strength")),
+                              strength=got["strength"])
+    assert run(again, page_inputs(service, again, got["upload"]))[0].entry.png.read_bytes() == api.content
+    with pytest.raises(Refusal) as e:
+        page_inputs(service, req, None)
+    assert e.value.status == 422 and "upload a PNG" in str(e.value)
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(Refusal, match="image: not a PNG"):  # the API's reader
+        page_inputs(service, req, str(tmp_path / "notes.png"))
+
+    value = editor_value(digit_pixels(7))
+    assert value["background"].shape == (224, 224, 3) and value["layers"] == []
+    stroke = np.zeros((224, 224, 4), np.uint8)
+    stroke[:112, 20:200] = (255, 59, 48, 255)  # the top half, painted in the editor
+    value["layers"] = [stroke]
+    mask = painted_mask(value, (28, 28))
+    assert mask[:14, 3:25].all() and not mask[14:].any() and not mask[:, :2].any()
+    req = page_edit_request(InpaintRequest, "mnist-pixel", DIGIT, 7, "", "", None, 4, "", "", 3, 1, mask=None,
+                            jump_length=2, jump_n_sample=2)
+    inputs = page_inputs(service, req, None, value)
+    before = before_image(inputs, (1, 28, 28))
+    assert before.shape == (224, 224, 3) and (before[:100, 40:180, 0] > before[:100, 40:180, 2]).all()  # tinted
+    gen, status = run(req, inputs)
+    assert status.startswith("inpainted") and "jumps 2 x 2" in status
+    api = client.post("/api/inpaint", json={"digit": 7, "mask_png": png_b64(mask), "steps": 4, "jump_length": 2,
+                                            "jump_n_sample": 2, "seed": 3})
+    assert gen.entry.png.read_bytes() == api.content
+    values, _, record = reload(service, gen.entry.id)
+    got = dict(zip(INPAINT_CONTROLS, values, strict=True))
+    assert got["source"] == DIGIT and got["digit"] == 7 and got["mask"] == PAINTED and got["jump_n_sample"] == 2
+    assert np.array_equal(painted_mask(got["editor"], (28, 28)), mask)  # the strokes come back
+    items, ids = history_gallery(service)
+    assert ids[1] == gen.entry.id and "inpaint of digit 7 (mask painted)" in items[1][1]
+    with pytest.raises(DiffusaError, match="marks no pixel"):  # nothing painted: the pipeline's refusal
+        run(req, page_inputs(service, req, None, editor_value(digit_pixels(7))))
+
+
+def test_mask_editor_checks_what_the_browser_sends() -> None:
+    """The editor's images have their size checked from the header before Gradio decodes them; a layer index
+    beyond its few layers is refused; its blobs are kept for a few edits only; no .pyi is written."""
+    import base64
+    import io
+    from types import SimpleNamespace
+
+    import gradio as gr
+    from PIL import Image
+
+    from diffusa.serve import ui
+
+    editor = ui.guard_editor(gr.ImageEditor(type="numpy", image_mode="RGBA", render=False))
+    for data, message in ((png_chunks(60000, 60000), "cannot be read"),
+                          (png_chunks(3000, 3000, (b"IDAT", b"x")), "3000x3000 pixels"), ("bm90IGFuIGltYWdl", "read")):
+        with pytest.raises(gr.Error, match=message):
+            editor.convert_and_format_image(base64.b64decode(data))
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(buf, "PNG")
+    assert editor.convert_and_format_image(buf.getvalue()).shape == (8, 8, 4)
+    with pytest.raises(gr.Error, match="layers"):
+        editor.accept_blobs(SimpleNamespace(data={"type": "layer", "index": "1000000000", "id": "a"},
+                                            files=[("blob", b"x")]))
+    for i in range(ui.EDITOR_BLOBS + 5):
+        editor.accept_blobs(SimpleNamespace(data={"type": "background", "index": "null", "id": f"edit{i}"},
+                                            files=[("blob", b"x")]))
+    assert len(editor.blob_storage) == ui.EDITOR_BLOBS and f"edit{ui.EDITOR_BLOBS + 4}" in editor.blob_storage
+    assert editor.accept_blobs._is_server_fn
+    assert not list(Path(ui.__file__).parent.glob("*.pyi"))
+
+
 def test_metrics_panel(client: TestClient) -> None:
     from diffusa.serve.ui import run_metrics
 
@@ -575,11 +890,34 @@ def _tiles(png: bytes, n: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(tiles)).float()[:, None] / 127.5 - 1
 
 
+def _paint_top_half(driver: Any) -> None:
+    """Brush strokes over the top half of the image in the mask editor (shown fitted to the canvas' height)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    driver.find_element(By.CSS_SELECTOR, "#mask-editor button[aria-label=Brush]").click()
+    canvas = driver.find_elements(By.CSS_SELECTOR, "#mask-editor canvas")[0]
+    side = 0.8 * canvas.size["height"]  # the image's side on the screen, about (offsets: from the canvas' centre)
+    strokes = ActionChains(driver, duration=0)
+    for k in range(8):
+        strokes.move_to_element_with_offset(canvas, int(-0.45 * side), int(-side * (0.47 - 0.06 * k))).click_and_hold()
+        for _ in range(3):
+            strokes.move_by_offset(int(0.3 * side), 0)
+        strokes.release()
+    strokes.perform()
+
+
 def test_page_in_headless_chromium(server: Any, tmp_path: Path, digit_classifier_path: Path) -> None:
     """A person's path through the page: open it with the token, type a prompt, generate, read the grid back
-    (the Python call's bytes; the classifier sees threes), roll the dice, and reload the seed from the history."""
+    (the Python call's bytes; the classifier sees threes), roll the dice, and reload the seed from the history;
+    then in the inpainting tab paint over the top half of the held-out digit, inpaint, and get the bytes Python's
+    `pipe.inpaint(digit, mask)` writes for the mask painted."""
+    import io
+
     import httpx
+    from PIL import Image
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     from diffusa.metrics import classify
@@ -609,6 +947,28 @@ def test_page_in_headless_chromium(server: Any, tmp_path: Path, digit_classifier
         wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#history img"))[0].click()
         wait.until(lambda d: "reloaded" in d.find_element(By.CSS_SELECTOR, "#status").text)
         assert seed.get_attribute("value") == "0"
+
+        next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text == "Inpaint").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#mask-editor canvas")
+                   and "select the draw tool" not in d.find_element(By.CSS_SELECTOR, "#mask-editor").text)
+        _paint_top_half(driver)
+        passes = driver.find_element(By.CSS_SELECTOR, "#inpaint-jump-n-sample input[type=number]")
+        passes.clear()
+        passes.send_keys("1", Keys.TAB)  # plain replacement: 20 steps, not 80 (the test's time)
+        driver.find_element(By.CSS_SELECTOR, "#inpaint-go").click()
+        wait.until(lambda d: "inpainted" in d.find_element(By.CSS_SELECTOR, "#inpaint-status").text)
+        assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#inpaint-result img"))
+        driver.save_screenshot(str(shot.with_name("serve-inpaint.png")))
+        auth = {"authorization": f"Bearer {token}"}
+        entry = httpx.get(url + "api/history", headers=auth, timeout=10).json()["generations"][0]
+        assert entry["task"] == "inpaint" and entry["source"] == "ui" and entry["request"]["digit"] == 0
+        mask = np.asarray(Image.open(io.BytesIO(httpx.get(f"{url}api/history/{entry['id']}/mask", headers=auth,
+                                                          timeout=10).content)))
+        assert mask.shape == (28, 28) and mask[3:11, 5:23].mean() > 0.9 * 255 and not mask[16:].any(), mask
+        done = httpx.get(f"{url}api/history/{entry['id']}/image", headers=auth, timeout=10).content
+        assert entry["settings"]["jump_n_sample"] == 1 and entry["settings"]["nfe"] == 20
+        python = diffusa.load("mnist-pixel").inpaint(held_out(0), mask, jump_n_sample=1, seed=0)
+        assert done == python.save(tmp_path / "in.png").read_bytes()
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
     finally:

@@ -89,7 +89,7 @@ def test_export_carries_the_autoencoder_and_loads_after_a_move(tmp_path: Path, c
     shutil.rmtree(run)
     loaded = load_run(moved)
     assert json.loads((moved / "config.json").read_text())["latent"]["autoencoder"] == "autoencoder"
-    assert loaded.to_images(torch.zeros(2, 2, 2, 2)).shape == (2, 1, 8, 8)
+    assert loaded.to_data(torch.zeros(2, 2, 2, 2)).shape == (2, 1, 8, 8)
     r = cli("generate", "--model", moved, "--n", 3, "--steps", 2, "--out", tmp_path / "g.npz")
     assert r.code == 0 and np.load(tmp_path / "g.npz")["images"].shape == (3, 8, 8, 1), r.err
 

@@ -51,7 +51,7 @@ def test_samples_land_near_the_data(moons_run: Path) -> None:
     """Energy distance to held-out data: samples far below draws from the prior N(0, I)."""
     run = load_run(moons_run)
     g = torch.Generator().manual_seed(0)
-    x = sample(run.denoiser, (1000, 2), "ddim", 20, generator=g)
+    x = run.to_data(sample(run.denoiser, (1000, 2), "ddim", 20, generator=g))  # standardised points, mapped back
     prior = torch.randn(1000, 2, generator=g)
     held_out = load_dataset("moons", "test").x[:1000]
     ed_samples, ed_prior = energy_distance(x, held_out), energy_distance(prior, held_out)

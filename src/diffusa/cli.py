@@ -413,9 +413,11 @@ def build_parser() -> Parser:
 
     from diffusa.cli_edit import add_parser as add_edit
     from diffusa.cli_generate import add_parser as add_generate
+    from diffusa.cli_upscale import add_parser as add_upscale
 
     add_generate(sub)
     add_edit(sub)  # diffusa edit, diffusa inpaint
+    add_upscale(sub)  # diffusa upscale
 
     e = sub.add_parser("eval", help="measure a run's samples; prints JSON",
                        description="Frechet distance, KID and classifier confidence (images) or energy distance "

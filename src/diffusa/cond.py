@@ -1,10 +1,10 @@
 """The one conditioning object: what a network is told besides (x_t, c_noise).
 
 A `Cond` carries any of: class labels, text (tokens and their mask), an image concatenated to the network's input
-(any channels; the network resizes it to its input), and a mask (1 = known pixel, for inpainting). Networks read
-the fields they support and ignore none silently: a field a network cannot use is an error at the network. Guidance
-builds null versions field by field (`diffusa.guidance`). Older call sites that pass a label tensor or a
-{"tokens", "mask"} dict are read through `as_cond`.
+(any channels; the network resizes it to its input) with the noise level it was augmented to, and a mask (1 = known
+pixel, for inpainting). Networks read the fields they support and ignore none silently: a field a network cannot
+use is an error at the network. Guidance builds null versions field by field (`diffusa.guidance`). Older call sites
+that pass a label tensor or a {"tokens", "mask"} dict are read through `as_cond`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 
 from diffusa.errors import DiffusaError
 
-FIELDS = ("labels", "tokens", "token_mask", "image", "mask")
+FIELDS = ("labels", "tokens", "token_mask", "image", "image_level", "mask")
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,8 @@ class Cond:
     tokens: torch.Tensor | None = None  # (B, L) int64 token ids (diffusa.text.tokenize, or a HF tokenizer)
     token_mask: torch.Tensor | None = None  # (B, L) bool: real tokens
     image: torch.Tensor | None = None  # (B, C, H, W): concatenated to the network input (SR3, inpainting models)
+    image_level: torch.Tensor | None = None  # (B,) float in [0, 1]: the noise level `image` was augmented to
+    # (noise-conditioning augmentation, Ho et al. 2022; diffusa.superres); absent = a clean image (level 0)
     mask: torch.Tensor | None = None  # (B, 1, H, W) in {0, 1}: 1 where the pixel is known (inpainting)
 
     def present(self) -> dict[str, torch.Tensor]:

@@ -20,11 +20,16 @@ class DataConfig:
     """Which data to train on: a built-in name, a folder of images, or an .npz file."""
 
     name: str = "mnist5k"
-    image_size: int | None = None  # folders: resize every image to this square size
+    image_size: int | None = None  # resize every image to this square size (folders: bicubic; built-in, .npz: area)
     grayscale: bool | None = None  # folders: force one channel (None = decide from the files)
     latent: str | None = None  # an autoencoder folder: train and sample in its latent space (latent diffusion)
     array: str | None = None  # .npz: the array holding the examples (None: images, else x, else the only one)
     stream: str = "auto"  # folders: auto (stream above 1/8 of memory decoded) | on | off (docs/data.md)
+    # super-resolution (SR3; docs/super_resolution.md): > 1 conditions each example on itself shrunk by this factor
+    super_resolution: int = 0
+    cond_noise_max: float | None = None  # condition augmentation: levels ~ U(0, max) (None: 0.3 with SR, else 0)
+    cond_noise: float | None = None  # the condition's fixed level when sampling (None: 0.1 if augmented, else 0)
+    standardize: str = "auto"  # points to mean 0, std 1 per coordinate: auto (unless at unit scale) | on | off
 
 
 @dataclass
@@ -118,6 +123,12 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Noise-conditioning augmentation of a super-resolution model's low-resolution input (Ho et al. 2022, Sec. 4.2;
+# docs/super_resolution.md): training levels s ~ U(0, COND_NOISE_MAX), sampling at COND_NOISE, on the cosine scale
+# of img2img's strength (the condition becomes cos(pi s / 2) c + sin(pi s / 2) eps)
+COND_NOISE_MAX, COND_NOISE = 0.3, 0.1
+
+
 # What each process trains with when the config says "auto" (resolved values are saved in config.json):
 # - ddpm: v-prediction, Min-SNR-5 (Hang et al. 2023), the chain's steps: this project's measured default.
 # - vp / subvp: eps-prediction with lambda = sigma^2, the objective Song et al. 2021 train these SDEs with
@@ -162,6 +173,11 @@ def resolve_defaults(cfg: RunConfig, data_kind: str) -> RunConfig:
     for key, value in DATA_DEFAULTS[data_kind].items():
         if getattr(cfg.train, key) is None:
             setattr(cfg.train, key, value)
+    dc = cfg.data  # condition augmentation (Ho et al. 2022): on by default for super-resolution only
+    if dc.cond_noise_max is None:
+        dc.cond_noise_max = COND_NOISE_MAX if dc.super_resolution else 0.0
+    if dc.cond_noise is None:
+        dc.cond_noise = min(COND_NOISE, dc.cond_noise_max)
     return resolve_process_defaults(cfg)
 
 
@@ -243,6 +259,9 @@ RANGES: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
     ("loss.p_std", False, 0, math.inf, False, False),
     ("loss.vlb_weight", False, 0, math.inf, True, False),
     ("data.image_size", True, 1, 8192, True, True),
+    ("data.super_resolution", True, 0, 64, True, True),
+    ("data.cond_noise_max", False, 0, 1, True, True),
+    ("data.cond_noise", False, 0, 1, True, True),
 )
 
 
@@ -258,12 +277,15 @@ def check_range(name: str, value: Any, integer: bool, low: float, high: float, l
 
 
 CONDITIONINGS = ("none", "class", "text")
+STANDARDIZE = ("auto", "on", "off")  # data.standardize (diffusa.standardize)
 
 
 def check_config(cfg: RunConfig) -> RunConfig:
     """The RANGES of a config (None: left to its default), and the names no builder checks when sampling."""
     if cfg.model.conditioning not in CONDITIONINGS:
         raise DiffusaError(f"unknown model.conditioning {cfg.model.conditioning!r}; known: {', '.join(CONDITIONINGS)}")
+    if cfg.data.standardize not in STANDARDIZE:
+        raise DiffusaError(f"unknown data.standardize {cfg.data.standardize!r}; known: {', '.join(STANDARDIZE)}")
     if cfg.model.text and cfg.model.conditioning != "text":
         raise DiffusaError(f"model.text sets the text encoder of a text-conditional model; this model's "
                            f"conditioning is {cfg.model.conditioning!r} (set model.conditioning=\"text\")")

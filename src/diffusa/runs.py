@@ -29,14 +29,16 @@ from diffusa.process import Process, process_from_dict
 
 
 def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int = 0,
-                 cond_channels: int = 0, data_kind: str | None = None) -> tuple[str, dict[str, Any]]:
+                 cond_channels: int = 0, data_kind: str | None = None,
+                 image_level: bool = False) -> tuple[str, dict[str, Any]]:
     """The network kind and its full config for data of this shape and kind ("image" | "points", as the dataset
     declares it; None: read from the shape) — the kind's defaults, then cfg.model.net:
     diffusa.nets.registry.network_config. cond_channels > 0: an image of that many channels is concatenated to
-    the network's input (an image-conditioned U-Net)."""
+    the network's input (an image-conditioned U-Net); image_level: with its augmentation level (diffusa.superres)."""
     request = NetRequest(tuple(data_shape), data_kind=data_kind, num_classes=num_classes,
                          learned_variance=cfg.model.learned_variance,
-                         conditioning=cfg.model.conditioning, cond_channels=cond_channels, net=cfg.model.net,
+                         conditioning=cfg.model.conditioning, cond_channels=cond_channels,
+                         image_level=image_level, net=cfg.model.net,
                          text=cfg.model.text)
     return network_config(cfg.model.kind, request)
 
@@ -80,10 +82,10 @@ class Run:
     meta: dict[str, Any]
     net: torch.nn.Module
     denoiser: Denoiser
-    decoder: Any = None  # latent diffusion: scaled latents -> images (diffusa.latent.LatentDecoder)
+    decoder: Any = None  # model space -> data: latents -> images (LatentDecoder), standardised points -> units
 
-    def to_images(self, x: torch.Tensor) -> torch.Tensor:
-        """Samples as data: decoded to images for a latent model, unchanged otherwise."""
+    def to_data(self, x: torch.Tensor) -> torch.Tensor:
+        """Samples as data: decoded to images for a latent model, to the data's units for standardised points."""
         return self.decoder(x) if self.decoder is not None else x
 
     @property
@@ -174,5 +176,9 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
         from diffusa.latent import LatentDecoder
 
         decoder = LatentDecoder(meta["latent"], path)
+    elif "standardize" in meta:  # points trained standardised: samples back in the data's units
+        from diffusa.standardize import Destandardize
+
+        decoder = Destandardize(meta["standardize"], meta["data_shape"][0], str(path / "config.json"))
     den = make_denoiser(net, process, cfg, meta["data_kind"] == "image" and decoder is None)
     return Run(path, cfg, meta, net, den, decoder)

@@ -12,12 +12,13 @@ streams from disk instead (`diffusa.data.stream`); every dataset answers `get(id
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffusa.data.base import SPLIT_SEED, Dataset, batches, uint8_to_unit, unit_to_uint8
+from diffusa.data.base import SPLIT_SEED, Dataset, batches, resize_images, uint8_to_unit, unit_to_uint8
 from diffusa.data.builtin import TOY_SIZE, TOYS, load_digits, load_mnist5k, load_toy
 from diffusa.data.folders import (
     GRAY_MODES,
@@ -36,8 +37,8 @@ from diffusa.errors import DiffusaError
 __all__ = ["AUX_ARRAYS", "BUILTIN", "GRAY_MODES", "IMAGE_EXTENSIONS", "PREFERRED_ARRAYS", "SPLIT_SEED",
            "STREAM_CHOICES", "TOYS", "TOY_SIZE", "Dataset", "FolderStream", "batches", "decode_image", "examples",
            "folder_grayscale", "image_header", "list_images", "load_dataset", "load_digits", "load_folder",
-           "load_mnist5k", "load_npz", "load_toy", "open_folder", "read_captions", "run_dataset", "uint8_to_unit",
-           "unit_to_uint8"]
+           "load_mnist5k", "load_npz", "load_toy", "open_folder", "read_captions", "resize_images", "run_dataset",
+           "uint8_to_unit", "unit_to_uint8"]
 
 BUILTIN = ["mnist5k", "digits", *TOYS]
 
@@ -65,7 +66,9 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
     """Load a built-in dataset by name, or a folder / .npz by path. split: "train" or "test" (a folder or an
     .npz has one split: both return all of it). array: which array of an .npz holds the examples. stream:
     "auto" streams an image folder from disk when its decoded size exceeds `data.stream.stream_threshold()`,
-    "on" / "off" force it; built-ins and .npz files are always resident ("on" is an error for them)."""
+    "on" / "off" force it; built-ins and .npz files are always resident ("on" is an error for them). image_size
+    resizes every image to a square of that side: folders as they are decoded (bicubic), built-in and .npz images
+    after loading (`resize_images`: block averages for an integer shrink, e.g. mnist5k at 14 or 7)."""
     if split not in ("train", "test"):
         raise DiffusaError(f"unknown split {split!r}; known: train, test")
     if stream not in STREAM_CHOICES:
@@ -78,15 +81,27 @@ def load_dataset(name: str, split: str = "train", image_size: int | None = None,
         raise DiffusaError(f"data.stream='on' streams image folders; {name!r} is always loaded into memory "
                            "(set data.stream to 'auto' or 'off')")
     if name == "mnist5k":
-        return load_mnist5k(split)
+        return _sized(load_mnist5k(split), image_size)
     if name == "digits":
-        return load_digits(split)
+        return _sized(load_digits(split), image_size)
     if name in TOYS:
-        return load_toy(name, split)
+        return _sized(load_toy(name, split), image_size)
     if folder:
         return open_folder(path, image_size, grayscale, stream)
     if path.suffix == ".npz":
         if not path.is_file():
             raise DiffusaError(f"data file {path} does not exist")
-        return load_npz(path, array)
+        return _sized(load_npz(path, array), image_size)
     raise DiffusaError(f"unknown dataset {name!r}; known: {', '.join(BUILTIN)}, a folder of images, or a .npz file")
+
+
+def _sized(data: Dataset, image_size: int | None) -> Dataset:
+    """A resident dataset with its images resized to image_size x image_size (`resize_images`); unchanged when
+    image_size is None or already the size. Points have no size to set."""
+    if image_size is None:
+        return data
+    if data.kind != "image":
+        raise DiffusaError(f"data.image_size={image_size} resizes images; {data.name} holds points (unset it)")
+    if data.shape[-2:] == (image_size, image_size):
+        return data
+    return dataclasses.replace(data, x=resize_images(data.x, image_size))

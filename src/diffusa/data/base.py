@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SPLIT_SEED = 20240601  # fixes the held-out splits once and for all
 
@@ -59,6 +60,19 @@ def unit_to_uint8(x: torch.Tensor) -> np.ndarray:
     """float (N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
     y = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def resize_images(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Images (N, C, H, W) resized to `size` (a side, or (H, W)): an integer shrink is the area average of each
+    block (box filter, as SR3's and cascaded diffusion's low-resolution inputs are made: Saharia et al. 2021,
+    Ho et al. 2022); any other size is bilinear with antialiasing. The one resize of built-in data and of
+    super-resolution conditions (`diffusa.superres`)."""
+    h, w = (size, size) if isinstance(size, int) else size
+    if (h, w) == tuple(x.shape[-2:]):
+        return x
+    if x.shape[-2] % h == 0 and x.shape[-1] % w == 0:
+        return F.avg_pool2d(x, (x.shape[-2] // h, x.shape[-1] // w))
+    return F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
 
 
 def batches(n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0,

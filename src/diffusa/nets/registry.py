@@ -25,8 +25,9 @@ class NetRequest:
     """What a network is asked to model: the data and the conditioning options (a RunConfig's `model`).
 
     data_kind: "image" (C, H, W) or "points" (D,); None reads it from the shape's rank. conditioning: none |
-    class | text. cond_channels: channels of an image concatenated to the input (0: none). net, text: the
-    user's overrides of the network's and the text encoder's defaults.
+    class | text. cond_channels: channels of an image concatenated to the input (0: none); image_level: with the
+    level of its noise-conditioning augmentation (cond.image_level, Ho et al. 2022). net, text: the user's
+    overrides of the network's and the text encoder's defaults.
     """
 
     data_shape: tuple[int, ...]
@@ -35,6 +36,7 @@ class NetRequest:
     learned_variance: bool = False
     conditioning: str = "none"
     cond_channels: int = 0
+    image_level: bool = False
     net: Mapping[str, Any] = field(default_factory=dict)
     text: Mapping[str, Any] = field(default_factory=dict)
 

@@ -98,7 +98,7 @@ class TextUNet(nn.Module):
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
         """x (B, C, H, W), c_noise (B,), cond: tokens and token_mask (and an image, for cond_channels > 0)."""
-        c = read_cond(cond, {"tokens", "token_mask", "image"}, "text-conditional network")
+        c = read_cond(cond, {"tokens", "token_mask", "image", "image_level"}, "text-conditional network")
         text = None if c is None else c.text
         if text is None:
             raise ValueError("a text-conditional network needs cond.tokens and cond.token_mask (net.tokenize(texts))")

@@ -4,6 +4,9 @@ It knows no diffusion maths: `net(x, c_noise, cond) -> tensor`, cond a diffusa.C
 - cond.labels (B,) long: embedded and added to the noise-level embedding; label `num_classes` is the null label.
 - cond.image (B, cond_channels, H', W'): resized to the input and concatenated to it as extra channels (SR3,
   Saharia et al. 2021; inpainting models, Rombach et al. 2022).
+- cond.image_level (B,) in [0, 1], with `image_level`: the noise level the condition image was augmented to,
+  embedded like the noise level and added to its embedding (cascaded diffusion's conditioning augmentation, Ho et
+  al. 2022, Sec. 4.2); absent, it is 0 (a clean condition).
 - With `context_dim > 0` the caller passes token features, `context=(features (B, L, context_dim), mask (B, L))`
   (diffusa.nets.text.TextUNet does): every attention resolution (and the middle block) gains cross-attention to
   the tokens, and their masked mean is added to the noise-level embedding (Rombach et al. 2022; Nichol et al. 2022).
@@ -47,6 +50,7 @@ from diffusa.nets.registry import (
 # than a full-resolution U-Net of the same width and drew better digits per CPU-minute (docs/demo.md).
 DEFAULT_UNET: dict[str, Any] = {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
                                 "attention_resolutions": [7, 4], "patch_size": 2}
+LEVEL_SCALE = 1000.0  # cond.image_level in [0, 1] -> the range of DDPM's step index the sinusoids are made for
 
 @dataclass
 class UNetConfig:
@@ -63,6 +67,7 @@ class UNetConfig:
     num_classes: int = 0  # > 0: class-conditional, with a null label for classifier-free guidance
     context_dim: int = 0  # > 0: text-conditional, cross-attending to token features of this width
     cond_channels: int = 0  # > 0: an image of this many channels (cond.image) is concatenated to the input
+    image_level: bool = False  # embed cond.image_level, the condition's augmentation level (Ho et al. 2022)
     emb_mult: int = 4  # noise embedding width = channels * emb_mult
     image_size: int = 28
     patch_size: int = 1  # > 1: pixel-unshuffle p x p patches into channels first (lossless, p^2 fewer positions)
@@ -87,6 +92,8 @@ class UNet(nn.Module):
         self.emb_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.label_emb = nn.Embedding(cfg.num_classes + 1, emb_dim) if cfg.num_classes > 0 else None
         self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim > 0 else None
+        self.level_emb = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) \
+            if cfg.image_level else None
         p = cfg.patch_size
         self.conv_in = nn.Conv2d((cfg.in_channels + cfg.cond_channels) * p * p, ch, 3, padding=1)
 
@@ -138,8 +145,12 @@ class UNet(nn.Module):
     def embed(self, c_noise: torch.Tensor, cond: Cond | None = None,
               context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Noise-level embedding plus, for class-conditional nets, the label embedding (for text-conditional
-        ones, the tokens' masked mean)."""
+        ones, the tokens' masked mean; for augmented image conditions, the condition's level)."""
         emb = self.emb_mlp(timestep_embedding(c_noise, self.cfg.channels))
+        if self.level_emb is not None:
+            level = cond.image_level if cond is not None and cond.image_level is not None else \
+                torch.zeros(emb.shape[0], device=emb.device)
+            emb = emb + self.level_emb(timestep_embedding(level * LEVEL_SCALE, self.cfg.channels))
         if self.context_emb is not None and context is not None:
             features, mask = context
             m = mask.to(features.dtype).unsqueeze(-1)
@@ -207,7 +218,8 @@ class UNet(nn.Module):
         if c is not None and c.image is not None and not self.cfg.cond_channels:
             raise ValueError("this U-Net takes no image condition (cond_channels=0), but cond.image was given")
         supported = {"labels"} if self.cfg.num_classes > 0 else set()
-        c = read_cond(c, supported | ({"image"} if self.cfg.cond_channels else set()), "U-Net")
+        supported |= {"image"} if self.cfg.cond_channels else set()
+        c = read_cond(c, supported | ({"image_level"} if self.cfg.image_level else set()), "U-Net")
         ctx = self._context(context)
         emb = self.embed(c_noise, c, ctx)
         x = self._with_image(x, c)
@@ -296,6 +308,8 @@ class UNetKind(NetworkKind):
         label_conditioning(spec, request)
         if request.cond_channels:
             spec["cond_channels"] = request.cond_channels
+        if request.image_level:
+            spec["image_level"] = True
         return spec
 
     def check(self, cfg: Mapping[str, Any]) -> None:

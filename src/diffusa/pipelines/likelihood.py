@@ -64,7 +64,7 @@ def image_likelihood(run: Any, name: str, x: torch.Tensor | np.ndarray, *, terms
     if not run.is_image:
         raise DiffusaError("likelihood measures images (bits per dimension of 8-bit pixels); this model's data are "
                            "points")
-    if run.decoder is not None:
+    if "latent" in run.meta:
         raise DiffusaError("likelihood measures 8-bit pixels; this run is a latent model, whose likelihood would be "
                            "of its latents, not of the images")
     seed = check_seed(seed)

@@ -12,6 +12,7 @@ a convolution may sum in another order for another batch size). A stochastic sam
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from diffusa.pipelines.likelihood import image_likelihood
 from diffusa.pipelines.request import Label, Request, check_seed, count, resolve
 from diffusa.pipelines.result import Samples
 from diffusa.runs import Run
+from diffusa.superres import ImageCondition
 
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20  # DPM-Solver++(2M): the best at 10-20 NFE (docs/benchmarks.md)
 DEFAULT_N, DEFAULT_BATCH = 16, 250
@@ -155,7 +157,7 @@ class Pipeline:
     @property
     def is_latent(self) -> bool:
         """Samples in an autoencoder's latent space, decoded to images."""
-        return self.run.decoder is not None
+        return "latent" in self.run.meta
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -166,6 +168,12 @@ class Pipeline:
     def image_channels(self) -> int:
         """Channels of the image an image-conditioned model concatenates to its input; 0 for none."""
         return self.run.cond_channels
+
+    @property
+    def image_condition(self) -> ImageCondition:
+        """How the model's condition image was made and augmented in training: the super-resolution factor and
+        the noise-conditioning augmentation levels (`diffusa.superres`; all 0 for other models)."""
+        return ImageCondition.of(self.run.config.data)
 
     @property
     def discrete(self) -> bool:
@@ -182,7 +190,7 @@ class Pipeline:
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space samples (e.g. a callback's x_t or x0) in data space: decoded for a latent model."""
-        return self.run.to_images(x)
+        return self.run.to_data(x)
 
     def __call__(self, prompt: str | Sequence[str] | None = None, *, n: int | None = None, label: Label = None,
                  sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance_scale: float | None = None,
@@ -212,12 +220,21 @@ class Pipeline:
                       image_channels=self.image_channels)
         g = torch.Generator().manual_seed(seed)
         x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
+        req = self.augmented(req, g)
         samples, nfe, stopped = self.run_batches(req, x_T, grid, sampler, g, batch_size,
                                                  sampler_kwargs(eta, variance), callback)
         settings = self.settings_of(req, n=n, sampler=sampler, steps=steps, spacing=spacing, classifier=classifier,
                                     eta=eta, variance=variance, seed=seed, batch_size=batch_size, nfe=nfe,
                                     prompt=prompt, label=label)
         return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stopped)
+
+    def augmented(self, req: Request, generator: torch.Generator) -> Request:
+        """`req` with its condition image noised to the run's sampling level (drawn from `generator`) and the
+        level passed on, for a model trained with noise-conditioning augmentation (Ho et al. 2022; `superres`)."""
+        source = self.image_condition
+        if not source.augmented or req.cond is None or req.cond.image is None:
+            return req
+        return dataclasses.replace(req, cond=req.cond.replace(**source.sampling(req.cond.image, generator)))
 
     def run_batches(self, req: Request, x_start: torch.Tensor, grid: torch.Tensor, sampler: str,
                     generator: torch.Generator, batch_size: int, options: dict[str, Any],
@@ -298,6 +315,14 @@ class Pipeline:
         from diffusa.pipelines.edit import inpaint
 
         return inpaint(self, image, mask, prompt, **kwargs)
+
+    def upscale(self, image: Any, prompt: str | Sequence[str] | None = None, **kwargs: Any) -> Samples:
+        """SR3 (Saharia et al. 2021) with a model trained with data.super_resolution: `image` (low resolution;
+        larger inputs in overlapping tiles) drawn at the model's factor times its size; keywords tile, overlap,
+        noise_level and those of `__call__`. See `diffusa.pipelines.upscale.upscale`."""
+        from diffusa.pipelines.upscale import upscale
+
+        return upscale(self, image, prompt, **kwargs)
 
     # -- likelihood ----------------------------------------------------------------------------------------
     def likelihood(self, x: torch.Tensor | np.ndarray, *, terms: int | str | None = None,

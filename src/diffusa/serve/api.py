@@ -1,11 +1,16 @@
-"""The REST API: `POST /api/generate`, `GET /api/models`, `GET /api/history[/ID[/image]]`.
+"""The REST API: `POST /api/generate`, `/api/edit` (img2img), `/api/inpaint`; `GET /api/models`,
+`GET /api/history[/ID[/image|input|mask]]`.
 
     curl -s http://127.0.0.1:7860/api/generate -H 'Content-Type: application/json' \\
          -d '{"model": "mnist-text", "prompt": "a 3", "n": 16, "seed": 1}' -o three.png
+    curl -s http://127.0.0.1:7860/api/inpaint -H 'Content-Type: application/json' \\
+         -d '{"digit": 17, "mask": "top", "seed": 1}' -o completed.png
 
-The body's fields are the pipeline's argument names plus `model` and `format` (schema.py); the answer is the PNG
-grid `diffusa generate --out x.png` writes for the same settings, byte for byte (or the .npz of `--out x.npz`),
-with the settings used in the header X-Diffusa-Settings (JSON) and the history id in X-Diffusa-Id.
+The body's fields are the pipeline's argument names plus `model` and `format` (schema.py), and an edit's image
+and mask (images.py); the answer is the PNG grid `diffusa generate --out x.png` writes for the same settings
+(`pipe.img2img(...)` / `pipe.inpaint(...)`'s for an edit), byte for byte (or the .npz of `--out x.npz`), with the
+settings used in the header X-Diffusa-Settings (JSON) and the history id in X-Diffusa-Id. All three share one
+queue, one lock and the history with the page.
 """
 
 from __future__ import annotations
@@ -19,9 +24,18 @@ from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusa.serve.images import Inputs, edit_inputs
 from diffusa.serve.jobs import Generation, Service
 from diffusa.serve.limits import MAX_BODY, Refusal, limits
-from diffusa.serve.schema import GenerateRequest, parse_json, parse_request
+from diffusa.serve.schema import (
+    EditRequest,
+    GenerateRequest,
+    ImageSettings,
+    InpaintRequest,
+    Settings,
+    parse_json,
+    parse_request,
+)
 
 JSON_TYPES = ("application/json",)
 
@@ -62,6 +76,28 @@ def respond(service: Service, gen: Generation, fmt: str) -> Response:
                     headers={**headers, "Content-Disposition": f'attachment; filename="{entry.id}.npz"'})
 
 
+def read_inputs(service: Service, req: ImageSettings) -> Inputs:
+    """An edit request's image and mask, read for its model's channels (images.edit_inputs)."""
+    return edit_inputs(req, service.image_shape(req.model_name))
+
+
+def _post_doc(kind: type[Settings]) -> dict[str, Any]:
+    """The OpenAPI description of a POST route taking `kind` as its JSON body."""
+    return {"response_class": Response,
+            "openapi_extra": {"requestBody": {"required": True, "content": {
+                "application/json": {"schema": kind.model_json_schema()}}}},
+            "responses": {200: {"content": {"image/png": {}, "application/octet-stream": {}},
+                                "description": "the grid (format png) or the arrays (format npz)"},
+                          400: {"description": "the pipeline refused the request, or an image is not a PNG it "
+                                                "can read (the message names the field)"},
+                          403: {"description": "a model name outside --runs"},
+                          404: {"description": "no such model"},
+                          413: {"description": "body over the limit, or an image of too many pixels"},
+                          415: {"description": "not JSON"},
+                          422: {"description": "a field of the wrong type, out of range, or unknown"},
+                          429: {"description": "busy: the queue is full"}}}
+
+
 def build_router(service: Service) -> APIRouter:
     """The API's routes over one service."""
     router = APIRouter(prefix="/api", tags=["api"])
@@ -83,24 +119,32 @@ def build_router(service: Service) -> APIRouter:
                 "defaults": {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS},
                 "queue": {"max_queue": service.gate.max_queue, "admitted": service.gate.admitted}}
 
-    @router.post("/generate", summary="draw images: a PNG grid (or .npz), settings in X-Diffusa-Settings",
-                 response_class=Response,
-                 openapi_extra={"requestBody": {"required": True, "content": {
-                     "application/json": {"schema": GenerateRequest.model_json_schema()}}}},
-                 responses={200: {"content": {"image/png": {}, "application/octet-stream": {}},
-                                  "description": "the grid (format png) or the arrays (format npz)"},
-                            400: {"description": "the pipeline refused the request (the message names the field)"},
-                            403: {"description": "a model name outside --runs"},
-                            404: {"description": "no such model"}, 413: {"description": "body over the limit"},
-                            415: {"description": "not JSON"}, 422: {"description": "a field of the wrong type, "
-                                                                                   "out of range, or unknown"},
-                            429: {"description": "busy: the queue is full"}})
-    async def generate(request: Request) -> Response:
-        req = parse_request(parse_json(await read_body(request)))
+    async def answer(request: Request, kind: type[Settings]) -> Response:
+        """One POST: the body parsed, the model resolved, an edit's image read (their refusals before the queue),
+        then a place in the queue and the pipeline call in a worker thread."""
+        req = parse_request(parse_json(await read_body(request)), kind)
         service.models.resolve(req.model_name)  # 403 / 404 before taking a place in the queue
+        inputs = None
+        if isinstance(req, ImageSettings):
+            inputs = await run_in_threadpool(read_inputs, service, req)
         with service.gate.admit():
-            gen = await run_in_threadpool(service.run, req, "api")
+            gen = await run_in_threadpool(service.run, req, "api", None, inputs)
         return respond(service, gen, req.format)
+
+    @router.post("/generate", summary="draw images: a PNG grid (or .npz), settings in X-Diffusa-Settings",
+                 **_post_doc(GenerateRequest))
+    async def generate(request: Request) -> Response:
+        return await answer(request, GenerateRequest)
+
+    @router.post("/edit", summary="img2img: an image (base64 PNG or a held-out digit) redrawn from a noise level",
+                 **_post_doc(EditRequest))
+    async def edit(request: Request) -> Response:
+        return await answer(request, EditRequest)
+
+    @router.post("/inpaint", summary="inpainting: the white part of a mask (base64 PNG or a name) redrawn",
+                 **_post_doc(InpaintRequest))
+    async def inpaint(request: Request) -> Response:
+        return await answer(request, InpaintRequest)
 
     @router.get("/history", summary="the newest generations, newest first")
     def history() -> dict[str, Any]:
@@ -110,9 +154,15 @@ def build_router(service: Service) -> APIRouter:
     def history_entry(gid: str) -> dict[str, Any]:
         return service.history.get(gid).record
 
-    @router.get("/history/{gid}/image", summary="one generation's PNG grid", response_class=FileResponse)
-    def history_image(gid: str) -> FileResponse:
-        return FileResponse(service.history.get(gid).png, media_type="image/png")
+    @router.get("/history/{gid}/{part}", summary="one generation's PNG grid (image), or an edit's input or mask",
+                response_class=FileResponse)
+    def history_image(gid: str, part: str) -> FileResponse:
+        entry = service.history.get(gid)
+        path = entry.png if part == "image" else entry.part(part)
+        if path is None:
+            raise Refusal(404, f"generation {gid} has no {part!r} (image; an edit's input; an inpainting's mask)",
+                          "part")
+        return FileResponse(path, media_type="image/png")
 
     @router.api_route("/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     def unknown(request: Request, rest: str) -> None:
@@ -126,4 +176,4 @@ def build_router(service: Service) -> APIRouter:
     return router
 
 
-__all__ = ["build_router", "read_body", "respond", "settings_header"]
+__all__ = ["build_router", "read_body", "read_inputs", "respond", "settings_header"]

@@ -35,7 +35,8 @@ def create_app(*, runs: str | Path | None = None, history: str | Path = DEFAULT_
     service = Service(Models(runs), History(history), max_queue, device)
     app = FastAPI(title="diffusa", version=__version__, docs_url="/docs", redoc_url=None,
                   description="Diffusion models over HTTP: `POST /api/generate` draws images with the pipeline's "
-                              "arguments; the web page is at /. See docs/serve.md.")
+                              "arguments, `POST /api/edit` (img2img) and `POST /api/inpaint` edit an image (a base64 "
+                              "PNG or a held-out digit); the web page is at /. See docs/serve.md.")
     app.state.service = service
 
     @app.exception_handler(Refusal)

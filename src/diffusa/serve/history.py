@@ -1,9 +1,11 @@
 """The gallery on disk: one PNG grid and one JSON record per generation, in one folder, so it survives a restart.
 
     HISTORY/20260101T120000123456-1a2b3c4d.png     the grid (the same bytes `diffusa generate --out x.png` writes)
-    HISTORY/20260101T120000123456-1a2b3c4d.json    {"id", "created", "source", "request", "settings"}
+    HISTORY/20260101T120000123456-1a2b3c4d.json    {"id", "created", "source", "task", "request", "settings"}
+    HISTORY/20260101T120000123456-1a2b3c4d-input.png   an edit's input image (img2img, inpaint)
+    HISTORY/20260101T120000123456-1a2b3c4d-mask.png    an inpainting mask given as pixels (white = repaint)
 
-The PNG is written first and the JSON last, each atomically: a generation is in the history once its JSON is.
+The PNGs are written first and the JSON last, each atomically: a generation is in the history once its JSON is.
 Ids sort by time; an id is checked against its pattern before any file is named by it.
 """
 
@@ -18,12 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from diffusa.checkpoint import save_json
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import Samples
 from diffusa.serve.limits import HISTORY_SHOWN, Refusal
 
 ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}")
+PARTS = ("input", "mask")  # an edit's files beside its result
 log = logging.getLogger("diffusa.serve")
 
 
@@ -42,6 +47,19 @@ class Entry:
     @property
     def settings(self) -> dict[str, Any]:
         return self.record["settings"]
+
+    @property
+    def task(self) -> str:
+        """generate, img2img or inpaint (records older than the edits are generations)."""
+        task = self.record.get("task")
+        return task if task in ("img2img", "inpaint") else "generate"
+
+    def part(self, name: str) -> Path | None:
+        """An edit's `input` or `mask` PNG, if this entry has one."""
+        if name not in PARTS:
+            return None
+        path = self.png.with_name(f"{self.id}-{name}.png")
+        return path if path.is_file() else None
 
 
 class History:
@@ -63,13 +81,22 @@ class History:
         path.mkdir(exist_ok=True)
         return path
 
-    def add(self, res: Samples, request: dict[str, Any], source: str) -> Entry:
-        """Keep a generation: its PNG grid (Samples.save, as the CLI writes it) and its record."""
+    def add(self, res: Samples, request: dict[str, Any], source: str, task: str = "generate",
+            parts: dict[str, np.ndarray] | None = None) -> Entry:
+        """Keep a generation: its PNG grid (Samples.save, as the CLI writes it), an edit's input and mask PNGs
+        (`parts`: uint8 pixels by name, PARTS), and its record."""
+        from diffusa.checkpoint import atomic_write
+        from diffusa.serve.images import encode_png
+
         now = datetime.now(UTC)
         gid = f"{now:%Y%m%dT%H%M%S%f}-{secrets.token_hex(4)}"
         png = res.save(self.folder / f"{gid}.png")
-        record = {"id": gid, "created": now.isoformat(timespec="seconds"), "source": source, "request": request,
-                  "settings": res.settings}
+        for name, pixels in (parts or {}).items():
+            assert name in PARTS, name
+            data = encode_png(pixels)
+            atomic_write(self.folder / f"{gid}-{name}.png", lambda tmp, data=data: Path(tmp).write_bytes(data))
+        record = {"id": gid, "created": now.isoformat(timespec="seconds"), "source": source, "task": task,
+                  "request": request, "settings": res.settings}
         save_json(self.folder / f"{gid}.json", record)
         return Entry(gid, png, record)
 
@@ -110,4 +137,4 @@ class History:
         return Entry(path.stem, png, record)
 
 
-__all__ = ["ID", "Entry", "History"]
+__all__ = ["ID", "PARTS", "Entry", "History"]

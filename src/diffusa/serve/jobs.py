@@ -18,9 +18,10 @@ from typing import Any
 
 from diffusa.pipelines import Pipeline, Samples, StepCallback
 from diffusa.serve.history import Entry, History
+from diffusa.serve.images import Inputs
 from diffusa.serve.limits import DEFAULT_QUEUE, MAX_QUEUE, Busy
 from diffusa.serve.models import Models
-from diffusa.serve.schema import GenerateRequest
+from diffusa.serve.schema import Settings
 
 CACHED = 2  # pipelines kept loaded (the two shipped models, or a shipped model and a run)
 
@@ -99,15 +100,25 @@ class Service:
             self._pipes.popitem(last=False)
         return pipe
 
-    def run(self, req: GenerateRequest, source: str, watch: Watch | None = None) -> Generation:
-        """Draw what `req` asks (call inside `gate.admit()`): the pipeline call, then the history entry.
+    def image_shape(self, name: str) -> tuple[int, ...]:
+        """(C, H, W) of the images a model draws, from its config.json (a latent model's decoded images)."""
+        return self.models.image_shape(self.models.resolve(name))
+
+    def run(self, req: Settings, source: str, watch: Watch | None = None, inputs: Inputs | None = None) -> Generation:
+        """Do what `req` asks (call inside `gate.admit()`): the pipeline call — pipe(...) for a generation,
+        pipe.img2img / pipe.inpaint with the image (and mask) of `inputs` for an edit — then the history entry.
         `watch(pipe)` gives the step callback; a callback that stops the drawing early leaves no entry."""
         self.models.resolve(req.model_name)  # a refused name is answered before waiting for the lock
+        if (req.task == "generate") != (inputs is None):
+            raise ValueError(f"{req.task}: inputs {'missing' if inputs is None else 'not taken'}")  # a bug, not a user
         with self.gate.running():
             pipe = self.pipeline(req.model_name)
-            kw = req.pipeline_kwargs()
-            res = pipe(kw.pop("prompt"), **kw, callback=None if watch is None else watch(pipe))
-            entry = None if res.stopped_at is not None else self.history.add(res, req.record(), source)
+            call = pipe if inputs is None else getattr(pipe, req.task)
+            args = () if inputs is None else inputs.args
+            res = call(*args, **req.pipeline_kwargs(), callback=None if watch is None else watch(pipe))
+            entry = None
+            if res.stopped_at is None:
+                entry = self.history.add(res, req.record(), source, req.task, None if inputs is None else inputs.keep)
         return Generation(res, entry)
 
 

@@ -17,6 +17,11 @@ MAX_GUIDANCE = 100.0  # |guidance_scale|: beyond it every sample saturates
 MAX_ETA = 10.0  # a sampler's stochasticity (the pipeline refuses a negative one)
 MAX_NAME = 200  # characters of a model name or of a sampler / spacing / variance name
 MAX_BODY = 64 * 1024  # bytes of an API request body
+MAX_IMAGE_B64 = 48_000  # characters of image_png (base64: ~35 KiB of PNG), within MAX_BODY with a mask
+MAX_MASK_B64 = 12_000  # characters of mask_png (a 28x28 mask is ~100 bytes of PNG)
+MAX_EDIT_PIXELS = 1 << 22  # pixels of an uploaded image (2048 x 2048), read from its PNG header before decoding,
+# beneath the library's own ceiling (diffusa.limits.MAX_IMAGE_PIXELS): a small PNG may claim many pixels
+MAX_REVERSE_STEPS = 2500  # RePaint's reverse steps (steps + jumps): the paper's 250 steps with 10 x 10 jumps
 MAX_UPLOAD = 1024 * 1024  # bytes of any other request body (the web page's own calls)
 DEFAULT_QUEUE, MAX_QUEUE = 4, 32  # requests that may wait behind the running one (--max-queue)
 HISTORY_SHOWN = 100  # newest generations shown in the gallery and listed by GET /api/history
@@ -42,9 +47,10 @@ class Busy(Refusal):
 def limits() -> dict[str, int | float]:
     """The limits as JSON (GET /api/models reports them)."""
     return {"n": MAX_N, "steps": MAX_STEPS, "prompt_chars": MAX_PROMPT, "prompt_chars_total": MAX_PROMPT_TOTAL,
-            "guidance_scale": MAX_GUIDANCE, "eta": MAX_ETA, "body_bytes": MAX_BODY}
+            "guidance_scale": MAX_GUIDANCE, "eta": MAX_ETA, "body_bytes": MAX_BODY, "image_png_chars": MAX_IMAGE_B64,
+            "mask_png_chars": MAX_MASK_B64, "image_pixels": MAX_EDIT_PIXELS, "reverse_steps": MAX_REVERSE_STEPS}
 
 
-__all__ = ["DEFAULT_QUEUE", "HISTORY_SHOWN", "MAX_BODY", "MAX_ETA", "MAX_GUIDANCE", "MAX_LABEL", "MAX_N", "MAX_NAME",
-           "MAX_PROMPT", "MAX_PROMPT_TOTAL", "MAX_QUEUE", "MAX_STEPS", "MAX_UPLOAD", "MIN_TOKEN", "Busy", "Refusal",
-           "limits"]
+__all__ = ["DEFAULT_QUEUE", "HISTORY_SHOWN", "MAX_BODY", "MAX_EDIT_PIXELS", "MAX_ETA", "MAX_GUIDANCE", "MAX_IMAGE_B64",
+           "MAX_LABEL", "MAX_MASK_B64", "MAX_N", "MAX_NAME", "MAX_PROMPT", "MAX_PROMPT_TOTAL", "MAX_QUEUE",
+           "MAX_REVERSE_STEPS", "MAX_STEPS", "MAX_UPLOAD", "MIN_TOKEN", "Busy", "Refusal", "limits"]

@@ -68,6 +68,16 @@ class Models:
         return {"conditioning": meta.get("config", {}).get("model", {}).get("conditioning", "none"),
                 "data_shape": meta.get("data_shape"), "latent": "latent" in meta}
 
+    def image_shape(self, path: Path) -> tuple[int, ...]:
+        """(C, H, W) of the images a folder's model draws (a latent model's decoded images); a points model's
+        data shape (the pipeline refuses to edit it, in its own words)."""
+        meta = load_json(path / "config.json")
+        latent = meta.get("latent")
+        shape = latent.get("image_shape") if isinstance(latent, dict) else meta.get("data_shape")
+        if not isinstance(shape, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape):
+            raise DiffusaError(f"{path / 'config.json'}: no image shape in it (a damaged run?)")
+        return tuple(shape)
+
     def runs(self) -> list[str]:
         """The run folders under the root (diffusion runs: a config.json of format diffusa-run), sorted."""
         from diffusa.checkpoint import FORMAT

@@ -1,5 +1,6 @@
-"""The request body of `POST /api/generate` (and of the web page's generate button): the pipeline's argument
-names plus `model` and `format`, each typed and bounded; unknown fields are refused.
+"""The request bodies of `POST /api/generate`, `/api/edit` and `/api/inpaint` (and of the web page's buttons): the
+pipeline's argument names plus `model` and `format`, each typed and bounded; unknown fields are refused. An edit's
+image (`image_png` or `digit`) and mask (`mask_png` or `mask`) are strings and numbers here, read by images.py.
 
 Only the size limits live here (limits.py); whether a sampler, spacing, seed, guidance or label suits the model
 is the pipeline's to say (its `DiffusaError` becomes a 400).
@@ -8,19 +9,28 @@ is the pipeline's to say (its `DiffusaError` becomes a 400).
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusa.pipelines.edit import (
+    DEFAULT_INPAINT_SAMPLER,
+    DEFAULT_JUMP_LENGTH,
+    DEFAULT_JUMP_N_SAMPLE,
+    DEFAULT_STRENGTH,
+)
 from diffusa.serve.limits import (
     MAX_ETA,
     MAX_GUIDANCE,
+    MAX_IMAGE_B64,
     MAX_LABEL,
+    MAX_MASK_B64,
     MAX_N,
     MAX_NAME,
     MAX_PROMPT,
     MAX_PROMPT_TOTAL,
+    MAX_REVERSE_STEPS,
     MAX_STEPS,
     Refusal,
 )
@@ -28,6 +38,7 @@ from diffusa.serve.limits import (
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT)]
 Label = Annotated[int, Field(ge=0, le=MAX_LABEL)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+Count = Annotated[int, Field(ge=1, le=MAX_STEPS)]
 
 # what a field of several types takes, for a message that names them all (pydantic names only the first)
 TYPES = {"prompt": "a string or a list of strings", "model": "a model's name (a string)",
@@ -38,11 +49,12 @@ TYPE_ERRORS = ("int_type", "string_type", "list_type", "literal_error", "float_t
 PIPELINE_FIELDS = ("prompt", "n", "label", "sampler", "steps", "guidance_scale", "eta", "variance", "spacing", "seed")
 
 
-class GenerateRequest(BaseModel):
-    """What to draw. `model`: a shipped model's name or a run folder under --runs (default: mnist-text with a
-    prompt, mnist-pixel without, as `diffusa generate`); `format`: "png" (a grid, as `--out x.png`) or "npz"."""
+class Settings(BaseModel):
+    """The fields every route shares: `model` and the sampling settings, with `format` for the answer."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    task: ClassVar[str] = "generate"  # the pipeline method: pipe(...), pipe.img2img(...), pipe.inpaint(...)
+    extra_fields: ClassVar[tuple[str, ...]] = ()  # the task's own keyword arguments of the pipeline call
 
     model: Name | None = None
     prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_N)] | None = None
@@ -58,7 +70,7 @@ class GenerateRequest(BaseModel):
     format: Literal["png", "npz"] = "png"
 
     @model_validator(mode="after")
-    def _prompt_total(self) -> GenerateRequest:
+    def _prompt_total(self) -> Settings:
         prompts = [self.prompt] if isinstance(self.prompt, str) else (self.prompt or [])
         if sum(len(p) for p in prompts) > MAX_PROMPT_TOTAL:
             raise ValueError(f"prompt: at most {MAX_PROMPT_TOTAL} characters in all")
@@ -74,12 +86,96 @@ class GenerateRequest(BaseModel):
         return DEFAULT_TEXT_MODEL if self.prompt is not None else DEFAULT_MODEL
 
     def pipeline_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of the pipeline call (prompt included)."""
-        return {k: getattr(self, k) for k in PIPELINE_FIELDS}
+        """The keyword arguments of the pipeline call (prompt included; an edit's image and mask are not)."""
+        return {k: getattr(self, k) for k in (*PIPELINE_FIELDS, *self.extra_fields)}
 
     def record(self) -> dict[str, Any]:
         """The request as JSON, with the model named: what the history keeps to reload it."""
         return {"model": self.model_name, **self.pipeline_kwargs()}
+
+    def total_steps(self) -> int:
+        """About how many sampler steps the call takes (the page's progress bar)."""
+        return self.steps
+
+
+class GenerateRequest(Settings):
+    """What to draw. `model`: a shipped model's name or a run folder under --runs (default: mnist-text with a
+    prompt, mnist-pixel without, as `diffusa generate`); `format`: "png" (a grid, as `--out x.png`) or "npz"."""
+
+
+ImagePng = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_B64)]
+Digit = Annotated[int, Field(ge=0, le=MAX_LABEL)]
+
+
+class ImageSettings(Settings):
+    """The settings of an edit: the image is `image_png` (a base64 PNG, converted to the model's channels) or
+    `digit` (a held-out mnist5k test digit by index), one of them (images.py reads them)."""
+
+    image_png: ImagePng | None = None
+    digit: Digit | None = None
+
+    @property
+    def model_name(self) -> str:
+        """The model asked for, or `diffusa edit`'s default: mnist-text with a prompt or a label, else mnist-pixel."""
+        from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+
+        if self.model is not None:
+            return self.model
+        return DEFAULT_TEXT_MODEL if self.prompt is not None or self.label is not None else DEFAULT_MODEL
+
+    def record(self) -> dict[str, Any]:
+        """As `Settings.record`, with the digit (an uploaded image is kept beside it in the history)."""
+        return {**super().record(), "digit": self.digit}
+
+
+class EditRequest(ImageSettings):
+    """img2img (`pipe.img2img`, SDEdit): redraw an image from the noise level `strength` names (in (0, 1], the
+    pipeline's rule; default 0.6). n: outputs (default one; more are variations of the one image)."""
+
+    task: ClassVar[str] = "img2img"
+    extra_fields: ClassVar[tuple[str, ...]] = ("strength",)
+
+    strength: float | None = None
+
+    def total_steps(self) -> int:
+        strength = DEFAULT_STRENGTH if self.strength is None else self.strength
+        return max(1, round(min(max(strength, 0.0), 1.0) * self.steps))
+
+
+class InpaintRequest(ImageSettings):
+    """Inpainting (`pipe.inpaint`, RePaint): redraw the white part of a mask. The mask: `mask_png` (a base64 PNG
+    of the model's image size, white = repaint) or `mask` (left, right, top, bottom, center or box:X,Y,W,H), one
+    of them; jump_length and jump_n_sample: RePaint's resampling (1: replacement without jumps)."""
+
+    task: ClassVar[str] = "inpaint"
+    extra_fields: ClassVar[tuple[str, ...]] = ("jump_length", "jump_n_sample")
+
+    sampler: Name = DEFAULT_INPAINT_SAMPLER
+    mask_png: Annotated[str, Field(min_length=1, max_length=MAX_MASK_B64)] | None = None
+    mask: Name | None = None
+    jump_length: Count = DEFAULT_JUMP_LENGTH
+    jump_n_sample: Count = DEFAULT_JUMP_N_SAMPLE
+
+    @model_validator(mode="after")
+    def _reverse_steps(self) -> InpaintRequest:
+        if self.total_steps() > MAX_REVERSE_STEPS:
+            raise ValueError(f"jump_n_sample: {self.steps} steps with jumps of {self.jump_length} x "
+                             f"{self.jump_n_sample} take {self.total_steps()} reverse steps; at most "
+                             f"{MAX_REVERSE_STEPS}")
+        return self
+
+    def record(self) -> dict[str, Any]:
+        """As `ImageSettings.record`, with the mask's name (a mask image is kept beside it in the history)."""
+        return {**super().record(), "mask": self.mask}
+
+    def total_steps(self) -> int:
+        """RePaint's reverse steps: steps plus the jumps' repeats (diffusa.editing.check_jumps' count)."""
+        jumps = len(range(0, self.steps - self.jump_length, self.jump_length)) if self.jump_n_sample > 1 else 0
+        return self.steps + (self.jump_n_sample - 1) * self.jump_length * jumps
+
+
+Request = GenerateRequest | EditRequest | InpaintRequest
+R = TypeVar("R", bound=Settings)
 
 
 def _no_constant(name: str) -> Any:
@@ -96,19 +192,19 @@ def parse_json(body: bytes) -> Any:
         raise Refusal(400, f"the body is not valid JSON: {e}") from None
 
 
-def parse_request(obj: Any) -> GenerateRequest:
-    """A validated request from a JSON value; 422 naming the first field at fault otherwise."""
+def parse_request(obj: Any, kind: type[R] = GenerateRequest) -> R:  # type: ignore[assignment]
+    """A validated request of `kind` from a JSON value; 422 naming the first field at fault otherwise."""
     if not isinstance(obj, dict):
-        raise Refusal(422, f"the body must be a JSON object of fields ({', '.join(GenerateRequest.model_fields)}), "
+        raise Refusal(422, f"the body must be a JSON object of fields ({', '.join(kind.model_fields)}), "
                            f"got a JSON {type(obj).__name__}")
     try:
-        return GenerateRequest.model_validate(obj)
+        return kind.model_validate(obj)
     except ValidationError as e:
         err = e.errors(include_url=False)[0]
         loc = [str(p) for p in err["loc"]]
         field = loc[0] if loc else None
         if err["type"] == "extra_forbidden":
-            msg = f"unknown field {field!r}; the fields are {', '.join(GenerateRequest.model_fields)}"
+            msg = f"unknown field {field!r}; the fields are {', '.join(kind.model_fields)}"
         elif field is None:  # a model-level check: its message names the field
             msg = err["msg"].removeprefix("Value error, ")
             field = msg.split(":", 1)[0]
@@ -125,4 +221,5 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-__all__ = ["PIPELINE_FIELDS", "GenerateRequest", "parse_json", "parse_request"]
+__all__ = ["PIPELINE_FIELDS", "EditRequest", "GenerateRequest", "ImageSettings", "InpaintRequest", "Request",
+           "Settings", "parse_json", "parse_request"]

@@ -23,6 +23,8 @@ from diffusa.nets import build_network
 from diffusa.process import DiscreteDDPM
 from diffusa.runs import build_process, make_denoiser, network_spec, run_metadata
 from diffusa.samplers import get_sampler, sample
+from diffusa.standardize import DATA_STD, Destandardize, data_stats, standardized, wanted
+from diffusa.superres import ImageCondition
 from diffusa.viz import save_samples
 
 TIME_SAMPLER_PREFIX = "time_sampler."
@@ -39,17 +41,25 @@ class DiffusionTask(Task):
         self.data = data if data is not None else run_dataset(dc, "train")
         self.latent: dict[str, Any] | None = None
         self.decoder = None
+        self.standardize: dict[str, list[float]] | None = None
         if dc.latent:  # encode once; the diffusion model sees only latents (Rombach et al. 2022)
             self.data, self.latent = latent_dataset(self.data, dc.latent)
             self.decoder = LatentDecoder(self.latent)
+        elif wanted(dc.standardize, self.data):  # points at unit scale, EDM told so (standardize.py)
+            self.standardize = data_stats(self.data.x)
+            self.data = standardized(self.data, self.standardize)
+            self.decoder = Destandardize(self.standardize)
+            if cfg.process.name == "edm" and cfg.process.sigma_data is None:
+                cfg.process.sigma_data = DATA_STD
         resolve_defaults(cfg, self.data.kind)
         validate_settings(cfg.train)  # before the network is built (the engine checks again, for every task)
         get_sampler(cfg.train.sampler)  # the preview sampler: refused now, not after every step has run
         self.settings = cfg.train
-        cond_images = getattr(self.data, "cond_images", None)
-        cond_channels = int(cond_images.shape[1]) if cond_images is not None else 0
-        self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes, cond_channels,
-                                            data_kind=self.data.kind)
+        self.source = ImageCondition.of(dc)  # condition images: super-resolution's, augmented (diffusa.superres)
+        self.source.check(self.data, dc.latent)
+        self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes,
+                                            self.source.channels(self.data), data_kind=self.data.kind,
+                                            image_level=self.source.augmented)
         torch.manual_seed(cfg.train.seed)  # the network's initial weights
         self.model = build_network(self.kind, self.spec)
         if cfg.train.grad_checkpoint:
@@ -59,7 +69,8 @@ class DiffusionTask(Task):
         self.process = build_process(cfg)
         self.time_sampler = build_time_sampler(cfg.loss, self.process)
         self.objective = build_objective(cfg.loss, self.process)
-        self.conditioner = conditioner_for(self.kind, self.spec, self.data, cfg.train.label_dropout, self.model)
+        self.conditioner = conditioner_for(self.kind, self.spec, self.data, cfg.train.label_dropout, self.model,
+                                           self.source)
         self.image = self.data.kind == "image" and self.latent is None  # latents are not clipped to [-1, 1]
         self.init: dict[str, Any] | None = None  # set by `diffusion_engine` when starting from another run
 
@@ -77,7 +88,7 @@ class DiffusionTask(Task):
         noise = torch.randn(x.shape, generator=generator).to(x.device)
         cond = None
         if self.conditioner is not None:  # label dropout: one model learns p(x | y) and p(x) (Ho & Salimans 2021)
-            cond = self.conditioner.training(idx, generator, x.device)
+            cond = self.conditioner.training(idx, generator, x.device, x)
         losses = self.objective(self.denoiser, x, t, noise, cond)
         return StepLoss(losses, w, extra=t)
 
@@ -98,6 +109,8 @@ class DiffusionTask(Task):
         meta = run_metadata(self.cfg, self.data.shape, self.kind, self.spec, self.data.kind)
         if self.latent is not None:
             meta["latent"] = self.latent
+        if self.standardize is not None:
+            meta["standardize"] = self.standardize
         if self.init is not None:
             meta["init"] = self.init
         return meta
@@ -120,6 +133,8 @@ class DiffusionTask(Task):
         if self.decoder is not None:
             x = self.decoder(x)
         ref = self.data.x[:2000] if self.data.kind == "points" else None
+        if ref is not None and self.decoder is not None:
+            ref = self.decoder(ref)
         save_samples(x, out / "samples" / f"{name}.png", reference=ref, title=f"{self.data.name} {name}")
 
 

@@ -1,0 +1,338 @@
+"""Super-resolution on mnist5k (issue 19, item 3): SR3 upscalers (Saharia et al. 2021) 7->28 (4x) and 14->28 (2x)
+on held-out digits beside bicubic; a 14x14 class-conditional base model followed by the 2x upscaler (cascaded
+diffusion, Ho et al. 2022) with and without noise-conditioning augmentation, against a single-stage 28x28 model
+trained for the same minutes; and a 256x256 -> 1024x1024 tiled upscale's peak memory.
+
+    OMP_NUM_THREADS=2 python benchmarks/super_resolution.py train     # the six runs under runs/sr/ (~60 min)
+    python benchmarks/super_resolution.py eval [--n 500]              # both upscalers, held-out digits (~6 min)
+    python benchmarks/super_resolution.py cascade [--n 500]           # cascade vs single stage (~8 min)
+    python benchmarks/super_resolution.py tiled                       # 256 -> 1024 in tiles, peak memory (~4 min)
+    python benchmarks/super_resolution.py report --doc docs/super_resolution.md
+    python benchmarks/super_resolution.py --quick --out table.md      # every stage on 8x8 digits, in ./quick
+
+`train` trains whichever run is missing: sr4 (data.super_resolution=4), sr2 (=2), sr2_noaug (=2, without
+augmentation: data.cond_noise_max=0), base14 (data.image_size=14, class-conditional) for --steps each, and single28
+(class-conditional 28x28) for the minutes base14 and sr2 took together (train.max_minutes; its step count is a
+ceiling). Held-out digits: the first --n of the test split, every class in turn. Upscaling: DPM-Solver++(2M),
+--sample-steps steps, seed 0, the run's own sampling level. PSNR and SSIM (Wang et al. 2004: Gaussian window 11,
+sigma 1.5, on [0, 1] pixels) against the originals; FD: Frechet distance in the digit judge's features to the 1,000
+held-out digits; accuracy: the judge's argmax against the digit's label; consistency: the output shrunk back (block
+averages, as the input was made) against the input, mean squared error in [-1, 1] pixels. Cascade: --n samples,
+labels 0..9 in turn, the base model at guidance 1 (the conditional model); FD and accuracy against the asked
+labels. Tiled: a mosaic of shrunk held-out digits, 256x256, upscaled 4x in tiles of the model's 7x7 input,
+--tiled-steps steps, in a child process whose peak resident memory is read from the OS (and that of a child that
+only loads the model, for the baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from _tables import emit, run_stages, stage_parser, write_json
+
+import diffusa
+from diffusa.checkpoint import load_tensors, save_tensors
+from diffusa.config import load_config
+from diffusa.data import load_dataset, resize_images
+from diffusa.errors import DiffusaError
+from diffusa.train import diffusion_engine, last_log
+
+os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
+
+COMMON = ["train.sample_every=0", "train.checkpoint_every=200"]
+NOT_MEASURED = "not yet measured"
+DOC_START, DOC_END = "<!-- super_resolution.py results: start -->", "<!-- super_resolution.py results: end -->"
+
+
+# -- measures -----------------------------------------------------------------------------------------------------
+def psnr(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak 2): 10 log10(4 / MSE), per image, then averaged."""
+    mse = (x - ref).square().flatten(1).mean(1).clamp_min(1e-12)
+    return float((10 * torch.log10(4 / mse)).mean())
+
+
+def ssim(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """Mean SSIM (Wang et al. 2004, eq. 13) on [0, 1] pixels: Gaussian window 11, sigma 1.5 (narrower on images
+    smaller than 11 pixels), C1 = 0.01^2, C2 = 0.03^2, over the valid region."""
+    a, b = (x.double() + 1) / 2, (ref.double() + 1) / 2
+    size = min(11, a.shape[-1], a.shape[-2])
+    size -= 1 - size % 2
+    sigma = 1.5 * size / 11
+    g = torch.exp(-((torch.arange(size, dtype=torch.float64) - size // 2) ** 2) / (2 * sigma**2))
+    g = g / g.sum()
+    w = (g[:, None] * g[None, :]).expand(a.shape[1], 1, size, size)
+
+    def blur(v: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(v, w, groups=a.shape[1])
+
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return float(s.flatten(1).mean(1).mean())
+
+
+def judged(x: torch.Tensor, labels: torch.Tensor, ref_feats: torch.Tensor) -> dict[str, float]:
+    """FD to the held-out digits' features and the judge's accuracy against `labels`."""
+    from diffusa.metrics import classify, frechet_distance
+
+    feats, probs = classify(x)
+    return {"fd": frechet_distance(feats, ref_feats), "accuracy": float((probs.argmax(1) == labels).float().mean())}
+
+
+def held_out(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(the first n held-out digits, classes in turn; their labels; the judge's features of the whole split)."""
+    from diffusa.metrics import classify
+
+    test = load_dataset(args.data, "test")
+    per_class = [torch.nonzero(test.labels == c).flatten() for c in range(10)]
+    idx = torch.stack([p[: -(-args.n // 10)] for p in per_class], 1).flatten()[: args.n]
+    return test.x[idx], test.labels[idx], classify(test.x)[0]
+
+
+# -- stages -------------------------------------------------------------------------------------------------------
+def run_dir(args: argparse.Namespace, name: str) -> Path:
+    return Path(args.runs) / name
+
+
+def runs(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Run name -> its overrides (single28 is trained for the others' minutes: `cmd_train`)."""
+    return {"sr4": ["data.super_resolution=4"], "sr2": ["data.super_resolution=2"],
+            "sr2_noaug": ["data.super_resolution=2", "data.cond_noise_max=0"],
+            "base14": [f"data.image_size={args.base_size}", "model.conditioning='class'"]}
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    base = [f"data.name='{args.data}'", *COMMON, *args.set]
+    for name, overrides in runs(args).items():
+        out = run_dir(args, name)
+        if not (out / "model.safetensors").exists():
+            t0 = time.time()
+            steps = args.base_steps if name == "base14" else args.steps
+            cfg = load_config(overrides=[*base, *overrides, f"train.steps={steps}"])
+            diffusion_engine(cfg, out, progress=False).fit()
+            print(f"{name}: {time.time() - t0:.0f} s", flush=True)
+    single = run_dir(args, "single28")
+    if not (single / "model.safetensors").exists():
+        minutes = sum(last_log(run_dir(args, k))["elapsed_s"] for k in ("base14", "sr2")) / 60
+        cfg = load_config(overrides=[*base, "model.conditioning='class'", f"train.steps={args.single_steps}",
+                                     f"train.max_minutes={minutes}"])
+        diffusion_engine(cfg, single, progress=False).fit()
+        print(f"single28: {minutes:.1f} min", flush=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Both upscalers on held-out digits, beside bicubic."""
+    from diffusa.viz import save_strip
+
+    x, y, ref = held_out(args)
+    rec: dict = {"n": len(x), "real": judged(x, y, ref), "upscalers": []}
+    for name in ("sr4", "sr2"):
+        pipe = diffusa.load(run_dir(args, name))
+        source = pipe.image_condition
+        low = source.low_res(x)
+        t0 = time.time()
+        res = pipe.upscale(low, steps=args.sample_steps, seed=0)
+        seconds = time.time() - t0
+        bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+        row = {"run": name, "factor": source.factor, "input": list(low.shape[-2:]), "noise_level": source.noise,
+               "seconds": seconds, "nfe": res.settings["nfe"]}
+        for method, out in (("diffusion", res.samples), ("bicubic", bicubic)):
+            row[method] = {"psnr": psnr(out, x), "ssim": ssim(out, x), **judged(out, y, ref),
+                           "consistency_mse": float((source.low_res(out) - low).square().mean())}
+        rec["upscalers"].append(row)
+        print(row, flush=True)
+        k = min(8, len(x))
+        save_strip([F.interpolate(low[:k], size=x.shape[-2:], mode="nearest"), bicubic[:k], res.samples[:k], x[:k]],
+                   Path(args.img) / f"sr_rows_{source.factor}x.png", ["low-res", "bicubic", "diffusion", "original"])
+    write_json(Path(args.raw) / "super_resolution_eval.json", rec)
+
+
+def cmd_cascade(args: argparse.Namespace) -> None:
+    """The 14x14 base model + 2x upscaler, with and without augmentation, against the single-stage model."""
+    from diffusa.pipelines import cascade
+    from diffusa.viz import save_image_grid
+
+    _, _, ref = held_out(args)
+    labels = torch.arange(args.n) % 10
+    base = diffusa.load(run_dir(args, "base14"))
+    rec: dict = {"n": args.n, "rows": []}
+    variants = [("sr2", level) for level in args.levels] + [("sr2_noaug", 0.0)]
+    for name, level in variants:
+        up = diffusa.load(run_dir(args, name))
+        if level > up.image_condition.noise_max:
+            continue
+        t0 = time.time()
+        res = cascade(base, up, n=args.n, label="all", steps=args.sample_steps, noise_level=level, seed=0)
+        row = {"model": f"cascade: base14 + {name}", "augmented": up.image_condition.augmented,
+               "noise_level": level, **judged(res.samples, labels, ref), "seconds": time.time() - t0}
+        rec["rows"].append(row)
+        print(row, flush=True)
+        save_image_grid(res.samples[:64], Path(args.img) / f"sr_cascade_{name}_{level:g}.png")
+    single = diffusa.load(run_dir(args, "single28"))
+    t0 = time.time()
+    res = single(n=args.n, label="all", steps=args.sample_steps, seed=0)
+    rec["rows"].append({"model": "single stage 28x28", "augmented": None, "noise_level": None,
+                        **judged(res.samples, labels, ref), "seconds": time.time() - t0})
+    rec["minutes"] = {k: last_log(run_dir(args, k)).get("elapsed_s", math.nan) / 60
+                      for k in ("base14", "sr2", "sr2_noaug", "single28")}
+    print(rec["rows"][-1], rec["minutes"], flush=True)
+    write_json(Path(args.raw) / "super_resolution_cascade.json", rec)
+
+
+def mosaic(args: argparse.Namespace, side: int, cell: int) -> torch.Tensor:
+    """A side x side image of held-out digits shrunk to cell x cell, row by row (cropped to `side`)."""
+    test = load_dataset(args.data, "test")
+    k = -(-side // cell)
+    small = resize_images(test.x[torch.arange(k * k) % len(test)], cell)  # cycled: the split may hold fewer
+    rows = [torch.cat(list(small[r * k:(r + 1) * k]), dim=-1) for r in range(k)]
+    return torch.cat(rows, dim=-2)[None, :, :side, :side]
+
+
+def cmd_tiled(args: argparse.Namespace) -> None:
+    """Upscale a 256x256 mosaic 4x in tiles, in child processes; their peak resident memory."""
+    pipe = diffusa.load(run_dir(args, "sr4"))
+    source = pipe.image_condition
+    cell = pipe.data_shape[-1] // source.factor
+    image = Path(args.runs) / "tiled_input.safetensors"
+    save_tensors(image, {"image": mosaic(args, args.tiled_size, cell)})  # safetensors: nothing is unpickled
+    child = [sys.executable, str(Path(__file__).resolve()), "tiled-child", "--runs", args.runs,
+             "--tiled-steps", str(args.tiled_steps), "--raw", args.raw]
+    peaks = {}
+    for mode in ("load", "upscale"):
+        proc = subprocess.run([*child, "--child-mode", mode], capture_output=True, text=True)
+        if proc.returncode:
+            raise SystemExit(f"tiled child ({mode}) failed: {proc.stderr[-2000:]}")
+        peaks[mode] = json.loads(proc.stdout.splitlines()[-1])
+    rec = {"input": args.tiled_size, "output": args.tiled_size * source.factor, "steps": args.tiled_steps, **peaks}
+    print(rec, flush=True)
+    write_json(Path(args.raw) / "super_resolution_tiled.json", rec)
+
+
+def cmd_tiled_child(args: argparse.Namespace) -> None:
+    """In a child process: load the 4x model (mode load), or load it and upscale the mosaic (mode upscale)."""
+    pipe = diffusa.load(run_dir(args, "sr4"))
+    out: dict = {"mode": args.child_mode}
+    if args.child_mode == "upscale":
+        image = load_tensors(Path(args.runs) / "tiled_input.safetensors")["image"]
+        t0 = time.time()
+        res = pipe.upscale(image, steps=args.tiled_steps, seed=0)
+        out.update({"seconds": time.time() - t0, "tiles": res.settings["tiles"], "nfe": res.settings["nfe"],
+                    "output_size": res.settings["output_size"], "finite": bool(torch.isfinite(res.samples).all())})
+    out["peak_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # Linux: KiB, the process's whole life
+    print(json.dumps(out))
+
+
+# -- report -------------------------------------------------------------------------------------------------------
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _f(v: float | None, fmt: str) -> str:
+    return NOT_MEASURED if v is None else format(v, fmt)
+
+
+def report_lines(raw: Path) -> list[str]:
+    """The result tables from the raw records; "not yet measured" where a stage has not run."""
+    ev, ca, ti = (_load(raw / f"super_resolution_{k}.json") for k in ("eval", "cascade", "tiled"))
+    lines = ["**Upscalers on held-out digits** (`eval`):", "",
+             "| upscaler | method | PSNR (dB) | SSIM | FD | judge accuracy | consistency MSE |",
+             "|---|---|---|---|---|---|---|"]
+    if ev is None:
+        lines.append(f"| 7->28 (4x), 14->28 (2x) | diffusion, bicubic | {' | '.join([NOT_MEASURED] * 5)} |")
+    else:
+        for row in ev["upscalers"]:
+            h, f = row["input"][0], row["factor"]
+            for method in ("diffusion", "bicubic"):
+                m = row[method]
+                lines.append(f"| {h}->{h * f} ({f}x) | {method} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['fd']:.1f} | "
+                             f"{m['accuracy']:.3f} | {m['consistency_mse']:.4f} |")
+        real = ev["real"]["accuracy"]
+        lines += ["", f"The judge's accuracy on the real digits: {real:.3f} (n = {ev['n']}); the 4x "
+                      "upscaler's accuracy / that: "
+                  + ", ".join(f"{r['diffusion']['accuracy'] / real:.3f}" for r in ev["upscalers"] if r["factor"] == 4)
+                  + " (target >= 0.95)."]
+    lines += ["", "**Cascade** (`cascade`; base14 + 2x upscaler, against a single 28x28 model trained for the "
+                  "same minutes):", "", "| model | augmentation | sampling level | FD | judge accuracy |",
+              "|---|---|---|---|---|"]
+    if ca is None:
+        for model in ("cascade, augmented", "cascade, not augmented", "single stage 28x28"):
+            lines.append(f"| {model} | | | {NOT_MEASURED} | {NOT_MEASURED} |")
+    else:
+        for r in ca["rows"]:
+            aug = "" if r["augmented"] is None else ("yes" if r["augmented"] else "no")
+            level = "" if r["noise_level"] is None else f"{r['noise_level']:g}"
+            lines.append(f"| {r['model']} | {aug} | {level} | {r['fd']:.1f} | {r['accuracy']:.3f} |")
+        mins = ca["minutes"]
+        lines += ["", "Training minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in mins.items()) + "."]
+    lines += ["", "**Tiled upscale** (`tiled`):", "", "| input -> output | steps | tiles | seconds | peak RSS, "
+              "model loaded | peak RSS, upscaling |", "|---|---|---|---|---|---|"]
+    if ti is None:
+        lines.append(f"| 256 -> 1024 | | | {NOT_MEASURED} | {NOT_MEASURED} | {NOT_MEASURED} |")
+    else:
+        up = ti["upscale"]
+        lines.append(f"| {ti['input']} -> {ti['output']} | {ti['steps']} | {up['tiles']} | {up['seconds']:.0f} | "
+                     f"{ti['load']['peak_kib'] / 2**20:.2f} GiB | {up['peak_kib'] / 2**20:.2f} GiB |")
+    return lines
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    lines = report_lines(Path(args.raw))
+    emit(lines, args.out)
+    if args.doc:  # fill the marked section of the docs page
+        doc = Path(args.doc)
+        text = doc.read_text()
+        if DOC_START not in text or DOC_END not in text:
+            raise DiffusaError(f"{doc} has no section between {DOC_START} and {DOC_END} to fill")
+        head, rest = text.split(DOC_START, 1)
+        doc.write_text(head + DOC_START + "\n" + "\n".join(lines) + "\n" + DOC_END + rest.split(DOC_END, 1)[1])
+
+
+def main() -> None:
+    ap = stage_parser(__doc__, ["train", "eval", "cascade", "tiled", "report", "tiled-child"])
+    ap.add_argument("--data", default="mnist5k")
+    ap.add_argument("--runs", default="runs/sr")
+    ap.add_argument("--base-size", type=int, default=14, help="the base model's image size")
+    ap.add_argument("--steps", type=int, default=1200, help="training steps of each upscaler")
+    ap.add_argument("--base-steps", type=int, default=2400, help="training steps of the 14x14 base model")
+    ap.add_argument("--single-steps", type=int, default=3000, help="the single-stage model's step ceiling")
+    ap.add_argument("--n", type=int, default=500)
+    ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
+                    help="cascade: sampling levels of the augmented upscaler")
+    ap.add_argument("--tiled-size", type=int, default=256)
+    ap.add_argument("--tiled-steps", type=int, default=10)
+    ap.add_argument("--doc", help="report: also fill the marked results section of this page")
+    ap.add_argument("--child-mode", choices=["load", "upscale"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    stages = {"train": cmd_train, "eval": cmd_eval, "cascade": cmd_cascade, "tiled": cmd_tiled,
+              "report": cmd_report}
+    if args.stage == "tiled-child":
+        cmd_tiled_child(args)
+        return
+    run_stages(ap, args, stages, quick)
+
+
+def quick(args: argparse.Namespace) -> None:
+    """8x8 digits: upscalers 2->8 and 4->8, a 4x4 base model, 3 training steps, tiny networks, 20 digits,
+    a 16 -> 64 tiled upscale, in ./quick."""
+    args.data, args.runs, args.raw, args.img = "digits", "quick/runs", "quick/raw", "quick/img"
+    args.steps = args.base_steps = args.single_steps = 3
+    args.n, args.sample_steps, args.levels, args.tiled_size, args.tiled_steps = 20, 3, [0.0, 0.1], 16, 2
+    args.base_size = 4  # 8x8 digits: a 4x4 base, upscaled 2x
+    args.set = [*args.set, "model.net.channels=8", "train.warmup=1"]
+
+
+if __name__ == "__main__":
+    main()
