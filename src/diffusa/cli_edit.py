@@ -158,6 +158,22 @@ def _label(text: str | None, labels: torch.Tensor | None) -> Any:
     return int(text) if text is not None and text.isdecimal() else text
 
 
+def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """--out and the before/after strip (--strip, default NAME-strip.png beside --out; none with --no-strip),
+    checked before any work: never an input (even with --force), never a run's file, never a file diffusa did
+    not write without --force. Shared by edit, inpaint and upscale."""
+    from diffusa.cli import png_out
+    from diffusa.pipelines import check_out
+
+    out = Path(args.out)
+    strip = None if args.no_strip else Path(args.strip or out.with_name(f"{out.stem}-strip.png"))
+    _check_paths(args, out, strip)  # before the guards: --force must not let an input be replaced
+    out = check_out(out, args.force)
+    if strip is not None:
+        png_out(str(strip), "--strip", args.force)
+    return out, strip
+
+
 def _check_paths(args: argparse.Namespace, out: Path, strip: Path | None) -> None:
     """--out and the strip are new files, never IMAGE or MASK (the inputs stay untouched)."""
     inputs = [Path(p).resolve() for p in (args.image, getattr(args, "mask", None)) if p and Path(p).is_file()]
@@ -170,17 +186,11 @@ def _check_paths(args: argparse.Namespace, out: Path, strip: Path | None) -> Non
 
 def _prepare(args: argparse.Namespace) -> tuple[Any, Path, Path | None, Any, dict[str, Any]]:
     """(pipeline, out, strip, pixels, the pipeline's keywords) from the shared flags."""
-    from diffusa.cli import png_out
-    from diffusa.pipelines import check_out, load
+    from diffusa.pipelines import load
     from diffusa.pipelines.edit import image_shape
     from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
 
-    out = Path(args.out)
-    strip = None if args.no_strip else Path(args.strip or out.with_name(f"{out.stem}-strip.png"))
-    _check_paths(args, out, strip)  # before the guards: --force must not let an input be replaced
-    out = check_out(out, args.force)
-    if strip is not None:
-        png_out(str(strip), "--strip", args.force)
+    out, strip = outputs(args)
     if args.model is not None and not args.model.strip():
         raise DiffusaError("--model is empty: give a shipped model's name or a run folder")
     name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None or args.label is not None else DEFAULT_MODEL)

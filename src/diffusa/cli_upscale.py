@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch.nn.functional as F
 
-from diffusa.cli_common import force_flag, non_negative_float, positive_int
+from diffusa.cli_common import force_flag, non_negative_float, non_negative_int, positive_int
 from diffusa.errors import DiffusaError
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
 
 
 def add_parser(sub: Any) -> None:
@@ -64,19 +52,13 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from diffusa.cli import png_out
-    from diffusa.cli_edit import _check_paths, _label, _write_strip, read_images
+    from diffusa.cli_edit import _label, _write_strip, outputs, read_images
     from diffusa.data import resize_images
-    from diffusa.pipelines import check_out, load
+    from diffusa.pipelines import load
     from diffusa.pipelines.upscale import low_res_images, super_resolution
 
     t0 = time.perf_counter()
-    out = Path(args.out)
-    strip = None if args.no_strip else Path(args.strip or out.with_name(f"{out.stem}-strip.png"))
-    _check_paths(args, out, strip)  # before the guards: --force must not let an input be replaced
-    out = check_out(out, args.force)
-    if strip is not None:
-        png_out(str(strip), "--strip", args.force)
+    out, strip = outputs(args)
     if not args.model.strip():
         raise DiffusaError("--model is empty: give a run folder trained with data.super_resolution")
     pipe = load(args.model)
