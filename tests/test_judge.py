@@ -146,6 +146,17 @@ def test_shipped_judge_rejects_non_digits(report: dict, kind: str) -> None:
     assert report["non_digits"][kind]["confident"] <= 0.03, report["non_digits"][kind]  # at most 0.026 (overlay)
 
 
+def test_image_metrics_with_too_few_samples_for_the_neighbours(digit_classifier_path: Path, mnist5k: dict) -> None:
+    """`diffusa eval --n 2` is allowed (FD needs 2); precision/recall need more than k = 3 points and say None."""
+    from diffusa.metrics import image_metrics
+
+    test, train = mnist5k["test"].x, mnist5k["train"].x
+    few = image_metrics(test[:3], test, train[::1000])
+    assert few["precision"] is None and few["recall_floor"] is None and few["pr_n"] == 3
+    enough = image_metrics(test[::250], test, train[::1000])
+    assert enough["pr_n"] == 4 and 0 <= enough["precision"] <= 1 and 0 <= enough["recall_floor"] <= 1
+
+
 def test_shipped_judge_records_what_it_measures(report: dict, digit_classifier_path: Path) -> None:
     """The asset's .json holds the command, the seconds and the numbers `judge_report` measures now."""
     rec = json.loads(digit_classifier_path.with_suffix(".json").read_text())
