@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from diffusa.checkpoint import guard_output, write_text
-from diffusa.cli_common import force_flag, non_negative_float, positive_int
+from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
@@ -213,15 +213,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     **sampler_options(args), "seed": args.seed})
     print_json(metrics, args.out)
     return 0
-
-
-def png_out(path: str, flag: str, force: bool = False) -> Path:
-    """A picture a flag names: a .png file that is no trained folder's own file (nor, without `force`, a file
-    diffusa did not write)."""
-    out = guard_output(path, flag, force)
-    if out.suffix.lower() != ".png":
-        raise DiffusaError(f"{flag} writes a PNG picture: name a .png file, got {out.name!r}")
-    return out
 
 
 def print_json(obj: dict[str, Any], out: str | None) -> None:

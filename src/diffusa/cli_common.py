@@ -1,9 +1,13 @@
-"""Argument types shared by the command-line modules."""
+"""Argument types and output checks shared by the command-line modules."""
 
 from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
+
+from diffusa.checkpoint import guard_output
+from diffusa.errors import DiffusaError
 
 
 def non_negative_float(text: str) -> float:
@@ -44,3 +48,12 @@ def force_flag(parser: argparse.ArgumentParser) -> None:
     """--force: outputs may replace existing files diffusa did not write (never a trained folder's own files)."""
     parser.add_argument("--force", action="store_true",
                         help="replace an existing output file that diffusa did not write")
+
+
+def png_out(path: str, flag: str, force: bool = False) -> Path:
+    """A picture a flag names: a .png file that is no trained folder's own file (nor, without `force`, a file
+    diffusa did not write)."""
+    out = guard_output(path, flag, force)
+    if out.suffix.lower() != ".png":
+        raise DiffusaError(f"{flag} writes a PNG picture: name a .png file, got {out.name!r}")
+    return out

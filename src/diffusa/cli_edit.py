@@ -162,7 +162,7 @@ def outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """--out and the before/after strip (--strip, default NAME-strip.png beside --out; none with --no-strip),
     checked before any work: never an input (even with --force), never a run's file, never a file diffusa did
     not write without --force. Shared by edit, inpaint and upscale."""
-    from diffusa.cli import png_out
+    from diffusa.cli_common import png_out
     from diffusa.pipelines import check_out
 
     out = Path(args.out)

@@ -37,12 +37,13 @@ from diffusa.editing import (
     strength_time,
 )
 from diffusa.errors import DiffusaError
-from diffusa.pipelines.pipeline import check_sampling, network_calls, sampler_kwargs
 from diffusa.pipelines.request import Label, count, resolve
 from diffusa.pipelines.result import Samples
+from diffusa.pipelines.sampling import check_sampling, network_calls, sampler_kwargs
 
 if TYPE_CHECKING:
-    from diffusa.pipelines.pipeline import Pipeline, StepCallback
+    from diffusa.pipelines.pipeline import Pipeline
+    from diffusa.pipelines.sampling import StepCallback
 
 DEFAULT_STRENGTH = 0.6
 DEFAULT_JUMP_LENGTH, DEFAULT_JUMP_N_SAMPLE = 5, 5  # docs/editing.md: 4x the evaluations, a better seam and digit
@@ -206,7 +207,7 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
     With strength 1 and the same seed it is plain sampling, but for the faint alpha(1) x0 the start keeps (0 for
     flow; ~5e-5 for the shipped cosine chains).
     """
-    from diffusa.pipelines.pipeline import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, _grid
+    from diffusa.pipelines.sampling import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, sampling_grid
 
     sampler = DEFAULT_SAMPLER if sampler is None else sampler
     steps = DEFAULT_STEPS if steps is None else steps
@@ -217,7 +218,7 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
     n = count(n, prompt, label, images.shape[0])
     pipe.check_memory(n)
     images = _per_sample(images, n, "image")
-    grid = _grid(pipe.run.denoiser, steps, spacing, sampler)
+    grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
     req = resolve(pipe.run, pipe.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                   classifier=classifier, classifier_scale=classifier_scale, image=cond_image,
                   image_channels=pipe.image_channels)
@@ -252,7 +253,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     exactly outside the mask. settings["nfe"]: the network evaluations of the first batch; ["reverse_steps"]: the
     sampler steps RePaint took (steps plus the repeats). callback(step, t, x_t, x0) after every reverse step.
     """
-    from diffusa.pipelines.pipeline import DEFAULT_BATCH, DEFAULT_STEPS, _grid
+    from diffusa.pipelines.sampling import DEFAULT_BATCH, DEFAULT_STEPS, sampling_grid
     from diffusa.samplers import get_sampler, sampler_options
 
     sampler = DEFAULT_INPAINT_SAMPLER if sampler is None else sampler
@@ -273,7 +274,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     n = count(n, prompt, label, max(images.shape[0], repaint_px.shape[0]))
     pipe.check_memory(n)
     images, repaint_px = _per_sample(images, n, "image"), _per_sample(repaint_px, n, "mask")
-    grid = _grid(pipe.run.denoiser, steps, spacing, sampler)
+    grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
     jump_length, jump_n_sample = check_jumps(jump_length, jump_n_sample, len(grid) - 1)
     schedule = repaint_schedule(len(grid) - 1, jump_length, jump_n_sample)
     req = resolve(pipe.run, pipe.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,

@@ -13,115 +13,31 @@ a convolution may sum in another order for another batch size). A stochastic sam
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from diffusa.errors import DiffusaError
 from diffusa.pipelines.likelihood import image_likelihood
 from diffusa.pipelines.request import Label, Request, check_seed, count, resolve
 from diffusa.pipelines.result import Samples
+from diffusa.pipelines.sampling import (
+    DEFAULT_BATCH,
+    DEFAULT_N,
+    DEFAULT_SAMPLER,
+    DEFAULT_STEPS,
+    StepCallback,
+    _StopSampling,
+    check_device,
+    check_sampling,
+    network_calls,
+    sampler_kwargs,
+    sampling_grid,
+)
 from diffusa.runs import Run
 from diffusa.superres import ImageCondition
-
-DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20  # DPM-Solver++(2M): the best at 10-20 NFE (docs/benchmarks.md)
-DEFAULT_N, DEFAULT_BATCH = 16, 250
-
-# callback(step, t, x_t, x0) after each step: `step` 0-based, x_t the state at time t, x0 the step's prediction
-StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], Any]
-
-
-class _StopSampling(Exception):  # noqa: N818 (control flow, not an error)
-    """Raised through a sampler by the step hook when the callback asks to stop; carries the latest x0."""
-
-    def __init__(self, step: int, x0: torch.Tensor) -> None:
-        super().__init__(step)
-        self.step, self.x0 = step, x0
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DiffusaError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: Any, callback: Any) -> int:
-    """The refusals of sampling arguments shared by every way a pipeline draws (`__call__`, img2img, inpaint),
-    before anything is drawn; the checked seed."""
-    from diffusa.samplers import SAMPLERS
-    from diffusa.samplers.common import check_eta
-
-    if not isinstance(sampler, str):
-        raise DiffusaError(f"sampler must be a sampler's name (a string), got {type(sampler).__name__}")
-    if sampler not in SAMPLERS:
-        raise DiffusaError(f"unknown sampler {sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
-    _positive_int(steps, "steps")
-    _positive_int(batch_size, "batch_size")
-    if eta is not None:
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-            raise DiffusaError(f"eta must be a number, got {eta!r}")
-        check_eta(float(eta))  # the samplers' own rule
-    if callback is not None and not callable(callback):
-        raise DiffusaError(f"callback must be a function (step, t, x_t, x0), got {type(callback).__name__}")
-    return check_seed(seed)
-
-
-@contextmanager
-def network_calls(net: torch.nn.Module) -> Iterator[list[int]]:
-    """Count the network's forward calls (the NFE a sampler spent) in `counter[0]` while the block runs."""
-    counter = [0]
-    handle = net.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
-    try:
-        yield counter
-    finally:
-        handle.remove()
-
-
-def sampler_kwargs(eta: float | None, variance: str | None) -> dict[str, Any]:
-    """The sampler-specific options that were given."""
-    return {k: v for k, v in (("eta", eta), ("variance", variance)) if v is not None}
-
-
-def check_device(device: Any) -> torch.device:
-    """A device this machine has: "cpu", "cuda" / "cuda:N" (with CUDA), "mps" (on Apple silicon), or another that
-    torch reports available; one DiffusaError naming `device` otherwise, before anything loads."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise DiffusaError(f"device {device!r} is not a device: use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
-    if dev.type == "cpu":
-        return dev
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise DiffusaError(f"device {device!r}: this machine has no CUDA device available (use device='cpu')")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise DiffusaError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                               f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-        return dev
-    if dev.type == "mps":
-        available = torch.backends.mps.is_available()
-    else:  # xpu and the like: torch.<type>.is_available(); meta and backends without one are refused
-        available = getattr(getattr(torch, dev.type, None), "is_available", lambda: False)()
-    if not available:
-        raise DiffusaError(f"device {device!r}: not available on this machine (use device='cpu')")
-    return dev
-
-
-def _grid(den: Any, steps: int, spacing: str | None, sampler: str) -> torch.Tensor:
-    """The sampling grid (samplers.make_grid), its steps refusal naming the argument `steps` rather than the
-    command line's --steps (a discrete chain's grid has at most its training steps)."""
-    from diffusa.samplers import make_grid
-
-    try:
-        return make_grid(den, steps, spacing, sampler)
-    except DiffusaError as e:
-        if str(e).startswith("--steps "):
-            raise DiffusaError(str(e).removeprefix("--")) from None
-        raise
 
 
 class Pipeline:
@@ -214,7 +130,7 @@ class Pipeline:
         seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)
-        grid = _grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
+        grid = sampling_grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
         req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                       classifier=classifier, classifier_scale=classifier_scale, image=image,
                       image_channels=self.image_channels)

@@ -27,14 +27,15 @@ import torch.nn.functional as F
 from diffusa.cond import Cond
 from diffusa.errors import DiffusaError
 from diffusa.pipelines.edit import _pixels_4d, as_images
-from diffusa.pipelines.pipeline import check_sampling, sampler_kwargs
 from diffusa.pipelines.request import Label, check_seed, resolve
 from diffusa.pipelines.result import Samples
+from diffusa.pipelines.sampling import check_sampling, sampler_kwargs
 from diffusa.superres import ImageCondition
 from diffusa.tiling import TILE_BATCH, TiledDenoiser, Tiles
 
 if TYPE_CHECKING:
-    from diffusa.pipelines.pipeline import Pipeline, StepCallback
+    from diffusa.pipelines.pipeline import Pipeline
+    from diffusa.pipelines.sampling import StepCallback
 
 OVERLAP_FRACTION = 0.25  # default overlap: a quarter of a tile (rounded down), in input pixels
 
@@ -109,7 +110,7 @@ def upscale(pipe: Pipeline, image: Any, prompt: str | Sequence[str] | None = Non
     (images per batch) and callback as in `Pipeline.__call__`. settings: factor, input and output sizes, tiles,
     noise_level, nfe (network calls of the first batch: one per tile per step)."""
     from diffusa.limits import check_bytes, tensor_bytes
-    from diffusa.pipelines.pipeline import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, _grid
+    from diffusa.pipelines.sampling import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, sampling_grid
 
     sampler = DEFAULT_SAMPLER if sampler is None else sampler
     steps = DEFAULT_STEPS if steps is None else steps
@@ -124,7 +125,7 @@ def upscale(pipe: Pipeline, image: Any, prompt: str | Sequence[str] | None = Non
     # x_T, the samples, the condition at full size, the sampler's state and the blend's sums: about 8 copies
     check_bytes(f"upscaling {n} images to {tiles.size[0]}x{tiles.size[1]}", tensor_bytes((n, *out_shape), 8),
                 "upscale fewer images per call")
-    grid = _grid(pipe.run.denoiser, steps, spacing, sampler)
+    grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
     # resolve checks prompts, labels and guidance with a stand-in image of the model's input size: the condition
     # itself is made below, at the output's size (tiles crop it)
     stand_in = torch.zeros(1, c, *source.low_res_size(tuple(pipe.data_shape[-2:])))
@@ -163,7 +164,7 @@ def cascade(base: Pipeline, upscaler: Pipeline, prompt: str | Sequence[str] | No
     `Pipeline.__call__`), upscaled by `upscaler` (`upscale`; its own sampler and steps, default the base's; the
     base's labels or prompt go to an upscaler that is conditioned on them; noise_level: the augmentation level of
     the low-resolution samples). The upscaler's seed is `stage_seed(seed)`. settings["base"]: the first stage's."""
-    from diffusa.pipelines.pipeline import DEFAULT_BATCH
+    from diffusa.pipelines.sampling import DEFAULT_BATCH
 
     batch_size = DEFAULT_BATCH if batch_size is None else batch_size
     first: dict[str, Any] = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}

@@ -80,7 +80,7 @@ class Service:
 
     def __init__(self, models: Models, history: History, max_queue: int = DEFAULT_QUEUE,
                  device: str = "cpu") -> None:
-        from diffusa.pipelines.pipeline import check_device
+        from diffusa.pipelines.sampling import check_device
 
         self.models, self.history, self.gate = models, history, Gate(max_queue)
         self.device = check_device(device)
