@@ -37,7 +37,7 @@ from diffusa.editing import (
     strength_time,
 )
 from diffusa.errors import DiffusaError
-from diffusa.pipelines.request import Label, count, resolve
+from diffusa.pipelines.request import Label, count, image_batch, pixels_4d, resolve
 from diffusa.pipelines.result import Samples
 from diffusa.pipelines.sampling import check_sampling, network_calls, sampler_kwargs
 
@@ -64,39 +64,14 @@ def image_shape(pipe: Pipeline) -> tuple[int, int, int]:
     return tuple(pipe.data_shape)  # type: ignore[return-value]
 
 
-def _pixels_4d(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels (H, W), (H, W, C), (B, H, W) or (B, H, W, C) -> (B, H, W, C); a 3-D array is (H, W, C) when its
-    last axis could be channels (1, 3 or 4), else (B, H, W)."""
-    if x.ndim == 2:
-        return x[None, ..., None]
-    if x.ndim == 3:
-        return x[None] if x.shape[-1] in (1, 3, 4) else x[..., None]
-    return x
-
-
 def as_images(image: Any, shape: Sequence[int]) -> torch.Tensor:
     """image= (see the module docstring) -> float (B, C, H, W) in [-1, 1] of `shape` (C, H, W), on the CPU."""
-    if isinstance(image, np.ndarray):
-        if image.dtype.kind not in "uif":  # strings, objects, complex, bool: no pixels
-            raise DiffusaError(f"image must hold numbers (uint8 pixels or floats in [-1, 1]), got {image.dtype}")
-        image = torch.from_numpy(np.array(image))  # a copy: the caller's array (maybe read-only) stays as it is
-    if not torch.is_tensor(image):
+    if not isinstance(image, (np.ndarray, torch.Tensor)):
         raise DiffusaError(f"image must be a tensor or a numpy array of pixels, got {type(image).__name__} "
                            "(the command line reads files: diffusa edit IMAGE)")
-    if image.dtype == torch.uint8:
-        image = _pixels_4d(image)
-        if image.ndim != 4:
-            raise DiffusaError(f"image: uint8 pixels must be (H, W[, C]) or (B, H, W, C), got {tuple(image.shape)}")
-        image = image.movedim(-1, 1).float() / 127.5 - 1
-    elif not image.is_floating_point():
-        raise DiffusaError(f"image must be float in [-1, 1] or uint8 pixels, got {image.dtype}")
-    else:
-        if image.ndim == 3:
-            image = image[None]
-        if image.ndim != 4:
-            raise DiffusaError(f"image must be (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
-        if not torch.isfinite(image).all():
-            raise DiffusaError("image holds NaN or inf values")
+    pixels = image.dtype == np.uint8 if isinstance(image, np.ndarray) else image.dtype == torch.uint8
+    image = image_batch(image)
+    if not pixels:
         if image.abs().max() > 1 + 1e-4:
             raise DiffusaError(f"float images are in [-1, 1]; this one spans [{float(image.min()):.3g}, "
                                f"{float(image.max()):.3g}] (uint8 pixels are read as 0..255)")
@@ -154,7 +129,7 @@ def as_mask(mask: Any, hw: tuple[int, int]) -> torch.Tensor:
         raise DiffusaError(f"mask must be a tensor, a numpy array or a built-in name ({', '.join(MASKS)}), "
                            f"got {type(mask).__name__}")
     if mask.dtype == torch.uint8:  # pixels, laid out as images are: (H, W[, C]) or (B, H, W[, C])
-        mask = _pixels_4d(mask)
+        mask = pixels_4d(mask)
         if mask.ndim != 4:
             raise DiffusaError(f"mask: uint8 pixels must be (H, W[, C]) or (B, H, W[, C]), got {tuple(mask.shape)}")
         binary = bool(((mask == 0) | (mask == 1)).all())

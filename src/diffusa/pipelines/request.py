@@ -126,28 +126,47 @@ def prompts_of(prompt: str | Sequence[str], n: int) -> list[str]:
     return list(prompts)
 
 
+def pixels_4d(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (H, W), (H, W, C), (B, H, W) or (B, H, W, C) -> (B, H, W, C); a 3-D array is (H, W, C) when its
+    last axis could be channels (1 to 4), else (B, H, W)."""
+    if x.ndim == 2:
+        return x[None, ..., None]
+    if x.ndim == 3:
+        return x[None] if x.shape[-1] <= 4 else x[..., None]
+    return x
+
+
+def image_batch(image: Any, what: str = "image") -> torch.Tensor:
+    """An image argument -> float (B, C, H, W): float (C, H, W) / (B, C, H, W) (finite), or uint8 pixels (H, W[, C])
+    / (B, H, W[, C]) scaled to [-1, 1]; a numpy array is copied. The one parser of cond images, img2img, inpainting
+    and upscaling inputs; each checks range, channels and size for its model."""
+    if isinstance(image, np.ndarray):
+        if image.dtype.kind not in "uif":  # strings, objects, complex, bool: no pixels
+            raise DiffusaError(f"{what} must hold numbers (uint8 pixels or floats in [-1, 1]), got {image.dtype}")
+        image = torch.from_numpy(np.array(image))  # a copy: the caller's array (maybe read-only) stays as it is
+    if not torch.is_tensor(image):
+        raise DiffusaError(f"{what} must be a tensor or a numpy array of pixels, got {type(image).__name__}")
+    if image.dtype == torch.uint8:
+        image = pixels_4d(image)
+        if image.ndim != 4:
+            raise DiffusaError(f"{what}: uint8 pixels must be (H, W[, C]) or (B, H, W, C), got {tuple(image.shape)}")
+        return image.movedim(-1, 1).float() / 127.5 - 1
+    if not image.is_floating_point():
+        raise DiffusaError(f"{what} must be float in [-1, 1] or uint8 pixels, got {image.dtype}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4:
+        raise DiffusaError(f"{what} must be (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
+    if not torch.isfinite(image).all():
+        raise DiffusaError(f"{what} holds NaN or inf values")
+    return image
+
+
 def cond_image(image: Any, n: int, channels: int, data_shape: tuple[int, ...]) -> torch.Tensor:
     """image=: float (C, H, W) / (B, C, H, W) in [-1, 1], or uint8 (H, W, C) / (B, H, W, C) pixels -> float
     (n, C, H, W); one image serves every sample. Checked against the model's condition channels and the aspect
     of its inputs (the network resizes it to its input)."""
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(image)
-    if not torch.is_tensor(image):
-        raise DiffusaError(f"image must be a tensor or a numpy array, got {type(image).__name__}")
-    if image.dtype == torch.uint8:
-        if image.ndim == 2:
-            image = image[..., None]
-        if image.ndim not in (3, 4):
-            raise DiffusaError(f"image: uint8 pixels must be (H, W, C) or (B, H, W, C), got {tuple(image.shape)}")
-        image = image.movedim(-1, -3).float() / 127.5 - 1
-    elif not image.is_floating_point():
-        raise DiffusaError(f"image must be float in [-1, 1] or uint8 pixels, got {image.dtype}")
-    if image.ndim == 3:
-        image = image[None]
-    if image.ndim != 4:
-        raise DiffusaError(f"image must be (C, H, W) or (B, C, H, W), got shape {tuple(image.shape)}")
-    if not torch.isfinite(image).all():
-        raise DiffusaError("image holds NaN or inf values")
+    image = image_batch(image)
     b, c, h, w = image.shape
     if c != channels:
         raise DiffusaError(f"image has {c} channels; this model is conditioned on images of {channels}")
@@ -236,5 +255,17 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
     return Request(den, extra.replace(labels=labels), labels, None, guidance_scale, None)
 
 
-__all__ = ["DEFAULT_TEXT_SCALE", "LABEL_CAPTION", "SEED_RANGE", "Request", "check_request", "check_seed",
-           "cond_image", "count", "finite_scale", "requested_labels", "resolve"]
+__all__ = [
+    "DEFAULT_TEXT_SCALE",
+    "LABEL_CAPTION",
+    "SEED_RANGE",
+    "Request",
+    "check_request",
+    "check_seed",
+    "cond_image",
+    "count",
+    "finite_scale",
+    "image_batch",
+    "requested_labels",
+    "resolve",
+]

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 from diffusa.cond import Cond
 from diffusa.errors import DiffusaError
-from diffusa.pipelines.edit import _pixels_4d, as_images
-from diffusa.pipelines.request import Label, check_seed, resolve
+from diffusa.pipelines.edit import as_images
+from diffusa.pipelines.request import Label, check_seed, pixels_4d, resolve
 from diffusa.pipelines.result import Samples
 from diffusa.pipelines.sampling import check_sampling, sampler_kwargs
 from diffusa.superres import ImageCondition
@@ -54,7 +54,7 @@ def _input_hw(image: Any, fallback: tuple[int, int]) -> tuple[int, int]:
     if not (isinstance(image, np.ndarray) or torch.is_tensor(image)) or image.ndim < 2:
         return fallback
     if image.dtype == (np.uint8 if isinstance(image, np.ndarray) else torch.uint8):
-        image = _pixels_4d(image)
+        image = pixels_4d(image)
         return (int(image.shape[1]), int(image.shape[2])) if image.ndim == 4 else fallback
     return int(image.shape[-2]), int(image.shape[-1])
 
