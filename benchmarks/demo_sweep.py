@@ -1,12 +1,17 @@
-"""Quality against training steps for one mnist5k configuration: the sweep behind the demo's defaults.
+"""Quality against training time for one mnist5k recipe, the time budget fixed: the sweep behind the demo's defaults.
 
-    python benchmarks/demo_sweep.py NAME STEP,STEP,... [--set KEY=VALUE ...] [--data mnist5k]
+    python benchmarks/demo_sweep.py NAME [--minutes 10] [--set KEY=VALUE ...] [--points 4] [--n 1000]
 
-Trains with the given overrides (the cosine schedule ends at the last listed step) and, at each listed
-step, draws 500 EMA samples (DDIM, 50 steps, seed 0) and prints one JSON line: the share the digit
-classifier recognises with p >= 0.9 ("conf") and the classes present. At the last step it also scores
-ancestral 100/250 and DDIM 25/100. Runs on a GPU when there is one (quality per step does not depend on
-the device; CPU seconds per step are measured separately, see docs/demo.md).
+Trains with the given overrides for a fixed wall-clock budget, not a fixed step count: the run's length is set
+before training from the time of one step (so the learning-rate schedule ends at the budget) and recorded. On a
+quiet machine the first 30 steps are timed; with `--reference S` (seconds per step of the default recipe measured
+alone) the recipe's steps are timed against the default's, interleaved, and the ratio scales S — robust to
+whatever else runs. At
+`--points` evenly spaced moments of the budget it draws `--n` EMA samples (DPM-Solver++(2M), 20 steps, seed 0)
+and scores them with the digit judge exactly as `diffusa eval` does (FD, KID, precision/recall beside their
+real-vs-real floors, the share recognised with p >= 0.9, the classes present). At the end it also scores the
+samplers of `--samplers`. Sampling and scoring are not counted in the budget. One JSON line per point to stdout
+and to docs/results/raw/demo_sweep/NAME.jsonl. Run one at a time on a quiet machine: the budget is wall-clock.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -21,45 +27,99 @@ from pathlib import Path
 import torch
 
 from diffusa.config import load_config
+from diffusa.data import examples, load_dataset
 from diffusa.engine import Engine
-from diffusa.metrics import classify, confidence_stats
+from diffusa.metrics import image_metrics
 from diffusa.samplers import sample
 from diffusa.train import diffusion_engine
 
+RAW = Path(__file__).resolve().parents[1] / "docs" / "results" / "raw" / "demo_sweep"
+CALIBRATION = 30  # steps timed to set the run's length
+KEEP = ("fd", "fd_floor", "kid", "kid_floor", "precision", "precision_floor", "recall", "recall_floor",
+        "confident_share", "confident_share_floor", "classes_present")
 
-def score(trainer: Engine, sampler: str, steps: int, **opts: object) -> dict[str, float]:
+
+def score(tr: Engine, sampler: str, steps: int, n: int) -> dict[str, object]:
+    """The judge's numbers for `n` EMA samples, against the held-out split and a floor of n training digits (as
+    `diffusa eval` picks them)."""
+    test = examples(load_dataset("mnist5k", "test"), 10_000)
+    train = load_dataset("mnist5k", "train")
+    floor = train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
     g = torch.Generator().manual_seed(0)
-    x = sample(trainer.task.ema_denoiser, (500, 1, 28, 28), sampler, steps, generator=g, device=trainer.device, **opts)
-    st = confidence_stats(classify(x.cpu())[1])
-    return {"conf": round(st["confident_share"], 3), "classes": st["classes_present"]}
+    x = sample(tr.task.ema_denoiser, (n, *test.shape[1:]), sampler, steps, generator=g, device=tr.device)
+    m = image_metrics(x.cpu(), test, floor)
+    return {k: (round(m[k], 4) if isinstance(m[k], float) else m[k]) for k in KEEP}
+
+
+def relative_cost(tr: Engine, default: list[str], rounds: int = 3, steps: int = 10) -> float:
+    """Seconds per step of `tr` over those of the default recipe, timed in alternating rounds (median); the
+    default's engine trains in a scratch folder and is thrown away. `tr` keeps the steps it takes here."""
+    scratch = Path(tempfile.mkdtemp(prefix="sweep-ref-"))
+    ref = diffusion_engine(load_config(overrides=default), scratch / "run", progress=False)
+    ref.start_data()
+    times: dict[str, list[float]] = {"tr": [], "ref": []}
+    for r in range(rounds + 1):
+        for key, eng in (("tr", tr), ("ref", ref)):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                eng.train_step()
+            if r:  # the first round warms up
+                times[key].append(time.perf_counter() - t0)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return statistics.median(times["tr"]) / statistics.median(times["ref"])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
-    ap.add_argument("evals", help="comma-separated steps at which to score; the last is the run's length")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--data", default="mnist5k")
+    ap.add_argument("--points", type=int, default=4, help="moments of the budget at which to score")
+    ap.add_argument("--n", type=int, default=1000, help="samples per score")
+    ap.add_argument("--samplers", default="dpmpp_2m:20,unipc:20,ddim:20,ancestral:20,dpmpp_2m_sde:20",
+                    help="SAMPLER:STEPS,... scored at the end")
+    ap.add_argument("--reference", type=float, help="seconds per step of the default recipe, measured alone")
+    ap.add_argument("--keep", help="save the trained run here (a folder `diffusa sample/eval` reads)")
     args = ap.parse_args()
-    evals = [int(s) for s in args.evals.split(",")]
-    out = Path(tempfile.mkdtemp(prefix=f"sweep-{args.name}-"))
-    shutil.rmtree(out)
-    cfg = load_config(overrides=[f"data.name={args.data!r}", f"train.steps={evals[-1]}", "train.sample_every=0",
-                                 "train.checkpoint_every=0", *args.set])
-    tr = diffusion_engine(cfg, out, progress=False)
+    out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"sweep-{args.name}-")) / "run"
+    overrides = ["data.name='mnist5k'", "train.steps=1000000", "train.sample_every=0", "train.checkpoint_every=0",
+                 *args.set]
+    tr = diffusion_engine(load_config(overrides=overrides), out, progress=False)
     tr.start_data()
-    start = time.time()
-    while tr.step < evals[-1]:
+    budget = args.minutes * 60
+    start = time.perf_counter()
+    if args.reference:
+        per_step = args.reference * relative_cost(tr, overrides[:4])
+    else:
+        for _ in range(CALIBRATION):
+            tr.train_step()
+        per_step = (time.perf_counter() - start) / CALIBRATION
+    tr.cfg.steps = total = max(CALIBRATION + 1, round(budget / per_step))
+    points = [round(total * (i + 1) / args.points) for i in range(args.points)]
+    RAW.mkdir(parents=True, exist_ok=True)
+    log = (RAW / f"{args.name}.jsonl").open("w")
+    trained = time.perf_counter() - start
+    while tr.step < total:
+        t0 = time.perf_counter()
         loss, _, _ = tr.train_step()
-        if tr.step in evals:
-            rec = {"exp": args.name, "step": tr.step, "wall_s": round(time.time() - start),
-                   "loss": round(float(loss), 4), **score(tr, "ddim", 50)}
-            if tr.step == evals[-1]:
-                for sampler, k, opts in (("ancestral", 100, {}), ("ddim", 25, {}), ("ddim", 100, {}),
-                                         ("ancestral", 250, {"variance": "beta"})):
-                    rec[f"{sampler}{k}{opts.get('variance', '')}"] = score(tr, sampler, k, **opts)["conf"]
-            print(json.dumps(rec), flush=True)
-    shutil.rmtree(out, ignore_errors=True)
+        trained += time.perf_counter() - t0
+        if tr.step in points:
+            rec: dict[str, object] = {"exp": args.name, "set": args.set, "step": tr.step, "steps": total,
+                                      "train_s": round(trained, 1), "calibrated_s_per_step": round(per_step, 4),
+                                      "loss": round(float(loss), 4), "dpmpp_2m:20": score(tr, "dpmpp_2m", 20, args.n)}
+            if tr.step == total:
+                for spec in args.samplers.split(","):
+                    name, steps = spec.split(":")
+                    if spec != "dpmpp_2m:20":
+                        rec[spec] = score(tr, name, int(steps), args.n)
+                if args.keep:
+                    tr.save()
+            line = json.dumps(rec)
+            print(line, flush=True)
+            log.write(line + "\n")
+            log.flush()
+    if not args.keep:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

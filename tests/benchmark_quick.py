@@ -39,6 +39,8 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
         assert "seconds per training step" in table and "conditional accuracy, held-out templates" in table
         assert (tmp_path / "quick" / "img" / "ldm_fd_vs_time.png").stat().st_size > 1000
         assert "time / pixel model" in table and "latent space, a third of it" in table
+    elif script == "two_processes.py":
+        assert "2-D training (moons) beside generate" in table and "training B beside another" in table
     elif script == "memory.py":
         assert "grad checkpoint" in table and "bf16" in table
     else:

@@ -1,5 +1,5 @@
-"""Shared test setup: one torch thread, caches kept out of the home directory, two tiny trained runs
-reused by many tests, and an in-process CLI runner."""
+"""Shared test setup: one torch thread, caches kept out of the home directory, three tiny trained runs
+reused by many tests (moons, digits, a 2x digits upscaler), and an in-process CLI runner."""
 
 from __future__ import annotations
 
@@ -63,6 +63,17 @@ def moons_run(tmp_path_factory: pytest.TempPathFactory, _isolated_caches: Path) 
 def digits_run(tmp_path_factory: pytest.TempPathFactory, _isolated_caches: Path) -> Path:
     """A tiny U-Net (8 channels) trained 20 steps on 8x8 `digits` (read-only)."""
     return train_run(tmp_path_factory.mktemp("digits") / "run", DIGITS_OVERRIDES)
+
+
+SR_OVERRIDES = ['data.name="digits"', "data.super_resolution=2", "train.steps=150", "train.batch_size=64",
+                "train.sample_every=0", "train.checkpoint_every=0", "train.warmup=20", "train.lr=2e-3",
+                "model.net.channels=16"]
+
+
+@pytest.fixture(scope="session")
+def sr_run(tmp_path_factory: pytest.TempPathFactory, _isolated_caches: Path) -> Path:
+    """A tiny 2x upscaler (8x8 digits from 4x4, augmentation on by default) trained 150 steps (~10 s; read-only)."""
+    return train_run(tmp_path_factory.mktemp("sr") / "run", SR_OVERRIDES)
 
 
 @pytest.fixture(scope="session")

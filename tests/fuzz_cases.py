@@ -22,6 +22,7 @@ from PIL import Image
 HUGE = "1000000000000"  # 10**12
 BAD_FLOATS = ["nan", "inf", "-inf", "abc", ""]
 BAD_POSITIVE_INTS = ["0", "-1", "2.5", "nan", "abc", "", "1e3", "0x10"]
+BAD_THREADS = ["0", "-1", "abc", "", "1.5", "100000", "٣", "Auto"]  # --threads: 'auto' or 1..1024
 
 
 # -- the sandbox -------------------------------------------------------------------------------------------------
@@ -108,6 +109,10 @@ CONFIG_MUTATIONS: list[tuple[str, str, Any]] = [
     ("model_section_str", "config.model", "unet"),
     ("clip_str", "config.model.clip_x0", "yes"),
     ("conditioning_unknown", "config.model.conditioning", "telepathy"),
+    ("sampling_sampler_unknown", "sampling", {"sampler": "warp_drive", "steps": 4}),  # the recommendation
+    ("sampling_steps_huge", "sampling", {"sampler": "ddim", "steps": 10**12}),
+    ("sampling_steps_beyond_chain", "sampling", {"sampler": "ddim", "steps": 5000}),
+    ("sampling_str", "sampling", "fast"),
 ]
 
 
@@ -246,6 +251,13 @@ def _cases() -> list[tuple[str, list[str]]]:
         add(f"{cmd}-sampler-unknown", *with_flag(base, "--sampler", "warp_drive"))
         add(f"{cmd}-sampler-empty", *with_flag(base, "--sampler", ""))
         add(f"{cmd}-unknown-flag", *base, "--banana", "1")
+    for cmd, base in (("sample", sample), ("generate", gen), ("eval", ev),
+                      ("train", ["train", "--data", "moons", "--out", "{out}/r", "--quiet", "--steps", "2"]),
+                      ("edit", ["edit", "mnist5k:3", "--model", "mnist-pixel", "--steps", "2", "--out", "{out}/e.png"]),
+                      ("upscale", ["upscale", "mnist5k:3", "--model", "{sb}/run", "--out", "{out}/u.png"]),
+                      ("serve", ["serve", "--port", "0", "--history", "{out}/h"])):
+        for v in BAD_THREADS:
+            add(f"{cmd}-threads-{v}", *with_flag(base, "--threads", v))
     for v in [*BAD_FLOATS, "-1"]:
         add(f"sample-eta-{v}", *with_flag(sample, "--eta", v))
     for v in BAD_FLOATS:

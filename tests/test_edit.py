@@ -244,7 +244,8 @@ def test_strength_one_is_plain_sampling(pixel: Pipeline, digits: tuple) -> None:
                            flow.img2img(x, 1.0, sampler=sampler, steps=6, seed=5).samples)
 
 
-@pytest.mark.parametrize("sampler", sorted(SAMPLERS))
+# the consistency sampler's step lands on the marginal at s only for a consistency function (tests/test_distill.py)
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"consistency"}))
 def test_one_sampler_step_ends_at_s(sampler: str) -> None:
     """RePaint's steps: each sampler over [t, s] returns x_s, not its x0 (rk45 and score_sde's samplers end their
     grids with a denoising step); the deterministic ones land on the oracle's flow map (rk45 exactly)."""

@@ -91,7 +91,7 @@ def _api_cases() -> list[tuple[str, Callable[[Any], Any]]]:
     add("load-device-unknown", lambda p: diffusa.load("mnist-pixel", device="quantum"))
     add("load-device-int", lambda p: diffusa.load("mnist-pixel", device=3.5))
     bad = {"n": [0, -1, 2.5, "3", True, 10**12, math.nan], "steps": [0, -1, 2.5, "3", True, 10**12, math.inf],
-           "seed": ["a", 1.5, math.nan, 10**30, -(10**30), [1]], "sampler": ["warp", "", 3, None],
+           "seed": ["a", 1.5, math.nan, 10**30, -(10**30), [1]], "sampler": ["warp", "", 3, [None]],  # None: default
            "guidance_scale": [math.nan, math.inf, -math.inf, "3", [3]], "eta": [-1, math.nan, math.inf, "0.5"],
            "spacing": ["fractal", 3], "batch_size": [0, -1, 2.5, "8"],
            "label": [-1, 10, "x", 1.5, [1, 2, 3], 10**30, [10**30, 1]],

@@ -2,7 +2,8 @@
 every hostile request refused with a 4xx naming the problem (and nothing outside the history written), the bounded
 queue answering 429, the token required with --listen, the history surviving a restart, and a real uvicorn start.
 
-No training: the runs under --runs are copies of the shipped pixel model. Small n and steps throughout.
+The runs under --runs are copies of the shipped pixel model, and of conftest's tiny 2x upscaler (`sr`, trained once
+per session, ~10 s) for the upscaling route and tab. Small n and steps throughout.
 """
 
 from __future__ import annotations
@@ -85,6 +86,12 @@ def client(place: dict[str, Path]) -> Any:
         yield c
 
 
+@pytest.fixture(scope="module")
+def sr(place: dict[str, Path], sr_run: Path) -> Path:
+    """runs/sr: a copy of conftest's tiny 2x upscaler (8x8 digits from 4x4 inputs)."""
+    return copy_run(sr_run, place["runs"] / "sr")
+
+
 def tree(*roots: Path) -> dict[str, tuple[int, int]]:
     """Every file and link under the roots (links not followed): size and modification time."""
     out = {}
@@ -157,10 +164,13 @@ def test_models_and_openapi(client: TestClient) -> None:
     schema = spec["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert {"model", "prompt", "n", "seed", "format"} <= set(schema["properties"])
     for route, fields in (("edit", {"image_png", "digit", "strength"}),
-                          ("inpaint", {"image_png", "digit", "mask_png", "mask", "jump_length", "jump_n_sample"})):
+                          ("inpaint", {"image_png", "digit", "mask_png", "mask", "jump_length", "jump_n_sample"}),
+                          ("upscale", {"image_png", "digit", "noise_level"})):
         body = spec["paths"][f"/api/{route}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
         assert fields | {"model", "prompt", "seed"} <= set(body["properties"]), route
     assert got["limits"]["image_pixels"] == 1 << 22 and got["limits"]["image_png_chars"] == 48_000
+    assert got["limits"]["upscale_input_pixels"] == 256 * 256 and got["limits"]["upscale_output_pixels"] == 384 * 384
+    assert got["models"][0]["super_resolution"] == 0
     assert client.get("/docs").status_code == 200
     page = client.get("/")
     assert page.status_code == 200 and "<html" in page.text.lower()
@@ -427,6 +437,56 @@ def test_inpaint_api_is_python_inpaint(client: TestClient, tmp_path: Path) -> No
     assert client.get(f"/api/history/{gid}/mask").status_code == 404  # a named mask is in the request
 
 
+def test_upscale_api_is_python_upscale(client: TestClient, sr: Path, tmp_path: Path, cli: Any) -> None:
+    """POST /api/upscale == pipe.upscale(...): a held-out digit shrunk to the model's 4x4 input (as `diffusa upscale
+    mnist5k:17` shrinks it: the CLI's PNG bytes too), and an uploaded 12x12 PNG upscaled to 24x24 in tiles with a
+    stochastic sampler and a noise level of its own; the history keeps the input beside the result."""
+    import io
+
+    from PIL import Image
+
+    from diffusa.data import resize_images, unit_to_uint8
+
+    listed = {m["name"]: m for m in client.get("/api/models").json()["models"]}
+    assert listed["sr"]["super_resolution"] == 2 and listed["pixel"]["super_resolution"] == 0
+    pipe = diffusa.load(sr)
+    low = resize_images(held_out(17), (4, 4))
+    r = client.post("/api/upscale", json={"model": "sr", "digit": 17, "steps": 3, "seed": 2, "format": "npz"})
+    assert r.status_code == 200, r.text
+    res = pipe.upscale(low, steps=3, seed=2)
+    got = npz_samples(r, tmp_path)
+    assert got.shape == (1, 1, 8, 8) and torch.equal(got, res.samples)  # the input's 4x4, twice over
+    settings = json.loads(r.headers["x-diffusa-settings"])
+    assert settings == {**res.settings, "model": "sr"}
+    assert settings["task"] == "upscale" and settings["factor"] == 2 and settings["input_size"] == [4, 4]
+    assert settings["output_size"] == [8, 8] and settings["tiles"] == 1 and settings["noise_level"] == 0.1
+    r = client.post("/api/upscale", json={"model": "sr", "digit": 17, "steps": 3, "seed": 2})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    out = cli("upscale", "mnist5k:17", "--model", sr, "--steps", 3, "--seed", 2, "--out", tmp_path / "cli.png",
+              "--no-strip")
+    assert out.code == 0, out.err
+    assert r.content == (tmp_path / "cli.png").read_bytes() == res.save(tmp_path / "py.png").read_bytes()
+    gid = r.headers["x-diffusa-id"]
+    record = client.get(f"/api/history/{gid}").json()
+    assert record["task"] == "upscale" and record["request"]["digit"] == 17 and "n" not in record["request"]
+    kept = np.asarray(Image.open(io.BytesIO(client.get(f"/api/history/{gid}/input").content)))
+    assert kept.shape == (4, 4) and np.array_equal(kept, unit_to_uint8(low)[0, ..., 0])
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+    body = {"model": "sr", "image_png": png_b64(image), "sampler": "ddim", "eta": 1.0, "steps": 2, "seed": 9,
+            "noise_level": 0.2}
+    r = client.post("/api/upscale", json=body)
+    assert r.status_code == 200, r.text
+    res = pipe.upscale(image[..., None], sampler="ddim", eta=1.0, steps=2, seed=9, noise_level=0.2)
+    assert res.samples.shape == (1, 1, 24, 24) and r.content == res.save(tmp_path / "py.png").read_bytes()
+    settings = json.loads(r.headers["x-diffusa-settings"])
+    assert settings["output_size"] == [24, 24] and settings["tiles"] == 16 and settings["noise_level"] == 0.2
+    assert settings["nfe"] == 2  # one denoiser call per step (the 16 tiles in one batch)
+    r = client.post("/api/upscale", json={**body, "format": "npz"})
+    assert torch.equal(npz_samples(r, tmp_path), res.samples)
+
+
 BLACK = png_b64(np.zeros((28, 28), np.uint8))
 FULL = png_b64(np.full((28, 28), 255, np.uint8))
 EDIT_HOSTILE: list[tuple[str, str, dict[str, Any], int, str]] = [
@@ -503,12 +563,83 @@ EDIT_HOSTILE: list[tuple[str, str, dict[str, Any], int, str]] = [
      "at most 2500"),
     ("jump_n_sample zero", "inpaint", {"json": {"digit": 3, "mask": "top", "jump_n_sample": 0}}, 422,
      "jump_n_sample:"),
+    # upscaling: the model must be a super-resolution run
+    ("upscale with a shipped model", "upscale", {"json": {"model": "mnist-pixel", "digit": 3}}, 400,
+     "mnist-pixel is not a super-resolution model"),
+    ("upscale with a run that is not an upscaler", "upscale", {"json": {"model": "pixel", "digit": 3}}, 400,
+     "pixel is not a super-resolution model"),
+    ("upscale without a model", "upscale", {"json": {"digit": 3}}, 422, "model: name a super-resolution run"),
+    ("upscale with a pickle named model.safetensors", "upscale", {"json": {"model": "evil", "digit": 3}}, 400,
+     "not a super-resolution model"),
+    ("upscale: parent folder", "upscale", {"json": {"model": "../sr", "digit": 3}}, 403, "'..'"),
+    ("upscale: parent inside a path", "upscale", {"json": {"model": "sr/../../outside/secret", "digit": 3}}, 403,
+     "'..'"),
+    ("upscale: absolute path", "upscale", {"json": {"model": "/etc", "digit": 3}}, 403, "absolute"),
+    ("upscale: a link out of --runs", "upscale", {"json": {"model": "link-out", "digit": 3}}, 403, "outside"),
+    ("upscale: backslashes", "upscale", {"json": {"model": "..\\sr", "digit": 3}}, 403, "backslash"),
+    ("upscale: no such model", "upscale", {"json": {"model": "nope", "digit": 3}}, 404, "no such run"),
+    # upscaling: the image and its size
+    ("upscale: bad base64", "upscale", {"json": {"model": "sr", "image_png": "not base64!!"}}, 400,
+     "image_png: not base64"),
+    ("upscale: a JPEG", "upscale", {"json": {"model": "sr", "image_png": "/9j/4AAQSkZJRgABAQ=="}}, 400, "not a PNG"),
+    ("upscale: a PNG bomb's header", "upscale", {"json": {"model": "sr", "image_png": png_chunks(60000, 60000)}}, 413,
+     "60000x60000 pixels; at most 67,108,864"),
+    ("upscale: an image over the input pixels (300 x 300)", "upscale",
+     {"json": {"model": "sr", "image_png": png_chunks(300, 300)}}, 413,
+     "image_png is 300x300 pixels; this server upscales images of at most 65,536 pixels"),
+    ("upscale: an output over its pixels (200 x 200, x2)", "upscale",
+     {"json": {"model": "sr", "image_png": png_chunks(200, 200)}}, 413,
+     "400x400 upscaled x2; this server draws at most 147,456 pixels"),
+    ("upscale: a damaged PNG", "upscale",
+     {"json": {"model": "sr", "image_png": png_chunks(8, 8, (b"IDAT", b"garbage"), (b"IEND", b""))}}, 400,
+     "cannot read image"),
+    ("upscale: an image of the output's size", "upscale",
+     {"json": {"model": "sr", "image_png": png_b64(np.zeros((8, 8), np.uint8))}}, 400, "the size this model outputs"),
+    ("upscale: an image smaller than the input", "upscale",
+     {"json": {"model": "sr", "image_png": png_b64(np.zeros((2, 3), np.uint8))}}, 400,
+     "smaller than this model's 4x4 input"),
+    ("upscale: image_png and digit", "upscale", {"json": {"model": "sr", "image_png": BLACK, "digit": 3}}, 422,
+     "not both"),
+    ("upscale: no image", "upscale", {"json": {"model": "sr"}}, 422, "image_png: give the image"),
+    ("upscale: digit beyond the split", "upscale", {"json": {"model": "sr", "digit": 1000}}, 422, "digit:"),
+    # upscaling: the settings
+    ("upscale: a factor is the model's", "upscale", {"json": {"model": "sr", "digit": 3, "factor": 4}}, 422,
+     "unknown field 'factor'"),
+    ("upscale: tile not a field", "upscale", {"json": {"model": "sr", "digit": 3, "tile": 1}}, 422,
+     "unknown field 'tile'"),
+    ("upscale: n", "upscale", {"json": {"model": "sr", "digit": 3, "n": 4}}, 422, "n: an upscale draws one image"),
+    ("upscale: strength not a field", "upscale", {"json": {"model": "sr", "digit": 3, "strength": 0.5}}, 422,
+     "unknown field 'strength'"),
+    ("upscale: steps zero", "upscale", {"json": {"model": "sr", "digit": 3, "steps": 0}}, 422, "steps:"),
+    ("upscale: steps over the limit", "upscale", {"json": {"model": "sr", "digit": 3, "steps": 201}}, 422, "steps:"),
+    ("upscale: steps a string", "upscale", {"json": {"model": "sr", "digit": 3, "steps": "3"}}, 422, "steps:"),
+    ("upscale: noise level beyond the run's", "upscale",
+     {"json": {"model": "sr", "digit": 3, "noise_level": 0.9, "steps": 2}}, 400, "noise_level must be in [0, 0.3]"),
+    ("upscale: noise level negative", "upscale", {"json": {"model": "sr", "digit": 3, "noise_level": -0.1,
+                                                           "steps": 2}}, 400, "noise_level"),
+    ("upscale: noise level a string", "upscale", {"json": {"model": "sr", "digit": 3, "noise_level": "0.1"}}, 422,
+     "noise_level:"),
+    ("upscale: noise level NaN", "upscale", {"content": b'{"model": "sr", "digit": 3, "noise_level": NaN}',
+                                             "headers": JSON}, 400, "NaN"),
+    ("upscale: an unknown sampler", "upscale", {"json": {"model": "sr", "digit": 3, "sampler": "nope"}}, 400,
+     "sampler"),
+    ("upscale: a prompt to an unconditional upscaler", "upscale",
+     {"json": {"model": "sr", "digit": 3, "prompt": "a 3", "steps": 2}}, 400, "prompt"),
+    ("upscale: format gif", "upscale", {"json": {"model": "sr", "digit": 3, "format": "gif"}}, 422, "format"),
+    ("upscale: not JSON", "upscale", {"content": b"model=sr", "headers": JSON}, 400, "not valid JSON"),
+    ("upscale: a form", "upscale", {"content": b"model=sr", "headers": {"content-type":
+                                                                        "application/x-www-form-urlencoded"}}, 415,
+     "Content-Type"),
+    ("upscale: a cross-site POST", "upscale", {"json": {"model": "sr", "digit": 3},
+                                               "headers": {"origin": "http://evil.example"}}, 403, "cross-origin"),
+    ("upscale: body over the limit", "upscale", {"json": {"model": "sr", "digit": 3, "prompt": "x" * (MAX_BODY + 10)}},
+     413, "limit"),
 ]
 
 
 @pytest.mark.parametrize(("what", "route", "request_kw", "status", "message"), EDIT_HOSTILE,
                          ids=[h[0] for h in EDIT_HOSTILE])
-def test_hostile_edit_refused(client: TestClient, place: dict[str, Path], what: str, route: str,
+def test_hostile_edit_refused(client: TestClient, place: dict[str, Path], sr: Path, what: str, route: str,
                               request_kw: dict[str, Any], status: int, message: str) -> None:
     before = tree(place["base"])
     r = client.post(f"/api/{route}", **request_kw)
@@ -520,7 +651,7 @@ def test_hostile_edit_refused(client: TestClient, place: dict[str, Path], what: 
 
 
 # -- the queue -----------------------------------------------------------------------------------------------------
-def test_queue_full_answers_429_and_serves_after(client: TestClient) -> None:
+def test_queue_full_answers_429_and_serves_after(client: TestClient, sr: Path) -> None:
     from diffusa.serve.ui import generate_updates, page_request
 
     service = client.app.state.service  # max_queue=1: one running (held here) and one waiting
@@ -539,8 +670,9 @@ def test_queue_full_answers_429_and_serves_after(client: TestClient) -> None:
         r = post(client, body)
         assert r.status_code == 429 and "busy" in r.json()["detail"] and r.headers["retry-after"]
         assert time.monotonic() - t0 < 5  # answered at once, not queued
-        for route, edit in (("edit", {"digit": 1, "steps": 2}), ("inpaint", {"digit": 1, "mask": "top"})):
-            r = client.post(f"/api/{route}", json=edit)  # the edits share the queue
+        for route, edit in (("edit", {"digit": 1, "steps": 2}), ("inpaint", {"digit": 1, "mask": "top"}),
+                            ("upscale", {"model": "sr", "digit": 1, "steps": 2})):
+            r = client.post(f"/api/{route}", json=edit)  # the edits and upscales share the queue
             assert r.status_code == 429 and "busy" in r.json()["detail"], route
         assert client.get("/api/models").status_code == 200  # the server stays responsive
         with pytest.raises(Busy):  # the page shares the queue
@@ -750,6 +882,72 @@ def test_page_edit_and_inpaint(client: TestClient, tmp_path: Path) -> None:
         run(req, page_inputs(service, req, None, editor_value(digit_pixels(7))))
 
 
+def test_page_upscale(client: TestClient, sr: Path, tmp_path: Path) -> None:
+    """The upscale tab's handlers: only the super-resolution runs listed; a held-out digit and an uploaded PNG
+    upscaled to the API's bytes, beside their bicubic enlargement; reloaded from the history and drawn again to the
+    same bytes; a model that is not an upscaler, and an upload over the upscale limit, refused."""
+    from PIL import Image
+
+    from diffusa.serve.schema import UpscaleRequest
+    from diffusa.serve.ui import (
+        DIGIT,
+        UPLOAD,
+        UPSCALE_CONTROLS,
+        bicubic_image,
+        generate_updates,
+        history_gallery,
+        page_edit_request,
+        page_inputs,
+        reload,
+        upscalers,
+    )
+
+    service = client.app.state.service
+    assert upscalers(service) == ["sr"]
+
+    def run(req: Any, inputs: Any) -> Any:
+        *_, (_, gen, status) = generate_updates(service, req, threading.Event(), None, inputs)
+        assert gen.entry is not None, status
+        return gen, status
+
+    req = page_edit_request(UpscaleRequest, "sr", DIGIT, 17, "", "", "dpmpp_2m", 3, "", "", 2, None, noise_level="")
+    inputs = page_inputs(service, req)
+    before = bicubic_image(inputs, 1, 2)
+    assert before.shape == (12, 12) and before.dtype == np.uint8  # 8x8 and the grid's 2-pixel border
+    gen, status = run(req, inputs)
+    assert status.startswith("upscaled x2: 4x4 -> 8x8 in 1 tile, noise level 0.1; 1 images"), status
+    api = client.post("/api/upscale", json={"model": "sr", "digit": 17, "steps": 3, "seed": 2})
+    assert gen.entry.png.read_bytes() == api.content  # the page's upscale is the API's, byte for byte
+
+    image = np.random.default_rng(1).integers(0, 256, (12, 12), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "low.png")
+    req = page_edit_request(UpscaleRequest, "sr", UPLOAD, 0, "", "", "ddim", 2, "", 1, 9, None, noise_level="0.2")
+    inputs = page_inputs(service, req, str(tmp_path / "low.png"))
+    assert bicubic_image(inputs, 1, 2).shape == (28, 28)
+    gen, status = run(req, inputs)
+    assert "12x12 -> 24x24 in 16 tiles, noise level 0.2" in status, status
+    api = client.post("/api/upscale", json={"model": "sr", "image_png": png_b64(image), "sampler": "ddim", "eta": 1.0,
+                                            "steps": 2, "seed": 9, "noise_level": 0.2})
+    assert gen.entry.png.read_bytes() == api.content
+    values, _, record = reload(service, gen.entry.id)
+    got = dict(zip(UPSCALE_CONTROLS, values, strict=True))
+    assert got["source"] == UPLOAD and got["noise_level"] == 0.2 and got["seed"] == 9 and record["task"] == "upscale"
+    again = page_edit_request(UpscaleRequest, *(got[k] for k in UPSCALE_CONTROLS if k not in ("upload", "noise_level")),
+                              None, noise_level=got["noise_level"])
+    assert run(again, page_inputs(service, again, got["upload"]))[0].entry.png.read_bytes() == api.content
+    items, ids = history_gallery(service)
+    assert ids[2] == gen.entry.id and "sr: upscale of an upload (x2)" in items[2][1]  # then the API, the rerun
+
+    req = page_edit_request(UpscaleRequest, "mnist-pixel", DIGIT, 3, "", "", None, 2, "", "", 0, None)
+    with pytest.raises(Refusal) as e:
+        page_inputs(service, req)
+    assert e.value.status == 400 and "not a super-resolution model" in str(e.value)
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(tmp_path / "big.png")
+    req = page_edit_request(UpscaleRequest, "sr", UPLOAD, 0, "", "", None, 2, "", "", 0, None)
+    with pytest.raises(Refusal, match="image is 300x300 pixels; this server upscales images of at most 65,536"):
+        page_inputs(service, req, str(tmp_path / "big.png"))
+
+
 def test_mask_editor_checks_what_the_browser_sends() -> None:
     """The editor's images have their size checked from the header before Gradio decodes them; a layer index
     beyond its few layers is refused; its blobs are kept for a few edits only; no .pyi is written."""
@@ -818,14 +1016,17 @@ def test_port_in_use_is_one_line() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """`diffusa serve --listen` (bound to loopback here) on a free port, in a subprocess: (url, token, proc)."""
+def server(tmp_path_factory: pytest.TempPathFactory, sr_run: Path) -> Any:
+    """`diffusa serve --listen --runs RUNS` (bound to loopback here; RUNS/sr: the tiny upscaler) on a free port, in a
+    subprocess: (url, token, proc)."""
     import httpx
 
     base = tmp_path_factory.mktemp("real")
+    copy_run(sr_run, base / "runs" / "sr")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "diffusa.cli", "serve", "--listen", "--host", "127.0.0.1",
-                             "--port", "0", "--history", str(base / "h")], stdout=subprocess.PIPE,
+                             "--port", "0", "--history", str(base / "h"), "--runs", str(base / "runs")],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=base)
     try:
         first = proc.stdout.readline()  # printed once the socket is bound and the app is built
@@ -907,11 +1108,12 @@ def _paint_top_half(driver: Any) -> None:
     strokes.perform()
 
 
-def test_page_in_headless_chromium(server: Any, tmp_path: Path, digit_classifier_path: Path) -> None:
+def test_page_in_headless_chromium(server: Any, sr_run: Path, tmp_path: Path, digit_classifier_path: Path) -> None:
     """A person's path through the page: open it with the token, type a prompt, generate, read the grid back
     (the Python call's bytes; the classifier sees threes), roll the dice, and reload the seed from the history;
     then in the inpainting tab paint over the top half of the held-out digit, inpaint, and get the bytes Python's
-    `pipe.inpaint(digit, mask)` writes for the mask painted."""
+    `pipe.inpaint(digit, mask)` writes for the mask painted; then in the upscale tab upscale the held-out digit
+    with the run listed there (Python's `pipe.upscale` bytes) and reload it from the history."""
     import io
 
     import httpx
@@ -920,6 +1122,7 @@ def test_page_in_headless_chromium(server: Any, tmp_path: Path, digit_classifier
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from diffusa.data import resize_images
     from diffusa.metrics import classify
 
     url, token, _ = server
@@ -969,6 +1172,20 @@ def test_page_in_headless_chromium(server: Any, tmp_path: Path, digit_classifier
         assert entry["settings"]["jump_n_sample"] == 1 and entry["settings"]["nfe"] == 20
         python = diffusa.load("mnist-pixel").inpaint(held_out(0), mask, jump_n_sample=1, seed=0)
         assert done == python.save(tmp_path / "in.png").read_bytes()
+
+        next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text == "Upscale").click()
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upscale-before img"))  # the digit, bicubic x2
+        driver.find_element(By.CSS_SELECTOR, "#upscale-go").click()
+        wait.until(lambda d: "upscaled x2: 4x4 -> 8x8" in d.find_element(By.CSS_SELECTOR, "#upscale-status").text)
+        assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upscale-result img"))
+        driver.save_screenshot(str(shot.with_name("serve-upscale.png")))
+        entry = httpx.get(url + "api/history", headers=auth, timeout=10).json()["generations"][0]
+        assert entry["task"] == "upscale" and entry["source"] == "ui" and entry["request"]["model"] == "sr"
+        done = httpx.get(f"{url}api/history/{entry['id']}/image", headers=auth, timeout=10).content
+        python = diffusa.load(sr_run).upscale(resize_images(held_out(0), (4, 4)), seed=0)
+        assert done == python.save(tmp_path / "up.png").read_bytes()
+        driver.find_elements(By.CSS_SELECTOR, "#history img")[0].click()
+        wait.until(lambda d: "reloaded" in d.find_element(By.CSS_SELECTOR, "#upscale-status").text)
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
     finally:

@@ -30,18 +30,9 @@ from diffusa.tasks.diffusion import DiffusionTask
 from diffusa.tiling import TiledDenoiser, Tiles, axis_starts, ramp
 from diffusa.train import diffusion_engine
 
-SR_TRAIN = ['data.name="digits"', "data.super_resolution=2", "train.steps=150", "train.batch_size=64",
-            "train.sample_every=0", "train.checkpoint_every=0", "train.warmup=20", "train.lr=2e-3",
-            "model.net.channels=16"]
 TINY = ['data.name="digits"', "train.steps=2", "train.batch_size=16", "train.sample_every=0",
         "train.checkpoint_every=0", "model.net.channels=8"]
-
-
-@pytest.fixture(scope="module")
-def sr_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny 2x upscaler (8x8 digits from 4x4, augmentation on by default) trained 150 steps (~10 s)."""
-    cfg = load_config(overrides=SR_TRAIN)
-    return diffusion_engine(cfg, tmp_path_factory.mktemp("sr") / "run", progress=False).fit()
+# sr_run (conftest.py): the tiny 2x upscaler these tests share with tests/test_serve.py
 
 
 def block_mean(x: torch.Tensor, f: int) -> torch.Tensor:

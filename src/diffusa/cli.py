@@ -21,9 +21,11 @@ from diffusa.checkpoint import guard_output, write_text
 from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
-from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
+from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
+from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
 from diffusa.process import PROCESSES
 from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
+from diffusa.threads import set_wait_policy, threads_flag, use_threads
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -82,9 +84,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append(f"data.latent={json.dumps(args.latent)}")
     if args.stream is not None:
         overrides.append(f"data.stream={json.dumps(args.stream)}")
+    if args.threads is not None:
+        overrides.append(f"train.threads={args.threads}")  # 0 = auto
     cfg = load_config(args.config, overrides, base=base)
     engine = diffusion_engine(cfg, args.out, resume=args.resume, progress=not args.quiet, init=args.init)
     task = engine.task
+    if engine.cfg.threads == 0:  # auto (the engine sets any other count itself)
+        use_threads(None, task.data.kind == "image")
     if engine.dist.main:
         start = f" from {args.init}" if args.init else ""
         print(f"training {task.kind}{start} ({sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) "
@@ -133,20 +139,22 @@ def check_prompt(pipe: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from diffusa.pipelines import DEFAULT_STEPS, check_out, load
+    from diffusa.pipelines import check_out, load
+    from diffusa.pipelines.sampling import resolve_sampling
     from diffusa.viz import save_strip
 
     out = check_out(args.out, args.force)
     if args.trajectory is not None:
         png_out(args.trajectory, "--trajectory", args.force)
     pipe = load(args.run)
+    use_threads(args.threads, pipe.is_image)
     frames: dict[int, torch.Tensor] = {}
     labels: dict[int, str] = {}
     callback = None
     if args.trajectory:
         if not pipe.is_image:
             raise DiffusaError("--trajectory draws images; this run's data are points")
-        steps = args.steps or DEFAULT_STEPS
+        steps = resolve_sampling(pipe, args.sampler, args.steps)[1]  # the steps the call below takes
         keep = set(np.linspace(0, steps - 1, min(steps, 10)).round().astype(int).tolist())
 
         def callback(step: int, t: float, x_t: torch.Tensor, x0: torch.Tensor) -> None:
@@ -161,7 +169,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         save_strip([x_T, *(frames[k] for k in sorted(frames))], args.trajectory,
                    ["x_T (t=1)", *(labels[k] for k in sorted(labels))])
         print(f"wrote {args.trajectory}")
-    print(f"wrote {args.n} samples to {out}")
+    s = res.settings
+    print(f"wrote {args.n} samples to {out} ({s['sampler']}, {s['steps']} steps)")  # the settings used (resolved)
     return 0
 
 
@@ -192,6 +201,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if not args.bpd and args.n is not None and args.n < 2:
         raise DiffusaError("eval needs --n of at least 2 (the Frechet distance compares covariances)")
     pipe = load(args.run)
+    use_threads(args.threads, pipe.is_image)
     dc = pipe.run.config.data
     test = examples(run_dataset(dc, "test"), EVAL_REFERENCE)  # a folder that streams is read in part
     if args.bpd:
@@ -339,6 +349,7 @@ def build_parser() -> Parser:
                    help="image folders: decode batches from disk in worker processes instead of holding every "
                         "image in memory (default auto: stream above 1/8 of memory decoded)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    threads_flag(t)  # train.threads
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("train-autoencoder", help="train a KL or VQ autoencoder for latent diffusion",
@@ -378,8 +389,8 @@ def build_parser() -> Parser:
     def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
         q.add_argument("run", help="run folder, or a shipped model: mnist-pixel, mnist-text")
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
-        q.add_argument("--sampler", help=" | ".join(SAMPLERS) + f" (default {DEFAULT_SAMPLER})")
-        q.add_argument("--steps", type=positive_int, help=f"sampling steps (default {DEFAULT_STEPS})")
+        q.add_argument("--sampler", help=" | ".join(SAMPLERS) + f" (default: {SAMPLER_DEFAULT_TEXT})")
+        q.add_argument("--steps", type=positive_int, help=f"sampling steps (default: {STEPS_DEFAULT_TEXT})")
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS],
                        help="the sampling grid: uniform in t, uniform in log-SNR, Karras rho = 7 (any process); "
                             "or how a discrete chain's steps are picked (even and ddim as in IDDPM's respacing)")
@@ -394,6 +405,7 @@ def build_parser() -> Parser:
                             f"(default: {DEFAULT_TEXT_SCALE:g} for a text model, none otherwise)")
         q.add_argument("--classifier", help="classifier guidance with this `diffusa train-classifier` folder")
         q.add_argument("--classifier-scale", type=float, help="classifier guidance scale s (default 1)")
+        threads_flag(q)
 
     s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples.")
     sampling_flags(s, 64)
@@ -402,6 +414,7 @@ def build_parser() -> Parser:
     force_flag(s)
     s.set_defaults(func=cmd_sample)
 
+    from diffusa.cli_distill import add_parser as add_distill
     from diffusa.cli_edit import add_parser as add_edit
     from diffusa.cli_generate import add_parser as add_generate
     from diffusa.cli_upscale import add_parser as add_upscale
@@ -409,6 +422,7 @@ def build_parser() -> Parser:
     add_generate(sub)
     add_edit(sub)  # diffusa edit, diffusa inpaint
     add_upscale(sub)  # diffusa upscale
+    add_distill(sub)  # diffusa distill: consistency distillation (docs/distillation.md)
 
     e = sub.add_parser("eval", help="measure a run's samples; prints JSON",
                        description="Frechet distance, KID and classifier confidence (images) or energy distance "
@@ -447,8 +461,10 @@ def build_parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    set_wait_policy()  # already made by `import diffusa`, before torch loaded; again here for the child processes
     _set_caches()
     args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         return args.func(args)
     except DiffusaError as e:
@@ -457,6 +473,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"diffusa {args.command}: interrupted\n")
         return EXIT_INTERRUPTED
+    finally:
+        torch.set_num_threads(threads)  # --threads is the command's: a caller running main() in-process keeps its own
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import torch
 
 from diffusa.cli_common import force_flag, non_negative_float, positive_int
 from diffusa.errors import DiffusaError
+from diffusa.threads import threads_flag, use_threads
 
 DIGITS = re.compile(r"mnist5k:(.+)")
 STRIP_ROWS = 8
@@ -38,7 +39,7 @@ def _strength(text: str) -> float:
 
 def add_parser(sub: Any) -> None:
     """Register `edit` and `inpaint` on the CLI's sub-parsers."""
-    from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_SCALE
+    from diffusa.pipelines import DEFAULT_TEXT_SCALE
     from diffusa.pipelines.edit import (
         DEFAULT_INPAINT_SAMPLER,
         DEFAULT_JUMP_LENGTH,
@@ -46,6 +47,7 @@ def add_parser(sub: Any) -> None:
         DEFAULT_STRENGTH,
         MASKS,
     )
+    from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
 
     def common(q: argparse.ArgumentParser, out: str, sampler: str) -> None:
@@ -55,8 +57,8 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--n", type=positive_int, help="outputs (default one per image; one image: n variations)")
         q.add_argument("--prompt", help="text to draw (a text-conditional model)")
         q.add_argument("--label", help="class to draw: K, 'all', or 'source' (each mnist5k digit's own label)")
-        q.add_argument("--sampler", help=f"any sampler (default {sampler})")
-        q.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default {DEFAULT_STEPS})")
+        q.add_argument("--sampler", help=f"any sampler (default: {sampler})")
+        q.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default: {STEPS_DEFAULT_TEXT})")
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")
         q.add_argument("--eta", type=non_negative_float, help="stochasticity of ddim, euler_ancestral, "
                                                                "dpmpp_2m_sde")
@@ -66,6 +68,7 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--out", default=out, help="FILE.png (grid) or FILE.npz (images, samples)")
         q.add_argument("--strip", help="the before/after strip PNG (default: beside --out, NAME-strip.png)")
         q.add_argument("--no-strip", action="store_true", help="write no strip")
+        threads_flag(q)
         force_flag(q)
 
     e = sub.add_parser("edit", help="img2img (SDEdit): redraw an image from a chosen noise level",
@@ -73,7 +76,7 @@ def add_parser(sub: Any) -> None:
                                    "on every process: the noised image is cos(pi s/2) x + sin(pi s/2) noise, up to "
                                    "scale), then sample back with any sampler. Low strength keeps the image; 1 "
                                    "draws from pure noise.")
-    common(e, "edited.png", DEFAULT_SAMPLER)
+    common(e, "edited.png", SAMPLER_DEFAULT_TEXT)
     e.add_argument("--strength", type=_strength, default=DEFAULT_STRENGTH,
                    help=f"in (0, 1] (default {DEFAULT_STRENGTH:g}); runs about strength x steps steps")
     e.set_defaults(func=cmd_edit)
@@ -81,7 +84,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("inpaint", help="inpainting (RePaint): redraw the masked part of an image",
                        description="RePaint (Lugmayr et al. 2022) with any model and sampler: the white part of "
                                    "MASK is drawn anew, the rest kept exactly; resampling jumps harmonise the seam.")
-    common(p, "inpainted.png", DEFAULT_INPAINT_SAMPLER)
+    common(p, "inpainted.png", f"{DEFAULT_INPAINT_SAMPLER}, RePaint's ancestral steps, whatever the model recommends")
     p.add_argument("--mask", required=True, help="MASK.png|.npz (white = repaint) or " + " | ".join(MASKS))
     p.add_argument("--jump-length", type=positive_int, default=DEFAULT_JUMP_LENGTH,
                    help=f"steps each resampling jump goes back (default {DEFAULT_JUMP_LENGTH})")
@@ -195,6 +198,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Path, Path | None, Any, dic
         raise DiffusaError("--model is empty: give a shipped model's name or a run folder")
     name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None or args.label is not None else DEFAULT_MODEL)
     pipe = load(name)
+    use_threads(args.threads, pipe.is_image)
     pixels, labels = read_images(args.image, image_shape(pipe)[0])
     kw = {"n": args.n, "label": _label(args.label, labels), "guidance_scale": args.guidance_scale,
           "spacing": args.spacing, "eta": args.eta, "seed": args.seed}

@@ -13,7 +13,9 @@ from typing import Any
 
 from diffusa.cli_common import force_flag, positive_int
 from diffusa.errors import DiffusaError
-from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_TEXT_SCALE
+from diffusa.pipelines import DEFAULT_TEXT_SCALE
+from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
+from diffusa.threads import threads_flag, use_threads
 
 
 def add_parser(sub: Any) -> None:
@@ -28,11 +30,12 @@ def add_parser(sub: Any) -> None:
                                    "mnist-pixel without)")
     g.add_argument("--n", type=positive_int, default=16, help="number of images")
     g.add_argument("--out", default="generated.png", help="FILE.png (grid) or FILE.npz")
-    g.add_argument("--steps", type=positive_int, help=f"sampling steps (default {DEFAULT_STEPS})")
-    g.add_argument("--sampler", help=f"default {DEFAULT_SAMPLER}")
+    g.add_argument("--steps", type=positive_int, help=f"sampling steps (default: {STEPS_DEFAULT_TEXT})")
+    g.add_argument("--sampler", help=f"default: {SAMPLER_DEFAULT_TEXT}")
     g.add_argument("--guidance-scale", type=float,
                    help=f"classifier-free guidance w (text models; default {DEFAULT_TEXT_SCALE:g})")
     g.add_argument("--seed", type=int, default=0)
+    threads_flag(g)
     force_flag(g)
     g.set_defaults(func=cmd_generate)
 
@@ -47,6 +50,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None else DEFAULT_MODEL)
     t0 = time.perf_counter()
     pipe = load(name)
+    use_threads(args.threads, pipe.is_image)
     if pipe.num_classes and not pipe.is_text and args.prompt is None:  # generate has no --label
         raise DiffusaError(f"{name} is class-conditional: use diffusa sample {name} --label K")
     kw = {k: getattr(args, k) for k in ("sampler", "steps") if getattr(args, k) is not None}

@@ -15,8 +15,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from diffusa.cli_common import positive_int
 from diffusa.errors import DiffusaError
+from diffusa.threads import threads_flag, use_threads
 
 DEFAULT_PORT = 7860
 
@@ -59,9 +59,7 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--history", default="diffusa-history", metavar="DIR",
                    help="where each generation's PNG and settings are kept (default ./diffusa-history)")
     s.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or mps")
-    s.add_argument("--threads", type=positive_int,
-                   help="torch threads of a generation (default: torch's, one per core); one generation runs at "
-                        "a time")
+    threads_flag(s, "torch's, one per core; one generation runs at a time")
     s.set_defaults(func=cmd_serve)
 
 
@@ -111,8 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from diffusa.serve import create_app
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    use_threads(args.threads, is_image=True)  # auto: torch's default (the models a page serves are images)
     app = create_app(runs=args.runs, history=args.history, token=token, listen=args.listen,
                      max_queue=args.max_queue, device=args.device)
     sock = bind(host, args.port)

@@ -17,11 +17,12 @@ import torch.nn.functional as F
 
 from diffusa.cli_common import force_flag, non_negative_float, non_negative_int, positive_int
 from diffusa.errors import DiffusaError
+from diffusa.threads import threads_flag, use_threads
 
 
 def add_parser(sub: Any) -> None:
     """Register `upscale` on the CLI's sub-parsers."""
-    from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS
+    from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
 
     u = sub.add_parser("upscale", help="super-resolution (SR3): upscale images with a super-resolution run",
@@ -32,8 +33,8 @@ def add_parser(sub: Any) -> None:
     u.add_argument("image", help="IMAGE.png|.jpg|.npz (low resolution), or held-out digits mnist5k:17 (or 0,5,9 "
                                  "or 0-7), shrunk to the model's input")
     u.add_argument("--model", required=True, help="a run folder trained with --set data.super_resolution=F")
-    u.add_argument("--sampler", help=f"any sampler (default {DEFAULT_SAMPLER})")
-    u.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default {DEFAULT_STEPS})")
+    u.add_argument("--sampler", help=f"any sampler (default: {SAMPLER_DEFAULT_TEXT})")
+    u.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default: {STEPS_DEFAULT_TEXT})")
     u.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")
     u.add_argument("--eta", type=non_negative_float, help="stochasticity of ddim, euler_ancestral, dpmpp_2m_sde")
     u.add_argument("--noise-level", type=non_negative_float,
@@ -47,6 +48,7 @@ def add_parser(sub: Any) -> None:
     u.add_argument("--out", default="upscaled.png", help="FILE.png (grid) or FILE.npz (images, samples)")
     u.add_argument("--strip", help="the input/bicubic/output strip PNG (default: beside --out, NAME-strip.png)")
     u.add_argument("--no-strip", action="store_true", help="write no strip")
+    threads_flag(u)
     force_flag(u)
     u.set_defaults(func=cmd_upscale)
 
@@ -62,6 +64,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if not args.model.strip():
         raise DiffusaError("--model is empty: give a run folder trained with data.super_resolution")
     pipe = load(args.model)
+    use_threads(args.threads, pipe.is_image)
     factor = super_resolution(pipe).factor
     c, h, w = pipe.data_shape
     pixels, labels = read_images(args.image, c)

@@ -96,7 +96,8 @@ class TrainConfig:
     sample_n: int = 64
     sampler: str = "ddim"
     sample_steps: int = 50
-    threads: int = 0  # torch intra-op threads; 0 = leave the default
+    threads: int = 0  # torch intra-op threads (`diffusa train --threads`); 0 = auto: the CLI's rule (diffusa.threads:
+    # 1 for point data, torch's default for images); the Python API leaves torch's setting as it is
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 adds a gradient scaler)
     grad_checkpoint: bool = False  # recompute block activations in the backward pass to save memory
 

@@ -6,6 +6,7 @@ Layout: `config.json` (format, version, the RunConfig, the data shape, the netwo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,11 @@ class Run:
         """Classes of a class-conditional model (its null label is this number); 0 if unconditional."""
         return int(self.meta["network"]["config"].get("num_classes", 0))
 
+    @property
+    def recommended(self) -> tuple[str, int] | None:
+        """(sampler, steps) measured best for this model (config.json's "sampling"); None without a recommendation."""
+        return recommended_sampling(self.meta, self.path / "config.json")
+
 
 def read_run_meta(path: Path) -> dict[str, Any]:
     """Read and validate a run's config.json."""
@@ -160,6 +166,41 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
                            "damaged")
     if "process" in meta and not isinstance(meta["process"], dict):
         raise bad("process", "must be a table")
+    recommended_sampling(meta, cfg_file)
+
+
+SAMPLING_KEYS = ("sampler", "steps", "why")
+
+
+def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config.json") -> tuple[str, int] | None:
+    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "why": "what was measured"}: the
+    sampler and steps measured best for this model, which a draw uses where it is not told
+    (`pipelines.sampling.resolve_sampling`). (sampler, steps), or None without the entry; one DiffusaError naming
+    the file and the key for an entry that is not one (checked when the run is read)."""
+    if "sampling" not in meta:
+        return None
+    from diffusa.limits import MAX_SAMPLING_STEPS
+    from diffusa.samplers import SAMPLERS
+
+    entry = meta["sampling"]
+    fix = "correct or remove the entry"
+    if not isinstance(entry, dict):
+        raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"why\": TEXT}}, "
+                           f"got {entry!r:.80}; {fix}")
+    unknown = sorted(str(k) for k in entry if k not in SAMPLING_KEYS)
+    if unknown:
+        raise DiffusaError(f"{cfg_file}: sampling.{unknown[0]:.40} is not a key of it (its keys: "
+                           f"{', '.join(SAMPLING_KEYS)}); {fix}")
+    sampler, steps, why = entry.get("sampler"), entry.get("steps"), entry.get("why")
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise DiffusaError(f"{cfg_file}: sampling.sampler must be a sampler's name ({', '.join(sorted(SAMPLERS))}), "
+                           f"got {sampler!r:.80}; {fix}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_SAMPLING_STEPS:
+        raise DiffusaError(f"{cfg_file}: sampling.steps must be an integer in 1..{MAX_SAMPLING_STEPS}, "
+                           f"got {steps!r:.80}; {fix}")
+    if why is not None and not isinstance(why, str):
+        raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
+    return sampler, steps
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> Run:
@@ -181,4 +222,25 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
 
         decoder = Destandardize(meta["standardize"], meta["data_shape"][0], str(path / "config.json"))
     den = make_denoiser(net, process, cfg, meta["data_kind"] == "image" and decoder is None)
+    if "consistency" in meta:  # a distilled student: its x0 is its consistency function's (docs/distillation.md)
+        from diffusa.consistency import ConsistencyDenoiser
+
+        den = ConsistencyDenoiser.from_table(den, meta["consistency"], path / "config.json")
+    check_recommended_grid(den, meta, path / "config.json")
     return Run(path, cfg, meta, net, den, decoder)
+
+
+def check_recommended_grid(den: Denoiser, meta: dict[str, Any], cfg_file: Path) -> None:
+    """A recommendation (config.json's "sampling") the model can sample with: its grid is made once (cheap), so
+    that e.g. more steps than a discrete chain's training steps are refused naming the file and the key, when the
+    run is read rather than at every draw."""
+    rec = recommended_sampling(meta, cfg_file)
+    if rec is None:
+        return
+    from diffusa.samplers import make_grid
+
+    try:
+        make_grid(den, rec[1], None, rec[0])
+    except DiffusaError as e:
+        raise DiffusaError(f"{cfg_file}: sampling (sampler {rec[0]}, steps {rec[1]}) does not suit this model: "
+                           f"{str(e).removeprefix('--')}; correct or remove the entry") from None

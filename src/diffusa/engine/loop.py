@@ -49,6 +49,7 @@ from diffusa.engine.state import (
 )
 from diffusa.engine.task import Task
 from diffusa.errors import DiffusaError
+from diffusa.threads import MAX_THREADS
 from diffusa.viz import save_loss_curve
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -130,7 +131,7 @@ SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
     ("sample_every", True, 0, math.inf, True, False),
     ("sample_n", True, 1, 10_000, True, True),
     ("sample_steps", True, 1, 10_000, True, True),
-    ("threads", True, 0, 1024, True, True),
+    ("threads", True, 0, MAX_THREADS, True, True),
 )
 
 

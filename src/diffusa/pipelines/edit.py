@@ -176,17 +176,16 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
             callback: StepCallback | None = None) -> Samples:
     """SDEdit (Meng et al. 2022, Alg. 1): noise `image` to the level `strength` names (`diffusa.editing`; default
     DEFAULT_STRENGTH), then run `sampler` over its grid for `steps` from there; n outputs (default: one per image;
-    one image gives n variations). Prompt, label, guidance, eta, variance, spacing, seed, batch_size and callback as in
-    `Pipeline.__call__`; cond_image is an image-conditioned model's condition. settings["nfe"]: the network
-    evaluations of the first batch; settings["t_start"], ["sampler_steps"]: where it started, and the steps run.
+    one image gives n variations). Sampler and steps (unless given: the model's recommendation, `resolve_sampling`),
+    prompt, label, guidance, eta, variance, spacing, seed, batch_size and callback as in `Pipeline.__call__`;
+    cond_image is an image-conditioned model's condition. settings["nfe"]: the network evaluations of the first
+    batch; settings["t_start"], ["sampler_steps"]: where it started, and the steps run.
     With strength 1 and the same seed it is plain sampling, but for the faint alpha(1) x0 the start keeps (0 for
     flow; ~5e-5 for the shipped cosine chains).
     """
-    from diffusa.pipelines.sampling import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, sampling_grid
+    from diffusa.pipelines.sampling import resolve_sampling, sampling_grid
 
-    sampler = DEFAULT_SAMPLER if sampler is None else sampler
-    steps = DEFAULT_STEPS if steps is None else steps
-    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
+    sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
     images = as_images(image, image_shape(pipe))
@@ -223,17 +222,18 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
             callback: StepCallback | None = None) -> Samples:
     """RePaint (Lugmayr et al. 2022): draw the masked part of `image` anew (mask white = repaint; see the module
     docstring), with `jump_n_sample - 1` resampling jumps of `jump_length` steps (`diffusa.editing.repaint`);
-    jump_n_sample=1 is plain replacement, without jumps. sampler: default DEFAULT_INPAINT_SAMPLER (ancestral), any
-    works (each step is the sampler's own over [t, s]). Other arguments as `img2img`. The output equals the input
-    exactly outside the mask. settings["nfe"]: the network evaluations of the first batch; ["reverse_steps"]: the
-    sampler steps RePaint took (steps plus the repeats). callback(step, t, x_t, x0) after every reverse step.
+    jump_n_sample=1 is plain replacement, without jumps. sampler: default DEFAULT_INPAINT_SAMPLER (ancestral, ahead
+    of a model's recommended sampler, which is measured on plain sampling), any works (each step is the sampler's
+    own over [t, s]); steps: the model's recommended steps, else 20. Other arguments as `img2img`. The output equals
+    the input exactly outside the mask. settings["nfe"]: the network evaluations of the first batch;
+    ["reverse_steps"]: the sampler steps RePaint took (steps plus the repeats). callback(step, t, x_t, x0) after
+    every reverse step.
     """
-    from diffusa.pipelines.sampling import DEFAULT_BATCH, DEFAULT_STEPS, sampling_grid
+    from diffusa.pipelines.sampling import resolve_sampling, sampling_grid
     from diffusa.samplers import get_sampler, sampler_options
 
-    sampler = DEFAULT_INPAINT_SAMPLER if sampler is None else sampler
-    steps = DEFAULT_STEPS if steps is None else steps
-    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
+    sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size,
+                                                  task_sampler=DEFAULT_INPAINT_SAMPLER)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     shape = image_shape(pipe)
     images = as_images(image, shape)

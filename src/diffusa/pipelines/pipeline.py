@@ -32,7 +32,9 @@ from diffusa.pipelines.sampling import (
     _StopSampling,
     check_device,
     check_sampling,
+    model_defaults,
     network_calls,
+    resolve_sampling,
     sampler_kwargs,
     sampling_grid,
 )
@@ -98,6 +100,23 @@ class Pipeline:
 
         return isinstance(self.run.denoiser.process, DiscreteDDPM)
 
+    @property
+    def recommended(self) -> tuple[str, int] | None:
+        """(sampler, steps) measured best for this model: config.json's "sampling" entry; None without one."""
+        return self.run.recommended
+
+    @property
+    def default_sampler(self) -> str:
+        """The sampler a call uses unless told: the recommended one, else "consistency" for a consistency model
+        (`diffusa distill`), else DEFAULT_SAMPLER (`pipelines.sampling.model_defaults`)."""
+        return model_defaults(self)[0]
+
+    @property
+    def default_steps(self) -> int:
+        """The steps a call takes unless told (whichever sampler): the recommended steps, else DEFAULT_STEPS (1 for a
+        consistency model)."""
+        return model_defaults(self)[1]
+
     # -- sampling ------------------------------------------------------------------------------------------
     def noise(self, n: int, seed: int) -> torch.Tensor:
         """x_T of the first n samples that a call with this seed starts from (on the CPU)."""
@@ -109,10 +128,10 @@ class Pipeline:
         return self.run.to_data(x)
 
     def __call__(self, prompt: str | Sequence[str] | None = None, *, n: int | None = None, label: Label = None,
-                 sampler: str = DEFAULT_SAMPLER, steps: int = DEFAULT_STEPS, guidance_scale: float | None = None,
+                 sampler: str | None = None, steps: int | None = None, guidance_scale: float | None = None,
                  classifier: str | Path | None = None, classifier_scale: float | None = None,
                  eta: float | None = None, variance: str | None = None, spacing: str | None = None,
-                 image: Any = None, seed: int = 0, batch_size: int = DEFAULT_BATCH,
+                 image: Any = None, seed: int = 0, batch_size: int | None = None,
                  callback: StepCallback | None = None) -> Samples:
         """Draw n samples (default 16, or one per prompt / label of a list).
 
@@ -125,8 +144,11 @@ class Pipeline:
         trailing, even, ddim on a chain). image: the conditioning image of an image-conditioned model.
         callback(step, t, x_t, x0): after every step of every batch (model space: latents for a latent model);
         returning True stops there, and the samples are then the x0 predicted at that step, for this batch
-        and every later one (`Samples.stopped_at`).
+        and every later one (`Samples.stopped_at`). sampler, steps, batch_size: unless given, the model's
+        recommendation (config.json "sampling", `recommended`), else dpmpp_2m, 20 steps, batches of 250
+        (`pipelines.sampling.resolve_sampling`; `settings` reports what was used).
         """
+        sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
         seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)

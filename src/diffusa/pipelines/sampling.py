@@ -1,20 +1,27 @@
-"""What every way a pipeline draws shares (`Pipeline.__call__`, img2img, inpaint, upscale): the defaults, the
-refusals of sampling arguments, the device check, the grid, the count of network calls. A module of its own, so
-that pipelines/edit.py and pipelines/upscale.py import it rather than pipeline.py (no import circle)."""
+"""What every way a pipeline draws shares (`Pipeline.__call__`, img2img, inpaint, upscale): the defaults and the
+one place they are applied (`resolve_sampling`), the refusals of sampling arguments, the device check, the grid,
+the count of network calls. A module of its own, so that pipelines/edit.py and pipelines/upscale.py import it
+rather than pipeline.py (no import circle)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from diffusa.errors import DiffusaError
 from diffusa.pipelines.request import check_seed
+from diffusa.runs import recommended_sampling
 
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20  # DPM-Solver++(2M): the best at 10-20 NFE (docs/benchmarks.md)
 DEFAULT_N, DEFAULT_BATCH = 16, 250
+CONSISTENCY_STEPS = 1  # a consistency model's (`diffusa distill`) default: one network evaluation
+# the rule of `resolve_sampling` in words, for help texts (the command line, the API's schema)
+SAMPLER_DEFAULT_TEXT = f"the model's recommended sampler (config.json \"sampling\"), else {DEFAULT_SAMPLER}"
+STEPS_DEFAULT_TEXT = f"the model's recommended steps (config.json \"sampling\"), else {DEFAULT_STEPS}"
 
 # callback(step, t, x_t, x0) after each step: `step` 0-based, x_t the state at time t, x0 the step's prediction
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], Any]
@@ -32,6 +39,42 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise DiffusaError(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def model_defaults(model: Any) -> tuple[str, int]:
+    """(sampler, steps) a model draws with where it is not told: its recommendation (config.json's "sampling",
+    `runs.recommended_sampling`), else the kind's: ("consistency", CONSISTENCY_STEPS) for a consistency model
+    (`diffusa distill`; its grid has fewer steps than it has levels), (DEFAULT_SAMPLER, DEFAULT_STEPS) for any other.
+    `model`: a Pipeline, a Run, a config.json's content (a dict: the server reads it before loading anything), or
+    None (the global defaults)."""
+    run = getattr(model, "run", model)  # a Pipeline's Run
+    meta = getattr(run, "meta", run)  # a Run's config.json
+    if not isinstance(meta, Mapping):
+        return DEFAULT_SAMPLER, DEFAULT_STEPS
+    path = getattr(run, "path", None)
+    rec = recommended_sampling(meta, "config.json" if path is None else Path(path) / "config.json")
+    if rec is not None:
+        return rec
+    return ("consistency", CONSISTENCY_STEPS) if "consistency" in meta else (DEFAULT_SAMPLER, DEFAULT_STEPS)
+
+
+def resolve_sampling(model: Any, sampler: Any = None, steps: Any = None, batch_size: Any = None, *,
+                     task_sampler: str | None = None) -> tuple[Any, Any, Any]:
+    """The one place where None becomes a default, for every way a pipeline draws (`__call__`, img2img, inpaint,
+    upscale, cascade), the command line and the server: (sampler, steps, batch_size), each as given unless None.
+    sampler: `task_sampler` (a task's own default: inpainting's ancestral, measured for RePaint), else the
+    model's recommended sampler (config.json "sampling"), else DEFAULT_SAMPLER ("consistency" for a consistency
+    model: `model_defaults`). steps: the model's recommended steps, else DEFAULT_STEPS (a consistency model's: 1),
+    whichever sampler is used (a recommendation's steps are a budget for the model, not a property of one sampler).
+    batch_size: DEFAULT_BATCH. `model` as `model_defaults`. What is given passes through unchecked
+    (`check_sampling` refuses it)."""
+    if sampler is None or steps is None:
+        default_sampler, default_steps = model_defaults(model)
+        if sampler is None:
+            sampler = default_sampler if task_sampler is None else task_sampler
+        if steps is None:
+            steps = default_steps
+    return sampler, steps, DEFAULT_BATCH if batch_size is None else batch_size
 
 
 def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: Any, callback: Any) -> int:
@@ -109,5 +152,6 @@ def sampling_grid(den: Any, steps: int, spacing: str | None, sampler: str) -> to
         raise
 
 
-__all__ = ["DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS", "StepCallback", "check_device",
-           "check_sampling", "network_calls", "sampler_kwargs", "sampling_grid"]
+__all__ = ["CONSISTENCY_STEPS", "DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS",
+           "SAMPLER_DEFAULT_TEXT", "STEPS_DEFAULT_TEXT", "StepCallback", "check_device", "check_sampling",
+           "model_defaults", "network_calls", "resolve_sampling", "sampler_kwargs", "sampling_grid"]

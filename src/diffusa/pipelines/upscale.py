@@ -40,13 +40,18 @@ if TYPE_CHECKING:
 OVERLAP_FRACTION = 0.25  # default overlap: a quarter of a tile (rounded down), in input pixels
 
 
-def super_resolution(pipe: Pipeline) -> ImageCondition:
-    """The super-resolution settings of a pipeline's model; a DiffusaError for any other model."""
-    source = pipe.image_condition
+def check_super_resolution(name: str, source: ImageCondition) -> ImageCondition:
+    """`source` (a model's image condition, `ImageCondition.of`) if it is a super-resolution model's; a
+    DiffusaError naming the model `name` otherwise."""
     if not source.factor:
-        raise DiffusaError(f"{pipe.name} is not a super-resolution model (it was trained without "
+        raise DiffusaError(f"{name} is not a super-resolution model (it was trained without "
                            "data.super_resolution): train one with diffusa train --set data.super_resolution=4")
     return source
+
+
+def super_resolution(pipe: Pipeline) -> ImageCondition:
+    """The super-resolution settings of a pipeline's model; a DiffusaError for any other model."""
+    return check_super_resolution(pipe.name, pipe.image_condition)
 
 
 def _input_hw(image: Any, fallback: tuple[int, int]) -> tuple[int, int]:
@@ -106,15 +111,14 @@ def upscale(pipe: Pipeline, image: Any, prompt: str | Sequence[str] | None = Non
     """SR3 (Saharia et al. 2021): draw x at `factor` times the size of each low-resolution image, conditioned on
     it (see the module docstring). noise_level: the condition's augmentation level (default the run's
     `data.cond_noise`; within [0, data.cond_noise_max]). tile, overlap: in input pixels (default the model's input
-    size, a quarter of it). Prompt, label, guidance, sampler, steps, eta, variance, spacing, seed, batch_size
-    (images per batch) and callback as in `Pipeline.__call__`. settings: factor, input and output sizes, tiles,
+    size, a quarter of it). Prompt, label, guidance, sampler, steps (unless given: the upscaler's recommendation,
+    `resolve_sampling`), eta, variance, spacing, seed, batch_size (images per batch) and callback as in
+    `Pipeline.__call__`. settings: factor, input and output sizes, tiles,
     noise_level, nfe (network calls of the first batch: one per tile per step)."""
     from diffusa.limits import check_bytes, tensor_bytes
-    from diffusa.pipelines.sampling import DEFAULT_BATCH, DEFAULT_SAMPLER, DEFAULT_STEPS, sampling_grid
+    from diffusa.pipelines.sampling import resolve_sampling, sampling_grid
 
-    sampler = DEFAULT_SAMPLER if sampler is None else sampler
-    steps = DEFAULT_STEPS if steps is None else steps
-    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
+    sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     source = super_resolution(pipe)
     low = low_res_images(pipe, image)
@@ -161,16 +165,15 @@ def cascade(base: Pipeline, upscaler: Pipeline, prompt: str | Sequence[str] | No
             upscale_steps: int | None = None, noise_level: float | None = None,
             batch_size: int | None = None) -> Samples:
     """Cascaded diffusion (Ho et al. 2022): n samples of `base` (prompt, label, guidance, sampler, steps as in
-    `Pipeline.__call__`), upscaled by `upscaler` (`upscale`; its own sampler and steps, default the base's; the
-    base's labels or prompt go to an upscaler that is conditioned on them; noise_level: the augmentation level of
-    the low-resolution samples). The upscaler's seed is `stage_seed(seed)`. settings["base"]: the first stage's."""
-    from diffusa.pipelines.sampling import DEFAULT_BATCH
-
-    batch_size = DEFAULT_BATCH if batch_size is None else batch_size
-    first: dict[str, Any] = {k: v for k, v in (("sampler", sampler), ("steps", steps)) if v is not None}
-    low = base(prompt, n=n, label=label, seed=seed, guidance_scale=guidance_scale, batch_size=batch_size, **first)
-    second: dict[str, Any] = {"sampler": upscale_sampler or sampler, "steps": upscale_steps or steps}
-    second = {k: v for k, v in second.items() if v is not None}
+    `Pipeline.__call__`), upscaled by `upscaler` (`upscale`; its own upscale_sampler and upscale_steps, else the
+    base's sampler and steps where given, else the upscaler's defaults: each stage resolves what is left None with
+    `resolve_sampling`, its own recommendation first; the base's labels or prompt go to an upscaler that is
+    conditioned on them; noise_level: the augmentation level of the low-resolution samples). The upscaler's seed is
+    `stage_seed(seed)`. settings["base"]: the first stage's."""
+    low = base(prompt, n=n, label=label, seed=seed, guidance_scale=guidance_scale, batch_size=batch_size,
+               sampler=sampler, steps=steps)
+    second: dict[str, Any] = {"sampler": sampler if upscale_sampler is None else upscale_sampler,
+                              "steps": steps if upscale_steps is None else upscale_steps}
     if upscaler.is_text:
         second["prompt"] = low.prompts if low.prompts is not None else prompt
         if second["prompt"] is None and low.labels is not None:
@@ -183,4 +186,5 @@ def cascade(base: Pipeline, upscaler: Pipeline, prompt: str | Sequence[str] | No
                    low.prompts, up.stopped_at)
 
 
-__all__ = ["OVERLAP_FRACTION", "cascade", "low_res_images", "plan_tiles", "stage_seed", "super_resolution", "upscale"]
+__all__ = ["OVERLAP_FRACTION", "cascade", "check_super_resolution", "low_res_images", "plan_tiles", "stage_seed",
+           "super_resolution", "upscale"]

@@ -14,6 +14,7 @@ from diffusa.prediction import Denoiser
 from diffusa.process import DiscreteDDPM
 from diffusa.samplers.ancestral import sample_ancestral
 from diffusa.samplers.common import Callback
+from diffusa.samplers.consistency import consistency_grid, sample_consistency
 from diffusa.samplers.ddim import sample_ddim
 from diffusa.samplers.dpm_solver import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
 from diffusa.samplers.euler import sample_euler, sample_euler_ancestral
@@ -41,6 +42,7 @@ SAMPLERS: dict[str, Callable[..., torch.Tensor]] = {
     "rk45": sample_rk45,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
     "unipc": sample_unipc,
+    "consistency": sample_consistency,  # a consistency model's multistep sampling (docs/distillation.md)
 }
 
 
@@ -98,6 +100,8 @@ def make_grid(denoiser: Denoiser, steps: int, spacing: str | None = None, sample
     if spacing in CHAIN_SPACINGS and not discrete:
         raise DiffusaError(f"spacing {spacing!r} picks steps of a discrete chain; this process is continuous: "
                            f"use {', '.join(LEVEL_SPACINGS)}")
+    if sampler == "consistency" and spacing is None:  # T, then times among a consistency model's levels
+        return consistency_grid(denoiser, steps)
     if spacing == "karras" or (sampler in KARRAS_DEFAULT and spacing is None):
         return default_karras_grid(denoiser, steps)
     if spacing == "logsnr":
@@ -145,6 +149,7 @@ __all__ = [
     "make_grid",
     "sample",
     "sample_ancestral",
+    "sample_consistency",
     "sample_ddim",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",

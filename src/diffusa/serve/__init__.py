@@ -3,8 +3,8 @@
     from diffusa.serve import create_app
     app = create_app(runs="runs", history="diffusa-history")      # FastAPI: /api/..., /docs, the page at /
 
-`app` (the application), `api` (REST routes: generate, edit, inpaint), `schema` (the request bodies and their
-limits), `images` (an edit's image and mask: base64 PNGs checked from their header before decoding, held-out
+`app` (the application), `api` (REST routes: generate, edit, inpaint, upscale), `schema` (the request bodies and
+their limits), `images` (an edit's image and mask: base64 PNGs checked from their header before decoding, held-out
 digits), `ui` (the Gradio page), `models` (names -> folders, never outside --runs), `history` (the gallery on
 disk), `jobs` (the bounded queue and the one generation at a time), `guard` (host, token, origin, body size),
 `limits` (every limit). docs/serve.md.

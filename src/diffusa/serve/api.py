@@ -1,16 +1,18 @@
-"""The REST API: `POST /api/generate`, `/api/edit` (img2img), `/api/inpaint`; `GET /api/models`,
-`GET /api/history[/ID[/image|input|mask]]`.
+"""The REST API: `POST /api/generate`, `/api/edit` (img2img), `/api/inpaint`, `/api/upscale` (super-resolution);
+`GET /api/models`, `GET /api/history[/ID[/image|input|mask]]`.
 
     curl -s http://127.0.0.1:7860/api/generate -H 'Content-Type: application/json' \\
          -d '{"model": "mnist-text", "prompt": "a 3", "n": 16, "seed": 1}' -o three.png
     curl -s http://127.0.0.1:7860/api/inpaint -H 'Content-Type: application/json' \\
          -d '{"digit": 17, "mask": "top", "seed": 1}' -o completed.png
+    curl -s http://127.0.0.1:7860/api/upscale -H 'Content-Type: application/json' \\
+         -d '{"model": "sr-run", "digit": 17, "seed": 1}' -o upscaled.png
 
 The body's fields are the pipeline's argument names plus `model` and `format` (schema.py), and an edit's image
 and mask (images.py); the answer is the PNG grid `diffusa generate --out x.png` writes for the same settings
-(`pipe.img2img(...)` / `pipe.inpaint(...)`'s for an edit), byte for byte (or the .npz of `--out x.npz`), with the
-settings used in the header X-Diffusa-Settings (JSON) and the history id in X-Diffusa-Id. All three share one
-queue, one lock and the history with the page.
+(`pipe.img2img(...)` / `pipe.inpaint(...)` / `pipe.upscale(...)`'s for an edit or an upscale), byte for byte (or the
+.npz of `--out x.npz`), with the settings used in the header X-Diffusa-Settings (JSON) and the history id in
+X-Diffusa-Id. All four share one queue, one lock and the history with the page.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from diffusa.serve.schema import (
     ImageSettings,
     InpaintRequest,
     Settings,
+    UpscaleRequest,
     parse_json,
     parse_request,
 )
@@ -77,8 +80,9 @@ def respond(service: Service, gen: Generation, fmt: str) -> Response:
 
 
 def read_inputs(service: Service, req: ImageSettings) -> Inputs:
-    """An edit request's image and mask, read for its model's channels (images.edit_inputs)."""
-    return edit_inputs(req, service.image_shape(req.model_name))
+    """An edit or upscale request's image (and mask), read for its model (images.edit_inputs); an upscale's model
+    must be a super-resolution model (400)."""
+    return edit_inputs(req, service.image_shape(req.model_name), factor=service.factor(req))
 
 
 def _post_doc(kind: type[Settings]) -> dict[str, Any]:
@@ -88,11 +92,13 @@ def _post_doc(kind: type[Settings]) -> dict[str, Any]:
                 "application/json": {"schema": kind.model_json_schema()}}}},
             "responses": {200: {"content": {"image/png": {}, "application/octet-stream": {}},
                                 "description": "the grid (format png) or the arrays (format npz)"},
-                          400: {"description": "the pipeline refused the request, or an image is not a PNG it "
-                                                "can read (the message names the field)"},
+                          400: {"description": "the pipeline refused the request, an image is not a PNG it can "
+                                                "read, or an upscale's model is not a super-resolution model (the "
+                                                "message names the field)"},
                           403: {"description": "a model name outside --runs"},
                           404: {"description": "no such model"},
-                          413: {"description": "body over the limit, or an image of too many pixels"},
+                          413: {"description": "body over the limit, or an image (or an upscale's output) of too "
+                                                "many pixels"},
                           415: {"description": "not JSON"},
                           422: {"description": "a field of the wrong type, out of range, or unknown"},
                           429: {"description": "busy: the queue is full"}}}
@@ -102,7 +108,8 @@ def build_router(service: Service) -> APIRouter:
     """The API's routes over one service."""
     router = APIRouter(prefix="/api", tags=["api"])
 
-    @router.get("/models", summary="the models, samplers, defaults and limits")
+    @router.get("/models", summary="the models (each with its recommended sampler and steps), samplers, defaults "
+                                   "and limits")
     def models() -> dict[str, Any]:
         from diffusa.samplers import SAMPLERS
         from diffusa.shipped import SHIPPED
@@ -116,14 +123,15 @@ def build_router(service: Service) -> APIRouter:
             out.append({"name": name, "kind": "shipped" if name in SHIPPED else "run",
                         "description": SHIPPED.get(name, ""), **info})
         return {"models": out, "samplers": sorted(SAMPLERS), "limits": limits(),
-                "defaults": {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS},
+                "defaults": {"sampler": DEFAULT_SAMPLER, "steps": DEFAULT_STEPS},  # each model's: its "defaults"
                 "queue": {"max_queue": service.gate.max_queue, "admitted": service.gate.admitted}}
 
     async def answer(request: Request, kind: type[Settings]) -> Response:
-        """One POST: the body parsed, the model resolved, an edit's image read (their refusals before the queue),
-        then a place in the queue and the pipeline call in a worker thread."""
+        """One POST: the body parsed, the model resolved, an edit's or an upscale's image read (their refusals
+        before the queue), then a place in the queue and the pipeline call in a worker thread."""
         req = parse_request(parse_json(await read_body(request)), kind)
         service.models.resolve(req.model_name)  # 403 / 404 before taking a place in the queue
+        req = service.resolved(req)  # sampler and steps left out: the model's recommendation (config.json)
         inputs = None
         if isinstance(req, ImageSettings):
             inputs = await run_in_threadpool(read_inputs, service, req)
@@ -145,6 +153,11 @@ def build_router(service: Service) -> APIRouter:
                  **_post_doc(InpaintRequest))
     async def inpaint(request: Request) -> Response:
         return await answer(request, InpaintRequest)
+
+    @router.post("/upscale", summary="super-resolution (SR3): an image (base64 PNG or a held-out digit) drawn at a "
+                                     "super-resolution run's factor times its size", **_post_doc(UpscaleRequest))
+    async def upscale(request: Request) -> Response:
+        return await answer(request, UpscaleRequest)
 
     @router.get("/history", summary="the newest generations, newest first")
     def history() -> dict[str, Any]:

@@ -36,7 +36,8 @@ def create_app(*, runs: str | Path | None = None, history: str | Path = DEFAULT_
     app = FastAPI(title="diffusa", version=__version__, docs_url="/docs", redoc_url=None,
                   description="Diffusion models over HTTP: `POST /api/generate` draws images with the pipeline's "
                               "arguments, `POST /api/edit` (img2img) and `POST /api/inpaint` edit an image (a base64 "
-                              "PNG or a held-out digit); the web page is at /. See docs/serve.md.")
+                              "PNG or a held-out digit), `POST /api/upscale` upscales one with a super-resolution "
+                              "run; the web page is at /. See docs/serve.md.")
     app.state.service = service
 
     @app.exception_handler(Refusal)
@@ -56,11 +57,11 @@ def create_app(*, runs: str | Path | None = None, history: str | Path = DEFAULT_
 
     app.include_router(build_router(service))
     if ui:
-        from diffusa.serve.ui import build_ui, gr  # ui.py turns Gradio's analytics off before importing it
+        from diffusa.serve.ui import CSS, build_ui, gr  # ui.py turns Gradio's analytics off before importing it
 
         gr.mount_gradio_app(app, build_ui(service), path="", allowed_paths=[str(service.history.folder)],
                             show_error=True, max_file_size=MAX_UPLOAD, footer_links=["api"], run_history=False,
-                            ssr_mode=False, mcp_server=False, enable_monitoring=False, pwa=False)
+                            ssr_mode=False, mcp_server=False, enable_monitoring=False, pwa=False, css=CSS)
     app.add_middleware(Guard, token=token, loopback=not listen)
     return app
 

@@ -2,7 +2,7 @@
 
     HISTORY/20260101T120000123456-1a2b3c4d.png     the grid (the same bytes `diffusa generate --out x.png` writes)
     HISTORY/20260101T120000123456-1a2b3c4d.json    {"id", "created", "source", "task", "request", "settings"}
-    HISTORY/20260101T120000123456-1a2b3c4d-input.png   an edit's input image (img2img, inpaint)
+    HISTORY/20260101T120000123456-1a2b3c4d-input.png   an edit's input image (img2img, inpaint, upscale)
     HISTORY/20260101T120000123456-1a2b3c4d-mask.png    an inpainting mask given as pixels (white = repaint)
 
 The PNGs are written first and the JSON last, each atomically: a generation is in the history once its JSON is.
@@ -29,6 +29,7 @@ from diffusa.serve.limits import HISTORY_SHOWN, Refusal
 
 ID = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}")
 PARTS = ("input", "mask")  # an edit's files beside its result
+TASKS = ("img2img", "inpaint", "upscale")  # the tasks of an image brought (older records: generations)
 log = logging.getLogger("diffusa.serve")
 
 
@@ -50,9 +51,9 @@ class Entry:
 
     @property
     def task(self) -> str:
-        """generate, img2img or inpaint (records older than the edits are generations)."""
+        """generate, img2img, inpaint or upscale (records older than the edits are generations)."""
         task = self.record.get("task")
-        return task if task in ("img2img", "inpaint") else "generate"
+        return task if task in TASKS else "generate"
 
     def part(self, name: str) -> Path | None:
         """An edit's `input` or `mask` PNG, if this entry has one."""
@@ -137,4 +138,4 @@ class History:
         return Entry(path.stem, png, record)
 
 
-__all__ = ["ID", "PARTS", "Entry", "History"]
+__all__ = ["ID", "PARTS", "TASKS", "Entry", "History"]

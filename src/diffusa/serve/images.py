@@ -1,10 +1,12 @@
-"""The images an edit brings: a base64 PNG (`image_png`, `mask_png`), a held-out digit (`digit`), or the page's
-own pixels (an upload, a painted mask), turned into the pipeline's arguments and the pixels the history keeps.
+"""The images an edit or an upscale brings: a base64 PNG (`image_png`, `mask_png`), a held-out digit (`digit`), or
+the page's own pixels (an upload, a painted mask), turned into the pipeline's arguments and the pixels the history
+keeps.
 
 An uploaded PNG's size is read from its header (the IHDR chunk: 8 bytes, nothing decoded) and checked against the
 library's ceiling (`diffusa.limits.check_pixels`) and the server's (`MAX_EDIT_PIXELS`) before it is decoded, by
 the library's one image reader (`diffusa.data.folders.decode_image`: every PIL mode, alpha onto black) in the
-model's mode, "L" or "RGB", as `diffusa edit IMAGE.png` reads a file. Only PNG is taken.
+model's mode, "L" or "RGB", as `diffusa edit IMAGE.png` reads a file. Only PNG is taken. An image to upscale is
+held to the upscale limits too (`MAX_UPSCALE_INPUT` pixels, and `MAX_UPSCALE_OUTPUT` once upscaled), from the header.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from diffusa.errors import DiffusaError
-from diffusa.serve.limits import MAX_EDIT_PIXELS, Refusal
+from diffusa.serve.limits import MAX_EDIT_PIXELS, MAX_UPSCALE_INPUT, MAX_UPSCALE_OUTPUT, Refusal
 from diffusa.serve.schema import ImageSettings, InpaintRequest
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -77,9 +79,21 @@ def png_size(data: bytes, name: str) -> tuple[int, int]:
     return width, height
 
 
-def read_png(data: bytes, name: str, mode: str) -> np.ndarray:
+def check_upscale(name: str, width: int, height: int, factor: int) -> None:
+    """413 for an image to upscale by `factor` of over MAX_UPSCALE_INPUT pixels, or whose output would be over
+    MAX_UPSCALE_OUTPUT pixels."""
+    if width * height > MAX_UPSCALE_INPUT:
+        raise Refusal(413, f"{name} is {width}x{height} pixels; this server upscales images of at most "
+                           f"{MAX_UPSCALE_INPUT:,} pixels", name)
+    if width * height * factor * factor > MAX_UPSCALE_OUTPUT:
+        raise Refusal(413, f"{name} is {width}x{height} pixels, {width * factor}x{height * factor} upscaled x{factor}; "
+                           f"this server draws at most {MAX_UPSCALE_OUTPUT:,} pixels", name)
+
+
+def read_png(data: bytes, name: str, mode: str, factor: int = 0) -> np.ndarray:
     """A PNG's pixels as uint8 (H, W, C) in `mode` ("L": C = 1, "RGB": C = 3): the header's size checked first
-    (413 beyond a limit), then decoded by the library's reader (400 for a file it cannot read)."""
+    (413 beyond a limit; with an upscale's `factor`, the upscale limits too), then decoded by the library's reader
+    (400 for a file it cannot read)."""
     from diffusa.data.folders import decode_image
     from diffusa.limits import check_pixels
 
@@ -91,6 +105,8 @@ def read_png(data: bytes, name: str, mode: str) -> np.ndarray:
     if width * height > MAX_EDIT_PIXELS:
         raise Refusal(413, f"{name} is {width}x{height} pixels; this server edits images of at most "
                            f"{MAX_EDIT_PIXELS:,} pixels", name)
+    if factor:
+        check_upscale(name, width, height, factor)
     try:
         pixels = decode_image(_Upload(data, repr(name)), mode)  # type: ignore[arg-type]  # PIL reads files in memory
     except DiffusaError as e:
@@ -98,15 +114,18 @@ def read_png(data: bytes, name: str, mode: str) -> np.ndarray:
     return pixels.reshape(*pixels.shape[:2], -1)
 
 
-def held_out_digit(index: int) -> tuple[Any, np.ndarray]:
+def held_out_digit(index: int, size: tuple[int, int] | None = None) -> tuple[Any, np.ndarray]:
     """Digit `index` of mnist5k's test split: float (1, 1, 28, 28) in [-1, 1] for the pipeline (what `diffusa edit
-    mnist5k:INDEX` passes) and its uint8 (28, 28, 1) pixels; 422 for an index beyond the split."""
-    from diffusa.data import load_dataset, unit_to_uint8
+    mnist5k:INDEX` passes; shrunk to `size` (H, W) by `resize_images` when given, as `diffusa upscale mnist5k:INDEX`
+    shrinks it to the model's input) and its uint8 (H, W, 1) pixels; 422 for an index beyond the split."""
+    from diffusa.data import load_dataset, resize_images, unit_to_uint8
 
     test = load_dataset("mnist5k", "test")
     if not 0 <= index < len(test):
         raise Refusal(422, f"digit: the held-out split has digits 0..{len(test) - 1} (got {index})", "digit")
     x = test.x[index:index + 1]
+    if size is not None:
+        x = resize_images(x, size)
     return x, unit_to_uint8(x)[0]
 
 
@@ -122,17 +141,25 @@ def _one(req: ImageSettings, a: str, b: str, what: str) -> None:
 
 
 def edit_inputs(req: ImageSettings, shape: tuple[int, ...], image: np.ndarray | None = None,
-                mask: np.ndarray | None = None) -> Inputs:
+                mask: np.ndarray | None = None, factor: int = 0) -> Inputs:
     """The image (and mask) of an edit: the page's own pixels where given (image: uint8 (H, W, C); mask: uint8
-    (H, W), white = repaint), else the request's `image_png` or `digit`, and `mask_png` or `mask`."""
+    (H, W), white = repaint), else the request's `image_png` or `digit`, and `mask_png` or `mask`. `shape`: the
+    model's (C, H, W); `factor`: an upscale's (the digit shrunk to the model's input, H / factor x W / factor, and
+    the image held to the upscale limits)."""
+    name = "image"
     if image is not None:
         x, pixels = image, image
     elif req.digit is not None and req.image_png is None:
-        x, pixels = held_out_digit(req.digit)
+        name = "digit"
+        size = (shape[-2] // factor, shape[-1] // factor) if factor else None
+        x, pixels = held_out_digit(req.digit, size)
     else:
         _one(req, "image_png", "digit", "the image")
         assert req.image_png is not None
-        x = pixels = read_png(b64_bytes(req.image_png, "image_png"), "image_png", mode_of(shape))
+        name = "image_png"
+        x = pixels = read_png(b64_bytes(req.image_png, name), name, mode_of(shape), factor)
+    if factor:
+        check_upscale(name, pixels.shape[1], pixels.shape[0], factor)
     inputs = Inputs(x, keep={"input": pixels})
     if isinstance(req, InpaintRequest):
         if mask is None and req.mask is not None and req.mask_png is None:
@@ -155,5 +182,5 @@ def encode_png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["DATA_URL", "PNG_SIGNATURE", "Inputs", "b64_bytes", "edit_inputs", "encode_png", "held_out_digit",
-           "mode_of", "png_size", "read_png"]
+__all__ = ["DATA_URL", "PNG_SIGNATURE", "Inputs", "b64_bytes", "check_upscale", "edit_inputs", "encode_png",
+           "held_out_digit", "mode_of", "png_size", "read_png"]

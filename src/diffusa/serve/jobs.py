@@ -21,7 +21,7 @@ from diffusa.serve.history import Entry, History
 from diffusa.serve.images import Inputs
 from diffusa.serve.limits import DEFAULT_QUEUE, MAX_QUEUE, Busy
 from diffusa.serve.models import Models
-from diffusa.serve.schema import Settings
+from diffusa.serve.schema import R, Settings, parse_request
 
 CACHED = 2  # pipelines kept loaded (the two shipped models, or a shipped model and a run)
 
@@ -104,11 +104,40 @@ class Service:
         """(C, H, W) of the images a model draws, from its config.json (a latent model's decoded images)."""
         return self.models.image_shape(self.models.resolve(name))
 
+    def defaults(self, name: str, task_sampler: str | None = None) -> tuple[str, int]:
+        """The sampler and steps a request for model `name` gets where it leaves them out, from its config.json
+        (`resolve_sampling`, as the pipeline resolves them: its recommendation, else the global defaults;
+        `task_sampler`, a task's own default sampler, ahead of the recommendation)."""
+        from diffusa.pipelines.sampling import resolve_sampling
+
+        sampler, steps, _ = resolve_sampling(self.models.config(self.models.resolve(name)), task_sampler=task_sampler)
+        return sampler, steps
+
+    def resolved(self, req: R) -> R:
+        """`req` with the sampler and steps it left out filled in as the pipeline would fill them (`defaults`), and
+        checked again against the limits (a 422 naming the field, e.g. inpainting's reverse steps): what runs, what
+        the history records and what the progress bar counts."""
+        if req.sampler is not None and req.steps is not None:
+            return req
+        sampler, steps = self.defaults(req.model_name, req.task_sampler)
+        body = {**req.model_dump(exclude_unset=True), "sampler": sampler if req.sampler is None else req.sampler,
+                "steps": steps if req.steps is None else req.steps}
+        return parse_request(body, type(req))
+
+    def factor(self, req: Settings) -> int:
+        """An upscale's super-resolution factor, from its model's config.json (400 for a model that is not a
+        super-resolution model, before anything is loaded); 0 for the other tasks."""
+        if req.task != "upscale":
+            return 0
+        return self.models.super_resolution(self.models.resolve(req.model_name), req.model_name)
+
     def run(self, req: Settings, source: str, watch: Watch | None = None, inputs: Inputs | None = None) -> Generation:
         """Do what `req` asks (call inside `gate.admit()`): the pipeline call — pipe(...) for a generation,
-        pipe.img2img / pipe.inpaint with the image (and mask) of `inputs` for an edit — then the history entry.
+        pipe.img2img / pipe.inpaint / pipe.upscale with the image (and mask) of `inputs` for an edit or an upscale —
+        then the history entry.
         `watch(pipe)` gives the step callback; a callback that stops the drawing early leaves no entry."""
         self.models.resolve(req.model_name)  # a refused name is answered before waiting for the lock
+        req = self.resolved(req)  # a no-op for a request the API or the page resolved already
         if (req.task == "generate") != (inputs is None):
             raise ValueError(f"{req.task}: inputs {'missing' if inputs is None else 'not taken'}")  # a bug, not a user
         with self.gate.running():

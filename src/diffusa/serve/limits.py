@@ -21,6 +21,8 @@ MAX_IMAGE_B64 = 48_000  # characters of image_png (base64: ~35 KiB of PNG), with
 MAX_MASK_B64 = 12_000  # characters of mask_png (a 28x28 mask is ~100 bytes of PNG)
 MAX_EDIT_PIXELS = 1 << 22  # pixels of an uploaded image (2048 x 2048), read from its PNG header before decoding,
 # beneath the library's own ceiling (diffusa.limits.MAX_IMAGE_PIXELS): a small PNG may claim many pixels
+MAX_UPSCALE_INPUT = 256 * 256  # pixels of an image to upscale, and of the upscaled image (the cost grows with the
+MAX_UPSCALE_OUTPUT = 384 * 384  # output's pixels: tiles of the model's own size, each a network call per step)
 MAX_REVERSE_STEPS = 2500  # RePaint's reverse steps (steps + jumps): the paper's 250 steps with 10 x 10 jumps
 MAX_UPLOAD = 1024 * 1024  # bytes of any other request body (the web page's own calls)
 DEFAULT_QUEUE, MAX_QUEUE = 4, 32  # requests that may wait behind the running one (--max-queue)
@@ -48,9 +50,11 @@ def limits() -> dict[str, int | float]:
     """The limits as JSON (GET /api/models reports them)."""
     return {"n": MAX_N, "steps": MAX_STEPS, "prompt_chars": MAX_PROMPT, "prompt_chars_total": MAX_PROMPT_TOTAL,
             "guidance_scale": MAX_GUIDANCE, "eta": MAX_ETA, "body_bytes": MAX_BODY, "image_png_chars": MAX_IMAGE_B64,
-            "mask_png_chars": MAX_MASK_B64, "image_pixels": MAX_EDIT_PIXELS, "reverse_steps": MAX_REVERSE_STEPS}
+            "mask_png_chars": MAX_MASK_B64, "image_pixels": MAX_EDIT_PIXELS, "reverse_steps": MAX_REVERSE_STEPS,
+            "upscale_input_pixels": MAX_UPSCALE_INPUT, "upscale_output_pixels": MAX_UPSCALE_OUTPUT}
 
 
 __all__ = ["DEFAULT_QUEUE", "HISTORY_SHOWN", "MAX_BODY", "MAX_EDIT_PIXELS", "MAX_ETA", "MAX_GUIDANCE", "MAX_IMAGE_B64",
            "MAX_LABEL", "MAX_MASK_B64", "MAX_N", "MAX_NAME", "MAX_PROMPT", "MAX_PROMPT_TOTAL", "MAX_QUEUE",
-           "MAX_REVERSE_STEPS", "MAX_STEPS", "MAX_UPLOAD", "MIN_TOKEN", "Busy", "Refusal", "limits"]
+           "MAX_REVERSE_STEPS", "MAX_STEPS", "MAX_UPLOAD", "MAX_UPSCALE_INPUT", "MAX_UPSCALE_OUTPUT", "MIN_TOKEN",
+           "Busy", "Refusal", "limits"]

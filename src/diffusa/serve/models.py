@@ -16,6 +16,7 @@ from diffusa.checkpoint import load_json
 from diffusa.errors import DiffusaError
 from diffusa.serve.limits import MAX_NAME, Refusal
 from diffusa.shipped import SHIPPED, resolve_model, shipped_root
+from diffusa.superres import ImageCondition
 
 LIST_DEPTH = 3  # run folders are looked for this many levels below the root (runs/a/b/c)
 LIST_MAX = 500  # at most this many folders are listed
@@ -62,11 +63,41 @@ class Models:
             raise Refusal(404, f"model {name!r} is not a run folder (no config.json)", "model")
         return path
 
-    def describe(self, path: Path) -> dict[str, Any]:
-        """What GET /api/models says of a folder: its conditioning and data shape (from config.json)."""
+    def config(self, path: Path) -> dict[str, Any]:
+        """A folder's config.json, its recommendation ("sampling") checked: a DiffusaError naming the file and the
+        key for a bad one, as loading the run would say (`runs.recommended_sampling`)."""
+        from diffusa.runs import recommended_sampling
+
         meta = load_json(path / "config.json")
+        if not isinstance(meta, dict):
+            raise DiffusaError(f"{path / 'config.json'} is not a diffusa run config (not a JSON object)")
+        recommended_sampling(meta, path / "config.json")
+        return meta
+
+    def describe(self, path: Path) -> dict[str, Any]:
+        """What GET /api/models says of a folder: its conditioning and data shape (from config.json), its
+        recommendation (config.json's "sampling", or None) and the sampler and steps a request that leaves them
+        out gets (`defaults`: the recommendation, else the global defaults)."""
+        from diffusa.pipelines.sampling import model_defaults
+
+        meta = self.config(path)
+        rec = meta.get("sampling")
+        sampler, steps = model_defaults(meta)
         return {"conditioning": meta.get("config", {}).get("model", {}).get("conditioning", "none"),
-                "data_shape": meta.get("data_shape"), "latent": "latent" in meta}
+                "data_shape": meta.get("data_shape"), "latent": "latent" in meta,
+                "super_resolution": _image_condition(path, meta).factor,
+                "recommended": None if rec is None else {k: rec.get(k) for k in ("sampler", "steps", "why")},
+                "defaults": {"sampler": sampler, "steps": steps}}
+
+    def super_resolution(self, path: Path, name: str) -> int:
+        """The factor of a super-resolution model (from config.json); 400 naming the model, in the pipeline's
+        words (`check_super_resolution`), for any other model."""
+        from diffusa.pipelines.upscale import check_super_resolution
+
+        try:
+            return check_super_resolution(name, _image_condition(path, load_json(path / "config.json"))).factor
+        except DiffusaError as e:
+            raise Refusal(400, str(e), "model") from None
 
     def image_shape(self, path: Path) -> tuple[int, ...]:
         """(C, H, W) of the images a folder's model draws (a latent model's decoded images); a points model's
@@ -109,6 +140,17 @@ class Models:
             if path is not None:
                 message = message.replace(str(path), alias)
         return message
+
+
+def _image_condition(path: Path, meta: dict[str, Any]) -> ImageCondition:
+    """A run's image condition (`diffusa.superres.ImageCondition`, factor 0 for all but super-resolution models)
+    from its config.json's data table."""
+    config = meta.get("config")
+    data = config.get("data") if isinstance(config, dict) else None
+    try:
+        return ImageCondition.of(data if isinstance(data, dict) else {})
+    except (TypeError, ValueError):
+        raise DiffusaError(f"{path / 'config.json'}: data.super_resolution is not a number (a damaged run?)") from None
 
 
 __all__ = ["Models"]

@@ -1,6 +1,7 @@
-"""The request bodies of `POST /api/generate`, `/api/edit` and `/api/inpaint` (and of the web page's buttons): the
-pipeline's argument names plus `model` and `format`, each typed and bounded; unknown fields are refused. An edit's
-image (`image_png` or `digit`) and mask (`mask_png` or `mask`) are strings and numbers here, read by images.py.
+"""The request bodies of `POST /api/generate`, `/api/edit`, `/api/inpaint` and `/api/upscale` (and of the web page's
+buttons): the pipeline's argument names plus `model` and `format`, each typed and bounded; unknown fields are
+refused. An edit's image (`image_png` or `digit`) and mask (`mask_png` or `mask`) are strings and numbers here, read
+by images.py.
 
 Only the size limits live here (limits.py); whether a sampler, spacing, seed, guidance or label suits the model
 is the pipeline's to say (its `DiffusaError` becomes a 400).
@@ -13,13 +14,13 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS
 from diffusa.pipelines.edit import (
     DEFAULT_INPAINT_SAMPLER,
     DEFAULT_JUMP_LENGTH,
     DEFAULT_JUMP_N_SAMPLE,
     DEFAULT_STRENGTH,
 )
+from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
 from diffusa.serve.limits import (
     MAX_ETA,
     MAX_GUIDANCE,
@@ -53,15 +54,18 @@ class Settings(BaseModel):
     """The fields every route shares: `model` and the sampling settings, with `format` for the answer."""
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-    task: ClassVar[str] = "generate"  # the pipeline method: pipe(...), pipe.img2img(...), pipe.inpaint(...)
+    task: ClassVar[str] = "generate"  # the pipeline method: pipe(...), pipe.img2img / inpaint / upscale(...)
+    pipeline_fields: ClassVar[tuple[str, ...]] = PIPELINE_FIELDS  # the shared fields the pipeline call takes
     extra_fields: ClassVar[tuple[str, ...]] = ()  # the task's own keyword arguments of the pipeline call
+    task_sampler: ClassVar[str | None] = None  # the task's own default sampler, ahead of a model's recommendation
 
     model: Name | None = None
     prompt: Prompt | Annotated[list[Prompt], Field(min_length=1, max_length=MAX_N)] | None = None
     n: Annotated[int, Field(ge=1, le=MAX_N)] | None = None
     label: Label | Literal["all"] | Annotated[list[Label], Field(min_length=1, max_length=MAX_N)] | None = None
-    sampler: Name = DEFAULT_SAMPLER
-    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = DEFAULT_STEPS
+    # None: the model's recommendation (`Service.resolved` fills them in, as the pipeline would: resolve_sampling)
+    sampler: Name | None = Field(None, description=f"default: {SAMPLER_DEFAULT_TEXT}")
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = Field(None, description=f"default: {STEPS_DEFAULT_TEXT}")
     guidance_scale: Annotated[float, Field(ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)] | None = None
     eta: Annotated[float, Field(le=MAX_ETA)] | None = None
     variance: Name | None = None
@@ -87,14 +91,16 @@ class Settings(BaseModel):
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the pipeline call (prompt included; an edit's image and mask are not)."""
-        return {k: getattr(self, k) for k in (*PIPELINE_FIELDS, *self.extra_fields)}
+        return {k: getattr(self, k) for k in (*self.pipeline_fields, *self.extra_fields)}
 
     def record(self) -> dict[str, Any]:
         """The request as JSON, with the model named: what the history keeps to reload it."""
         return {"model": self.model_name, **self.pipeline_kwargs()}
 
     def total_steps(self) -> int:
-        """About how many sampler steps the call takes (the page's progress bar)."""
+        """About how many sampler steps the call takes (the page's progress bar); of a resolved request."""
+        if self.steps is None:
+            raise ValueError("total_steps of a request whose steps are not resolved (Service.resolved)")  # a bug
         return self.steps
 
 
@@ -139,7 +145,7 @@ class EditRequest(ImageSettings):
 
     def total_steps(self) -> int:
         strength = DEFAULT_STRENGTH if self.strength is None else self.strength
-        return max(1, round(min(max(strength, 0.0), 1.0) * self.steps))
+        return max(1, round(min(max(strength, 0.0), 1.0) * super().total_steps()))
 
 
 class InpaintRequest(ImageSettings):
@@ -149,16 +155,16 @@ class InpaintRequest(ImageSettings):
 
     task: ClassVar[str] = "inpaint"
     extra_fields: ClassVar[tuple[str, ...]] = ("jump_length", "jump_n_sample")
+    task_sampler: ClassVar[str | None] = DEFAULT_INPAINT_SAMPLER  # RePaint's ancestral steps (pipe.inpaint's)
 
-    sampler: Name = DEFAULT_INPAINT_SAMPLER
     mask_png: Annotated[str, Field(min_length=1, max_length=MAX_MASK_B64)] | None = None
     mask: Name | None = None
     jump_length: Count = DEFAULT_JUMP_LENGTH
     jump_n_sample: Count = DEFAULT_JUMP_N_SAMPLE
 
     @model_validator(mode="after")
-    def _reverse_steps(self) -> InpaintRequest:
-        if self.total_steps() > MAX_REVERSE_STEPS:
+    def _reverse_steps(self) -> InpaintRequest:  # checked again once the steps are resolved (Service.resolved)
+        if self.steps is not None and self.total_steps() > MAX_REVERSE_STEPS:
             raise ValueError(f"jump_n_sample: {self.steps} steps with jumps of {self.jump_length} x "
                              f"{self.jump_n_sample} take {self.total_steps()} reverse steps; at most "
                              f"{MAX_REVERSE_STEPS}")
@@ -170,11 +176,35 @@ class InpaintRequest(ImageSettings):
 
     def total_steps(self) -> int:
         """RePaint's reverse steps: steps plus the jumps' repeats (diffusa.editing.check_jumps' count)."""
-        jumps = len(range(0, self.steps - self.jump_length, self.jump_length)) if self.jump_n_sample > 1 else 0
-        return self.steps + (self.jump_n_sample - 1) * self.jump_length * jumps
+        steps = super().total_steps()
+        jumps = len(range(0, steps - self.jump_length, self.jump_length)) if self.jump_n_sample > 1 else 0
+        return steps + (self.jump_n_sample - 1) * self.jump_length * jumps
 
 
-Request = GenerateRequest | EditRequest | InpaintRequest
+class UpscaleRequest(ImageSettings):
+    """Super-resolution (`pipe.upscale`, SR3): the image drawn at the model's factor times its size, conditioned on
+    it. `model`: a run folder trained with data.super_resolution (required: no upscaler is shipped); a held-out
+    `digit` is shrunk to the model's input size first, as `diffusa upscale mnist5k:INDEX` shrinks it; noise_level:
+    the condition's augmentation level (default the run's data.cond_noise; the pipeline's range). One output per
+    image (no `n`); the tiles are the model's own size (`pipe.upscale`'s default tile and overlap)."""
+
+    task: ClassVar[str] = "upscale"
+    pipeline_fields: ClassVar[tuple[str, ...]] = tuple(k for k in PIPELINE_FIELDS if k != "n")
+    extra_fields: ClassVar[tuple[str, ...]] = ("noise_level",)
+
+    noise_level: float | None = None
+
+    @model_validator(mode="after")
+    def _upscale(self) -> UpscaleRequest:
+        if self.model is None:
+            raise ValueError("model: name a super-resolution run folder under --runs (no upscaler is shipped; GET "
+                             "/api/models lists each model's super_resolution factor)")
+        if self.n is not None:
+            raise ValueError("n: an upscale draws one image per input image; leave n out")
+        return self
+
+
+Request = GenerateRequest | EditRequest | InpaintRequest | UpscaleRequest
 R = TypeVar("R", bound=Settings)
 
 
@@ -222,4 +252,4 @@ def _short(value: Any) -> str:
 
 
 __all__ = ["PIPELINE_FIELDS", "EditRequest", "GenerateRequest", "ImageSettings", "InpaintRequest", "Request",
-           "Settings", "parse_json", "parse_request"]
+           "Settings", "UpscaleRequest", "parse_json", "parse_request"]

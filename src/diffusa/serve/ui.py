@@ -1,13 +1,14 @@
-"""The web page (Gradio Blocks, mounted at / by app.py): tabs to generate, edit (img2img) and inpaint, each with a
-live preview of the predicted x0, a progress bar and a cancel button; a history gallery whose images reload their
-tab's settings (and an edit's image and mask); a run's metrics.
+"""The web page (Gradio Blocks, mounted at / by app.py): tabs to generate, edit (img2img), inpaint and upscale, each
+with a live preview of the predicted x0, a progress bar and a cancel button; a history gallery whose images reload
+their tab's settings (and an edit's image and mask); a run's metrics.
 
 Every value the page sends goes through the API's own request schemas (`page_request`, `page_edit_request` ->
 schema.parse_request), its images through the API's reader (images.py: the header's size checked before
 decoding), and the same queue, so the page can do nothing the API refuses. The inpainting mask is painted in a
-gr.ImageEditor over the image enlarged, and scaled down to the model's size (`painted_mask`). The handlers are
-plain functions of the service (`generate_updates`, `page_inputs`, `reload`, `history_gallery`, `run_metrics`),
-tested without a browser.
+gr.ImageEditor over the image enlarged, and scaled down to the model's size (`painted_mask`). The upscale tab lists
+the super-resolution runs (`upscalers`) and shows the result beside the input enlarged bicubically
+(`bicubic_image`). The handlers are plain functions of the service (`generate_updates`, `page_inputs`, `reload`,
+`history_gallery`, `run_metrics`), tested without a browser.
 """
 
 from __future__ import annotations
@@ -30,12 +31,9 @@ import gradio as gr
 
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import (
-    DEFAULT_INPAINT_SAMPLER,
     DEFAULT_JUMP_LENGTH,
     DEFAULT_JUMP_N_SAMPLE,
     DEFAULT_N,
-    DEFAULT_SAMPLER,
-    DEFAULT_STEPS,
     DEFAULT_STRENGTH,
     Pipeline,
 )
@@ -50,6 +48,7 @@ from diffusa.serve.schema import (
     InpaintRequest,
     R,
     Settings,
+    UpscaleRequest,
     parse_request,
 )
 
@@ -73,7 +72,18 @@ EDIT_CONTROLS = ("model", "source", "digit", "upload", "strength", "prompt", "la
                  "guidance_scale", "eta", "seed", "n")
 INPAINT_CONTROLS = ("model", "source", "digit", "upload", "mask", "editor", "jump_length", "jump_n_sample", "prompt",
                     "label", "sampler", "steps", "guidance_scale", "eta", "seed", "n")
-TASK_CONTROLS = {"generate": CONTROLS, "img2img": EDIT_CONTROLS, "inpaint": INPAINT_CONTROLS}
+UPSCALE_CONTROLS = ("model", "source", "digit", "upload", "noise_level", "prompt", "label", "sampler", "steps",
+                    "guidance_scale", "eta", "seed")
+TASK_CONTROLS = {"generate": CONTROLS, "img2img": EDIT_CONTROLS, "inpaint": INPAINT_CONTROLS,
+                 "upscale": UPSCALE_CONTROLS}
+TASK_REQUESTS: dict[str, type[Settings]] = {"generate": GenerateRequest, "img2img": EditRequest,
+                                            "inpaint": InpaintRequest, "upscale": UpscaleRequest}
+# the upscale tab's images fill their frames, pixels kept square: the input's bicubic enlargement, the preview and
+# the result (the history's PNG, its bytes unchanged) side by side at one size, however small the model's images
+CSS = ("#upscale-before img, #upscale-preview img, #upscale-result img "
+       "{width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}")
+NO_UPSCALER = ("no super-resolution run here yet: train one with `diffusa train --set data.super_resolution=2` "
+               "and serve its folder with `--runs`")
 
 
 def _number(value: Any) -> Any:
@@ -110,7 +120,7 @@ def page_body(model: Any, prompt: Any, label: Any, sampler: Any, steps: Any, gui
             "guidance_scale": _number(guidance_scale), "eta": _number(eta), "seed": _number(seed) or 0,
             "n": _number(n)}
     body.update({k: (v or None) if k == "mask" else _number(v) for k, v in extra.items()})  # a name, or numbers
-    for key in ("guidance_scale", "eta", "strength"):  # a float field takes an int too, as in JSON
+    for key in ("guidance_scale", "eta", "strength", "noise_level"):  # a float field takes an int too, as in JSON
         if isinstance(body.get(key), int):
             body[key] = float(body[key])
     return {k: v for k, v in body.items() if v is not None}
@@ -118,37 +128,79 @@ def page_body(model: Any, prompt: Any, label: Any, sampler: Any, steps: Any, gui
 
 def page_request(model: Any, prompt: Any, label: Any, sampler: Any, steps: Any, guidance_scale: Any, eta: Any,
                  seed: Any, n: Any) -> GenerateRequest:
-    """The page's values as an API request (the same schema, the same limits)."""
-    return parse_request(page_body(model, prompt, label, sampler or DEFAULT_SAMPLER, steps, guidance_scale, eta, seed,
-                                   n))
+    """The page's values as an API request (the same schema, the same limits; a blank sampler or steps: the
+    model's recommendation, filled in by `Service.resolved`)."""
+    return parse_request(page_body(model, prompt, label, sampler, steps, guidance_scale, eta, seed, n))
+
+
+def model_sampling(service: Service, model: Any, task: str = "generate") -> tuple[str, int]:
+    """The sampler and steps a tab shows for `model`: what a request that leaves them out gets (`Service.defaults`:
+    the model's recommendation in its config.json, else the global defaults; inpainting's own sampler first); the
+    global ones for a blank model or one that cannot be read (a request for it then says why)."""
+    from diffusa.pipelines.sampling import resolve_sampling
+
+    task_sampler = TASK_REQUESTS[task].task_sampler
+    if isinstance(model, str) and model.strip():
+        try:
+            return service.defaults(model, task_sampler)
+        except DiffusaError:
+            pass
+    sampler, steps, _ = resolve_sampling(None, task_sampler=task_sampler)
+    return sampler, steps
 
 
 def page_edit_request(kind: type[R], model: Any, source: Any, digit: Any, prompt: Any, label: Any, sampler: Any,
                       steps: Any, guidance_scale: Any, eta: Any, seed: Any, n: Any, **extra: Any) -> R:
-    """The edit tabs' values as an API request of `kind` (EditRequest, InpaintRequest): the digit when the source
-    is a held-out digit (an upload's pixels go beside the request, `page_inputs`)."""
+    """The edit tabs' values as an API request of `kind` (EditRequest, InpaintRequest, UpscaleRequest): the digit
+    when the source is a held-out digit (an upload's pixels go beside the request, `page_inputs`)."""
     body = page_body(model, prompt, label, sampler, steps, guidance_scale, eta, seed, n, **extra)
     if source == DIGIT:
         body["digit"] = _number(digit) if digit is not None else 0
     return parse_request(body, kind)
 
 
-def read_upload(path: Any, mode: str) -> np.ndarray:
-    """An uploaded file (its size bounded by the page's upload limit) read as the API reads image_png."""
+def read_upload(path: Any, mode: str, factor: int = 0) -> np.ndarray:
+    """An uploaded file (its size bounded by the page's upload limit) read as the API reads image_png (with an
+    upscale's factor, held to the upscale limits)."""
     if not path:
         raise Refusal(422, "image: upload a PNG, or pick a held-out digit", "image")
-    return read_png(Path(path).read_bytes(), "image", mode)
+    return read_png(Path(path).read_bytes(), "image", mode, factor)
 
 
 def page_inputs(service: Service, req: ImageSettings, upload: Any = None, painted: Any = None) -> Inputs:
-    """An edit tab's image (the digit of `req`, or the uploaded file) and mask (the name in `req`, or the mask
-    painted in the editor, `painted_mask`), as the API's `edit_inputs` gives them."""
+    """An edit or upscale tab's image (the digit of `req`, or the uploaded file) and mask (the name in `req`, or
+    the mask painted in the editor, `painted_mask`), as the API's `edit_inputs` gives them."""
     shape = service.image_shape(req.model_name)
-    image = None if req.digit is not None else read_upload(upload, mode_of(shape))
+    factor = service.factor(req)
+    image = None if req.digit is not None else read_upload(upload, mode_of(shape), factor)
     mask = None
     if isinstance(req, InpaintRequest) and req.mask is None:
         mask = painted_mask(painted, shape[-2:])
-    return edit_inputs(req, shape, image, mask)
+    return edit_inputs(req, shape, image, mask, factor)
+
+
+def upscalers(service: Service) -> list[str]:
+    """The super-resolution models the server answers to (those whose config.json has data.super_resolution)."""
+    out = []
+    for name in service.models.names():
+        try:
+            if service.models.describe(service.models.resolve(name))["super_resolution"]:
+                out.append(name)
+        except Exception:  # a damaged run is not an upscaler; the metrics tab and GET /api/models say more
+            continue
+    return out
+
+
+def bicubic_image(inputs: Inputs, channels: int, factor: int) -> np.ndarray:
+    """An image to upscale (`inputs.image`, read for a model of `channels`) enlarged `factor` times by bicubic
+    interpolation, as a grid like the result's: what the upscale is to beat (`diffusa upscale`'s strip shows it)."""
+    import torch.nn.functional as F
+
+    from diffusa.pipelines.edit import as_images
+
+    h, w = inputs.keep["input"].shape[:2]
+    low = as_images(inputs.image, (channels, h, w))[:1]
+    return grid_image(F.interpolate(low, scale_factor=factor, mode="bicubic", align_corners=False).clamp(-1, 1))
 
 
 def _rgb(pixels: np.ndarray) -> np.ndarray:
@@ -233,6 +285,7 @@ def generate_updates(service: Service, req: Settings, stop: threading.Event, pro
     history). Busy (429) and the pipeline's refusals raise before anything runs, as DiffusaError."""
     updates: queue.Queue[tuple[int, np.ndarray | None]] = queue.Queue()
     done: dict[str, Any] = {}
+    req = service.resolved(req)  # sampler and steps left out: the model's recommendation, as the API fills them in
     total = req.total_steps()  # an edit's is an estimate (img2img: strength x steps), kept at least the step seen
     every = max(1, total // PREVIEWS)
 
@@ -279,6 +332,10 @@ def generate_updates(service: Service, req: Settings, stop: threading.Event, pro
         status = f"{s['n']} images, {s['sampler']} {s['steps']} steps ({s['nfe']} evaluations), seed {s['seed']}"
         if req.task == "img2img":
             status = f"edited: {status}; strength {s['strength']:g} ran {s['sampler_steps']} of the steps"
+        elif req.task == "upscale":
+            (ih, iw), (oh, ow) = s["input_size"], s["output_size"]
+            status = (f"upscaled x{s['factor']}: {ih}x{iw} -> {oh}x{ow} in {s['tiles']} tile"
+                      f"{'s' if s['tiles'] > 1 else ''}, noise level {s['noise_level']:g}; {status}")
         elif req.task == "inpaint":
             status = (f"inpainted: {status}; jumps {s['jump_length']} x {s['jump_n_sample']}, "
                       f"{s['reverse_steps']} reverse steps, {s['masked_fraction']:.0%} masked")
@@ -291,8 +348,8 @@ def _caption(e: Entry) -> str:
     if e.task == "generate":
         return f"{r.get('model')}: {what}, seed {r.get('seed')}"[:120]
     source = f"digit {r['digit']}" if r.get("digit") is not None else "an upload"
-    how = (f"strength {e.settings.get('strength')}" if e.task == "img2img"
-           else f"mask {r.get('mask') or 'painted'}")
+    how = {"img2img": f"strength {e.settings.get('strength')}", "upscale": f"x{e.settings.get('factor')}"}.get(
+        e.task, f"mask {r.get('mask') or 'painted'}")
     return f"{r.get('model')}: {e.task} of {source} ({how}), {what}, seed {r.get('seed')}"[:120]
 
 
@@ -346,6 +403,8 @@ def reload(service: Service, gid: str) -> tuple[list[Any], str, dict[str, Any]]:
                       n=r.get("n") or e.settings.get("n") or 1)
         if e.task == "img2img":
             values["strength"] = r.get("strength") if r.get("strength") is not None else e.settings.get("strength")
+        elif e.task == "upscale":
+            values["noise_level"] = r.get("noise_level")
         else:
             pixels = source_of(e)
             mask = _stored_pixels(e.part("mask"))
@@ -426,9 +485,10 @@ def guard_editor(editor: Any) -> Any:
     return editor
 
 
-def _sampling(tab: str, prompt: str, sampler: str) -> dict[str, Any]:
-    """A tab's prompt, class, sampler, steps, guidance, eta, seed (with its dice) and n controls; the generate
-    tab's keep their short element ids (#prompt, #seed, #dice), the others are prefixed with the tab."""
+def _sampling(tab: str, prompt: str, sampling: tuple[str, int], n: bool = True) -> dict[str, Any]:
+    """A tab's prompt, class, sampler, steps (`sampling`: their first values, the tab's model's, `model_sampling`),
+    guidance, eta, seed (with its dice) and n (unless `n` is False) controls; the generate tab's keep their short
+    element ids (#prompt, #seed, #dice), the others are prefixed with the tab."""
     from diffusa.samplers import SAMPLERS
 
     pre = "" if tab == "generate" else f"{tab}-"
@@ -436,8 +496,9 @@ def _sampling(tab: str, prompt: str, sampler: str) -> dict[str, Any]:
     c["prompt"] = gr.Textbox(label="prompt (text models)", value=prompt, max_length=MAX_PROMPT,
                              elem_id=f"{pre}prompt")
     c["label"] = gr.Textbox(label="class: K, 'all', or K1,K2,... (blank: none)", value="")
-    c["sampler"] = gr.Dropdown(sorted(SAMPLERS), value=sampler, label="sampler")
-    c["steps"] = gr.Slider(1, MAX_STEPS, value=DEFAULT_STEPS, step=1, label="steps", elem_id=f"{pre}steps")
+    c["sampler"] = gr.Dropdown(sorted(SAMPLERS), value=sampling[0], label="sampler")
+    c["steps"] = gr.Slider(1, MAX_STEPS, value=min(sampling[1], MAX_STEPS), step=1, label="steps",
+                           elem_id=f"{pre}steps")
     c["guidance_scale"] = gr.Textbox(value="", label="guidance scale",
                                      placeholder="blank: the model's default (3 for a text model)")
     c["eta"] = gr.Textbox(value="", label="eta (ddim, euler_ancestral, dpmpp_2m_sde)",
@@ -445,13 +506,17 @@ def _sampling(tab: str, prompt: str, sampler: str) -> dict[str, Any]:
     with gr.Row():
         c["seed"] = gr.Number(value=0, precision=0, label="seed", minimum=0, elem_id=f"{pre}seed")
         c["dice"] = gr.Button("random seed", size="sm", elem_id=f"{pre}dice")
-    c["n"] = gr.Slider(1, MAX_N, value=DEFAULT_N if tab == "generate" else 1, step=1, label="images")
+    if n:
+        c["n"] = gr.Slider(1, MAX_N, value=DEFAULT_N if tab == "generate" else 1, step=1, label="images")
     return c
 
 
-def _source(tab: str, model: str) -> dict[str, Any]:
-    """An edit tab's model and image: a held-out digit by index, or an uploaded PNG."""
-    c = {"model": gr.Dropdown([model], value=model, label="model", allow_custom_value=True),
+def _source(tab: str, model: str | None, choices: list[str] | None = None) -> dict[str, Any]:
+    """An edit tab's model (one of `choices`, default [model]) and image: a held-out digit by index, or an
+    uploaded PNG."""
+    choices = [model] if choices is None else choices
+    c = {"model": gr.Dropdown(choices, value=model, label="model", allow_custom_value=True,
+                              elem_id=f"{tab}-model"),
          "source": gr.Radio([DIGIT, UPLOAD], value=DIGIT, label="image", elem_id=f"{tab}-source")}
     c["digit"] = gr.Number(value=0, precision=0, minimum=0, label="held-out digit (mnist5k test split, 0..999)",
                            elem_id=f"{tab}-digit")
@@ -527,6 +592,26 @@ def build_ui(service: Service) -> Any:
         for i, update in enumerate(stream(req, inputs, request, progress)):
             yield (before if i == 0 else gr.skip(), *update)
 
+    def upscale_inputs(model: Any, source: Any, digit: Any, upload: Any, prompt: Any = "", label: Any = "",
+                       sampler: Any = None, steps: Any = None, guidance: Any = "", eta: Any = "", seed: Any = 0,
+                       noise_level: Any = "") -> tuple[UpscaleRequest, Inputs, np.ndarray]:
+        """The upscale tab's request, its image (as the API reads it) and the image enlarged bicubically."""
+        req = page_edit_request(UpscaleRequest, model, source, digit, prompt, label, sampler, steps, guidance, eta,
+                                seed, None, noise_level=noise_level)
+        inputs = page_inputs(service, req, upload)
+        return req, inputs, bicubic_image(inputs, service.image_shape(req.model_name)[0], service.factor(req))
+
+    def on_upscale(model: Any, source: Any, digit: Any, upload: Any, noise_level: Any, prompt: Any, label: Any,
+                   sampler: Any, steps: Any, guidance: Any, eta: Any, seed: Any, request: gr.Request,
+                   progress: gr.Progress = gr.Progress()) -> Iterator[Any]:  # noqa: B008
+        try:
+            req, inputs, before = upscale_inputs(model, source, digit, upload, prompt, label, sampler, steps,
+                                                 guidance, eta, seed, noise_level)
+        except Exception as e:
+            raise fail(e) from None
+        for i, update in enumerate(stream(req, inputs, request, progress)):
+            yield (before if i == 0 else gr.skip(), *update)
+
     def source_pixels(model: Any, source: Any, digit: Any, upload: Any) -> np.ndarray:
         if source == UPLOAD:
             name = model or DEFAULT_MODEL
@@ -549,6 +634,14 @@ def build_ui(service: Service) -> Any:
         except Exception as e:
             raise fail(e) from None
 
+    def on_upscale_source(model: Any, source: Any, digit: Any, upload: Any) -> Any:
+        if (source == UPLOAD and not upload) or not model:
+            return None
+        try:
+            return upscale_inputs(model, source, digit, upload)[2]
+        except Exception as e:
+            raise fail(e) from None
+
     def on_cancel(request: gr.Request) -> str:
         stop = stops.get(request.session_hash or "")
         if stop is None:
@@ -566,9 +659,9 @@ def build_ui(service: Service) -> Any:
         except Exception as e:
             raise fail(e) from None
 
-    names = service.models.names()
+    names, ups = service.models.names(), upscalers(service)
     with gr.Blocks(title="diffusa", analytics_enabled=False) as page:
-        gr.Markdown("## diffusa\nDraw, edit and inpaint digits with the shipped models or your runs. The same "
+        gr.Markdown("## diffusa\nDraw, edit, inpaint and upscale digits with the shipped models or your runs. The same "
                     "settings and seed give the same images here, in the API (`/docs`), on the command line and in "
                     "Python.")
         tab: dict[str, dict[str, Any]] = {}
@@ -578,7 +671,8 @@ def build_ui(service: Service) -> Any:
                     with gr.Column(scale=1):
                         c = tab["generate"] = {"model": gr.Dropdown([DEFAULT_TEXT_MODEL], value=DEFAULT_TEXT_MODEL,
                                                                     label="model", allow_custom_value=True)}
-                        c.update(_sampling("generate", "a handwritten three", DEFAULT_SAMPLER))
+                        c.update(_sampling("generate", "a handwritten three",
+                                           model_sampling(service, DEFAULT_TEXT_MODEL)))
                         with gr.Row():
                             c["go"] = gr.Button("Generate", variant="primary", elem_id="generate")
                             c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -600,7 +694,7 @@ def build_ui(service: Service) -> Any:
                             c["go"] = gr.Button("Edit", variant="primary", elem_id="edit-go")
                             c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
                         c["status"] = gr.Markdown(elem_id="edit-status")
-                        c.update(_sampling("edit", "", DEFAULT_SAMPLER))
+                        c.update(_sampling("edit", "", model_sampling(service, DEFAULT_MODEL, "img2img")))
                     with gr.Column(scale=2):
                         with gr.Row():
                             c["before"] = gr.Image(label="before", type="numpy", format="png", interactive=False,
@@ -626,7 +720,7 @@ def build_ui(service: Service) -> Any:
                             c["go"] = gr.Button("Inpaint", variant="primary", elem_id="inpaint-go")
                             c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="inpaint-cancel")
                         c["status"] = gr.Markdown(elem_id="inpaint-status")
-                        c.update(_sampling("inpaint", "", DEFAULT_INPAINT_SAMPLER))
+                        c.update(_sampling("inpaint", "", model_sampling(service, DEFAULT_MODEL, "inpaint")))
                     with gr.Column(scale=2):
                         c["editor"] = gr.ImageEditor(label="paint what to redraw (the mask: painted)", type="numpy",
                                                  image_mode="RGBA", sources=(), transforms=(), layers=False,
@@ -643,6 +737,28 @@ def build_ui(service: Service) -> Any:
                             c["result"] = gr.Image(label="after", type="filepath", format="png", interactive=False,
                                                    height=VIEW_HEIGHT, elem_id="inpaint-result")
                         c["settings"] = gr.JSON(label="settings")
+            with gr.Tab("Upscale", id="upscale", elem_id="tab-upscale"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        c = tab["upscale"] = _source("upscale", ups[0] if ups else None, ups)
+                        c["noise_level"] = gr.Textbox(value="", label="noise level of the condition",
+                                                      placeholder="blank: the run's data.cond_noise",
+                                                      elem_id="upscale-noise-level")
+                        with gr.Row():
+                            c["go"] = gr.Button("Upscale", variant="primary", elem_id="upscale-go")
+                            c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="upscale-cancel")
+                        c["status"] = gr.Markdown("" if ups else NO_UPSCALER, elem_id="upscale-status")
+                        c.update(_sampling("upscale", "", model_sampling(service, ups[0] if ups else None,
+                                                                         "upscale"), n=False))
+                    with gr.Column(scale=2):
+                        with gr.Row():
+                            c["before"] = gr.Image(label="bicubic (the input enlarged)", type="numpy", format="png",
+                                                   interactive=False, height=VIEW_HEIGHT, elem_id="upscale-before")
+                            c["preview"] = gr.Image(label="predicted x0 (live)", type="numpy", format="png",
+                                                    interactive=False, height=VIEW_HEIGHT, elem_id="upscale-preview")
+                            c["result"] = gr.Image(label="upscaled", type="filepath", format="png",
+                                                   interactive=False, height=VIEW_HEIGHT, elem_id="upscale-result")
+                        c["settings"] = gr.JSON(label="settings")
             with gr.Tab("Metrics", id="metrics", elem_id="tab-metrics"):
                 run = gr.Dropdown(names, value=names[0], label="model or run", allow_custom_value=True)
                 with gr.Row():
@@ -654,7 +770,8 @@ def build_ui(service: Service) -> Any:
         ids = gr.State([])
 
         quiet = {"concurrency_limit": None, "api_visibility": "private"}
-        for task, handler in (("generate", on_generate), ("img2img", on_edit), ("inpaint", on_inpaint)):
+        for task, handler in (("generate", on_generate), ("img2img", on_edit), ("inpaint", on_inpaint),
+                              ("upscale", on_upscale)):
             c = tab[task]
             outputs = [c["preview"], c["result"], c["settings"], c["status"], gallery, ids]
             c["go"].click(handler, [c[k] for k in TASK_CONTROLS[task]],
@@ -662,16 +779,22 @@ def build_ui(service: Service) -> Any:
                           api_visibility="private")
             c["cancel"].click(on_cancel, None, c["status"], **quiet)
             c["dice"].click(lambda: secrets.randbelow(SEED_MAX), None, c["seed"], **quiet)
-        for task, on_source, shown in (("img2img", on_edit_source, "before"), ("inpaint", on_inpaint_source, "editor")):
+            # a model picked: its recommended sampler and steps (`.input`: not when a history entry sets the model)
+            c["model"].input(lambda m, t=task: model_sampling(service, m, t), c["model"], [c["sampler"], c["steps"]],
+                             **quiet)
+        for task, on_source, shown in (("img2img", on_edit_source, "before"), ("inpaint", on_inpaint_source, "editor"),
+                                       ("upscale", on_upscale_source, "before")):
             c = tab[task]
             where = [c["model"], c["source"], c["digit"], c["upload"]]
             c["source"].input(on_source, where, c[shown], **quiet)
+            if task == "upscale":  # the input's size follows the model's
+                c["model"].input(on_source, where, c[shown], **quiet)
             c["digit"].input(lambda *v, f=on_source: (DIGIT, f(v[0], DIGIT, *v[2:])), where, [c["source"], c[shown]],
                              **quiet)
             c["upload"].upload(lambda *v, f=on_source: (UPLOAD, f(v[0], UPLOAD, *v[2:])), where,
                                [c["source"], c[shown]], **quiet)
 
-        everything = [c[k] for task in ("generate", "img2img", "inpaint") for c in [tab[task]]
+        everything = [c[k] for task in TASK_CONTROLS for c in [tab[task]]
                       for k in (*TASK_CONTROLS[task], "result", "settings", "status")]
 
         def on_select(ids: list[str], evt: gr.SelectData) -> list[Any]:
@@ -681,41 +804,55 @@ def build_ui(service: Service) -> Any:
                 raise fail(e) from None
             task = record.get("task") if record.get("task") in TASK_CONTROLS else "generate"
             out: list[Any] = [gr.Tabs(selected=task)]
-            for t in ("generate", "img2img", "inpaint"):
+            for t in TASK_CONTROLS:
                 mine = t == task
                 out += values if mine else [gr.skip()] * len(TASK_CONTROLS[t])
                 out += [png, record, f"reloaded {record['id']}: run it again to draw the same images"] if mine \
                     else [gr.skip()] * 3
-            view = gr.skip()
+            edit_view = up_view = gr.skip()
             if task == "img2img":
                 pixels = source_of(service.history.get(record["id"]))
-                view = None if pixels is None else enlarge(pixels)
-            return [*out, view]
+                edit_view = None if pixels is None else enlarge(pixels)
+            elif task == "upscale":  # the input as upscaled (a digit shrunk), kept beside the result
+                pixels = _stored_pixels(service.history.get(record["id"]).part("input"))
+                factor = record["settings"].get("factor")
+                up_view = None if pixels is None or not isinstance(factor, int) else bicubic_image(
+                    Inputs(pixels, keep={"input": pixels}), pixels.shape[-1], factor)
+            return [*out, edit_view, up_view]
 
-        def on_sources() -> tuple[Any, Any]:
-            """The edit tabs' first image: the default held-out digit."""
+        def on_sources() -> tuple[Any, Any, Any]:
+            """The edit tabs' first image: the default held-out digit (the upscale tab's: shrunk for its first
+            model, if there is one; none if that cannot be read, its tab says why when used)."""
             try:
                 pixels = held_out_digit(0)[1]
             except Exception as e:
                 raise fail(e) from None
-            return enlarge(pixels), editor_value(pixels)
+            try:
+                up = upscalers(service)
+                view = on_upscale_source(up[0], DIGIT, 0, None) if up else None
+            except Exception:
+                view = None
+            return enlarge(pixels), editor_value(pixels), view
 
         def on_models() -> tuple[Any, ...]:
-            names = service.models.names()
-            return tuple(gr.update(choices=names) for _ in range(4))
+            names, ups = service.models.names(), upscalers(service)
+            return (*(gr.update(choices=names) for _ in range(4)),
+                    gr.update(choices=ups, value=ups[0] if ups else None), "" if ups else NO_UPSCALER)
 
-        gallery.select(on_select, ids, [tabs, *everything, tab["img2img"]["before"]], **quiet)
+        gallery.select(on_select, ids, [tabs, *everything, tab["img2img"]["before"], tab["upscale"]["before"]],
+                       **quiet)
         run.change(on_metrics, run, [loss, numbers], **quiet)
         page.load(on_history, None, [gallery, ids], **quiet)
-        page.load(on_models, None, [tab["generate"]["model"], tab["img2img"]["model"], tab["inpaint"]["model"], run],
-                  **quiet)
+        page.load(on_models, None, [tab["generate"]["model"], tab["img2img"]["model"], tab["inpaint"]["model"], run,
+                                    tab["upscale"]["model"], tab["upscale"]["status"]], **quiet)
         page.load(on_metrics, run, [loss, numbers], **quiet)
-        page.load(on_sources, None, [tab["img2img"]["before"], tab["inpaint"]["editor"]], **quiet)
+        page.load(on_sources, None, [tab["img2img"]["before"], tab["inpaint"]["editor"], tab["upscale"]["before"]],
+                  **quiet)
     page.queue(max_size=max(1, service.gate.max_queue), default_concurrency_limit=1)
     return page
 
 
-__all__ = ["CONTROLS", "EDIT_CONTROLS", "INPAINT_CONTROLS", "TASK_CONTROLS", "before_image", "build_ui", "editor_value",
-           "enlarge", "generate_updates", "grid_image", "guard_editor", "history_gallery", "page_body",
-           "page_edit_request", "page_inputs", "page_request", "painted_mask", "preview_grid", "read_upload", "reload",
-           "run_metrics", "source_of"]
+__all__ = ["CONTROLS", "CSS", "EDIT_CONTROLS", "INPAINT_CONTROLS", "TASK_CONTROLS", "UPSCALE_CONTROLS", "before_image",
+           "bicubic_image", "build_ui", "editor_value", "enlarge", "generate_updates", "grid_image", "guard_editor",
+           "history_gallery", "page_body", "page_edit_request", "page_inputs", "page_request", "painted_mask",
+           "preview_grid", "read_upload", "reload", "run_metrics", "source_of", "upscalers"]

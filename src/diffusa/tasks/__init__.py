@@ -1,2 +1,2 @@
 """Kinds of training, each a `diffusa.engine.Task` in a file of its own: diffusion, the autoencoder of latent
-diffusion, the noise-aware classifier of classifier guidance."""
+diffusion, the noise-aware classifier of classifier guidance, consistency distillation (`tasks.consistency`)."""

@@ -116,6 +116,8 @@ class DiffusionTask(Task):
         return meta
 
     def check_resume(self, meta: dict[str, Any], out: Path) -> None:
+        if "distill" in meta:  # its loss is distillation's (diffusa.tasks.consistency), not this one
+            raise DiffusaError(f"{out} is a distilled student: continue it with `diffusa distill --resume --out {out}`")
         if meta.get("network", {}).get("config") != json.loads(json.dumps(self.spec)):
             raise DiffusaError(f"cannot resume {out}: its network differs from this config")
 
