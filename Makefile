@@ -28,15 +28,15 @@ demo: $(STAMP)
 	$(VENV)/bin/diffusa generate --n 64 --out $(RUN)/pixel.png --force
 	$(VENV)/bin/diffusa eval mnist-text --label all --guidance-scale 3 --n 200 --sampler dpmpp_2m --steps 20 \
 		--out $(RUN)/text_metrics.json --force
-	$(VENV)/bin/diffusa eval mnist-pixel --n 200 --sampler dpmpp_2m --steps 20 --out $(RUN)/pixel_metrics.json --force
+	$(VENV)/bin/diffusa eval mnist-pixel --n 200 --out $(RUN)/pixel_metrics.json --force  # its recommended sampler
 
 demo-train: $(STAMP)
 	rm -rf $(TRAIN_RUN)
 	$(VENV)/bin/diffusa forward --data mnist5k --out $(TRAIN_RUN)/forward.png
 	$(VENV)/bin/diffusa train --data mnist5k --out $(TRAIN_RUN)
-	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --sampler ddim --steps 50 --out $(TRAIN_RUN)/grid.png \
+	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --sampler dpmpp_2m_sde --steps 20 --out $(TRAIN_RUN)/grid.png \
 		--trajectory $(TRAIN_RUN)/trajectory.png
-	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 500 --sampler ddim --steps 50 --out $(TRAIN_RUN)/metrics.json
+	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 1000 --sampler dpmpp_2m_sde --steps 20 --out $(TRAIN_RUN)/metrics.json
 
 # `make serve`: the web page and REST API over the shipped models and the runs under runs/ (docs/serve.md)
 serve: $(STAMP)

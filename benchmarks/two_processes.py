@@ -24,6 +24,9 @@ the issue's target: >= 0.40 for each). Policies:
   every command.
 - single: diffusa's wait policy and one thread for every command (images too): what `--threads 1` buys.
 - active: OMP_WAIT_POLICY=ACTIVE (threads spin while they wait) and one thread per core: the worst case.
+- passive: OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once) and `--threads auto`.
+- spin10k: GOMP_SPINCOUNT=10000 (a waiting thread spins ~10,000 turns, tens of microseconds, then sleeps) and
+  `--threads auto`.
 
 The trainings stop when the window ends (killed; nothing of them is kept). `--quick`: the new policy, 1-second
 windows, a 2-step generate and 8x8 `digits` instead of mnist5k (seconds; proves the script runs).
@@ -46,7 +49,7 @@ from typing import Any
 
 from _tables import emit, write_json
 
-POLICIES = ("old", "new", "single", "active")
+POLICIES = ("old", "new", "single", "active", "passive", "spin10k")
 OPENMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
 POLL_S = 0.05
 TARGET = 0.40
@@ -62,6 +65,10 @@ def policy_env(policy: str) -> tuple[dict[str, str], list[str]]:
         return env, ["--threads", "1"]
     if policy == "old":
         return {**env, "GOMP_SPINCOUNT": "300000"}, ["--threads", cores]
+    if policy == "passive":
+        return {**env, "OMP_WAIT_POLICY": "PASSIVE"}, []
+    if policy == "spin10k":
+        return {**env, "GOMP_SPINCOUNT": "10000"}, []
     return {**env, "OMP_WAIT_POLICY": "ACTIVE"}, ["--threads", cores]
 
 

@@ -75,7 +75,6 @@ def stage_pixel(args: argparse.Namespace) -> None:
 
 
 def stage_export(args: argparse.Namespace) -> None:
-    ae_seconds = load_json(args.work / "ae" / "config.json")["train_seconds"]
     for name, run, command in (
             ("mnist-text", args.work / "text",
              f"python scripts/train_shipped_models.py ae text --ae-steps {args.ae_steps} "
@@ -88,7 +87,7 @@ def stage_export(args: argparse.Namespace) -> None:
         record = {"command": command, "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),
                   "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}
         if name == "mnist-text":
-            record["autoencoder_train_seconds"] = round(ae_seconds, 1)
+            record["autoencoder_train_seconds"] = round(load_json(args.work / "ae" / "config.json")["train_seconds"], 1)
         dest = export_run(run, shipped_root() / name, record)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         print(f"exported {name}: {dest} ({size / 1e6:.1f} MB)", flush=True)

@@ -223,8 +223,9 @@ def test_same_seed_same_output_and_batches(pixel: Pipeline, digits: tuple) -> No
     assert not torch.equal(a.samples, pixel.img2img(x, 0.5, steps=8, sampler="ddpm", seed=4).samples)
     b = pixel.inpaint(x, "top", steps=6, seed=3, jump_length=2, jump_n_sample=2)
     assert torch.equal(b.samples, pixel.inpaint(x, "top", steps=6, seed=3, jump_length=2, jump_n_sample=2).samples)
-    c = pixel.img2img(x, 0.5, steps=8, seed=3, batch_size=1)  # deterministic: batches do not change it
-    assert (c.samples - pixel.img2img(x, 0.5, steps=8, seed=3).samples).abs().max() < 1e-4
+    # a deterministic sampler: batches do not change it (the model's recommended dpmpp_2m_sde is stochastic)
+    c = pixel.img2img(x, 0.5, steps=8, sampler="dpmpp_2m", seed=3, batch_size=1)
+    assert (c.samples - pixel.img2img(x, 0.5, steps=8, sampler="dpmpp_2m", seed=3).samples).abs().max() < 1e-4
 
 
 def test_strength_one_is_plain_sampling(pixel: Pipeline, digits: tuple) -> None:

@@ -23,13 +23,10 @@ TEXT = [*DIGITS_OVERRIDES, 'model.conditioning="text"', "model.text.width=32", "
 
 # the old command-line path's flags for each stored reference (see test_pipeline_equals_the_old_cli_path)
 OLD_CLI = {
-    "pixel_ddim": ("mnist-pixel", dict(n=4, sampler="ddim", steps=10, seed=0)),
     "text_prompt": ("mnist-text", dict(prompt="a handwritten seven", guidance_scale=3, n=4, sampler="dpmpp_2m",
                                        steps=10, seed=1)),
     "text_label_all": ("mnist-text", dict(label="all", guidance_scale=3, n=4, sampler="dpmpp_2m", steps=10, seed=2)),
     "generate_text": ("mnist-text", dict(prompt="a 4", n=4, steps=5, seed=4)),
-    "generate_pixel": ("mnist-pixel", dict(n=4, steps=5, seed=5)),
-    "pixel_ddim_eta1_batch2": ("mnist-pixel", dict(n=4, sampler="ddim", steps=10, eta=1.0, seed=3, batch_size=2)),
 }
 
 
@@ -84,7 +81,9 @@ def test_pipeline_equals_the_old_cli_path(shipped: dict[str, Pipeline], key: str
         diffusa generate "a 4" --n 4 --steps 5 --seed 4 --out generate_text.npz
         diffusa generate --n 4 --steps 5 --seed 5 --out generate_pixel.npz
     and, stochastic and in batches of 2, cli_common.generate(run, 4, "ddim", 10, 3, None, {"eta": 1.0}, batch=2)
-    on mnist-pixel (pixel_ddim_eta1_batch2); then np.savez_compressed of the six arrays."""
+    on mnist-pixel (pixel_ddim_eta1_batch2); then np.savez_compressed of the six arrays. The three mnist-pixel
+    arrays stay in the file but are no longer compared: that model was retrained (2026-11-30, issue 17), so its
+    weights are not the ones they were drawn with; the text model's three cases keep the check."""
     name, kwargs = OLD_CLI[key]
     ref = torch.from_numpy(np.load(REFERENCE)[key])
     res = shipped[name](**kwargs)

@@ -840,7 +840,8 @@ def test_page_edit_and_inpaint(client: TestClient, tmp_path: Path) -> None:
     req = page_edit_request(EditRequest, "mnist-pixel", UPLOAD, 0, "", "", "dpmpp_2m", 4, "", "", 2, 1, strength=0.5)
     gen, status = run(req, page_inputs(service, req, str(tmp_path / "seven.png")))
     assert status.startswith("edited") and "strength 0.5" in status
-    api = client.post("/api/edit", json={"image_png": png_b64(seven), "strength": 0.5, "steps": 4, "seed": 2})
+    api = client.post("/api/edit", json={"image_png": png_b64(seven), "strength": 0.5, "steps": 4, "seed": 2,
+                                         "sampler": "dpmpp_2m"})
     assert gen.entry.png.read_bytes() == api.content  # the page's edit is the API's, byte for byte
     values, _, record = reload(service, gen.entry.id)
     got = dict(zip(EDIT_CONTROLS, values, strict=True))
