@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import torch
 
-from diffusa.threads import MAX_THREADS, auto_threads, thread_count, use_threads
+from diffusa.cli_common import thread_count
+from diffusa.threads import MAX_THREADS, auto_threads, use_threads
 
 WAIT_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_DISPLAY_ENV")
 

@@ -18,14 +18,14 @@ import numpy as np
 import torch
 
 from diffusa.checkpoint import guard_output, write_text
-from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int
+from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int, threads_flag
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
 from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
 from diffusa.process import PROCESSES
 from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
-from diffusa.threads import set_wait_policy, threads_flag, use_threads
+from diffusa.threads import set_wait_policy, use_threads
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130

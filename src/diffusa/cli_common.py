@@ -8,6 +8,7 @@ from pathlib import Path
 
 from diffusa.checkpoint import guard_output
 from diffusa.errors import DiffusaError
+from diffusa.threads import MAX_THREADS
 
 
 def non_negative_float(text: str) -> float:
@@ -57,3 +58,22 @@ def png_out(path: str, flag: str, force: bool = False) -> Path:
     if out.suffix.lower() != ".png":
         raise DiffusaError(f"{flag} writes a PNG picture: name a .png file, got {out.name!r}")
     return out
+
+
+def thread_count(text: str) -> int:
+    """argparse type of --threads: 'auto' (0, as train.threads spells it) or an integer 1..MAX_THREADS (0 itself
+    is refused: zero threads cannot run anything, and 'auto' says what it means)."""
+    if text == "auto":
+        return 0
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_THREADS:  # no sign, '1e3', '٣'
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of threads 1..{MAX_THREADS}, got {text!r}")
+    return int(text)
+
+
+AUTO_HELP = "1 for point data, one per core for images"
+
+
+def threads_flag(parser: argparse.ArgumentParser, default_help: str = AUTO_HELP) -> None:
+    """Add --threads to a command's parser (every command that runs a network takes it)."""
+    parser.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
+                        help=f"torch threads (default auto: {default_help}); fewer leave cores to other work")

@@ -8,9 +8,9 @@ import argparse
 from dataclasses import fields
 from typing import Any
 
-from diffusa.cli_common import non_negative_float, positive_int
+from diffusa.cli_common import non_negative_float, positive_int, threads_flag
 from diffusa.errors import DiffusaError
-from diffusa.threads import threads_flag, use_threads
+from diffusa.threads import use_threads
 
 # flags that set how a student is distilled: fixed once it has started (--resume takes them from its config.json)
 DISTILL_FLAGS = ("method", "levels", "levels_start", "mu", "solver", "distance", "batch_size", "lr", "seed")

@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusa.cli_common import force_flag, non_negative_float, positive_int
+from diffusa.cli_common import force_flag, non_negative_float, positive_int, threads_flag
 from diffusa.errors import DiffusaError
-from diffusa.threads import threads_flag, use_threads
+from diffusa.threads import use_threads
 
 DIGITS = re.compile(r"mnist5k:(.+)")
 STRIP_ROWS = 8

@@ -11,11 +11,11 @@ import argparse
 import time
 from typing import Any
 
-from diffusa.cli_common import force_flag, positive_int
+from diffusa.cli_common import force_flag, positive_int, threads_flag
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_TEXT_SCALE
 from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
-from diffusa.threads import threads_flag, use_threads
+from diffusa.threads import use_threads
 
 
 def add_parser(sub: Any) -> None:

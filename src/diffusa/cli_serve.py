@@ -15,8 +15,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from diffusa.cli_common import threads_flag
 from diffusa.errors import DiffusaError
-from diffusa.threads import threads_flag, use_threads
+from diffusa.threads import use_threads
 
 DEFAULT_PORT = 7860
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from diffusa.cli_common import force_flag, non_negative_float, non_negative_int, positive_int
+from diffusa.cli_common import force_flag, non_negative_float, non_negative_int, positive_int, threads_flag
 from diffusa.errors import DiffusaError
-from diffusa.threads import threads_flag, use_threads
+from diffusa.threads import use_threads
 
 
 def add_parser(sub: Any) -> None:

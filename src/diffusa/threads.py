@@ -21,7 +21,6 @@ diffusa command). So:
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -56,23 +55,4 @@ def use_threads(n: int | None, is_image: bool) -> int:
     return torch.get_num_threads()
 
 
-def thread_count(text: str) -> int:
-    """argparse type of --threads: 'auto' (0, as train.threads spells it) or an integer 1..MAX_THREADS (0 itself
-    is refused: zero threads cannot run anything, and 'auto' says what it means)."""
-    if text == "auto":
-        return 0
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_THREADS:  # no sign, '1e3', '٣'
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a number of threads 1..{MAX_THREADS}, got {text!r}")
-    return int(text)
-
-
-AUTO_HELP = "1 for point data, one per core for images"
-
-
-def threads_flag(parser: argparse.ArgumentParser, default_help: str = AUTO_HELP) -> None:
-    """Add --threads to a command's parser (every command that runs a network takes it)."""
-    parser.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
-                        help=f"torch threads (default auto: {default_help}); fewer leave cores to other work")
-
-
-__all__ = ["MAX_THREADS", "auto_threads", "set_wait_policy", "thread_count", "threads_flag", "use_threads"]
+__all__ = ["MAX_THREADS", "auto_threads", "set_wait_policy", "use_threads"]
