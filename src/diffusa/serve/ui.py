@@ -19,7 +19,7 @@ import os
 import queue
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -618,29 +618,23 @@ def build_ui(service: Service) -> Any:
             return read_upload(upload, mode_of(service.image_shape(name)))
         return held_out_digit(_number(digit) if isinstance(_number(digit), int) else 0)[1]
 
-    def on_edit_source(model: Any, source: Any, digit: Any, upload: Any) -> Any:
-        if source == UPLOAD and not upload:
-            return None
-        try:
-            return enlarge(source_pixels(model, source, digit, upload))
-        except Exception as e:
-            raise fail(e) from None
+    def source_view(show: Callable[[Any, Any, Any, Any], Any], needs_model: bool = False) -> Callable[..., Any]:
+        """The handler that previews a tab's chosen source (a held-out digit or an upload) through `show`; nothing
+        while no upload (or, for `needs_model`, no model) is chosen; a failure as one message."""
 
-    def on_inpaint_source(model: Any, source: Any, digit: Any, upload: Any) -> Any:
-        if source == UPLOAD and not upload:
-            return None
-        try:
-            return editor_value(source_pixels(model, source, digit, upload))
-        except Exception as e:
-            raise fail(e) from None
+        def on_source(model: Any, source: Any, digit: Any, upload: Any) -> Any:
+            if (source == UPLOAD and not upload) or (needs_model and not model):
+                return None
+            try:
+                return show(model, source, digit, upload)
+            except Exception as e:
+                raise fail(e) from None
 
-    def on_upscale_source(model: Any, source: Any, digit: Any, upload: Any) -> Any:
-        if (source == UPLOAD and not upload) or not model:
-            return None
-        try:
-            return upscale_inputs(model, source, digit, upload)[2]
-        except Exception as e:
-            raise fail(e) from None
+        return on_source
+
+    on_edit_source = source_view(lambda *a: enlarge(source_pixels(*a)))
+    on_inpaint_source = source_view(lambda *a: editor_value(source_pixels(*a)))
+    on_upscale_source = source_view(lambda *a: upscale_inputs(*a)[2], needs_model=True)
 
     def on_cancel(request: gr.Request) -> str:
         stop = stops.get(request.session_hash or "")
