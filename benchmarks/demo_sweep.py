@@ -1,22 +1,28 @@
 """Quality against training time for one mnist5k recipe, the time budget fixed: the sweep behind the demo's defaults.
 
     python benchmarks/demo_sweep.py NAME [--minutes 10] [--set KEY=VALUE ...] [--points 4] [--n 1000]
+                                         [--steps N] [--emas D1,D2] [--reference S] [--keep DIR]
 
-Trains with the given overrides for a fixed wall-clock budget, not a fixed step count: the run's length is set
-before training from the time of one step (so the learning-rate schedule ends at the budget) and recorded. On a
-quiet machine the first 30 steps are timed; with `--reference S` (seconds per step of the default recipe measured
-alone) the recipe's steps are timed against the default's, interleaved, and the ratio scales S — robust to
-whatever else runs. At
-`--points` evenly spaced moments of the budget it draws `--n` EMA samples (DPM-Solver++(2M), 20 steps, seed 0)
-and scores them with the digit judge exactly as `diffusa eval` does (FD, KID, precision/recall beside their
-real-vs-real floors, the share recognised with p >= 0.9, the classes present). At the end it also scores the
-samplers of `--samplers`. Sampling and scoring are not counted in the budget. One JSON line per point to stdout
-and to docs/results/raw/demo_sweep/NAME.jsonl. Run one at a time on a quiet machine: the budget is wall-clock.
+Trains with the given overrides for a fixed wall-clock budget, not a fixed step count: the run's length is set before
+training from the time of one step (so the learning-rate schedule ends at the budget) and recorded. On a quiet machine
+the first 30 steps are timed; with `--reference S` (seconds per step of the default recipe measured alone) the
+recipe's steps are timed against the default's, interleaved, and the ratio scales S — robust to whatever else runs. At
+`--points` evenly spaced moments of the budget it draws `--n` EMA samples (DPM-Solver++(2M), 20 steps, seed 0) and
+scores them with the digit judge exactly as `diffusa eval` does (FD, KID, precision/recall beside their real-vs-real
+floors, the share recognised with p >= 0.9, the classes present). At the end it also scores the samplers of
+`--samplers`, and with `--emas D1,D2,...` the same training's weights averaged with other EMA decays (tracked beside
+the run's own from the first step, with the same warm-up; the choice of EMA length after training that Karras et al.
+2024 make post hoc, here for a few exponential lengths), each scored with the last sampler of `--samplers`. `--steps
+N` fixes the step count instead of timing: for a recipe on the same network as one already measured (a different
+process or loss costs the same per step), equal steps are equal time whatever else the machine is doing; the training
+time is still recorded. Sampling and scoring are not counted in the budget. One JSON line per point to stdout and to
+docs/results/raw/demo_sweep/NAME.jsonl. Run one at a time on a quiet machine: the budget is wall-clock.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
 import statistics
@@ -29,7 +35,9 @@ import torch
 from diffusa.config import load_config
 from diffusa.data import examples, load_dataset
 from diffusa.engine import Engine
+from diffusa.engine.loop import ema_update
 from diffusa.metrics import image_metrics
+from diffusa.runs import make_denoiser
 from diffusa.samplers import sample
 from diffusa.train import diffusion_engine
 
@@ -39,14 +47,14 @@ KEEP = ("fd", "fd_floor", "kid", "kid_floor", "precision", "precision_floor", "r
         "confident_share", "confident_share_floor", "classes_present")
 
 
-def score(tr: Engine, sampler: str, steps: int, n: int) -> dict[str, object]:
-    """The judge's numbers for `n` EMA samples, against the held-out split and a floor of n training digits (as
-    `diffusa eval` picks them)."""
+def score(tr: Engine, sampler: str, steps: int, n: int, denoiser: object = None) -> dict[str, object]:
+    """The judge's numbers for `n` EMA samples (of `denoiser`, else the run's EMA), against the held-out split and
+    a floor of n training digits (as `diffusa eval` picks them)."""
     test = examples(load_dataset("mnist5k", "test"), 10_000)
     train = load_dataset("mnist5k", "train")
     floor = train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
     g = torch.Generator().manual_seed(0)
-    x = sample(tr.task.ema_denoiser, (n, *test.shape[1:]), sampler, steps, generator=g, device=tr.device)
+    x = sample(denoiser or tr.task.ema_denoiser, (n, *test.shape[1:]), sampler, steps, generator=g, device=tr.device)
     m = image_metrics(x.cpu(), test, floor)
     return {k: (round(m[k], 4) if isinstance(m[k], float) else m[k]) for k in KEEP}
 
@@ -79,6 +87,8 @@ def main() -> None:
     ap.add_argument("--samplers", default="dpmpp_2m:20,unipc:20,ddim:20,ancestral:20,dpmpp_2m_sde:20",
                     help="SAMPLER:STEPS,... scored at the end")
     ap.add_argument("--reference", type=float, help="seconds per step of the default recipe, measured alone")
+    ap.add_argument("--steps", type=int, help="train this many steps instead of sizing them from the budget")
+    ap.add_argument("--emas", default="", help="other EMA decays to track and score at the end, e.g. 0.995,0.9995")
     ap.add_argument("--keep", help="save the trained run here (a folder `diffusa sample/eval` reads)")
     args = ap.parse_args()
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"sweep-{args.name}-")) / "run"
@@ -88,7 +98,9 @@ def main() -> None:
     tr.start_data()
     budget = args.minutes * 60
     start = time.perf_counter()
-    if args.reference:
+    if args.steps:
+        per_step = budget / args.steps
+    elif args.reference:
         per_step = args.reference * relative_cost(tr, overrides[:4])
     else:
         for _ in range(CALIBRATION):
@@ -99,10 +111,14 @@ def main() -> None:
     RAW.mkdir(parents=True, exist_ok=True)
     log = (RAW / f"{args.name}.jsonl").open("w")
     trained = time.perf_counter() - start
+    decays = [float(d) for d in args.emas.split(",") if d]
+    emas = {d: copy.deepcopy(tr.model).requires_grad_(False).eval() for d in decays}
     while tr.step < total:
         t0 = time.perf_counter()
         loss, _, _ = tr.train_step()
-        trained += time.perf_counter() - t0
+        trained += time.perf_counter() - t0  # the extra averages are the sweep's, not the recipe's: not counted
+        for d, ema in emas.items():  # the engine's warm-up rule, at the step just taken
+            ema_update(ema, tr.model, min(d, tr.step / (9 + tr.step)) if tr.cfg.ema_warmup else d)
         if tr.step in points:
             rec: dict[str, object] = {"exp": args.name, "set": args.set, "step": tr.step, "steps": total,
                                       "train_s": round(trained, 1), "calibrated_s_per_step": round(per_step, 4),
@@ -112,6 +128,9 @@ def main() -> None:
                     name, steps = spec.split(":")
                     if spec != "dpmpp_2m:20":
                         rec[spec] = score(tr, name, int(steps), args.n)
+                for d, ema in emas.items():
+                    den = make_denoiser(ema, tr.task.process, tr.task.cfg, True)
+                    rec[f"ema {d} {spec}"] = score(tr, name, int(steps), args.n, den)
                 if args.keep:
                     tr.save()
             line = json.dumps(rec)

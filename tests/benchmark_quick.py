@@ -41,7 +41,14 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
         assert "time / pixel model" in table and "latent space, a third of it" in table
     elif script == "two_processes.py":
         assert "2-D training (moons) beside generate" in table and "training B beside another" in table
+    elif script == "serve_load.py":  # exit 0 already means: every request answered, no 5xx, still serving
+        assert "| answered anything else (server errors) | 0 |" in table and "| requests | 20 |" in table
+        assert "| every request answered, no server error, queue bounded | yes, yes, yes |" in table
+        assert "CLI / API" in table and "| the API's PNG is the CLI's, byte for byte | yes | |" in table
     elif script == "memory.py":
         assert "grad checkpoint" in table and "bf16" in table
+    elif script == "toys.py":  # every sampler at 10 NFE, a built-in toy and a user-like array
+        assert "| moons | edm |" in table and "| ring8 | edm |" in table and "dpmpp_2m_sde" in table
+        assert "worst / geometric mean" in table
     else:
         assert "moons" in table

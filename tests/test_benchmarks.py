@@ -8,6 +8,7 @@ import pytest
 from benchmark_quick import check_quick_mode
 
 
-@pytest.mark.parametrize("script", ["toys.py", "speed.py", "memory.py", "time_to_quality.py", "streaming.py"])
+@pytest.mark.parametrize("script", ["toys.py", "speed.py", "memory.py", "time_to_quality.py", "streaming.py",
+                                    "serve_load.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     check_quick_mode(script, tmp_path)

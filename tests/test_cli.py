@@ -277,7 +277,8 @@ def test_eval_points(cli, moons_run: Path, tmp_path: Path) -> None:
     assert res.code == 0, res.err
     metrics = json.loads(res.out)
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
-    assert metrics["n"] == 300 and metrics["steps"] == 5 and metrics["sampler"] == "dpmpp_2m"  # the default
+    rec = json.loads((moons_run / "config.json").read_text())["sampling"]["sampler"]  # the process's (POINT_SAMPLING)
+    assert metrics["n"] == 300 and metrics["steps"] == 5 and metrics["sampler"] == rec
     assert 0 < metrics["energy_distance_floor"] < metrics["energy_distance"] < 1.0
     assert metrics["ratio_to_floor"] == pytest.approx(metrics["energy_distance"] / metrics["energy_distance_floor"])
 
@@ -472,3 +473,12 @@ def test_more_bad_input_is_one_line(cli, digits_run, tmp_path, args, match) -> N
     (tmp_path / "latin1.toml").write_bytes("[train]\n# caf\xe9\n".encode("latin-1"))
     r = cli(*(a.format(tmp=tmp_path, run=digits_run) if isinstance(a, str) else a for a in args))
     assert r.code == 2 and match in r.err and r.err.count("\n") == 1 and "Traceback" not in r.err, r.err
+
+
+def test_python_m_diffusa_is_the_command_line() -> None:
+    """`python -m diffusa` runs the same command line as the `diffusa` script (src/diffusa/__main__.py)."""
+    ok = subprocess.run([sys.executable, "-m", "diffusa", "sample", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "recommended sampler" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "diffusa", "sample", "/no/such/run", "--out", "x.npz"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "/no/such/run" in bad.stderr

@@ -237,3 +237,36 @@ def test_page_shows_and_uses_the_recommendation(server: Any) -> None:
     handlers = [d for d in page.fns.values() if [getattr(b, "label", None) for b in d.outputs] == ["sampler", "steps"]]
     assert len(handlers) == 4 and all([b.label for b in d.inputs] == ["model"] for d in handlers)
     assert sorted(d.fn("rec") for d in handlers) == [("ddpm", 4), *[("dpmpp_2m_sde", 4)] * 3]
+
+
+# -- point runs: a measured recommendation per process -----------------------------------------------------------------
+def test_point_runs_record_their_process_recommendation(moons_run: Path) -> None:
+    """A point run's config.json carries the sampler measured best for its process (diffusa.config.POINT_SAMPLING),
+    and a draw without a sampler uses it."""
+    from diffusa.config import POINT_SAMPLING
+
+    meta = json.loads((moons_run / "config.json").read_text())
+    sampler, steps = POINT_SAMPLING[meta["config"]["process"]["name"]]
+    assert (meta["sampling"]["sampler"], meta["sampling"]["steps"]) == (sampler, steps)
+    pipe = diffusa.load(moons_run)
+    assert torch.equal(pipe(n=8, seed=3).samples, pipe(n=8, seed=3, sampler=sampler, steps=steps).samples)
+
+
+def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:
+    """POINT_SAMPLING is `benchmarks/toys.py`'s rule applied to its recorded numbers (docs/results/raw/toys.json):
+    the constant cannot drift from the measurement."""
+    import sys
+
+    from diffusa.config import POINT_SAMPLING
+
+    root = Path(__file__).resolve().parents[1]
+    sys.path.insert(0, str(root / "benchmarks"))
+    try:
+        from toys import STEPS, recommend
+    finally:
+        sys.path.remove(str(root / "benchmarks"))
+    rows = json.loads((root / "docs" / "results" / "raw" / "toys.json").read_text())
+    for process, (sampler, steps) in POINT_SAMPLING.items():
+        mine = [r for r in rows if r["process"] == process]
+        assert len(mine) == 8 and steps == STEPS
+        assert recommend(mine)[0] == sampler, process

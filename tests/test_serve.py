@@ -685,7 +685,7 @@ def test_queue_full_answers_429_and_serves_after(client: TestClient, sr: Path) -
 
 
 def test_gate_limits() -> None:
-    from diffusa.serve.jobs import Gate
+    from diffusa.serve.jobs import Gate, Gone
 
     gate = Gate(0)
     with gate.admit():
@@ -693,9 +693,123 @@ def test_gate_limits() -> None:
             pass
     with gate.admit():  # the place came back
         pass
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(Gone), gate.running(gone):  # a request whose client left before its turn does not run
+        raise AssertionError("ran")
+    assert not gate._run.locked()  # ... and the lock came back
+    gone.clear()
+    with gate.running(gone):  # a client still there runs
+        assert gate._run.locked()
     for bad in (-1, 33, 1.5, True):
         with pytest.raises(DiffusaError, match="max-queue"):
             Gate(bad)
+
+
+def wait_for(condition: Any, what: str, seconds: float = 20) -> None:
+    """Poll `condition()` until it is true, or fail naming `what`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """An app (max_queue 2, no page) under a real uvicorn in a thread, whose clients can hang up: a namespace with
+    port, service, server, and `hook`: the pipeline's network calls `hook()` once per forward call (reassign it)."""
+    from types import SimpleNamespace
+
+    import uvicorn
+
+    app = create_app(history=tmp_path_factory.mktemp("live") / "h", max_queue=2, ui=False)
+    service = app.state.service
+    ns = SimpleNamespace(service=service, hook=lambda: None)
+    pipe = service.pipeline("mnist-pixel")  # loaded now and kept: the API's requests run this network
+    handle = pipe.run.net.register_forward_hook(lambda *_: ns.hook())
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    ns.port = sock.getsockname()[1]
+    ns.server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=ns.server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: ns.server.started, "uvicorn to start")
+        yield ns
+    finally:
+        ns.server.should_exit = True
+        thread.join(15)
+        sock.close()
+        handle.remove()
+
+
+def raw_post(port: int, body: dict[str, Any]) -> socket.socket:
+    """POST /api/generate on a socket of our own (closing it hangs up); the answer is not read."""
+    data = json.dumps(body).encode()
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.sendall(b"POST /api/generate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(data), data))
+    return s
+
+
+def test_disconnect_while_queued_is_not_generated(live: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hangs up while its request waits: the request leaves the queue at once, the network is never
+    called for it and the history has no entry; the client behind it gets its image, and the server serves on."""
+    import httpx
+
+    service, calls, results = live.service, [0], []
+    live.hook = lambda: calls.__setitem__(0, calls[0] + 1)
+    body = {"model": "mnist-pixel", "n": 1, "steps": 2, "sampler": "ddim", "seed": 1}
+    url = f"http://127.0.0.1:{live.port}/api/generate"
+    before = len(service.history.entries())
+    with service.gate.running():  # the running generation
+        leaver = raw_post(live.port, {**body, "seed": 2})
+        wait_for(lambda: service.gate.admitted == 1, "the first request to wait")
+        stayer = threading.Thread(target=lambda: results.append(httpx.post(url, json=body, timeout=60)))
+        stayer.start()
+        wait_for(lambda: service.gate.admitted == 2, "the second request to wait")
+        leaver.close()
+        wait_for(lambda: service.gate.admitted == 1, "the place of the client that left")  # before its turn
+    stayer.join(60)
+    r = results[0]
+    assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+    assert calls[0] == json.loads(r.headers["x-diffusa-settings"])["nfe"] == 2  # the stayer's steps only
+    entries = service.history.entries()
+    assert len(entries) == before + 1 and entries[0].id == r.headers["x-diffusa-id"]
+    assert entries[0].record["settings"]["seed"] == 1  # nothing of the leaver's seed 2
+    assert service.gate.admitted == 0
+    assert httpx.post(url, json={**body, "seed": 2}, timeout=60).status_code == 200  # the server serves on
+    left = [rec for rec in caplog.records if "left" in rec.getMessage()]
+    assert len(left) == 1 and "waiting generate request" in left[0].getMessage()
+
+
+def test_disconnect_while_running_stops_it(live: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A client that hangs up while its generation runs: the drawing stops at its next step, nothing is kept, and
+    the place comes back."""
+    service, calls = live.service, [0]
+    started, proceed = threading.Event(), threading.Event()
+
+    def hook() -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # hold the first step until the client has hung up
+            started.set()
+            proceed.wait(30)
+
+    live.hook = hook
+    before = len(service.history.entries())
+    leaver = raw_post(live.port, {"model": "mnist-pixel", "n": 1, "steps": 20, "sampler": "ddim", "seed": 3})
+    try:
+        assert started.wait(30)
+        leaver.close()
+        wait_for(lambda: not live.server.server_state.connections, "the server to see the connection closed")
+        time.sleep(0.2)  # its watcher sets the request's `gone` on the event loop's next turn
+    finally:
+        proceed.set()
+    wait_for(lambda: service.gate.admitted == 0, "the place of the client that left")
+    assert calls[0] == 1  # stopped after the first of 20 steps
+    assert len(service.history.entries()) == before
+    left = [rec for rec in caplog.records if "left" in rec.getMessage()]
+    assert len(left) == 1 and "stopped after step 1" in left[0].getMessage()
 
 
 # -- the token -----------------------------------------------------------------------------------------------------

@@ -69,6 +69,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, f"data.name={json.dumps(args.data)}")
     if args.process is not None and not args.resume:
         overrides.insert(0, f"process.name={json.dumps(args.process)}")
+    if args.objective is not None:
+        loss = base.get("loss") if args.resume else None
+        kind = loss.get("kind", "simple") if isinstance(loss, dict) else "simple"
+        if args.resume and args.objective != kind:
+            raise DiffusaError(f"--objective {args.objective} differs from the run's {kind!r}; a resumed run keeps "
+                               "its objective (drop --objective or choose another --out)")
+        if args.objective == "ict" and args.process is None and not args.resume and not args.init:
+            overrides.insert(0, 'process.name="edm"')  # consistency training lives on EDM's noise levels
+        overrides.append(f"loss.kind={json.dumps(args.objective)}")
     for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
                       ("minutes", "train.max_minutes")):
         value = getattr(args, flag)
@@ -93,6 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         use_threads(None, task.data.kind == "image")
     if engine.dist.main:
         start = f" from {args.init}" if args.init else ""
+        start += " by consistency training (iCT)" if cfg.loss.kind == "ict" else ""
         print(f"training {task.kind}{start} ({sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) "
               f"on {task.data.name} {list(task.data.shape)} x {len(task.data)} -> {args.out}", flush=True)
     try:
@@ -329,6 +339,10 @@ def build_parser() -> Parser:
     t.add_argument("--process", choices=list(PROCESSES),
                    help="forward process (default ddpm); each trains with its own objective unless "
                         "--set model.prediction / loss.weighting / loss.time_sampler say otherwise")
+    t.add_argument("--objective", choices=["simple", "vlb", "hybrid", "ict"],
+                   help="the loss (loss.kind): simple (default), vlb, hybrid (Improved DDPM), or ict: consistency "
+                        "training without a teacher (Song & Dhariwal 2023), a model that samples in 1 to 4 steps "
+                        "(process edm; docs/distillation.md)")
     t.add_argument("--steps", type=positive_int, help="training steps (default from config: 3000)")
     t.add_argument("--batch-size", type=positive_int, help="global batch size")
     t.add_argument("--config", help="TOML file with config overrides")

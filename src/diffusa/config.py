@@ -60,10 +60,21 @@ class ModelConfig:
 
 
 @dataclass
+class ConsistencyTrainingConfig:
+    """Improved consistency training (Song & Dhariwal 2023), read when loss.kind = "ict" (docs/distillation.md)."""
+
+    s0: int = 10  # N(k)'s discretisation steps at the start: N = s0 + 1 levels, doubled every K' steps
+    s1: int = 1280  # ... up to s1 (N = s1 + 1 levels)
+    p_mean: float = -1.1  # the discrete log-normal over the levels: mean of ln sigma
+    p_std: float = 2.0  # its std
+    distance: str = "pseudo_huber"  # pseudo_huber (c = 0.00054 sqrt(dim)) | l2
+
+
+@dataclass
 class LossConfig:
     """The training objective."""
 
-    kind: str = "simple"  # simple | vlb | hybrid (see diffusa.losses.OBJECTIVES)
+    kind: str = "simple"  # simple | vlb | hybrid (see diffusa.losses.OBJECTIVES) | ict (consistency training)
     norm: str = "mse"  # mse | l1
     weighting: str = "auto"  # auto (per process: PROCESS_DEFAULTS) | none | min_snr | sigma2 | likelihood | edm
     gamma: float = 5.0
@@ -71,6 +82,7 @@ class LossConfig:
     p_mean: float = -1.2  # lognormal: mean of ln(sigma / alpha) (Karras et al. 2022, Table 1)
     p_std: float = 1.2  # lognormal: its std
     vlb_weight: float = 0.001  # hybrid: lambda in L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1)
+    ict: ConsistencyTrainingConfig = field(default_factory=ConsistencyTrainingConfig)  # kind = "ict"
 
 
 @dataclass
@@ -150,6 +162,17 @@ PROCESS_DEFAULTS: dict[str, dict[str, str]] = {
     "ve": {"prediction": "edm", "weighting": "edm", "time_sampler": "lognormal"},
     "edm": {"prediction": "edm", "weighting": "edm", "time_sampler": "lognormal"},
     "flow": {"prediction": "velocity", "weighting": "none", "time_sampler": "uniform"},
+}
+
+
+# The sampler each process's point runs draw with unless told (written into config.json as "sampling" when a point
+# run is trained; pipelines.sampling reads it): of DPM-Solver++(2M) and (3M), UniPC and DPM-Solver++(2M) SDE at 20
+# steps, the best geometric mean of energy distance / floor over eight 2-D sets, the built-in toys and four user-like
+# arrays (other scales, narrow and wide modes), a tie within 5% going to the smaller worst case
+# (`python benchmarks/toys.py`, docs/results/toys.md).
+POINT_SAMPLING: dict[str, tuple[str, int]] = {
+    "ddpm": ("dpmpp_2m_sde", 20), "vp": ("dpmpp_3m", 20), "subvp": ("unipc", 20), "ve": ("dpmpp_3m", 20),
+    "edm": ("dpmpp_3m", 20), "flow": ("dpmpp_2m_sde", 20),
 }
 
 

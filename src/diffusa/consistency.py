@@ -21,6 +21,10 @@ as the paper's students do.
 
 `ConsistencyDenoiser` answers in the "x0" parameterization (its raw output is f), so samplers, guidance (which
 mixes raw outputs) and clipping treat it as any Denoiser; `diffusa.samplers.sample_consistency` is Algorithm 1.
+
+The grids of levels both trainings draw from are here too: distillation's N(k) (`levels_at`), and improved
+consistency training's doubling N(k), discrete log-normal over the levels and weights lambda (Song & Dhariwal 2023;
+`ict_levels_at`, `lognormal_level_probs`, `ict_level_weights`, used by `diffusa.tasks.ict`).
 """
 
 from __future__ import annotations
@@ -63,6 +67,35 @@ def levels_at(step: int, total: int, levels: int, start: int | None) -> int:
         return levels
     frac = min(max(step / max(total, 1), 0.0), 1.0)
     return min(levels, math.ceil(math.sqrt(frac * (levels**2 - start**2) + start**2) - 1) + 1)
+
+
+def ict_levels_at(step: int, total: int, s0: int = 10, s1: int = 1280) -> int:
+    """N(k) of improved consistency training (Song & Dhariwal 2023, Sec. 3.4), the exponential curriculum: the
+    number of discretisation steps doubles every K' training steps, N(k) = min(s0 2^floor(k / K'), s1) + 1 with
+    K' = floor(K / (log2 floor(s1 / s0) + 1)) for K = `total` steps (K' at least 1). Needs 1 <= s0 <= s1."""
+    k_prime = max(1, math.floor(total / (math.log2(s1 // s0) + 1)))
+    doublings = min(max(step, 0) // k_prime, s1.bit_length())  # s0 2^bit_length(s1) > s1: the cap is reached
+    return min(s0 * 2**doublings, s1) + 1
+
+
+def lognormal_level_probs(sigmas: torch.Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> torch.Tensor:
+    """p(sigma_i), i = 0 .. N - 2, over neighbouring pairs (sigma_i, sigma_{i+1}) of the increasing levels
+    `sigmas` (Song & Dhariwal 2023, Sec. 3.5, eq. 10): proportional to
+    erf((ln sigma_{i+1} - P_mean) / (sqrt(2) P_std)) - erf((ln sigma_i - P_mean) / (sqrt(2) P_std)), the
+    log-normal N(P_mean, P_std^2)'s mass of ln sigma between the two levels, normalised to sum to 1."""
+    cdf = torch.special.erf((sigmas.to(torch.float64).log() - p_mean) / (math.sqrt(2) * p_std))
+    mass = cdf[1:] - cdf[:-1]
+    total = float(mass.sum())
+    if not total > 0:
+        raise DiffusaError(f"the log-normal N({p_mean}, {p_std}^2) of ln sigma puts no mass between the levels "
+                           f"{float(sigmas[0]):.4g} .. {float(sigmas[-1]):.4g}; move loss.ict.p_mean inside")
+    return mass / total
+
+
+def ict_level_weights(sigmas: torch.Tensor) -> torch.Tensor:
+    """lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i), i = 0 .. N - 2, for increasing levels `sigmas` (Song &
+    Dhariwal 2023, Sec. 3.1): small noise levels weigh more."""
+    return 1.0 / (sigmas[1:] - sigmas[:-1])
 
 
 class ConsistencyDenoiser(Denoiser):
@@ -145,4 +178,5 @@ def consistency_of(denoiser: Denoiser) -> ConsistencyDenoiser | None:
     return None
 
 
-__all__ = ["RHO", "ConsistencyDenoiser", "consistency_of", "consistency_scalings", "level_times", "levels_at"]
+__all__ = ["RHO", "ConsistencyDenoiser", "consistency_of", "consistency_scalings", "ict_level_weights", "ict_levels_at",
+           "level_times", "levels_at", "lognormal_level_probs"]

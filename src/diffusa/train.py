@@ -1,5 +1,5 @@
-"""Train a diffusion run: build the task from a config (`diffusa.tasks.diffusion`), fit it on the one engine
-(`diffusa.engine`). `diffusa train` and the benchmarks call these."""
+"""Train a run: build the task from a config (`diffusa.tasks.diffusion`, or `diffusa.tasks.ict` for consistency
+training), fit it on the one engine (`diffusa.engine`). `diffusa train` and the benchmarks call these."""
 
 from __future__ import annotations
 
@@ -41,13 +41,24 @@ def init_base(spec: str | Path) -> dict[str, Any]:
             "data": {"latent": cfg["data"].get("latent")}}
 
 
+def training_task(cfg: RunConfig, data: Any = None) -> DiffusionTask:
+    """The task a config trains: consistency training (`diffusa.tasks.ict`) when loss.kind is "ict", else
+    diffusion."""
+    from diffusa.losses import OBJECTIVES
+    from diffusa.tasks.ict import ICT, ConsistencyTrainingTask
+
+    if cfg.loss.kind not in (*OBJECTIVES, ICT):
+        raise DiffusaError(f"unknown loss kind {cfg.loss.kind!r}; known: {', '.join((*OBJECTIVES, ICT))}")
+    return ConsistencyTrainingTask(cfg, data) if cfg.loss.kind == ICT else DiffusionTask(cfg, data)
+
+
 def diffusion_engine(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
                      data: Any = None, init: str | Path | None = None) -> Engine:
     """The engine that trains a diffusion run folder from `cfg`. `init`: a run folder or shipped model whose EMA
     weights the network starts from (a new run, with its own optimizer state)."""
     check_out(out, resume, init)  # before the data are read (and encoded) and the network built
     weights = None
-    task = DiffusionTask(cfg, data)
+    task = training_task(cfg, data)
     if init is not None:
         weights, meta = init_weights(init)
         if meta["network"]["kind"] != task.kind:
@@ -87,4 +98,4 @@ def last_log(run: str | Path) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-__all__ = ["diffusion_engine", "init_base", "init_weights", "last_log", "snapshots", "train"]
+__all__ = ["diffusion_engine", "init_base", "init_weights", "last_log", "snapshots", "train", "training_task"]

@@ -40,7 +40,7 @@ def consistency_grid(denoiser: Denoiser, steps: int) -> torch.Tensor:
         return torch.cat([grid[:-2], zero])
     if steps > cm.num_levels - 1:
         raise DiffusaError(f"--steps {steps} exceeds the {cm.num_levels - 1} steps of this consistency model: it was "
-                           f"distilled on {cm.num_levels} noise levels (other times: pass a spacing, e.g. karras)")
+                           f"trained on {cm.num_levels} noise levels (other times: pass a spacing, e.g. karras)")
     times = cm.level_times().flip(0)  # decreasing, from T to t_min
     idx = torch.linspace(0, cm.num_levels - 1, steps + 1, dtype=torch.float64).round().long()[:-1]
     return torch.cat([times[idx], zero])

@@ -12,12 +12,17 @@ The body's fields are the pipeline's argument names plus `model` and `format` (s
 and mask (images.py); the answer is the PNG grid `diffusa generate --out x.png` writes for the same settings
 (`pipe.img2img(...)` / `pipe.inpaint(...)` / `pipe.upscale(...)`'s for an edit or an upscale), byte for byte (or the
 .npz of `--out x.npz`), with the settings used in the header X-Diffusa-Settings (JSON) and the history id in
-X-Diffusa-Id. All four share one queue, one lock and the history with the page.
+X-Diffusa-Id. All four share one queue, one lock and the history with the page. A client that disconnects is
+watched for (`run_while_connected`): while its request waits, the request leaves the queue without running; while it
+runs, the drawing stops at the next step; neither is kept in the history.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import threading
 import uuid
 from typing import Any
 
@@ -25,9 +30,9 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from starlette.concurrency import run_in_threadpool
 
-from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS
+from diffusa.pipelines import DEFAULT_SAMPLER, DEFAULT_STEPS, Pipeline, StepCallback
 from diffusa.serve.images import Inputs, edit_inputs
-from diffusa.serve.jobs import Generation, Service
+from diffusa.serve.jobs import Generation, Gone, Service, Watch
 from diffusa.serve.limits import MAX_BODY, Refusal, limits
 from diffusa.serve.schema import (
     EditRequest,
@@ -41,6 +46,8 @@ from diffusa.serve.schema import (
 )
 
 JSON_TYPES = ("application/json",)
+CLIENT_GONE = 499  # the status of an answer nobody reads (nginx's "client closed request")
+log = logging.getLogger("diffusa.serve")
 
 
 async def read_body(request: Request, limit: int = MAX_BODY) -> bytes:
@@ -65,7 +72,7 @@ def settings_header(settings: dict[str, Any]) -> str:
 def respond(service: Service, gen: Generation, fmt: str) -> Response:
     """The generation as the response: PNG grid or .npz, settings in the headers."""
     res, entry = gen.samples, gen.entry
-    assert entry is not None  # the API never stops a generation early
+    assert entry is not None  # a generation stopped early (its client left) is not answered (run_while_connected)
     headers = {"X-Diffusa-Settings": settings_header(res.settings), "X-Diffusa-Id": entry.id}
     if fmt == "png":
         return Response(entry.png.read_bytes(), media_type="image/png",
@@ -77,6 +84,48 @@ def respond(service: Service, gen: Generation, fmt: str) -> Response:
         tmp.unlink(missing_ok=True)
     return Response(data, media_type="application/octet-stream",
                     headers={**headers, "Content-Disposition": f'attachment; filename="{entry.id}.npz"'})
+
+
+async def watch_client(request: Request, gone: threading.Event) -> None:
+    """Set `gone` when the client disconnects. Await it once the body is read: the next message is then the
+    disconnect (and asking for it has the server read the connection again, so that it notices one closed)."""
+    try:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a receive that fails tells nothing: the request runs as before
+        return
+    gone.set()
+
+
+def stop_when(gone: threading.Event) -> Watch:
+    """The step callback that stops a drawing at its next step once `gone` is set."""
+    def watch(pipe: Pipeline) -> StepCallback:
+        return lambda step, t, x_t, x0: gone.is_set()
+
+    return watch
+
+
+async def run_while_connected(service: Service, request: Request, req: Settings,
+                              inputs: Inputs | None) -> Generation | None:
+    """`service.run` in a worker thread (call inside `gate.admit()`) while a task watches the client. A client that
+    leaves while its request waits: the request leaves the queue at once, nothing loaded or run (Gone); while it
+    runs: the drawing stops at its next step, nothing kept. Either is logged in one line and gives None."""
+    gone = threading.Event()
+    watcher = asyncio.ensure_future(watch_client(request, gone))
+    try:
+        gen = await run_in_threadpool(service.run, req, "api", stop_when(gone), inputs, gone)
+    except Gone:
+        log.warning("api: the client of a waiting %s request left; not run, its place in the queue given back",
+                    req.task)
+        return None
+    finally:
+        watcher.cancel()
+    if gen.entry is None:
+        stopped = gen.samples.stopped_at
+        log.warning("api: the client of a running %s request left; stopped after step %s, not kept", req.task,
+                    "?" if stopped is None else stopped + 1)
+        return None
+    return gen
 
 
 def read_inputs(service: Service, req: ImageSettings) -> Inputs:
@@ -128,7 +177,8 @@ def build_router(service: Service) -> APIRouter:
 
     async def answer(request: Request, kind: type[Settings]) -> Response:
         """One POST: the body parsed, the model resolved, an edit's or an upscale's image read (their refusals
-        before the queue), then a place in the queue and the pipeline call in a worker thread."""
+        before the queue), then a place in the queue and the pipeline call in a worker thread, for as long as the
+        client stays (`run_while_connected`; the answer to one that left is CLIENT_GONE, which nobody reads)."""
         req = parse_request(parse_json(await read_body(request)), kind)
         service.models.resolve(req.model_name)  # 403 / 404 before taking a place in the queue
         req = service.resolved(req)  # sampler and steps left out: the model's recommendation (config.json)
@@ -136,7 +186,9 @@ def build_router(service: Service) -> APIRouter:
         if isinstance(req, ImageSettings):
             inputs = await run_in_threadpool(read_inputs, service, req)
         with service.gate.admit():
-            gen = await run_in_threadpool(service.run, req, "api", None, inputs)
+            gen = await run_while_connected(service, request, req, inputs)
+        if gen is None:
+            return Response(status_code=CLIENT_GONE)
         return respond(service, gen, req.format)
 
     @router.post("/generate", summary="draw images: a PNG grid (or .npz), settings in X-Diffusa-Settings",
@@ -189,4 +241,5 @@ def build_router(service: Service) -> APIRouter:
     return router
 
 
-__all__ = ["build_router", "read_body", "read_inputs", "respond", "settings_header"]
+__all__ = ["CLIENT_GONE", "build_router", "read_body", "read_inputs", "respond", "run_while_connected",
+           "settings_header", "stop_when", "watch_client"]

@@ -3,7 +3,8 @@
 `Gate.admit()` takes one of max_queue + 1 places (the running generation and those waiting) or answers
 `Busy` (429) at once: the queue never grows. `Gate.running()` is the lock that lets one generation use the
 cores at a time, so two users do not each run at a fraction of the speed. The REST API and the web page share
-one gate, so the queue bounds both together.
+one gate, so the queue bounds both together. A request waiting with a `gone` event (the API's: set when its client
+disconnects) stops waiting once it is set and raises `Gone`: nothing runs, nothing is recorded, its place comes back.
 """
 
 from __future__ import annotations
@@ -24,9 +25,14 @@ from diffusa.serve.models import Models
 from diffusa.serve.schema import R, Settings, parse_request
 
 CACHED = 2  # pipelines kept loaded (the two shipped models, or a shipped model and a run)
+POLL = 0.1  # seconds between looks at a waiting request's `gone` event
 
 # watch(pipe) -> the step callback of a generation with that pipeline (the page's progress and previews)
 Watch = Callable[[Pipeline], StepCallback | None]
+
+
+class Gone(Exception):  # noqa: N818 (control flow: a client that left, not an error)
+    """The client of a waiting request left before its turn: nothing was run or recorded."""
 
 
 class Gate:
@@ -61,10 +67,22 @@ class Gate:
                 self._count -= 1
 
     @contextmanager
-    def running(self) -> Iterator[None]:
-        """The one generation that runs (blocks until the previous one is done)."""
-        with self._run:
+    def running(self, gone: threading.Event | None = None) -> Iterator[None]:
+        """The one generation that runs (blocks until the previous one is done). With `gone`: raises Gone instead of
+        running once it is set, while waiting (looked at every POLL seconds) or at the turn."""
+        if gone is None:
+            self._run.acquire()
+        else:
+            while not self._run.acquire(timeout=POLL):
+                if gone.is_set():
+                    raise Gone
+            if gone.is_set():
+                self._run.release()
+                raise Gone
+        try:
             yield
+        finally:
+            self._run.release()
 
 
 @dataclass
@@ -131,16 +149,18 @@ class Service:
             return 0
         return self.models.super_resolution(self.models.resolve(req.model_name), req.model_name)
 
-    def run(self, req: Settings, source: str, watch: Watch | None = None, inputs: Inputs | None = None) -> Generation:
+    def run(self, req: Settings, source: str, watch: Watch | None = None, inputs: Inputs | None = None,
+            gone: threading.Event | None = None) -> Generation:
         """Do what `req` asks (call inside `gate.admit()`): the pipeline call — pipe(...) for a generation,
         pipe.img2img / pipe.inpaint / pipe.upscale with the image (and mask) of `inputs` for an edit or an upscale —
         then the history entry.
-        `watch(pipe)` gives the step callback; a callback that stops the drawing early leaves no entry."""
+        `watch(pipe)` gives the step callback; a callback that stops the drawing early leaves no entry.
+        `gone` set before the turn comes: Gone, without loading or running anything (`Gate.running`)."""
         self.models.resolve(req.model_name)  # a refused name is answered before waiting for the lock
         req = self.resolved(req)  # a no-op for a request the API or the page resolved already
         if (req.task == "generate") != (inputs is None):
             raise ValueError(f"{req.task}: inputs {'missing' if inputs is None else 'not taken'}")  # a bug, not a user
-        with self.gate.running():
+        with self.gate.running(gone):
             pipe = self.pipeline(req.model_name)
             call = pipe if inputs is None else getattr(pipe, req.task)
             args = () if inputs is None else inputs.args
@@ -163,4 +183,4 @@ def _stamp(path: Path) -> tuple[int, ...]:
     return tuple(out)
 
 
-__all__ = ["CACHED", "Gate", "Generation", "Service", "Watch"]
+__all__ = ["CACHED", "POLL", "Gate", "Generation", "Gone", "Service", "Watch"]

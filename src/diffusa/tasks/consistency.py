@@ -43,7 +43,7 @@ from diffusa.runs import load_run, make_denoiser
 from diffusa.samplers import default_karras_grid, get_sampler
 from diffusa.tasks.diffusion import DiffusionTask
 
-METHODS = ("cd",)  # consistency distillation; consistency training (iCT) and reflow are not here yet
+METHODS = ("cd",)  # consistency distillation (reflow is `diffusa.tasks.reflow`, iCT `diffusa.tasks.ict`)
 # deterministic samplers whose one step over [t, s] is an ODE step (the multistep ones take a first-order step)
 SOLVERS = ("heun", "euler", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "ode_euler", "ode_heun", "rk4")
 DISTANCES = ("l2", "pseudo_huber")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from diffusa.conditioning import conditioner_for
-from diffusa.config import RunConfig, resolve_defaults
+from diffusa.config import POINT_SAMPLING, RunConfig, resolve_defaults
 from diffusa.data import run_dataset
 from diffusa.engine.loop import validate_settings
 from diffusa.engine.task import StepLoss, Task
@@ -67,12 +67,16 @@ class DiffusionTask(Task):
                 raise DiffusaError(f"--grad-checkpoint needs the U-Net; this run's network is {self.kind!r}")
             self.model.grad_checkpoint = True
         self.process = build_process(cfg)
-        self.time_sampler = build_time_sampler(cfg.loss, self.process)
-        self.objective = build_objective(cfg.loss, self.process)
+        self.build_loss()
         self.conditioner = conditioner_for(self.kind, self.spec, self.data, cfg.train.label_dropout, self.model,
                                            self.source)
         self.image = self.data.kind == "image" and self.latent is None  # latents are not clipped to [-1, 1]
         self.init: dict[str, Any] | None = None  # set by `diffusion_engine` when starting from another run
+
+    def build_loss(self) -> None:
+        """The objective and time sampler of cfg.loss (a task with a loss of its own overrides this)."""
+        self.time_sampler = build_time_sampler(self.cfg.loss, self.process)
+        self.objective = build_objective(self.cfg.loss, self.process)
 
     @property
     def net(self) -> nn.Module:
@@ -111,6 +115,11 @@ class DiffusionTask(Task):
             meta["latent"] = self.latent
         if self.standardize is not None:
             meta["standardize"] = self.standardize
+        if self.data.kind == "points" and self.cfg.process.name in POINT_SAMPLING:  # measured per process
+            sampler, steps = POINT_SAMPLING[self.cfg.process.name]
+            meta["sampling"] = {"sampler": sampler, "steps": steps,
+                                "why": "the best over eight 2-D sets for this process (benchmarks/toys.py, "
+                                       "docs/results/toys.md)"}
         if self.init is not None:
             meta["init"] = self.init
         return meta
@@ -118,6 +127,11 @@ class DiffusionTask(Task):
     def check_resume(self, meta: dict[str, Any], out: Path) -> None:
         if "distill" in meta:  # its loss is distillation's (diffusa.tasks.consistency), not this one
             raise DiffusaError(f"{out} is a distilled student: continue it with `diffusa distill --resume --out {out}`")
+        loss = meta.get("config", {}).get("loss")
+        kind = loss.get("kind") if isinstance(loss, dict) else None
+        if kind is not None and kind != self.cfg.loss.kind:  # e.g. a consistency-trained run (loss.kind "ict")
+            raise DiffusaError(f"cannot resume {out}: it was trained with loss.kind {kind!r}, this config says "
+                               f"{self.cfg.loss.kind!r}")
         if meta.get("network", {}).get("config") != json.loads(json.dumps(self.spec)):
             raise DiffusaError(f"cannot resume {out}: its network differs from this config")
 
