@@ -17,8 +17,8 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 
-from diffusa.checkpoint import guard_output, write_text
-from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int, threads_flag
+from diffusa.checkpoint import guard_output
+from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int, print_json, threads_flag
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
@@ -233,16 +233,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
                     **sampler_options(args), "seed": args.seed})
     print_json(metrics, args.out)
     return 0
-
-
-def print_json(obj: dict[str, Any], out: str | None) -> None:
-    """Print a result as JSON, and write it to `out` too when given."""
-    from diffusa._version import __version__
-
-    text = json.dumps({**obj, "diffusa_version": __version__}, indent=2)  # the mark of a file diffusa wrote
-    print(text)
-    if out:
-        write_text(Path(out), text + "\n")
 
 
 def default_plot(run: str) -> Path:

@@ -1,12 +1,14 @@
-"""Argument types and output checks shared by the command-line modules."""
+"""Argument types, output checks and the JSON result printer shared by the command-line modules."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 from pathlib import Path
+from typing import Any
 
-from diffusa.checkpoint import guard_output
+from diffusa.checkpoint import guard_output, write_text
 from diffusa.errors import DiffusaError
 from diffusa.threads import MAX_THREADS
 
@@ -77,3 +79,13 @@ def threads_flag(parser: argparse.ArgumentParser, default_help: str = AUTO_HELP)
     """Add --threads to a command's parser (every command that runs a network takes it)."""
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
                         help=f"torch threads (default auto: {default_help}); fewer leave cores to other work")
+
+
+def print_json(obj: dict[str, Any], out: str | None) -> None:
+    """Print a result as JSON, and write it to `out` too when given."""
+    from diffusa._version import __version__
+
+    text = json.dumps({**obj, "diffusa_version": __version__}, indent=2)  # the mark of a file diffusa wrote
+    print(text)
+    if out:
+        write_text(Path(out), text + "\n")

@@ -11,7 +11,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from diffusa.cli_common import non_negative_float, positive_int, threads_flag
+from diffusa.cli_common import non_negative_float, positive_int, print_json, threads_flag
 from diffusa.errors import DiffusaError
 from diffusa.threads import use_threads
 
@@ -119,7 +119,6 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def cmd_straightness(args: argparse.Namespace) -> int:
     import torch
 
-    from diffusa.cli import print_json
     from diffusa.reflow import straightness
     from diffusa.runs import load_run
     from diffusa.shipped import run_path

@@ -244,3 +244,17 @@ def check_recommended_grid(den: Denoiser, meta: dict[str, Any], cfg_file: Path) 
     except DiffusaError as e:
         raise DiffusaError(f"{cfg_file}: sampling (sampler {rec[0]}, steps {rec[1]}) does not suit this model: "
                            f"{str(e).removeprefix('--')}; correct or remove the entry") from None
+
+
+def init_weights(spec: str | Path) -> tuple[Path, dict[str, Any]]:
+    """(the weights file, the run's config.json) of a run or shipped model to fine-tune from (`--init`)."""
+    from diffusa.shipped import run_path
+
+    path = run_path(spec)
+    meta = read_run_meta(path)
+    if "latent" in meta:  # the autoencoder named relative to that run: make the name absolute for the new run
+        from diffusa.latent import autoencoder_path
+
+        meta["latent"]["autoencoder"] = str(autoencoder_path(meta["latent"], path).resolve())
+        meta["config"]["data"]["latent"] = meta["latent"]["autoencoder"]
+    return path / "model.safetensors", meta

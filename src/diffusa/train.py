@@ -14,22 +14,8 @@ from diffusa.config import RunConfig
 from diffusa.engine import Engine, leave_distributed
 from diffusa.engine.state import check_out
 from diffusa.errors import DiffusaError
-from diffusa.runs import read_run_meta
+from diffusa.runs import init_weights
 from diffusa.tasks.diffusion import DiffusionTask
-
-
-def init_weights(spec: str | Path) -> tuple[Path, dict[str, Any]]:
-    """(the weights file, the run's config.json) of a run or shipped model to fine-tune from (`--init`)."""
-    from diffusa.shipped import run_path
-
-    path = run_path(spec)
-    meta = read_run_meta(path)
-    if "latent" in meta:  # the autoencoder named relative to that run: make the name absolute for the new run
-        from diffusa.latent import autoencoder_path
-
-        meta["latent"]["autoencoder"] = str(autoencoder_path(meta["latent"], path).resolve())
-        meta["config"]["data"]["latent"] = meta["latent"]["autoencoder"]
-    return path / "model.safetensors", meta
 
 
 def init_base(spec: str | Path) -> dict[str, Any]:

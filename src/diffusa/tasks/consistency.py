@@ -39,7 +39,7 @@ from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser
-from diffusa.runs import load_run, make_denoiser
+from diffusa.runs import init_weights, load_run, make_denoiser
 from diffusa.samplers import default_karras_grid, get_sampler
 from diffusa.tasks.diffusion import DiffusionTask
 
@@ -150,7 +150,6 @@ class ConsistencyTask(DiffusionTask):
     def __init__(self, teacher: str | Path, settings: TrainConfig, config: DistillConfig | None = None,
                  data: Any = None) -> None:
         from diffusa.shipped import run_path
-        from diffusa.train import init_weights
 
         self.config = (config or DistillConfig()).check()
         if settings.ema_decay != self.config.mu or settings.ema_warmup:

@@ -37,6 +37,7 @@ from diffusa.engine.task import StepLoss
 from diffusa.errors import DiffusaError
 from diffusa.limits import check_bytes, tensor_bytes
 from diffusa.reflow import ODE_SOLVERS, reflow_pairs
+from diffusa.runs import init_weights, load_run, read_run_meta
 from diffusa.tasks.diffusion import DiffusionTask
 
 METHOD = "reflow"
@@ -154,9 +155,7 @@ class ReflowTask(DiffusionTask):
 
     def __init__(self, teacher: str | Path, settings: TrainConfig, config: ReflowConfig | None = None,
                  pairs_file: str | Path | None = None, progress: bool = True) -> None:
-        from diffusa.runs import load_run, read_run_meta
         from diffusa.shipped import run_path
-        from diffusa.train import init_weights
 
         self.config = (config or ReflowConfig()).check()
         self.teacher_name = str(teacher)
@@ -272,7 +271,6 @@ def check_same_reflow(out: Path, teacher: str | Path, config: ReflowConfig, sett
     """Refuse to resume `out` with another teacher or other reflow settings than it started with, before any pair
     is solved (the full table is compared again when the engine resumes)."""
     from diffusa.engine.state import never_checkpointed
-    from diffusa.runs import read_run_meta
 
     if never_checkpointed(out):  # stopped before its first checkpoint: it starts again
         return
