@@ -242,7 +242,7 @@ def report(records: list[dict], out: str | None) -> None:
     for m, p, d in zip(budgets, rec["diffusers"], rec["diffusa"], strict=True):
         ratio = d["fd"] / p["fd"]
         lines.append(f"| {m:g} | {p['step']} | {p['fd']:.1f} | {p['confident']:.1%} | {d['step']} | {d['fd']:.1f} "
-                     f"| {d['confident']:.1%} | {ratio:.2f} | {'met' if ratio <= 0.7 else 'missed'} |")
+                     f"| {d['confident']:.1%} | {ratio:.3f} | {'met' if ratio <= 0.7 else 'missed'} |")
     emit(lines, out)
 
 
