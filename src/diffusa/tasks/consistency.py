@@ -23,7 +23,6 @@ made). `diffusa sample` and `diffusa.load` then draw with the "consistency" samp
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -41,7 +40,7 @@ from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser
 from diffusa.runs import init_weights, load_run, make_denoiser
 from diffusa.samplers import default_karras_grid, get_sampler
-from diffusa.tasks.diffusion import DiffusionTask
+from diffusa.tasks.diffusion import DiffusionTask, as_json, check_student_resume
 
 METHODS = ("cd",)  # consistency distillation (reflow is `diffusa.tasks.reflow`, iCT `diffusa.tasks.ict`)
 # deterministic samplers whose one step over [t, s] is an ODE step (the multistep ones take a first-order step)
@@ -137,10 +136,6 @@ def distillation_loss(student: Denoiser, target: Denoiser, teacher: Denoiser, x0
     return consistency_distance(student(x_hi, t_hi, cond).x0, goal, distance)
 
 
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(value))
-
-
 class ConsistencyTask(DiffusionTask):
     """Distils a consistency model from a teacher run: the teacher's data, process, network and conditioning; the
     loss of `distillation_loss`; the target network is the engine's EMA (rate mu)."""
@@ -162,7 +157,7 @@ class ConsistencyTask(DiffusionTask):
         cfg = load_config(base=meta["config"])
         cfg.train = settings
         super().__init__(cfg, data)
-        if self.kind != meta["network"]["kind"] or _json(self.spec) != meta["network"]["config"]:
+        if self.kind != meta["network"]["kind"] or as_json(self.spec) != meta["network"]["config"]:
             raise DiffusaError(f"the teacher's network ({meta['network']['kind']}) cannot be rebuilt from its "
                                "config by this diffusa; retrain the teacher")
         self.init = {"from": self.teacher_name}
@@ -238,11 +233,7 @@ class ConsistencyTask(DiffusionTask):
         return meta
 
     def check_resume(self, meta: dict[str, Any], out: Path) -> None:
-        if meta.get("distill") != _json(self.distill_table()):
-            raise DiffusaError(f"cannot resume {out}: it was distilled from another teacher or with other settings "
-                               f"({meta.get('distill')})")
-        if meta.get("network", {}).get("config") != _json(self.spec):
-            raise DiffusaError(f"cannot resume {out}: its network differs from the teacher's")
+        check_student_resume(meta, out, self.distill_table(), self.spec, "distilled", "the teacher's")
 
 
 def resumed_settings(out: str | Path) -> tuple[str, DistillConfig, TrainConfig]:

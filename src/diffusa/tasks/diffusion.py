@@ -30,6 +30,21 @@ from diffusa.viz import save_samples
 TIME_SAMPLER_PREFIX = "time_sampler."
 
 
+def as_json(value: Any) -> Any:
+    """`value` as config.json holds it once written and read back (tuples as lists, keys as strings)."""
+    return json.loads(json.dumps(value))
+
+
+def check_student_resume(meta: dict[str, Any], out: Path, table: dict[str, Any], spec: Any, verb: str,
+                         whose: str) -> None:
+    """A student run (distilled, reflowed) resumes only with the "distill" table and network it started with."""
+    if meta.get("distill") != as_json(table):
+        raise DiffusaError(f"cannot resume {out}: it was {verb} from another teacher or with other settings "
+                           f"({meta.get('distill')})")
+    if meta.get("network", {}).get("config") != as_json(spec):
+        raise DiffusaError(f"cannot resume {out}: its network differs from {whose}")
+
+
 class DiffusionTask(Task):
     """Trains `denoiser(x_t, t, cond)` on a dataset under a process; the network is averaged by EMA."""
 
@@ -132,7 +147,7 @@ class DiffusionTask(Task):
         if kind is not None and kind != self.cfg.loss.kind:  # e.g. a consistency-trained run (loss.kind "ict")
             raise DiffusaError(f"cannot resume {out}: it was trained with loss.kind {kind!r}, this config says "
                                f"{self.cfg.loss.kind!r}")
-        if meta.get("network", {}).get("config") != json.loads(json.dumps(self.spec)):
+        if meta.get("network", {}).get("config") != as_json(self.spec):
             raise DiffusaError(f"cannot resume {out}: its network differs from this config")
 
     def preview(self, out: Path, name: str) -> None:

@@ -20,7 +20,6 @@ paper fine-tunes the previous flow), else from fresh weights of the teacher's ar
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +37,7 @@ from diffusa.errors import DiffusaError
 from diffusa.limits import check_bytes, tensor_bytes
 from diffusa.reflow import ODE_SOLVERS, reflow_pairs
 from diffusa.runs import init_weights, load_run, read_run_meta
-from diffusa.tasks.diffusion import DiffusionTask
+from diffusa.tasks.diffusion import DiffusionTask, as_json, check_student_resume
 
 METHOD = "reflow"
 PAIRS = "pairs.safetensors"  # the coupling, in the run folder
@@ -79,10 +78,6 @@ def reflow_settings(steps: int = 2000, batch_size: int | None = None, lr: float 
     return TrainConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(100, steps // 10), seed=seed,
                        max_minutes=max_minutes, sample_every=0, sample_n=sample_n, sampler="euler", sample_steps=1,
                        threads=threads)
-
-
-def _json(value: Any) -> Any:
-    return json.loads(json.dumps(value))
 
 
 def teacher_k(meta: dict[str, Any]) -> int:
@@ -183,7 +178,7 @@ class ReflowTask(DiffusionTask):
             from diffusa.standardize import Destandardize
 
             self.decoder = Destandardize(self.standardize)
-        same_net = self.kind == meta["network"]["kind"] and _json(self.spec) == meta["network"]["config"]
+        same_net = self.kind == meta["network"]["kind"] and as_json(self.spec) == meta["network"]["config"]
         velocity_flow = meta.get("process", {}).get("name") == "flow" and \
             meta["config"]["model"].get("prediction") in ("velocity", "auto")
         self.start = self.config.init if self.config.init != "auto" else \
@@ -253,11 +248,7 @@ class ReflowTask(DiffusionTask):
         return meta
 
     def check_resume(self, meta: dict[str, Any], out: Path) -> None:
-        if meta.get("distill") != _json(self.distill_table()):
-            raise DiffusaError(f"cannot resume {out}: it was reflowed from another teacher or with other settings "
-                               f"({meta.get('distill')})")
-        if meta.get("network", {}).get("config") != _json(self.spec):
-            raise DiffusaError(f"cannot resume {out}: its network differs from this reflow's")
+        check_student_resume(meta, out, self.distill_table(), self.spec, "reflowed", "this reflow's")
 
 
 def resumed_reflow(table: dict[str, Any], meta: dict[str, Any]) -> tuple[str, ReflowConfig, TrainConfig]:
@@ -276,7 +267,7 @@ def check_same_reflow(out: Path, teacher: str | Path, config: ReflowConfig, sett
         return
     table = read_run_meta(out).get("distill")
     want = {"method": METHOD, "teacher": str(teacher), "seed": settings.seed, **asdict(config)}
-    if not isinstance(table, dict) or any(table.get(k) != v for k, v in _json(want).items()):
+    if not isinstance(table, dict) or any(table.get(k) != v for k, v in as_json(want).items()):
         raise DiffusaError(f"cannot resume {out}: it was reflowed from another teacher or with other settings "
                            f"({table})")
 
