@@ -21,10 +21,12 @@ from diffusa.checkpoint import guard_output
 from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int, print_json, threads_flag
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
+from diffusa.losses import OBJECTIVES
 from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
 from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
 from diffusa.process import PROCESSES
 from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
+from diffusa.tasks.ict import ICT
 from diffusa.threads import set_wait_policy, use_threads
 
 EXIT_USAGE = 2
@@ -329,7 +331,7 @@ def build_parser() -> Parser:
     t.add_argument("--process", choices=list(PROCESSES),
                    help="forward process (default ddpm); each trains with its own objective unless "
                         "--set model.prediction / loss.weighting / loss.time_sampler say otherwise")
-    t.add_argument("--objective", choices=["simple", "vlb", "hybrid", "ict"],
+    t.add_argument("--objective", choices=[*OBJECTIVES, ICT],
                    help="the loss (loss.kind): simple (default), vlb, hybrid (Improved DDPM), or ict: consistency "
                         "training without a teacher (Song & Dhariwal 2023), a model that samples in 1 to 4 steps "
                         "(process edm; docs/distillation.md)")

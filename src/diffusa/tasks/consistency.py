@@ -136,7 +136,24 @@ def distillation_loss(student: Denoiser, target: Denoiser, teacher: Denoiser, x0
     return consistency_distance(student(x_hi, t_hi, cond).x0, goal, distance)
 
 
-class ConsistencyTask(DiffusionTask):
+class CurriculumStep:
+    """The step count k of a discretisation curriculum N(k) (Song et al. 2023; Song & Dhariwal 2023), counted after
+    each step and kept with the checkpoint under STEP_KEY, so that a resumed run continues its schedule."""
+
+    STEP_KEY = "distill_step"
+    k: int
+
+    def after_step(self, result: StepLoss) -> None:
+        self.k += 1
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {}, {self.STEP_KEY: self.k}
+
+    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
+        self.k = int(values.get(self.STEP_KEY, 0))
+
+
+class ConsistencyTask(CurriculumStep, DiffusionTask):
     """Distils a consistency model from a teacher run: the teacher's data, process, network and conditioning; the
     loss of `distillation_loss`; the target network is the engine's EMA (rate mu)."""
 
@@ -208,15 +225,6 @@ class ConsistencyTask(DiffusionTask):
         losses = distillation_loss(self.student, self.target, self.teacher, x, times, n, z, cond, c.solver,
                                    c.distance)
         return StepLoss(losses, logs={"levels": float(levels)} if c.levels_start is not None else {})
-
-    def after_step(self, result: StepLoss) -> None:
-        self.k += 1
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {}, {"distill_step": self.k}
-
-    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
-        self.k = int(values.get("distill_step", 0))
 
     def distill_table(self) -> dict[str, Any]:
         """config.json's "distill": the teacher and the settings of `DistillConfig`."""

@@ -37,7 +37,7 @@ from diffusa.engine.task import StepLoss
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser
 from diffusa.runs import make_denoiser
-from diffusa.tasks.consistency import DISTANCES, LEVELS_MAX, consistency_distance
+from diffusa.tasks.consistency import DISTANCES, LEVELS_MAX, CurriculumStep, consistency_distance
 from diffusa.tasks.diffusion import DiffusionTask
 
 ICT = "ict"  # loss.kind of consistency training
@@ -85,9 +85,11 @@ def check_ict(cfg: Any) -> None:
                            f"model (loss.ict.s1)")
 
 
-class ConsistencyTrainingTask(DiffusionTask):
+class ConsistencyTrainingTask(CurriculumStep, DiffusionTask):
     """Improved consistency training (Song & Dhariwal 2023) of a run's network from data alone; the run's data,
     network and conditioning are the diffusion task's, the loss is `ict_loss` weighted by lambda(sigma_i)."""
+
+    STEP_KEY = "ict_step"
 
     name = "ict"
 
@@ -147,15 +149,6 @@ class ConsistencyTrainingTask(DiffusionTask):
         losses = ict_loss(self.student, self.target, x, times.to(x.device), i.to(x.device), z, cond, c.distance)
         return StepLoss(losses, weights[i].to(x.device, torch.float32),
                         logs={"levels": float(levels), "distance": losses.detach().mean()})
-
-    def after_step(self, result: StepLoss) -> None:
-        self.k += 1
-
-    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {}, {"ict_step": self.k}
-
-    def load_state(self, tensors: dict[str, torch.Tensor], values: dict[str, Any]) -> None:
-        self.k = int(values.get("ict_step", 0))
 
     def meta(self) -> dict[str, Any]:
         meta = super().meta()
