@@ -102,8 +102,10 @@ def held_out(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 # -- stages -------------------------------------------------------------------------------------------------------
-def run_dir(args: argparse.Namespace, name: str) -> Path:
-    return Path(args.runs) / name
+def run_dir(args: argparse.Namespace, name: str) -> Path | str:
+    """A run of this benchmark: under --runs, unless --use NAME=RUN points it elsewhere (a shipped model's name, e.g.
+    --use sr4=mnist-sr, or another run folder)."""
+    return dict(args.use).get(name, Path(args.runs) / name)
 
 
 def runs(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -143,10 +145,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         source = pipe.image_condition
         low = source.low_res(x)
         t0 = time.time()
-        res = pipe.upscale(low, steps=args.sample_steps, seed=0)
+        res = pipe.upscale(low, sampler=args.sampler, steps=args.sample_steps, seed=0, noise_level=args.noise_level)
         seconds = time.time() - t0
         bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
-        row = {"run": name, "factor": source.factor, "input": list(low.shape[-2:]), "noise_level": source.noise,
+        row = {"run": str(run_dir(args, name)), "sampler": res.settings["sampler"], "factor": source.factor,
+               "input": list(low.shape[-2:]), "noise_level": res.settings["noise_level"],
                "seconds": seconds, "nfe": res.settings["nfe"]}
         for method, out in (("diffusion", res.samples), ("bicubic", bicubic)):
             row[method] = {"psnr": psnr(out, x), "ssim": ssim(out, x), **judged(out, y, ref),
@@ -256,7 +259,9 @@ def report_lines(raw: Path) -> list[str]:
             h, f = row["input"][0], row["factor"]
             for method in ("diffusion", "bicubic"):
                 m = row[method]
-                lines.append(f"| {h}->{h * f} ({f}x) | {method} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['fd']:.1f} | "
+                which = (f"{h}->{h * f} ({f}x), {row['run']}" + (f", {row['sampler']}" if "sampler" in row else "")
+                         + f", level {row['noise_level']:g}")
+                lines.append(f"| {which} | {method} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['fd']:.1f} | "
                              f"{m['accuracy']:.3f} | {m['consistency_mse']:.4f} |")
         real = ev["real"]["accuracy"]
         lines += ["", f"The judge's accuracy on the real digits: {real:.3f} (n = {ev['n']}); the 4x "
@@ -309,6 +314,11 @@ def main() -> None:
     ap.add_argument("--single-steps", type=int, default=3000, help="the single-stage model's step ceiling")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--sample-steps", type=int, default=20)
+    ap.add_argument("--sampler", default=None, help="eval: the upscalers' sampler (default: each run's recommended)")
+    ap.add_argument("--noise-level", type=float, default=None,
+                    help="eval: the condition's noise level (default: each run's own sampling level)")
+    ap.add_argument("--use", type=lambda s: tuple(s.split("=", 1)), action="append", default=[],
+                    metavar="NAME=RUN", help="take run NAME (sr4, sr2, ...) from RUN, e.g. sr4=mnist-sr")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                     help="cascade: sampling levels of the augmented upscaler")
     ap.add_argument("--tiled-size", type=int, default=256)

@@ -10,9 +10,11 @@ Each (set, process) cell trains `diffusa train --data SET --process P` with the 
 then draws 2,000 samples with each sampler at 10 network evaluations (counted by a hook on the network: Heun spends
 two per step) and with RK45 (the probability-flow ODE solved to 1e-3, the limit a deterministic sampler tends to),
 and compares them with 2,000 held-out points; the candidates for a recommendation (DPM-Solver++(2M), (3M),
-UniPC, DPM-Solver++(2M) SDE) also at 20 steps. A process's recommended sampler (`recommend`, written into each point
-run's config.json as "sampling" through diffusa.config.POINT_SAMPLING) is the candidate with the best geometric mean
-of energy distance / floor over the sets at 20 steps; where two are within 5%, the one with the smaller worst case.
+UniPC, DPM-Solver++(2M) SDE) also at 20 steps, each on the process's default grid and on the grid uniform in
+log-SNR (`--spacing logsnr`; keys "SAMPLER@logsnr", at 10 NFE too). A process's recommended sampler and grid
+(`recommend`, written into each point run's config.json as "sampling" through diffusa.config.POINT_SAMPLING) is the
+candidate with the best geometric mean of energy distance / floor over the sets at 20 steps; where two are within
+5%, the one with the smaller worst case. `--from-raw FILE` rebuilds the tables from a raw file without training.
 The floor is 2,000 other real points against the same held-out set.
 Energy distances are taken after standardising every coordinate by the held-out set's mean and std, so a set in
 metres and one in degrees are scored alike and a narrow coordinate counts as much as a wide one.
@@ -57,6 +59,18 @@ NFE = 10
 CANDIDATES = ("dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")  # also at STEPS: the choice of a recommendation
 STEPS = 20
 CLOSE = 1.05  # geometric means within 5% are a tie, broken by the worst set
+GRIDS = (None, "logsnr")  # the process's default grid, and uniform in log-SNR (samplers.make_grid)
+
+
+def key(sampler: str, spacing: str | None) -> str:
+    """A (sampler, grid) cell's name in the raw rows: "dpmpp_3m" on the default grid, "dpmpp_3m@logsnr"."""
+    return sampler if spacing is None else f"{sampler}@{spacing}"
+
+
+def split_key(name: str) -> tuple[str, str | None]:
+    """`key`'s inverse: (sampler, spacing or None)."""
+    sampler, _, spacing = name.partition("@")
+    return sampler, spacing or None
 
 
 def user_set(name: str, n: int, gen: torch.Generator) -> torch.Tensor:
@@ -134,8 +148,15 @@ def cell(name: str, process: str, steps: int | None, work: str) -> dict[str, Any
         row["ed"][sampler], row["nfe"][sampler] = ed(x), calls[0]
     row["ed20"], row["points"] = {}, {}
     for sampler in CANDIDATES:
-        x = run.to_data(sample(run.denoiser, (N, 2), sampler, STEPS, generator=torch.Generator().manual_seed(0)))
-        row["ed20"][sampler], row["points"][sampler] = ed(x), x[:1000].tolist()
+        for spacing in GRIDS:
+            for k, into in ((STEPS, row["ed20"]), (NFE, row["ed"])):
+                if spacing is None and k == NFE:  # scored above
+                    continue
+                x = run.to_data(sample(run.denoiser, (N, 2), sampler, k, spacing=spacing,
+                                       generator=torch.Generator().manual_seed(0)))
+                into[key(sampler, spacing)] = ed(x)
+                if k == STEPS:
+                    row["points"][key(sampler, spacing)] = x[:1000].tolist()
     row["test"] = test[:1000].tolist()
     return row
 
@@ -196,10 +217,16 @@ def geo(values: list[float]) -> float:
     return math.exp(sum(math.log(max(v, 1e-9)) for v in values) / len(values))
 
 
+def cells20(rows: list[dict[str, Any]]) -> list[str]:
+    """The (sampler, grid) keys every row scored at STEPS steps: the CANDIDATES on each grid measured."""
+    return [key(s, g) for g in GRIDS for s in CANDIDATES if all(key(s, g) in r["ed20"] for r in rows)]
+
+
 def recommend(rows: list[dict[str, Any]]) -> tuple[str, float, float]:
-    """(sampler, geometric mean, worst) of the CANDIDATES at STEPS steps over the sets of one process: the best
-    geometric mean of energy distance / floor; within CLOSE of it, the smallest worst case."""
-    scored = [(geo(q), max(q), s) for s in CANDIDATES for q in [[r["ed20"][s] / r["floor"] for r in rows]]]
+    """(sampler key, geometric mean, worst) of the CANDIDATES at STEPS steps, on every grid measured, over the sets
+    of one process: the best geometric mean of energy distance / floor; within CLOSE of it, the smallest worst case.
+    The key is `key(sampler, spacing)`."""
+    scored = [(geo(q), max(q), s) for s in cells20(rows) for q in [[r["ed20"][s] / r["floor"] for r in rows]]]
     best = min(g for g, _, _ in scored)
     g, worst, s = min((t for t in scored if t[0] <= CLOSE * best), key=lambda t: t[1])
     return s, g, worst
@@ -208,19 +235,31 @@ def recommend(rows: list[dict[str, Any]]) -> tuple[str, float, float]:
 def summary(rows: list[dict[str, Any]], processes: list[str]) -> list[str]:
     """Per process: worst / geometric mean of the ratio over the sets, for every sampler at NFE and the candidates
     at STEPS steps; the recommendation those numbers give."""
-    head = [f"{s} ({NFE})" for s in SAMPLERS] + [f"{s} ({STEPS})" for s in CANDIDATES] + ["recommended"]
+    grid20 = cells20(rows)
+    grid10 = [k for k in grid20 if "@" in k and all(k in r["ed"] for r in rows)]
+    head = ([f"{s} ({NFE})" for s in (*SAMPLERS, *grid10)] + [f"{s} ({STEPS})" for s in grid20]
+            + ["recommended"])
     lines = ["| process | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
     for p in processes:
         mine = [r for r in rows if r["process"] == p]
         if not mine:
             continue
-        cells = [f"{max(q):.2f} / {geo(q):.2f}" for s in SAMPLERS for q in [[r["ed"][s] / r["floor"] for r in mine]]]
-        cells += [f"{max(q):.2f} / {geo(q):.2f}" for s in CANDIDATES
+        cells = [f"{max(q):.2f} / {geo(q):.2f}" for s in (*SAMPLERS, *grid10)
+                 for q in [[r["ed"][s] / r["floor"] for r in mine]]]
+        cells += [f"{max(q):.2f} / {geo(q):.2f}" for s in grid20
                   for q in [[r["ed20"][s] / r["floor"] for r in mine]]]
         s, g, worst = recommend(mine)
         cells.append(f"**{s}, {STEPS} steps** ({worst:.2f} / {g:.2f})")
         lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return lines
+
+
+def report(rows: list[dict[str, Any]], processes: list[str]) -> list[str]:
+    """The markdown: every cell, then the per-process summary with its recommendation."""
+    return [f"Energy distance / real-vs-real floor at {NFE} network evaluations (standardised coordinates; "
+            f"best sampler in bold; std.: trained standardised)", "", *table(rows), "",
+            "Per process, over the sets: worst / geometric mean of the ratio (SAMPLER@logsnr: on the grid uniform "
+            "in log-SNR)", "", *summary(rows, processes)]
 
 
 def main() -> None:
@@ -233,7 +272,12 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="markdown file for the tables")
     ap.add_argument("--raw", default=None, help="JSON file for every number (without the plotted points)")
     ap.add_argument("--plot", default=None, help="PNG of the samples, a row per set and a column per process")
+    ap.add_argument("--from-raw", default=None, help="rebuild the tables from this raw JSON file (no training)")
     args = ap.parse_args()
+    if args.from_raw:
+        rows = json.loads(Path(args.from_raw).read_text())
+        emit(report(rows, [p for p in PROCESSES if any(r["process"] == p for r in rows)]), args.out)
+        return
     sets, processes = args.sets.split(","), args.processes.split(",")
     steps = args.steps
     if args.quick:
@@ -258,10 +302,7 @@ def main() -> None:
                   f"train {r['train_s']:.0f}s", flush=True)
     order = {j: i for i, j in enumerate(jobs)}
     rows.sort(key=lambda r: order[(r["set"], r["process"])])
-    lines = [f"Energy distance / real-vs-real floor at {NFE} network evaluations (standardised coordinates; "
-             f"best sampler in bold; std.: trained standardised)", "", *table(rows), "",
-             "Per process, over the sets: worst / geometric mean of the ratio", "", *summary(rows, processes)]
-    emit(lines, args.out)
+    emit(report(rows, processes), args.out)
     if args.raw:
         Path(args.raw).parent.mkdir(parents=True, exist_ok=True)
         Path(args.raw).write_text(json.dumps([{k: v for k, v in r.items() if k not in ("points", "test")}

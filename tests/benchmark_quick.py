@@ -50,5 +50,21 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
     elif script == "toys.py":  # every sampler at 10 NFE, a built-in toy and a user-like array
         assert "| moons | edm |" in table and "| ring8 | edm |" in table and "dpmpp_2m_sde" in table
         assert "worst / geometric mean" in table
+    elif script == "distill_mnist.py":  # every stage, the bars, the figure and the sample grid
+        for part in ("**Teacher**", "| DPM-Solver++(2M) SDE |", "**consistency distillation (CD)**",
+                     "**consistency training (iCT)**", "**2-rectified flow (reflow)**", "| consistency | 4 |",
+                     "| Euler | 1 |", "S(2-rectified)", "Speed-up of one step", "1 NFE: FD"):
+            assert part in table, part
+        for fig in ("distill_fd_nfe", "distill_grid"):
+            assert (tmp_path / "quick" / "img" / f"{fig}.png").stat().st_size > 1000
+        assert sorted(p.name for p in (tmp_path / "quick" / "raw").iterdir()) == [
+            f"distill_mnist_{s}.json" for s in ("cd", "ict", "reflow", "teacher")]
+    elif script == "editing.py":  # the six masks, both ceilings, RePaint and the tiny mask-conditioned model's rows
+        for mask in ("top", "bottom", "left", "right", "center", "strokes"):
+            assert f"| {mask} | mnist-pixel | RePaint 2x2 |" in table
+            assert f"| {mask} | mask-conditioned model | replacement, ancestral (default) | 4 |" in table
+            assert f"| {mask} | mask-conditioned model | no replacement, DPM-Solver++(2M) | 4 |" in table
+        assert "classifier, all held-out" in table and "| none |" in table and "not yet measured" not in table
+        assert (tmp_path / "quick" / "img" / "editing_inpaint_model.png").stat().st_size > 1000
     else:
         assert "moons" in table

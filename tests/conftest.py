@@ -65,7 +65,8 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory, _isolated_caches: Path)
     return train_run(tmp_path_factory.mktemp("digits") / "run", DIGITS_OVERRIDES)
 
 
-SR_OVERRIDES = ['data.name="digits"', "data.super_resolution=2", "train.steps=150", "train.batch_size=64",
+SR_OVERRIDES = ['data.name="digits"', "data.super_resolution=2", "data.cond_noise=0.1",  # the noising path
+                "train.steps=150", "train.batch_size=64",
                 "train.sample_every=0", "train.checkpoint_every=0", "train.warmup=20", "train.lr=2e-3",
                 "model.net.channels=16"]
 

@@ -9,6 +9,6 @@ from benchmark_quick import check_quick_mode
 
 
 @pytest.mark.parametrize("script", ["toys.py", "speed.py", "memory.py", "time_to_quality.py", "streaming.py",
-                                    "serve_load.py"])
+                                    "serve_load.py", "distill_mnist.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     check_quick_mode(script, tmp_path)

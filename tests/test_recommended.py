@@ -246,10 +246,35 @@ def test_point_runs_record_their_process_recommendation(moons_run: Path) -> None
     from diffusa.config import POINT_SAMPLING
 
     meta = json.loads((moons_run / "config.json").read_text())
-    sampler, steps = POINT_SAMPLING[meta["config"]["process"]["name"]]
-    assert (meta["sampling"]["sampler"], meta["sampling"]["steps"]) == (sampler, steps)
+    sampler, steps, spacing = POINT_SAMPLING[meta["config"]["process"]["name"]]
+    entry = meta["sampling"]
+    assert (entry["sampler"], entry["steps"], entry.get("spacing")) == (sampler, steps, spacing)
     pipe = diffusa.load(moons_run)
-    assert torch.equal(pipe(n=8, seed=3).samples, pipe(n=8, seed=3, sampler=sampler, steps=steps).samples)
+    assert torch.equal(pipe(n=8, seed=3).samples,
+                       pipe(n=8, seed=3, sampler=sampler, steps=steps, spacing=spacing).samples)
+
+
+def test_a_recommended_grid_goes_with_its_sampler(rec_run: Path, tmp_path: Path) -> None:
+    """A recommendation may carry a grid (VP's point runs: DPM-Solver++(2M) SDE on the log-SNR grid): a draw that
+    gives no spacing walks it with the recommended sampler, and walks another sampler's own default grid; a spacing
+    given wins; settings record the grid walked; a bad grid is refused in one line naming the key."""
+    from diffusa.pipelines.sampling import resolve_spacing
+
+    run = with_sampling(rec_run, tmp_path / "grid", {**REC, "spacing": "logsnr"})
+    pipe = diffusa.load(run)
+    assert resolve_spacing(pipe, "dpmpp_2m_sde", None) == "logsnr"
+    assert resolve_spacing(pipe, "ddim", None) is None  # another sampler: its own default grid
+    assert resolve_spacing(pipe, "dpmpp_2m_sde", "karras") == "karras"  # given: kept
+    assert resolve_spacing(diffusa.load(rec_run), "dpmpp_2m_sde", None) is None  # no grid recommended
+    a = pipe(n=2, seed=0)
+    b = pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=4, spacing="logsnr")
+    c = pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=4, spacing="trailing")  # the chain's own default grid
+    assert torch.equal(a.samples, b.samples) and a.settings["spacing"] == "logsnr"
+    assert (a.samples - c.samples).abs().max() > 1e-3
+    assert pipe(n=2, seed=0, sampler="ddim").settings["spacing"] == "default"
+    bad = with_sampling(rec_run, tmp_path / "bad", {**REC, "spacing": "zigzag"})
+    with pytest.raises(DiffusaError, match=r"sampling\.spacing must be a grid's name"):
+        diffusa.load(bad)
 
 
 def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:
@@ -262,11 +287,11 @@ def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
     try:
-        from toys import STEPS, recommend
+        from toys import STEPS, key, recommend
     finally:
         sys.path.remove(str(root / "benchmarks"))
     rows = json.loads((root / "docs" / "results" / "raw" / "toys.json").read_text())
-    for process, (sampler, steps) in POINT_SAMPLING.items():
+    for process, (sampler, steps, spacing) in POINT_SAMPLING.items():
         mine = [r for r in rows if r["process"] == process]
         assert len(mine) == 8 and steps == STEPS
-        assert recommend(mine)[0] == sampler, process
+        assert recommend(mine)[0] == key(sampler, spacing), process

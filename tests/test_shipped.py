@@ -18,6 +18,7 @@ from safetensors import safe_open
 import diffusa
 from diffusa.autoencoder import AutoencoderConfig
 from diffusa.checkpoint import load_tensors
+from diffusa.data import load_dataset
 from diffusa.runs import load_run
 from diffusa.shipped import SHIPPED, export_run, resolve_model
 from diffusa.tasks.autoencoder import train_autoencoder
@@ -35,6 +36,7 @@ def test_shipped_model_loads_and_says_how_it_was_trained(name: str):
     assert rec["command"].startswith("python scripts/train_shipped_models.py") and rec["train_seconds"] > 0
     run = load_run(path)
     assert run.is_text == (name == "mnist-text") and (run.decoder is not None) == (name == "mnist-text")
+    assert (meta["config"]["data"].get("super_resolution") == 4) == (name == "mnist-sr")
 
 
 def test_shipped_models_reproduce_their_stored_outputs():
@@ -49,6 +51,11 @@ def test_shipped_models_reproduce_their_stored_outputs():
                                guidance_scale=scale if prompt else None).samples
         assert x.shape == ref[name].shape == (n, 1, 28, 28)
         assert float((x - ref[name]).abs().max()) < 1e-3, name
+    sr = diffusa.load("mnist-sr")  # the upscaler, on the first held-out digits shrunk to 7x7
+    low = sr.image_condition.low_res(load_dataset("mnist5k", "test").x[:n])
+    x = sr.upscale(low, sampler="dpmpp_2m", steps=steps, seed=seed).samples
+    assert low.shape == (n, 1, 7, 7) and x.shape == ref["mnist-sr"].shape == (n, 1, 28, 28)
+    assert float((x - ref["mnist-sr"]).abs().max()) < 1e-3
 
 
 def test_generate_draws_the_requested_digits(cli, tmp_path: Path, digit_classifier_path: Path):
@@ -128,3 +135,13 @@ def test_export_over_an_existing_model_replaces_it_and_keeps_it_if_the_swap_fail
     monkeypatch.undo()
     kept = list(dest.parent.glob(".m.old.*/m/config.json"))
     assert len(kept) == 1 and json.loads(kept[0].read_text())["shipped"]["command"] == "second"
+
+
+def test_the_shipped_upscaler_is_the_upscale_default(cli, tmp_path: Path):
+    """`diffusa upscale` without --model uses the shipped mnist-sr (4x); asking it to draw from noise is one line."""
+    r = cli("upscale", "mnist5k:0-1", "--steps", 2, "--out", tmp_path / "up.npz")
+    assert r.code == 0 and "mnist-sr: 7x7 -> 28x28, x4" in r.out, r.err
+    assert np.load(tmp_path / "up.npz")["images"].shape[:3] == (2, 28, 28)
+    r = cli("generate", "--model", "mnist-sr", "--n", 2, "--out", tmp_path / "g.png")
+    assert r.code == 2 and "mnist-sr is a 4x super-resolution model" in r.err and r.err.count("\n") == 1, r.err
+    assert not (tmp_path / "g.png").exists()

@@ -340,7 +340,8 @@ def test_the_benchmark_quick_mode(tmp_path: Path) -> None:
                            str(out)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = out.read_text()
-    assert "| 2->8 (4x) | diffusion |" in table and "| 4->8 (2x) | bicubic |" in table
+    assert "| 2->8 (4x), quick/runs/sr4, dpmpp_2m, level 0 | diffusion |" in table
+    assert "| 4->8 (2x), quick/runs/sr2, dpmpp_2m, level 0 | bicubic |" in table
     assert "cascade: base14 + sr2_noaug" in table and "single stage" in table and "| 16 -> 64 | 2 | 64 |" in table
     assert "not yet measured" not in table
     assert (tmp_path / "quick" / "img" / "sr_rows_4x.png").stat().st_size > 500

@@ -17,7 +17,7 @@ from diffusa.threads import use_threads
 
 METHODS = ("cd", "reflow")
 # flags that set how a student is made: fixed once it has started (--resume takes them from its config.json)
-CD_FLAGS = ("levels", "levels_start", "mu", "distance")
+CD_FLAGS = ("levels", "levels_start", "mu", "distance", "guidance_range")
 REFLOW_FLAGS = ("pairs", "ode_steps", "fresh")
 DISTILL_FLAGS = ("method", *CD_FLAGS, *REFLOW_FLAGS, "solver", "batch_size", "lr", "seed")
 
@@ -28,6 +28,18 @@ def _flag(name: str) -> str:
 
 def _given(args: argparse.Namespace, names: tuple[str, ...]) -> list[str]:
     return [_flag(k) for k in names if getattr(args, k) not in (None, False)]
+
+
+def scale_range(text: str) -> tuple[float, float]:
+    """argparse type of --guidance-range: W_MIN,W_MAX, two numbers (their range is checked by GuidanceRange)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError(text)
+        return float(parts[0]), float(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two guidance scales W_MIN,W_MAX (e.g. 1,5), got {text!r}") \
+            from None
 
 
 def resumed(out: str) -> tuple[str, str, Any, Any]:
@@ -99,7 +111,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if engine.dist.main:
         what = (f"a {task.k}-rectified flow on {config.pairs} pairs of its ODE ({config.solver}, {config.ode_steps} "
                 f"steps), from {'its' if task.start == 'teacher' else 'fresh'} weights" if method == "reflow" else
-                f"a consistency model: {config.levels} levels, {config.solver} steps of the teacher")
+                f"a consistency model: {config.levels} levels, {config.solver} steps of the teacher"
+                + ("" if config.guidance is None else f", guided at w in {config.guidance.low:g}.."
+                                                      f"{config.guidance.high:g} (an input of the student)"))
         print(f"distilling {teacher} ({task.kind}, {sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M "
               f"parameters) into {what}, on {task.data.name} {list(task.data.shape)} -> {args.out}", flush=True)
     try:
@@ -111,8 +125,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
             print(f"done: {out}/model.safetensors; sample it in one Euler step: diffusa sample {out} --sampler euler "
                   f"--steps 1 --out samples.png; its straightness: diffusa straightness {out}")
         else:
+            scale = "" if config.guidance is None else f" --guidance-scale {config.guidance.default:g}"
             print(f"done: {out}/model.safetensors; sample it in 1 to {config.levels - 1} steps: "
-                  f"diffusa sample {out} --steps 1 --out samples.png")
+                  f"diffusa sample {out} --steps 1{scale} --out samples.png")
     return 0
 
 
@@ -176,6 +191,11 @@ def add_parser(sub: Any) -> None:
     cd.add_argument("--mu", type=non_negative_float, help=f"EMA rate of the target network (default {d.mu})")
     cd.add_argument("--distance", choices=list(DISTANCES), help=f"the consistency loss's distance (default "
                                                                f"{d.distance})")
+    cd.add_argument("--guidance-range", type=scale_range, metavar="W_MIN,W_MAX",
+                    help="guided distillation of a class- or text-conditional teacher (Luo et al. 2023): each "
+                         "example draws w in [W_MIN, W_MAX], the teacher steps with classifier-free guidance at w, "
+                         "and the student takes w as an input, so it draws guided in one network call per step "
+                         "(--guidance-scale inside the range; default 3 clamped into it); default: unguided")
     rf = p.add_argument_group("reflow (--method reflow)")
     rf.add_argument("--pairs", type=positive_int, help=f"(noise, sample) pairs drawn from the teacher's ODE once, "
                                                         f"kept in OUT/pairs.safetensors (default {r.pairs})")

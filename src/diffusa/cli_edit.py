@@ -5,8 +5,11 @@ IMAGE: a PNG or JPEG (converted to the model's channels; a size of the model's a
 another size refused), an .npz (its `images` array, as `diffusa sample --out x.npz` writes it, or its only array:
 a batch of N images is one call), or held-out digits `mnist5k:17`, `mnist5k:0,5,9`, `mnist5k:0-7` (indices of the
 test split). MASK: white = repaint, a file as IMAGE (one mask for all images, or one per image), or a built-in:
-left, right, top, bottom, center, box:X,Y,W,H. --out: a PNG grid or an .npz (`images`, `samples`); beside it a
-strip PNG, one row per image (at most 8): input | [masked] | output.
+left, right, top, bottom, center, box:X,Y,W,H, strokes[:SEED]. A mask-conditioned model (trained with
+data.inpaint) is also given the masked image and the mask; its default is --jump-n-sample 1 (replacement, no
+jumps), and --jump-n-sample 0 drops the replacement (conditioning alone, on any sampler's own grid).
+--out: a PNG grid or an .npz (`images`, `samples`); beside it a strip PNG, one row per image (at most 8): input |
+[masked] | output.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusa.cli_common import force_flag, non_negative_float, positive_int, threads_flag
+from diffusa.cli_common import force_flag, non_negative_float, non_negative_int, positive_int, threads_flag
 from diffusa.errors import DiffusaError
 from diffusa.threads import use_threads
 
@@ -83,13 +86,16 @@ def add_parser(sub: Any) -> None:
 
     p = sub.add_parser("inpaint", help="inpainting (RePaint): redraw the masked part of an image",
                        description="RePaint (Lugmayr et al. 2022) with any model and sampler: the white part of "
-                                   "MASK is drawn anew, the rest kept exactly; resampling jumps harmonise the seam.")
+                                   "MASK is drawn anew, the rest kept exactly; resampling jumps harmonise the seam. "
+                                   "A mask-conditioned model (trained with data.inpaint) is also given the masked "
+                                   "image and the mask, with no jumps unless asked for.")
     common(p, "inpainted.png", f"{DEFAULT_INPAINT_SAMPLER}, RePaint's ancestral steps, whatever the model recommends")
     p.add_argument("--mask", required=True, help="MASK.png|.npz (white = repaint) or " + " | ".join(MASKS))
-    p.add_argument("--jump-length", type=positive_int, default=DEFAULT_JUMP_LENGTH,
+    p.add_argument("--jump-length", type=positive_int,
                    help=f"steps each resampling jump goes back (default {DEFAULT_JUMP_LENGTH})")
-    p.add_argument("--jump-n-sample", type=positive_int, default=DEFAULT_JUMP_N_SAMPLE,
-                   help=f"passes over each jump; 1 = replacement without jumps (default {DEFAULT_JUMP_N_SAMPLE})")
+    p.add_argument("--jump-n-sample", type=non_negative_int,
+                   help=f"passes over each jump; 1 = replacement without jumps (default {DEFAULT_JUMP_N_SAMPLE}; 1 "
+                        "on a mask-conditioned model, where 0 = no replacement: conditioning alone)")
     p.set_defaults(func=cmd_inpaint)
 
 
@@ -237,7 +243,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     pipe, out, strip, pixels, kw = _prepare(args)
     shape = image_shape(pipe)
-    builtin = args.mask in (*HALVES, "center") or args.mask.startswith("box:")
+    builtin = args.mask in (*HALVES, "center", "strokes") or args.mask.startswith(("box:", "strokes:"))
     mask = args.mask if builtin and not Path(args.mask).exists() else read_file(args.mask, "MASK", 1)
     res = pipe.inpaint(pixels, mask, args.prompt, jump_length=args.jump_length, jump_n_sample=args.jump_n_sample,
                        **kw)
@@ -248,10 +254,12 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         repaint = as_mask(mask, shape[1:])
         masked = torch.where(repaint, torch.zeros(()), images.expand(max(len(images), len(repaint)), *shape))
         _write_strip(strip, [images, masked, res.samples], ["input", "masked", "output"])
+    jumps = s["jump_n_sample"]
+    how = {0: "no replacement", 1: "replacement, no jumps"}.get(jumps, f"jumps {s['jump_length']} x {jumps}")
+    how = ("conditioned on the masked image, " if s.get("conditioning") == "mask" else "") + how
     print(f"wrote {len(res)} inpainted images to {out} ({pipe.name}, {s['masked_fraction']:.0%} masked; "
-          f"{s['sampler']} {s['steps']} steps, jumps {s['jump_length']} x {s['jump_n_sample']}: "
-          f"{s['reverse_steps']} steps, {s['nfe']} network evaluations per batch, "
-          f"{time.perf_counter() - t0:.2f} s)" + (f"; strip {strip}" if strip else ""))
+          f"{s['sampler']} {s['steps']} steps, {how}: {s['reverse_steps']} steps, {s['nfe']} network evaluations "
+          f"per batch, {time.perf_counter() - t0:.2f} s)" + (f"; strip {strip}" if strip else ""))
     return 0
 
 

@@ -32,7 +32,9 @@ def add_parser(sub: Any) -> None:
                                    "linearly, so memory stays bounded.")
     u.add_argument("image", help="IMAGE.png|.jpg|.npz (low resolution), or held-out digits mnist5k:17 (or 0,5,9 "
                                  "or 0-7), shrunk to the model's input")
-    u.add_argument("--model", required=True, help="a run folder trained with --set data.super_resolution=F")
+    u.add_argument("--model", default="mnist-sr",
+                   help="the shipped mnist-sr (4x, 7x7 -> 28x28; the default) or a run folder trained with "
+                        "--set data.super_resolution=F")
     u.add_argument("--sampler", help=f"any sampler (default: {SAMPLER_DEFAULT_TEXT})")
     u.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default: {STEPS_DEFAULT_TEXT})")
     u.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")

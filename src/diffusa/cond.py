@@ -1,10 +1,11 @@
 """The one conditioning object: what a network is told besides (x_t, c_noise).
 
 A `Cond` carries any of: class labels, text (tokens and their mask), an image concatenated to the network's input
-(any channels; the network resizes it to its input) with the noise level it was augmented to, and a mask (1 = known
-pixel, for inpainting). Networks read the fields they support and ignore none silently: a field a network cannot
-use is an error at the network. Guidance builds null versions field by field (`diffusa.guidance`). Older call sites
-that pass a label tensor or a {"tokens", "mask"} dict are read through `as_cond`.
+(any channels; the network resizes it to its input) with the noise level it was augmented to, a mask (1 = known
+pixel, for inpainting), and a guidance scale given to the network as an input (a guided student). Networks read the
+fields they support and ignore none silently: a field a network cannot use is an error at the network. Guidance
+builds null versions field by field (`diffusa.guidance`). Older call sites that pass a label tensor or a
+{"tokens", "mask"} dict are read through `as_cond`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 
 from diffusa.errors import DiffusaError
 
-FIELDS = ("labels", "tokens", "token_mask", "image", "image_level", "mask")
+FIELDS = ("labels", "tokens", "token_mask", "image", "image_level", "mask", "guidance")
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Cond:
     image_level: torch.Tensor | None = None  # (B,) float in [0, 1]: the noise level `image` was augmented to
     # (noise-conditioning augmentation, Ho et al. 2022; diffusa.superres); absent = a clean image (level 0)
     mask: torch.Tensor | None = None  # (B, 1, H, W) in {0, 1}: 1 where the pixel is known (inpainting)
+    guidance: torch.Tensor | None = None  # (B,) float: the classifier-free guidance scale w as the network's input
+    # (a guided consistency student, Luo et al. 2023; diffusa.tasks.consistency), or the teacher's per-example w
 
     def present(self) -> dict[str, torch.Tensor]:
         """The fields that are set."""

@@ -1,8 +1,9 @@
 """What a conditional model is conditioned on, in training and in sample grids, as a `diffusa.Cond`: class labels
 (with the null label `num_classes`) or captions tokenized for the text encoder (with the empty caption as null),
 and the data's own per-example condition images (concatenated to the network input), or for super-resolution each
-example shrunk (with noise-conditioning augmentation: diffusa.superres). Captions come from the data's captions
-file, or are made from its labels by templates (diffusa.text)."""
+example shrunk (with noise-conditioning augmentation: diffusa.superres), or for inpainting each example masked
+(diffusa.inpainting). Captions come from the data's captions file, or are made from its labels by templates
+(diffusa.text)."""
 
 from __future__ import annotations
 
@@ -41,17 +42,18 @@ class Conditioner:
 
     def _with_images(self, cond: Cond, idx: torch.Tensor, device: torch.device | str, x: torch.Tensor | None = None,
                      generator: torch.Generator | None = None) -> Cond:
-        """`cond` with the condition images of examples `idx` (super-resolution: `x`, the examples themselves,
-        shrunk), augmented with `generator` in training, or at the sampling level for previews (generator None)."""
-        if self.source.factor:
-            image = self.source.low_res((x if x is not None else self.data.get(idx)).to(device))
+        """`cond` with the condition images of examples `idx` (super-resolution, inpainting: made from `x`, the
+        examples themselves), drawn and augmented with `generator` in training, or for previews (generator None)
+        with a fixed seed at the sampling level."""
+        preview = generator is None
+        g = torch.Generator().manual_seed(PREVIEW_SEED) if preview else generator
+        if self.source.from_examples:
+            image = self.source.made_from((x if x is not None else self.data.get(idx)).to(device), g)
         elif self.images is None:
             return cond
         else:
             image = self.images[idx].to(device)
-        if generator is None:
-            return cond.replace(**self.source.sampling(image, torch.Generator().manual_seed(PREVIEW_SEED)))
-        return cond.replace(**self.source.training(image, generator))
+        return cond.replace(**(self.source.sampling(image, g) if preview else self.source.training(image, g)))
 
     def training(self, idx: torch.Tensor, generator: torch.Generator, device: torch.device | str = "cpu",
                  x: torch.Tensor | None = None) -> Cond:
@@ -101,7 +103,7 @@ def conditioner_for(kind: str, spec: dict[str, Any], data: Dataset, dropout: flo
         if data.labels is None:
             raise DiffusaError(f"{data.name} has no labels for a class-conditional model")
         return Conditioner("class", data, dropout, int(spec["num_classes"]), source=source)
-    if getattr(data, "cond_images", None) is not None or (source is not None and source.factor):
+    if getattr(data, "cond_images", None) is not None or (source is not None and source.from_examples):
         return Conditioner("none", data, dropout, source=source)
     return None
 

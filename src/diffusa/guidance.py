@@ -6,6 +6,10 @@
 - Classifier guidance (Dhariwal & Nichol 2021, Sec. 4, Algorithm 2): the score gains s grad_x log p(y | x_t, t),
   so eps shifts by -sigma s grad (for every process: score = -eps / sigma). On an ancestral step the mean then
   moves by c1 sigma_t^2 / alpha_t s grad, which for small steps equals Algorithm 1's Sigma s grad.
+- Guidance as an input (Meng et al. 2023, "On distillation of guided diffusion models"; Luo et al. 2023, latent
+  consistency models): a student distilled from a classifier-free guided teacher takes w as an input of its network
+  (cond.guidance) and is asked once per step, over the range of w it was distilled on (`GuidanceInput`,
+  `GuidanceRange`). The teacher of that distillation is `ClassifierFreeGuided` with each example's own w.
 
 Both wrappers are Denoisers built from the wrapped one's process, prediction and settings, and stack: classifier
 guidance on top of a classifier-free guided model. Conditionings are read as `diffusa.cond.Cond` (`as_cond`).
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,10 +28,11 @@ import torch
 from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser, Prediction, RawFn
-from diffusa.process import as_time
+from diffusa.process import as_time, expand_as
 
 LogProbFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NullCond = Any  # the unconditional conditioning, or a function of the conditional one that returns it
+DEFAULT_TEXT_SCALE = 3.0  # classifier-free guidance of a text model (docs/guidance.md: accuracy against diversity)
 
 
 def check_scale(scale: Any, name: str = "guidance scale") -> float:
@@ -75,10 +81,13 @@ class ClassifierFreeGuided(Denoiser):
     conditionings read as `Cond` and batched by `Cond.cat` (at scale 1 the conditioning goes in as it came).
     `null_cond` is the unconditional conditioning, or a function of the conditional one that returns it (e.g.
     `lambda y: null_labels(y, 10)`). Process, prediction and settings are the base's.
+
+    `scale` None: each example's own w, read from cond.guidance (B,) and removed before the base is asked (the
+    teacher of guided distillation, asked at the w drawn for each example: Luo et al. 2023, eq. 9).
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float, null_cond: NullCond) -> None:
-        self.scale = check_scale(scale)
+    def __init__(self, denoiser: Denoiser, scale: float | None, null_cond: NullCond) -> None:
+        self.scale = None if scale is None else check_scale(scale)
         if not isinstance(denoiser, Denoiser):
             raise DiffusaError(f"classifier-free guidance wraps a Denoiser, got {type(denoiser).__name__}")
         if isinstance(denoiser, ClassifierGuided):  # its guidance is on the score: the raw outputs do not have it
@@ -91,10 +100,16 @@ class ClassifierFreeGuided(Denoiser):
         base, scale = self.base.raw, self.scale
         if cond is None:
             return base(x, t, None)  # nothing to guide towards: the unconditional model
-        if scale == 1:
+        if scale is None:  # per example: w from the conditioning, as a (B, 1, ...) factor
+            c = as_cond(cond)
+            if c.guidance is None:
+                raise DiffusaError("classifier-free guidance per example reads each example's scale from "
+                                   "cond.guidance, and none was given")
+            scale, cond = expand_as(c.guidance.to(x.dtype), x), c.replace(guidance=None)
+        elif scale == 1:
             return base(x, t, cond)
         null = as_cond(self.null_cond(cond) if callable(self.null_cond) else self.null_cond)
-        if scale == 0:
+        if not torch.is_tensor(scale) and scale == 0:
             return base(x, t, null)
         out = base(torch.cat([x, x]), torch.cat([t, t]), as_cond(cond).cat(null))
         c, u = out.chunk(2)
@@ -108,9 +123,86 @@ class ClassifierFreeGuided(Denoiser):
         return ClassifierFreeGuided(self.base.derive(raw, **settings), self.scale, self.null_cond)
 
 
-def classifier_free(denoiser: Denoiser, scale: float, null_cond: NullCond) -> ClassifierFreeGuided:
-    """Classifier-free guidance of `denoiser` at `scale` against `null_cond` (see `ClassifierFreeGuided`)."""
+def classifier_free(denoiser: Denoiser, scale: float | None, null_cond: NullCond) -> ClassifierFreeGuided:
+    """Classifier-free guidance of `denoiser` at `scale` (None: each example's cond.guidance) against `null_cond`
+    (see `ClassifierFreeGuided`)."""
     return ClassifierFreeGuided(denoiser, scale, null_cond)
+
+
+class GuidanceInput(Denoiser):
+    """A guided student asked at guidance scale w: its network receives w as cond.guidance, one call per step and
+    no unconditional branch (Meng et al. 2023, Sec. 3: the w-conditioned student; Luo et al. 2023, the LCM
+    f_theta(z, w, c, t) of eq. 9). The conditioning may be None (an unconditional draw: the null label or caption,
+    where every w is the unconditional model). Process, prediction and settings are the base's."""
+
+    def __init__(self, denoiser: Denoiser, scale: float) -> None:
+        if not isinstance(denoiser, Denoiser):
+            raise DiffusaError(f"a guidance input wraps a Denoiser, got {type(denoiser).__name__}")
+        self.base, self.scale = denoiser, check_scale(scale)
+        super().__init__(self.with_scale, denoiser.process, denoiser.prediction, **denoiser.settings())
+
+    def with_scale(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """The base's raw output with w = `scale` for every example in cond.guidance."""
+        c = as_cond(cond) or Cond()
+        return self.base.raw(x, t, c.replace(guidance=torch.full((x.shape[0],), self.scale, device=x.device)))
+
+    def derive(self, raw: RawFn | None = None, **settings: Any) -> Denoiser:
+        """The same input around `self.base.derive(raw, **settings)` (see `Denoiser.derive`)."""
+        return GuidanceInput(self.base.derive(raw, **settings), self.scale)
+
+
+@dataclass(frozen=True)
+class GuidanceRange:
+    """The guidance scales a guided student was distilled on (w ~ U[low, high] per example), and the one a draw
+    uses where it names none: config.json's "guidance" table {"min", "max", "default"}."""
+
+    low: float
+    high: float
+    default: float
+
+    @classmethod
+    def of(cls, scales: Any, name: str = "--guidance-range") -> GuidanceRange:
+        """From (w_min, w_max), 0 <= w_min <= w_max, both finite; the default is DEFAULT_TEXT_SCALE (3, the text
+        pipeline's) clamped into the range."""
+        if not isinstance(scales, (list, tuple)) or len(scales) != 2:
+            raise DiffusaError(f"{name} must be two guidance scales W_MIN,W_MAX, got {scales!r}")
+        low, high = (check_scale(w, name) for w in scales)
+        if not 0 <= low <= high:
+            raise DiffusaError(f"{name} must be 0 <= W_MIN <= W_MAX, got {low:g},{high:g}")
+        return cls(low, high, min(max(DEFAULT_TEXT_SCALE, low), high))
+
+    def check(self, scale: Any, name: str = "guidance_scale") -> float:
+        """`scale` as a float (None: the default); a DiffusaError when it is outside the range."""
+        if scale is None:
+            return self.default
+        w = check_scale(scale, name)
+        if not self.low <= w <= self.high:
+            raise DiffusaError(f"{name} {w:g} is outside {self.low:g}..{self.high:g}, the guidance scales this "
+                               f"student was distilled on; give one inside (default {self.default:g})")
+        return w
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n scales w ~ U[low, high] (float32, on the CPU)."""
+        return self.low + (self.high - self.low) * torch.rand(n, generator=generator)
+
+    def table(self) -> dict[str, float]:
+        """What config.json records ("guidance")."""
+        return {"min": self.low, "max": self.high, "default": self.default}
+
+    @classmethod
+    def from_table(cls, table: Any, where: Any = "config.json") -> GuidanceRange:
+        """Rebuild from config.json's "guidance" table; a damaged one is one DiffusaError naming `where`."""
+        bad = DiffusaError(f"{where}: guidance must be a table {{\"min\": W, \"max\": W, \"default\": W}} with 0 <= "
+                           f"min <= default <= max, got {table!r:.80}; the file is damaged")
+        if not isinstance(table, dict) or set(table) != {"min", "max", "default"}:
+            raise bad
+        try:
+            rng, default = cls.of((table["min"], table["max"])), check_scale(table["default"])
+        except DiffusaError:
+            raise bad from None
+        if not rng.low <= default <= rng.high:
+            raise bad
+        return cls(rng.low, rng.high, default)
 
 
 class ClassifierGuided(Denoiser):
@@ -175,5 +267,5 @@ def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     return log_prob
 
 
-__all__ = ["ClassifierFreeGuided", "ClassifierGuided", "check_scale", "classifier_free", "classifier_log_prob",
-           "null_captions", "null_labels"]
+__all__ = ["DEFAULT_TEXT_SCALE", "ClassifierFreeGuided", "ClassifierGuided", "GuidanceInput", "GuidanceRange",
+           "check_scale", "classifier_free", "classifier_log_prob", "null_captions", "null_labels"]

@@ -169,18 +169,19 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
     recommended_sampling(meta, cfg_file)
 
 
-SAMPLING_KEYS = ("sampler", "steps", "why")
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "why")
 
 
 def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config.json") -> tuple[str, int] | None:
-    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "why": "what was measured"}: the
-    sampler and steps measured best for this model, which a draw uses where it is not told
-    (`pipelines.sampling.resolve_sampling`). (sampler, steps), or None without the entry; one DiffusaError naming
-    the file and the key for an entry that is not one (checked when the run is read)."""
+    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "why": "what was
+    measured"} (spacing optional): the sampler, steps and grid measured best for this model, which a draw uses where
+    it is not told (`pipelines.sampling.resolve_sampling`, `resolve_spacing`). (sampler, steps), or None without
+    the entry; one DiffusaError naming the file and the key for an entry that is not one (checked when the run is
+    read)."""
     if "sampling" not in meta:
         return None
     from diffusa.limits import MAX_SAMPLING_STEPS
-    from diffusa.samplers import SAMPLERS
+    from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
 
     entry = meta["sampling"]
     fix = "correct or remove the entry"
@@ -198,6 +199,10 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_SAMPLING_STEPS:
         raise DiffusaError(f"{cfg_file}: sampling.steps must be an integer in 1..{MAX_SAMPLING_STEPS}, "
                            f"got {steps!r:.80}; {fix}")
+    spacing = entry.get("spacing")
+    if spacing is not None and spacing not in LEVEL_SPACINGS + CHAIN_SPACINGS:
+        raise DiffusaError(f"{cfg_file}: sampling.spacing must be a grid's name "
+                           f"({', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}), got {spacing!r:.80}; {fix}")
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps

@@ -21,6 +21,8 @@ SHIPPED: dict[str, str] = {
     "mnist-pixel": "unconditional MNIST digits in pixel space (28x28)",
     "mnist-text": "MNIST digits from a text prompt: latent diffusion (4x7x7 KL latents), cross-attention, "
                   "classifier-free guidance",
+    "mnist-sr": "a 4x super-resolution model for digits, 7x7 -> 28x28 (SR3, noise-conditioning augmentation); "
+                "larger images in tiles: diffusa upscale IMAGE --model mnist-sr",
 }
 DEFAULT_TEXT_MODEL, DEFAULT_MODEL = "mnist-text", "mnist-pixel"
 
@@ -64,11 +66,15 @@ def run_path(spec: str | Path) -> Path:
     return path
 
 
-def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any]) -> Path:
+def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
+               sampling: dict[str, Any] | None = None) -> Path:
     """Copy a trained run's config and EMA weights (and its autoencoder) to `dest`, atomically, adding `record`
-    (how it was trained) as config.json["shipped"]. Optimizer state and logs stay behind."""
+    (how it was trained) as config.json["shipped"] and `sampling` (what was measured best: runs.recommended_sampling)
+    as config.json["sampling"]. Optimizer state and logs stay behind."""
     run_dir, dest = Path(run_dir), Path(dest)
     meta = load_json(run_dir / "config.json")
+    if sampling is not None:
+        meta["sampling"] = sampling
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

@@ -16,6 +16,9 @@ and the network is told s (`Cond.image_level`, embedded beside the noise level).
 again. The level s is on the scale of img2img's strength (docs/editing.md): a variance-preserving mix, so s names
 the same noise share sin(pi s / 2) whatever process the model diffuses with. Ho et al. diffuse the condition with
 the model's own forward process; a fixed cosine mix keeps one meaning of `cond_noise` across processes.
+
+`ImageCondition` also describes the other condition made from each example: a mask-conditioned inpainting model's
+(`data.inpaint`: the example with a random region blanked, plus the mask; `diffusa.inpainting`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 
 from diffusa.data import resize_images
 from diffusa.errors import DiffusaError
+from diffusa.inpainting import masked_condition, parse_kinds, random_masks
 
 PREVIEW_SEED = 0  # the augmentation noise of training previews: fixed, so grids over training compare
 
@@ -42,12 +46,14 @@ def augment(image: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> to
 @dataclass(frozen=True)
 class ImageCondition:
     """How a run's condition image is made and augmented: `factor` > 1 makes it the example shrunk by that factor
-    (super-resolution); `noise_max` > 0 augments it in training at levels ~ U(0, noise_max), and `noise` is the
-    level it is given at sampling."""
+    (super-resolution); `inpaint` (mask kinds) makes it the example with a random region blanked plus the mask
+    (a mask-conditioned inpainting model, `diffusa.inpainting`); `noise_max` > 0 augments it in training at levels
+    ~ U(0, noise_max), and `noise` is the level it is given at sampling."""
 
     factor: int = 0
     noise_max: float = 0.0
     noise: float = 0.0
+    inpaint: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, data: Any) -> ImageCondition:
@@ -56,7 +62,12 @@ class ImageCondition:
             return data.get(key) if isinstance(data, dict) else getattr(data, key, None)
 
         return cls(int(value("super_resolution") or 0), float(value("cond_noise_max") or 0.0),
-                   float(value("cond_noise") or 0.0))
+                   float(value("cond_noise") or 0.0), parse_kinds(value("inpaint")))
+
+    @property
+    def from_examples(self) -> bool:
+        """The condition is made from each example as it is drawn (super-resolution, inpainting)."""
+        return bool(self.factor or self.inpaint)
 
     @property
     def augmented(self) -> bool:
@@ -82,6 +93,22 @@ class ImageCondition:
             if h % f or w % f:
                 raise DiffusaError(f"data.super_resolution={f} does not divide the {h}x{w} images: give a factor "
                                    f"that does, or resize them with data.image_size")
+        if self.inpaint:
+            what = "data.inpaint conditions on the masked example"
+            if latent:
+                raise DiffusaError(f"{what}'s pixels; a latent model (data.latent) would need them in its latent "
+                                   "space: train the inpainting model on pixels")
+            if data.kind != "image":
+                raise DiffusaError(f"{what}; {data.name} holds points, not images")
+            if f:
+                raise DiffusaError("data.inpaint and data.super_resolution both make the condition image: "
+                                   "train one model of each")
+            if has_images:
+                raise DiffusaError(f"{data.name} holds its own cond_images; data.inpaint would replace them: "
+                                   "drop one of the two")
+            if self.augmented:
+                raise DiffusaError(f"data.cond_noise_max={self.noise_max:g} noises the condition; an inpainting "
+                                   "model's known pixels are kept exact (set data.cond_noise_max=0)")
         if self.augmented and not (f or has_images):
             raise DiffusaError(f"data.cond_noise_max={self.noise_max:g} augments a condition image; {data.name} "
                                "has none (set data.super_resolution, or give .npz cond_images)")
@@ -90,9 +117,12 @@ class ImageCondition:
                                "the model would sample at a level it never trained on")
 
     def channels(self, data: Any) -> int:
-        """Channels of the condition image: the data's own for super-resolution, else its cond_images'."""
+        """Channels of the condition image: the data's own for super-resolution, one more (the mask) for
+        inpainting, else its cond_images'."""
         if self.factor:
             return int(data.shape[0])
+        if self.inpaint:
+            return int(data.shape[0]) + 1
         images = getattr(data, "cond_images", None)
         return int(images.shape[1]) if images is not None else 0
 
@@ -103,6 +133,14 @@ class ImageCondition:
     def low_res(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) shrunk by the factor: block averages (SR3's and Ho et al.'s low-resolution input)."""
         return resize_images(x, self.low_res_size(tuple(x.shape[-2:])))
+
+    def made_from(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The condition image of examples x (B, C, H, W): shrunk (super-resolution), or blanked by masks drawn
+        from `generator` plus the mask channel (inpainting, `diffusa.inpainting.random_masks`)."""
+        if self.inpaint:
+            masks = random_masks(x.shape[0], x.shape[-2], x.shape[-1], generator, self.inpaint)
+            return masked_condition(x, masks)
+        return self.low_res(x)
 
     def training(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The Cond fields of a training batch's condition images: augmented at levels ~ U(0, noise_max), drawn

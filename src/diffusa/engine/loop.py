@@ -18,7 +18,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,10 +181,13 @@ def make_optimizer(params: Any, tc: TrainConfig, device: torch.device) -> torch.
     return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type in ("cpu", "cuda"))
 
 
-def load_init(model: nn.Module, path: Path) -> None:
-    """Start from another run's weights (`--init`): every tensor must match by name and shape."""
-    tensors = load_tensors(path)
+def load_init(model: nn.Module, path: Path, new: Collection[str] = ()) -> None:
+    """Start from another run's weights (`--init`): every tensor must match by name and shape, but those named in
+    `new` (inputs the other network lacks, e.g. a guided student's guidance embedding), which keep their initial
+    values where the file lacks them."""
     own = model.state_dict()
+    tensors = load_tensors(path)
+    tensors = {**{k: own[k] for k in new if k in own and k not in tensors}, **tensors}
     for name in sorted(set(own) | set(tensors)):
         if name not in tensors or name not in own or tensors[name].shape != own[name].shape:
             theirs = tuple(tensors[name].shape) if name in tensors else "absent"

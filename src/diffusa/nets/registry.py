@@ -75,6 +75,12 @@ class NetworkKind:
         """Channels of the condition image this network concatenates to its input (cond.image); 0 for none."""
         return 0
 
+    def guidance_input(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """`cfg` with the guidance scale as an input (cond.guidance), for a guided consistency student (Luo et al.
+        2023); a DiffusaError for kinds that cannot take it."""
+        raise DiffusaError(f"network {self.name!r} cannot take the guidance scale as an input; guided distillation "
+                           "needs a U-Net teacher")
+
 
 _KINDS: dict[str, NetworkKind] = {}
 

@@ -97,8 +97,9 @@ class TextUNet(nn.Module):
         self.unet.grad_checkpoint = value
 
     def forward(self, x: torch.Tensor, c_noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
-        """x (B, C, H, W), c_noise (B,), cond: tokens and token_mask (and an image, for cond_channels > 0)."""
-        c = read_cond(cond, {"tokens", "token_mask", "image", "image_level"}, "text-conditional network")
+        """x (B, C, H, W), c_noise (B,), cond: tokens and token_mask (and an image, for cond_channels > 0;
+        the guidance scale, for a guided student's U-Net)."""
+        c = read_cond(cond, {"tokens", "token_mask", "image", "image_level", "guidance"}, "text-conditional network")
         text = None if c is None else c.text
         if text is None:
             raise ValueError("a text-conditional network needs cond.tokens and cond.token_mask (net.tokenize(texts))")
@@ -137,6 +138,9 @@ class TextUNetKind(NetworkKind):
 
     def image_channels(self, cfg: Mapping[str, Any]) -> int:
         return int(cfg["unet"].get("cond_channels", 0) or 0)
+
+    def guidance_input(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        return {**cfg, "unet": network_kind("unet").guidance_input(cfg["unet"])}
 
     def build(self, cfg: Mapping[str, Any]) -> nn.Module:
         return TextUNet(cfg["unet"], cfg["text"])

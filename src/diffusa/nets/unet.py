@@ -10,6 +10,9 @@ It knows no diffusion maths: `net(x, c_noise, cond) -> tensor`, cond a diffusa.C
 - With `context_dim > 0` the caller passes token features, `context=(features (B, L, context_dim), mask (B, L))`
   (diffusa.nets.text.TextUNet does): every attention resolution (and the middle block) gains cross-attention to
   the tokens, and their masked mean is added to the noise-level embedding (Rombach et al. 2022; Nichol et al. 2022).
+- cond.guidance (B,), with `guidance_embed`: the classifier-free guidance scale w as an input, embedded like the
+  noise level and added to its embedding through a zero-initialised last layer, so that a student built from a
+  teacher's weights starts as the teacher (guided distillation: Meng et al. 2023; Luo et al. 2023, LCM's w-embedding).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from diffusa.nets.registry import (
 DEFAULT_UNET: dict[str, Any] = {"channels": 32, "channel_mult": [1, 2, 2], "num_res_blocks": 1,
                                 "attention_resolutions": [7, 4], "patch_size": 2}
 LEVEL_SCALE = 1000.0  # cond.image_level in [0, 1] -> the range of DDPM's step index the sinusoids are made for
+GUIDANCE_SCALE = 1000.0  # the sinusoids embed (w - 1) * 1000: Ho & Salimans' w (LCM's omega) x 1000, as LCM does
 
 @dataclass
 class UNetConfig:
@@ -68,6 +72,7 @@ class UNetConfig:
     context_dim: int = 0  # > 0: text-conditional, cross-attending to token features of this width
     cond_channels: int = 0  # > 0: an image of this many channels (cond.image) is concatenated to the input
     image_level: bool = False  # embed cond.image_level, the condition's augmentation level (Ho et al. 2022)
+    guidance_embed: bool = False  # embed cond.guidance, the guidance scale w (a guided consistency student)
     emb_mult: int = 4  # noise embedding width = channels * emb_mult
     image_size: int = 28
     patch_size: int = 1  # > 1: pixel-unshuffle p x p patches into channels first (lossless, p^2 fewer positions)
@@ -94,6 +99,11 @@ class UNet(nn.Module):
         self.context_emb = nn.Linear(cfg.context_dim, emb_dim) if cfg.context_dim > 0 else None
         self.level_emb = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) \
             if cfg.image_level else None
+        self.guidance_emb = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)) \
+            if cfg.guidance_embed else None
+        if self.guidance_emb is not None:  # zero: the embedding adds nothing until trained (the student = teacher)
+            nn.init.zeros_(self.guidance_emb[2].weight)
+            nn.init.zeros_(self.guidance_emb[2].bias)
         p = cfg.patch_size
         self.conv_in = nn.Conv2d((cfg.in_channels + cfg.cond_channels) * p * p, ch, 3, padding=1)
 
@@ -145,8 +155,15 @@ class UNet(nn.Module):
     def embed(self, c_noise: torch.Tensor, cond: Cond | None = None,
               context: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Noise-level embedding plus, for class-conditional nets, the label embedding (for text-conditional
-        ones, the tokens' masked mean; for augmented image conditions, the condition's level)."""
+        ones, the tokens' masked mean; for augmented image conditions, the condition's level; with a guidance input,
+        the guidance scale's)."""
         emb = self.emb_mlp(timestep_embedding(c_noise, self.cfg.channels))
+        if self.guidance_emb is not None:
+            if cond is None or cond.guidance is None:
+                raise ValueError("this U-Net takes the guidance scale as an input (guidance_embed): give cond.guidance "
+                                 "(B,)")
+            w = (cond.guidance.to(emb.device) - 1) * GUIDANCE_SCALE
+            emb = emb + self.guidance_emb(timestep_embedding(w, self.cfg.channels))
         if self.level_emb is not None:
             level = cond.image_level if cond is not None and cond.image_level is not None else \
                 torch.zeros(emb.shape[0], device=emb.device)
@@ -219,7 +236,8 @@ class UNet(nn.Module):
             raise ValueError("this U-Net takes no image condition (cond_channels=0), but cond.image was given")
         supported = {"labels"} if self.cfg.num_classes > 0 else set()
         supported |= {"image"} if self.cfg.cond_channels else set()
-        c = read_cond(c, supported | ({"image_level"} if self.cfg.image_level else set()), "U-Net")
+        supported |= {"image_level"} if self.cfg.image_level else set()
+        c = read_cond(c, supported | ({"guidance"} if self.cfg.guidance_embed else set()), "U-Net")
         ctx = self._context(context)
         emb = self.embed(c_noise, c, ctx)
         x = self._with_image(x, c)
@@ -323,6 +341,9 @@ class UNetKind(NetworkKind):
 
     def image_channels(self, cfg: Mapping[str, Any]) -> int:
         return int(cfg.get("cond_channels", 0) or 0)
+
+    def guidance_input(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
+        return {**cfg, "guidance_embed": True}
 
 
 __all__ = ["DEFAULT_UNET", "UNet", "UNetConfig", "UNetKind", "check_unet", "unet_config"]

@@ -1,7 +1,8 @@
 """Editing requests: `pipe.img2img(image, strength, ...)` (SDEdit) and `pipe.inpaint(image, mask, ...)` (RePaint)
-on any model — pixel or latent, unconditional, class- or text-conditional, guided — and any sampler. The maths is
-`diffusa.editing`; this module turns typed arguments (images, masks, prompts, labels) into its calls, batch by
-batch, and returns `Samples`.
+on any model — pixel or latent, unconditional, class- or text-conditional, guided — and any sampler; on a
+mask-conditioned inpainting model (`data.inpaint`, Palette) `inpaint` samples conditioned on the masked image and
+the mask. The maths is `diffusa.editing`; this module turns typed arguments (images, masks, prompts, labels) into
+its calls, batch by batch, and returns `Samples`.
 
 Images: float (C, H, W) / (B, C, H, W) in [-1, 1], or uint8 pixels (H, W[, C]) / (B, H, W, C) as `Samples.images`
 holds them, with the model's channels; a size of the model's aspect is resized (bilinear, antialiased) to the
@@ -11,7 +12,8 @@ autoencoder's latents of the image (the encoder's mean) and decodes the result.
 Masks: white = repaint, as in diffusers and the SD web UI: True, a float >= 0.5, or a uint8 >= 128 (a 0/1 uint8
 array: 1) marks a pixel to draw anew; the rest is kept. One mask for every image or one per image, of the model's
 image size exactly; or a built-in name (`MASKS`): left, right, top, bottom (that half is repainted), center (a
-centred box of half the side), box:X,Y,W,H (columns X..X+W-1, rows Y..Y+H-1 from the top left). A latent model
+centred box of half the side), box:X,Y,W,H (columns X..X+W-1, rows Y..Y+H-1 from the top left), strokes or
+strokes:SEED (1-3 thick random strokes, the same for the same seed; default 0: `diffusa.inpainting`). A latent model
 repaints every latent cell that covers a masked pixel. Outside the mask the output equals the input exactly: the
 result is composited with the input at the end.
 """
@@ -37,6 +39,7 @@ from diffusa.editing import (
     strength_time,
 )
 from diffusa.errors import DiffusaError
+from diffusa.inpainting import HALVES, half_mask, masked_condition, stroke_masks
 from diffusa.pipelines.request import Label, count, image_batch, pixels_4d, resolve
 from diffusa.pipelines.result import Samples
 from diffusa.pipelines.sampling import check_sampling, network_calls, sampler_kwargs
@@ -50,8 +53,7 @@ DEFAULT_JUMP_LENGTH, DEFAULT_JUMP_N_SAMPLE = 5, 5  # docs/editing.md: 4x the eva
 # RePaint's steps are ancestral (Lugmayr et al. 2022): fresh noise each step harmonises the seam better than
 # deterministic first-order steps on every mask and model measured (docs/editing.md)
 DEFAULT_INPAINT_SAMPLER = "ddpm"
-HALVES = ("left", "right", "top", "bottom")
-MASKS = (*HALVES, "center", "box:X,Y,W,H")
+MASKS = (*HALVES, "center", "box:X,Y,W,H", "strokes[:SEED]")
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
@@ -92,17 +94,17 @@ def as_images(image: Any, shape: Sequence[int]) -> torch.Tensor:
 
 
 def named_mask(spec: str, h: int, w: int) -> torch.Tensor:
-    """A built-in mask (True = repaint) of shape (1, 1, h, w): a half, the centre box, or box:X,Y,W,H."""
+    """A built-in mask (True = repaint) of shape (1, 1, h, w): a half, the centre box, box:X,Y,W,H, or strokes[:SEED]
+    (`diffusa.inpainting.stroke_masks` drawn with that seed, default 0)."""
     m = torch.zeros(1, 1, h, w, dtype=torch.bool)
-    if spec == "left":
-        m[..., : w // 2] = True
-    elif spec == "right":
-        m[..., w - w // 2:] = True
-    elif spec == "top":
-        m[..., : h // 2, :] = True
-    elif spec == "bottom":
-        m[..., h - h // 2:, :] = True
-    elif spec == "center":
+    if spec in HALVES:
+        return half_mask(spec, h, w)
+    if spec == "strokes" or spec.startswith("strokes:"):
+        seed = spec[len("strokes:"):] if ":" in spec else "0"
+        if not (seed.isascii() and seed.isdecimal()) or int(seed) >= 2**63:
+            raise DiffusaError(f"mask {spec!r}: random strokes are strokes or strokes:SEED (a non-negative integer)")
+        return stroke_masks(1, h, w, torch.Generator().manual_seed(int(seed)))
+    if spec == "center":
         bh, bw = h // 2, w // 2
         m[..., (h - bh) // 2:(h - bh) // 2 + bh, (w - bw) // 2:(w - bw) // 2 + bw] = True
     elif spec.startswith("box:"):
@@ -183,9 +185,11 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
     With strength 1 and the same seed it is plain sampling, but for the faint alpha(1) x0 the start keeps (0 for
     flow; ~5e-5 for the shipped cosine chains).
     """
-    from diffusa.pipelines.sampling import resolve_sampling, sampling_grid
+    from diffusa.pipelines.sampling import resolve_sampling, resolve_spacing, sampling_grid
 
+    pipe.refuse_mask_model("img2img")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
+    spacing = resolve_spacing(pipe, sampler, spacing)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
     images = as_images(image, image_shape(pipe))
@@ -215,26 +219,46 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
 # -- inpainting ---------------------------------------------------------------------------------------------------
 def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] | None = None, *,
             n: int | None = None, label: Label = None, sampler: str | None = None, steps: int | None = None,
-            jump_length: int = DEFAULT_JUMP_LENGTH, jump_n_sample: int = DEFAULT_JUMP_N_SAMPLE,
-            guidance_scale: float | None = None, classifier: str | Path | None = None,
-            classifier_scale: float | None = None, eta: float | None = None, variance: str | None = None,
-            spacing: str | None = None, cond_image: Any = None, seed: int = 0, batch_size: int | None = None,
-            callback: StepCallback | None = None) -> Samples:
+            jump_length: int | None = None, jump_n_sample: int | None = None, guidance_scale: float | None = None,
+            classifier: str | Path | None = None, classifier_scale: float | None = None, eta: float | None = None,
+            variance: str | None = None, spacing: str | None = None, cond_image: Any = None, seed: int = 0,
+            batch_size: int | None = None, callback: StepCallback | None = None) -> Samples:
     """RePaint (Lugmayr et al. 2022): draw the masked part of `image` anew (mask white = repaint; see the module
-    docstring), with `jump_n_sample - 1` resampling jumps of `jump_length` steps (`diffusa.editing.repaint`);
-    jump_n_sample=1 is plain replacement, without jumps. sampler: default DEFAULT_INPAINT_SAMPLER (ancestral, ahead
-    of a model's recommended sampler, which is measured on plain sampling), any works (each step is the sampler's
-    own over [t, s]); steps: the model's recommended steps, else 20. Other arguments as `img2img`. The output equals
-    the input exactly outside the mask. settings["nfe"]: the network evaluations of the first batch;
-    ["reverse_steps"]: the sampler steps RePaint took (steps plus the repeats). callback(step, t, x_t, x0) after
-    every reverse step.
+    docstring), with `jump_n_sample - 1` resampling jumps of `jump_length` steps (`diffusa.editing.repaint`; default
+    DEFAULT_JUMP_LENGTH x DEFAULT_JUMP_N_SAMPLE); jump_n_sample=1 is plain replacement, without jumps. sampler:
+    default DEFAULT_INPAINT_SAMPLER (ancestral, ahead of a model's recommended sampler, which is measured on plain
+    sampling), any works (each step is the sampler's own over [t, s]); steps: the model's recommended steps, else
+    20. Other arguments as `img2img`. The output equals the input exactly outside the mask. settings["nfe"]: the
+    network evaluations of the first batch; ["reverse_steps"]: the sampler steps RePaint took (steps plus the
+    repeats). callback(step, t, x_t, x0) after every reverse step.
+
+    A mask-conditioned inpainting model (`data.inpaint`; Palette, Saharia et al. 2022) is given the image blanked
+    by the mask, plus the mask (`diffusa.inpainting.masked_condition`), at every step of the same loop, whose
+    default there is jump_n_sample=1: the known region replaced by the noised input before every step, no jumps
+    (`steps` evaluations; jump_length alone asks for DEFAULT_JUMP_N_SAMPLE passes). Replacement makes x_t's known
+    part exactly what training showed the network, alpha_t x0 + sigma_t eps with fresh eps, independent of the
+    unknown part given the known pixels, as in training; without it the known part follows the network's own
+    trajectory and drifts with its errors (docs/editing.md measures both). jump_n_sample=0 (such models only) is
+    conditioning alone: the sampler's own grid from x_T (multistep solvers keep their history), its default the
+    model's (`resolve_sampling`, as `pipe(...)`), then the final composite. settings["conditioning"]: "mask".
     """
-    from diffusa.pipelines.sampling import resolve_sampling, sampling_grid
+    from diffusa.pipelines.sampling import resolve_sampling, resolve_spacing, sampling_grid
     from diffusa.samplers import get_sampler, sampler_options
 
+    mask_model = bool(pipe.image_condition.inpaint)
+    if jump_n_sample is None:  # a mask-conditioned model: replacement without jumps unless jumps are asked for
+        jump_n_sample = 1 if mask_model and jump_length is None else DEFAULT_JUMP_N_SAMPLE
+    conditional = type(jump_n_sample) is int and jump_n_sample == 0  # conditioning alone: no RePaint loop
+    if conditional and not mask_model:
+        raise DiffusaError(f"jump_n_sample must be a positive integer on {pipe.name}: 0 (no replacement, "
+                           "conditioning alone) is for a mask-conditioned model (data.inpaint)")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size,
-                                                  task_sampler=DEFAULT_INPAINT_SAMPLER)
+                                                  task_sampler=None if conditional else DEFAULT_INPAINT_SAMPLER)
+    spacing = resolve_spacing(pipe, sampler, spacing)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
+    if mask_model and cond_image is not None:
+        raise DiffusaError(f"cond_image: {pipe.name} is a mask-conditioned inpainting model; its condition is made "
+                           "from image and mask")
     shape = image_shape(pipe)
     images = as_images(image, shape)
     repaint_px = as_mask(mask, shape[1:])
@@ -250,11 +274,25 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     pipe.check_memory(n)
     images, repaint_px = _per_sample(images, n, "image"), _per_sample(repaint_px, n, "mask")
     grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
-    jump_length, jump_n_sample = check_jumps(jump_length, jump_n_sample, len(grid) - 1)
-    schedule = repaint_schedule(len(grid) - 1, jump_length, jump_n_sample)
+    if mask_model:
+        cond_image = masked_condition(images, repaint_px)
     req = resolve(pipe.run, pipe.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                   classifier=classifier, classifier_scale=classifier_scale, image=cond_image,
                   image_channels=pipe.image_channels)
+    common = {"n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "classifier": classifier, "eta": eta,
+              "variance": variance, "seed": seed, "batch_size": batch_size, "prompt": prompt, "label": label}
+    done = {"masked_fraction": float(covered.mean()), **({"conditioning": "mask"} if mask_model else {})}
+    if conditional:  # conditioning alone (Palette's sampling), then the composite
+        g = torch.Generator().manual_seed(seed)
+        x_T = req.denoiser.process.prior_sample((n, *pipe.data_shape), generator=g)
+        drawn, nfe_first, stopped = pipe.run_batches(req, x_T, grid, sampler, g, batch_size,
+                                                     sampler_kwargs(eta, variance), callback)
+        settings = pipe.settings_of(req, nfe=nfe_first, **common, task="inpaint", jump_length=None,
+                                    jump_n_sample=0, reverse_steps=len(grid) - 1, **done)
+        return Samples(torch.where(repaint_px, drawn, images), settings, "image", req.labels, req.prompts, stopped)
+    jump_length, jump_n_sample = check_jumps(DEFAULT_JUMP_LENGTH if jump_length is None else jump_length,
+                                             jump_n_sample, len(grid) - 1)
+    schedule = repaint_schedule(len(grid) - 1, jump_length, jump_n_sample)
     den = req.denoiser
     known = encode(pipe, images)
     keep = ~(F.adaptive_max_pool2d(repaint_px.float(), known.shape[-2:]) > 0) if pipe.is_latent else ~repaint_px
@@ -287,11 +325,8 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
             nfe.append(calls[0])
             chunks.append(x.detach().cpu())
     samples = torch.where(repaint_px, pipe.decode(torch.cat(chunks)).float(), images)
-    settings = pipe.settings_of(req, n=n, sampler=sampler, steps=steps, spacing=spacing, classifier=classifier,
-                                eta=eta, variance=variance, seed=seed, batch_size=batch_size, nfe=nfe[0],
-                                prompt=prompt, label=label, task="inpaint", jump_length=jump_length,
-                                jump_n_sample=jump_n_sample, reverse_steps=reverse_steps(schedule),
-                                masked_fraction=float(covered.mean()))
+    settings = pipe.settings_of(req, nfe=nfe[0], **common, task="inpaint", jump_length=jump_length,
+                                jump_n_sample=jump_n_sample, reverse_steps=reverse_steps(schedule), **done)
     return Samples(samples, settings, "image", req.labels, req.prompts, stop.get("step"))
 
 

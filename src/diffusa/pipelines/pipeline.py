@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffusa.errors import DiffusaError
 from diffusa.pipelines.likelihood import image_likelihood
 from diffusa.pipelines.request import Label, Request, check_seed, count, resolve
 from diffusa.pipelines.result import Samples
@@ -35,6 +36,7 @@ from diffusa.pipelines.sampling import (
     model_defaults,
     network_calls,
     resolve_sampling,
+    resolve_spacing,
     sampler_kwargs,
     sampling_grid,
 )
@@ -55,6 +57,8 @@ class Pipeline:
             f"class-conditional ({self.num_classes} classes)" if self.num_classes else "unconditional")
         latent = ", latent" if self.is_latent else ""
         image = f", image-conditioned ({self.image_channels} channels)" if self.image_channels else ""
+        if self.image_condition.inpaint:
+            image = f", mask-conditioned inpainting (the masked image and the mask: {self.image_channels} channels)"
         return f"Pipeline({self.name!r}: {what}{latent}{image}, data {list(self.data_shape)})"
 
     # -- what the model is ---------------------------------------------------------------------------------
@@ -148,7 +152,9 @@ class Pipeline:
         recommendation (config.json "sampling", `recommended`), else dpmpp_2m, 20 steps, batches of 250
         (`pipelines.sampling.resolve_sampling`; `settings` reports what was used).
         """
+        self.refuse_mask_model("plain sampling")
         sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
+        spacing = resolve_spacing(self, sampler, spacing)
         seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)
@@ -165,6 +171,14 @@ class Pipeline:
                                     eta=eta, variance=variance, seed=seed, batch_size=batch_size, nfe=nfe,
                                     prompt=prompt, label=label)
         return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stopped)
+
+    def refuse_mask_model(self, what: str) -> None:
+        """One line for a mask-conditioned inpainting model (`data.inpaint`) asked for `what` it cannot do: it draws
+        only the masked part of a given image."""
+        if self.image_condition.inpaint:
+            raise DiffusaError(f"{self.name} is a mask-conditioned inpainting model (data.inpaint): give it an image "
+                               "and a mask to fill (pipe.inpaint(image, mask); diffusa inpaint IMAGE --mask MASK), "
+                               f"not {what}")
 
     def augmented(self, req: Request, generator: torch.Generator) -> Request:
         """`req` with its condition image noised to the run's sampling level (drawn from `generator`) and the
@@ -247,9 +261,9 @@ class Pipeline:
 
     def inpaint(self, image: Any, mask: Any, prompt: str | Sequence[str] | None = None, **kwargs: Any) -> Samples:
         """RePaint (Lugmayr et al. 2022): the part of `image` where `mask` is white (True, >= 0.5, >= 128, or a
-        name: left, right, top, bottom, center, box:X,Y,W,H) drawn anew, the rest kept exactly; jump_length,
-        jump_n_sample (1: replacement without jumps) and the keywords of `__call__`.
-        See `diffusa.pipelines.edit.inpaint`."""
+        name: left, right, top, bottom, center, box:X,Y,W,H, strokes[:SEED]) drawn anew, the rest kept exactly;
+        jump_length, jump_n_sample (1: replacement without jumps; 0 on a mask-conditioned model, `data.inpaint`:
+        conditioning alone) and the keywords of `__call__`. See `diffusa.pipelines.edit.inpaint`."""
         from diffusa.pipelines.edit import inpaint
 
         return inpaint(self, image, mask, prompt, **kwargs)

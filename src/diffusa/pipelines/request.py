@@ -3,7 +3,9 @@
 The one place that turns "16 sevens, guidance 3" into Denoiser + guidance: class labels (`label=`), prompts of a
 text model (or `label=` captioned "a handwritten K"), classifier-free guidance (Ho & Salimans 2021) against the
 null label or the empty caption, classifier guidance (Dhariwal & Nichol 2021) with a `diffusa train-classifier`
-folder, and an image concatenated to the input of an image-conditioned model.
+folder, and an image concatenated to the input of an image-conditioned model. A guided student (`diffusa distill
+--guidance-range`) is given the guidance scale as its network's input instead (one call per step, no unconditional
+branch), inside the range it was distilled on.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import torch
 
 from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
+from diffusa.guidance import DEFAULT_TEXT_SCALE, GuidanceInput, GuidanceRange
 from diffusa.prediction import Denoiser
 
-DEFAULT_TEXT_SCALE = 3.0  # classifier-free guidance of a text model (docs/guidance.md: accuracy against diversity)
 LABEL_CAPTION = "a handwritten {d}"  # how label= asks a text model for a digit
 TEXT_CLASSES = 10  # label= on a text model names a digit
 
@@ -188,6 +190,12 @@ def _on_cpu(log_prob: Any) -> Any:
     return wrapped
 
 
+def guidance_range(run: Any) -> GuidanceRange | None:
+    """The guidance scales a guided student takes as its input (config.json's "guidance"); None for other models."""
+    table = run.meta.get("guidance")
+    return None if table is None else GuidanceRange.from_table(table, run.path / "config.json")
+
+
 def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, label: Label,
             guidance_scale: float | None, classifier: Any, classifier_scale: float | None, image: Any,
             image_channels: int) -> Request:
@@ -204,8 +212,13 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             raise DiffusaError(f"image: {name} takes no conditioning image")
         extra = Cond(image=cond_image(image, n, image_channels, run.data_shape))
     elif image_channels:
+        factor = run.meta.get("config", {}).get("data", {}).get("super_resolution", 0)
+        if factor:
+            raise DiffusaError(f"{name} is a {factor}x super-resolution model: it upscales a given image "
+                               f"(pipe.upscale(image); diffusa upscale IMAGE --model {name})")
         raise DiffusaError(f"{name} is conditioned on an image: give image= ({image_channels} channels)")
     den = run.denoiser
+    guided = guidance_range(run)
     if run.is_text:
         if classifier is not None:
             raise DiffusaError("classifier guides class labels; a text model is guided by guidance_scale")
@@ -214,9 +227,13 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         else:  # a label (check_request refused neither)
             labels = requested_labels(label, n, TEXT_CLASSES)
             prompts = [LABEL_CAPTION.format(d=int(y)) for y in labels.tolist()]
-        scale = DEFAULT_TEXT_SCALE if guidance_scale is None else guidance_scale
-        if scale != 1:  # against the empty caption; w = 1 is the conditional model itself
-            den = classifier_free(den, scale, null_captions(run.net))
+        if guided is not None:  # w is the student's input: one network call per step
+            scale = guided.check(guidance_scale)
+            den = GuidanceInput(den, scale)
+        else:
+            scale = DEFAULT_TEXT_SCALE if guidance_scale is None else guidance_scale
+            if scale != 1:  # against the empty caption; w = 1 is the conditional model itself
+                den = classifier_free(den, scale, null_captions(run.net))
         cond = as_cond(run.net.tokenize(prompts)).replace(image=extra.image)
         return Request(den, cond, labels, prompts, scale, None)
     if prompt is not None:
@@ -229,6 +246,8 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             if not run.num_classes:
                 raise DiffusaError(f"guidance_scale guides towards a label or a prompt; {name} is unconditional")
             raise DiffusaError("guidance_scale needs a class to guide towards: give label=K (or 'all')")
+        if guided is not None:  # the null label: every w is the unconditional model; the network still takes one
+            den = GuidanceInput(den, guided.default)
         return Request(den, extra if extra.present() else None, None, None, None, None)
     if classifier is not None:
         from diffusa.classifier import guidance_log_prob
@@ -240,7 +259,10 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         if any(p.device.type != "cpu" for p in run.net.parameters()):
             log_prob = _on_cpu(log_prob)  # the classifier loads on the CPU; its gradient flows back to the device
         labels = requested_labels(label, n, k)
-        if run.num_classes and guidance_scale is not None and guidance_scale != 1:
+        if guided is not None:
+            guidance_scale = guided.check(guidance_scale)
+            den = GuidanceInput(den, guidance_scale)
+        elif run.num_classes and guidance_scale is not None and guidance_scale != 1:
             den = classifier_free(den, guidance_scale, lambda c: null_labels(c, run.num_classes))
         cscale = 1.0 if classifier_scale is None else classifier_scale
         den = ClassifierGuided(den, log_prob, cscale, model_cond=run.num_classes > 0)
@@ -250,7 +272,10 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         raise DiffusaError(f"label: {name} is unconditional; labels need a model trained with --class-conditional, "
                            "or a noise-aware classifier (classifier=, from `diffusa train-classifier`)")
     labels = requested_labels(label, n, run.num_classes)
-    if guidance_scale is not None and guidance_scale != 1:
+    if guided is not None:
+        guidance_scale = guided.check(guidance_scale)
+        den = GuidanceInput(den, guidance_scale)
+    elif guidance_scale is not None and guidance_scale != 1:
         den = classifier_free(den, guidance_scale, lambda c: null_labels(c, run.num_classes))
     return Request(den, extra.replace(labels=labels), labels, None, guidance_scale, None)
 
@@ -265,6 +290,7 @@ __all__ = [
     "cond_image",
     "count",
     "finite_scale",
+    "guidance_range",
     "image_batch",
     "requested_labels",
     "resolve",

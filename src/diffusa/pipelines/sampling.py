@@ -77,6 +77,21 @@ def resolve_sampling(model: Any, sampler: Any = None, steps: Any = None, batch_s
     return sampler, steps, DEFAULT_BATCH if batch_size is None else batch_size
 
 
+def resolve_spacing(model: Any, sampler: str, spacing: str | None) -> str | None:
+    """The grid a draw walks: `spacing` as given; else the model's recommended grid (config.json "sampling"
+    "spacing") when `sampler` is its recommended sampler (a grid is measured with its sampler: VP's point runs draw
+    with DPM-Solver++(2M) SDE on the log-SNR grid, docs/results/toys.md); else None, the sampler's own default.
+    `model` as `model_defaults`."""
+    if spacing is not None:
+        return spacing
+    run = getattr(model, "run", model)
+    entry = getattr(run, "meta", run)
+    entry = entry.get("sampling") if isinstance(entry, Mapping) else None
+    if isinstance(entry, Mapping) and entry.get("sampler") == sampler:
+        return entry.get("spacing")
+    return None
+
+
 def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: Any, callback: Any) -> int:
     """The refusals of sampling arguments shared by every way a pipeline draws (`__call__`, img2img, inpaint),
     before anything is drawn; the checked seed."""
@@ -154,4 +169,5 @@ def sampling_grid(den: Any, steps: int, spacing: str | None, sampler: str) -> to
 
 __all__ = ["CONSISTENCY_STEPS", "DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS",
            "SAMPLER_DEFAULT_TEXT", "STEPS_DEFAULT_TEXT", "StepCallback", "check_device", "check_sampling",
-           "model_defaults", "network_calls", "resolve_sampling", "sampler_kwargs", "sampling_grid"]
+           "model_defaults", "network_calls", "resolve_sampling", "resolve_spacing", "sampler_kwargs",
+           "sampling_grid"]

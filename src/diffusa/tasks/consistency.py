@@ -19,6 +19,13 @@ grows as N(k) (`diffusa.consistency.levels_at`) from `levels_start` to `levels`.
 The student's run folder is an ordinary run: the teacher's config.json with the distillation's training settings,
 plus "consistency" (what `load_run` needs to read the network as a consistency function) and "distill" (how it was
 made). `diffusa sample` and `diffusa.load` then draw with the "consistency" sampler (Algorithm 1).
+
+Guided distillation (`guidance_range`; Meng et al. 2023, Luo et al. 2023's latent consistency models, eq. 9): for a
+class- or text-conditional teacher, each example draws w ~ U[w_min, w_max]; the teacher's ODE step uses the
+classifier-free guided denoiser at that w (`diffusa.guidance.ClassifierFreeGuided`, one batched call, each example's
+w read from cond.guidance), and the student and target networks receive w as an input (the U-Net's zero-initialised
+guidance embedding), so that the student draws with guidance in one network call per step. The range is recorded as
+config.json's "guidance" (`diffusa.guidance.GuidanceRange`).
 """
 
 from __future__ import annotations
@@ -34,9 +41,12 @@ from torch import nn
 from diffusa.config import TrainConfig, load_config
 from diffusa.consistency import ConsistencyDenoiser, level_times, levels_at
 from diffusa.engine import Engine
+from diffusa.engine.loop import load_init
 from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss
 from diffusa.errors import DiffusaError
+from diffusa.guidance import GuidanceInput, GuidanceRange, classifier_free, null_captions, null_labels
+from diffusa.nets import network_kind
 from diffusa.prediction import Denoiser
 from diffusa.runs import init_weights, load_run, make_denoiser
 from diffusa.samplers import default_karras_grid, get_sampler
@@ -60,6 +70,8 @@ class DistillConfig:
     mu: float = 0.95  # the target network's EMA rate (Song et al. 2023, Table 3: 0.95 for CD)
     solver: str = "heun"  # the teacher's ODE step
     distance: str = "l2"  # l2 | pseudo_huber
+    # (w_min, w_max): guided distillation, w ~ U[w_min, w_max] an input of the student; None: unguided
+    guidance_range: tuple[float, float] | None = None
 
     def check(self) -> DistillConfig:
         """Refuse settings that cannot distil, each in one DiffusaError naming the flag."""
@@ -80,7 +92,15 @@ class DistillConfig:
                                f"{', '.join(SOLVERS)}")
         if self.distance not in DISTANCES:
             raise DiffusaError(f"unknown distance {self.distance!r}; known: {', '.join(DISTANCES)}")
+        if self.guidance_range is not None:
+            rng = GuidanceRange.of(self.guidance_range)
+            self.guidance_range = (rng.low, rng.high)
         return self
+
+    @property
+    def guidance(self) -> GuidanceRange | None:
+        """The guidance scales of a guided distillation, None for an unguided one."""
+        return None if self.guidance_range is None else GuidanceRange.of(self.guidance_range)
 
 
 def distill_settings(steps: int = 2000, batch_size: int | None = None, lr: float = 4e-4, mu: float = 0.95,
@@ -155,7 +175,8 @@ class CurriculumStep:
 
 class ConsistencyTask(CurriculumStep, DiffusionTask):
     """Distils a consistency model from a teacher run: the teacher's data, process, network and conditioning; the
-    loss of `distillation_loss`; the target network is the engine's EMA (rate mu)."""
+    loss of `distillation_loss`; the target network is the engine's EMA (rate mu). Guided (config.guidance_range):
+    the teacher is classifier-free guided at each example's w, and the student's network takes w as an input."""
 
     name = "distill"
 
@@ -173,14 +194,26 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
             raise DiffusaError(f"{teacher} is a consistency model already; distil from a diffusion run")
         cfg = load_config(base=meta["config"])
         cfg.train = settings
+        self.guidance = self.config.guidance
+        teacher_spec = meta["network"]["config"]
+        if self.guidance is not None:  # the student's network: the teacher's with the guidance scale as an input
+            teacher_spec = as_json(network_kind(meta["network"]["kind"]).guidance_input(teacher_spec))
+            cfg.model.net = {**cfg.model.net, "guidance_embed": True}
         super().__init__(cfg, data)
-        if self.kind != meta["network"]["kind"] or as_json(self.spec) != meta["network"]["config"]:
+        if self.kind != meta["network"]["kind"] or as_json(self.spec) != teacher_spec:
             raise DiffusaError(f"the teacher's network ({meta['network']['kind']}) cannot be rebuilt from its "
                                "config by this diffusa; retrain the teacher")
         self.init = {"from": self.teacher_name}
-        self.teacher = load_run(run_path(teacher)).denoiser
+        run = load_run(run_path(teacher))
+        self.teacher = self.guided_teacher = run.denoiser
         if self.teacher.net is not None:
             self.teacher.net.requires_grad_(False)
+        if self.guidance is not None:
+            if self.conditioner is None or self.conditioner.mode not in ("class", "text"):
+                raise DiffusaError(f"--guidance-range distils classifier-free guidance, which needs a class- or "
+                                   f"text-conditional teacher; {teacher} is unconditional")
+            null = null_captions(run.net) if run.is_text else (lambda c: null_labels(c, run.num_classes))
+            self.guided_teacher = classifier_free(self.teacher, None, null)  # each example's w, from cond.guidance
         # the levels: Karras's grid inside the teacher's trained noise levels, the range Heun samples it over
         ends = default_karras_grid(self.teacher, 2)[:2]
         a, s = self.process.alpha_sigma(ends)
@@ -197,6 +230,12 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
     def consistency(self, base: Denoiser) -> ConsistencyDenoiser:
         return ConsistencyDenoiser.from_table(base, self.consistency_table())
 
+    def start_from_teacher(self) -> None:
+        """Load the teacher's weights into the student; a guided student's guidance embedding, which the teacher
+        lacks, keeps its zero initialisation, so the student starts as the teacher's conditional network."""
+        new = [k for k in self.model.state_dict() if "guidance_emb" in k.split(".")] if self.guidance else []
+        load_init(self.model, self.weights, new)
+
     def times(self, levels: int, device: torch.device) -> torch.Tensor:
         if levels not in self._times:
             self._times[levels] = level_times(self.process, levels, self.sigma_min, self.sigma_max)
@@ -212,6 +251,8 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
         self.target = self.consistency(make_denoiser(averaged, self.process, self.cfg, False))
         self.denoiser = self.student
         self.ema_denoiser = self.consistency(make_denoiser(averaged, self.process, self.cfg, self.image))
+        if self.guidance is not None:  # previews at the default scale
+            self.ema_denoiser = GuidanceInput(self.ema_denoiser, self.guidance.default)
 
     def loss(self, idx: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> StepLoss:
         c = self.config
@@ -222,18 +263,26 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
         cond = None
         if self.conditioner is not None:  # the teacher is asked with the same conditioning, dropped labels included
             cond = self.conditioner.training(idx, generator, x.device, x)
-        losses = distillation_loss(self.student, self.target, self.teacher, x, times, n, z, cond, c.solver,
+        if self.guidance is not None:  # w ~ U[w_min, w_max] per example: the student's input, the teacher's scale
+            cond = cond.replace(guidance=self.guidance.sample(x.shape[0], generator).to(x.device))
+        losses = distillation_loss(self.student, self.target, self.guided_teacher, x, times, n, z, cond, c.solver,
                                    c.distance)
         return StepLoss(losses, logs={"levels": float(levels)} if c.levels_start is not None else {})
 
     def distill_table(self) -> dict[str, Any]:
-        """config.json's "distill": the teacher and the settings of `DistillConfig`."""
-        return {"teacher": self.teacher_name, **asdict(self.config)}
+        """config.json's "distill": the teacher and the settings of `DistillConfig` (guidance_range only when
+        guided, so that unguided students made before it existed resume)."""
+        settings = asdict(self.config)
+        if settings["guidance_range"] is None:
+            del settings["guidance_range"]
+        return {"teacher": self.teacher_name, **settings}
 
     def meta(self) -> dict[str, Any]:
         meta = super().meta()
         meta["consistency"] = self.consistency_table()
         meta["distill"] = self.distill_table()
+        if self.guidance is not None:  # what a draw asks the student (pipelines.request): the range, its default
+            meta["guidance"] = self.guidance.table()
         # a draw's default (pipelines.sampling): one step, the point of a consistency model; 2..N-1 when asked
         meta["sampling"] = {"sampler": "consistency", "steps": 1,
                             "why": "consistency distillation: one network evaluation (Song et al. 2023, Algorithm 1); "
@@ -268,7 +317,8 @@ def distill_engine(teacher: str | Path, out: str | Path, settings: TrainConfig |
     settings = settings or distill_settings(mu=config.mu)
     check_out(out, resume, what="a run")  # before the data are read and the networks built
     task = ConsistencyTask(teacher, settings, config, data)
-    return Engine(task, out, resume=resume, progress=progress, init=None if resume else task.weights)
+    task.start_from_teacher()  # a resumed student's checkpoint then replaces the weights
+    return Engine(task, out, resume=resume, progress=progress)
 
 
 def distill(teacher: str | Path, out: str | Path, settings: TrainConfig | None = None,

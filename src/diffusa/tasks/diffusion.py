@@ -131,10 +131,12 @@ class DiffusionTask(Task):
         if self.standardize is not None:
             meta["standardize"] = self.standardize
         if self.data.kind == "points" and self.cfg.process.name in POINT_SAMPLING:  # measured per process
-            sampler, steps = POINT_SAMPLING[self.cfg.process.name]
+            sampler, steps, spacing = POINT_SAMPLING[self.cfg.process.name]
             meta["sampling"] = {"sampler": sampler, "steps": steps,
                                 "why": "the best over eight 2-D sets for this process (benchmarks/toys.py, "
                                        "docs/results/toys.md)"}
+            if spacing is not None:
+                meta["sampling"]["spacing"] = spacing
         if self.init is not None:
             meta["init"] = self.init
         return meta
