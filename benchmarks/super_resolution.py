@@ -102,10 +102,20 @@ def held_out(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 # -- stages -------------------------------------------------------------------------------------------------------
-def run_dir(args: argparse.Namespace, name: str) -> Path | str:
+def run_dir(args: argparse.Namespace, name: str) -> Path:
     """A run of this benchmark: under --runs, unless --use NAME=RUN points it elsewhere (a shipped model's name, e.g.
-    --use sr4=mnist-sr, or another run folder)."""
-    return dict(args.use).get(name, Path(args.runs) / name)
+    --use sr4=mnist-sr, or another run folder; `train` leaves those alone)."""
+    from diffusa.shipped import run_path
+
+    return run_path(dict(args.use)[name]) if name in dict(args.use) else Path(args.runs) / name
+
+
+def use_pair(text: str) -> tuple[str, str]:
+    """--use NAME=RUN."""
+    name, sep, run = text.partition("=")
+    if not sep or not name or not run:
+        raise argparse.ArgumentTypeError(f"{text!r}: give NAME=RUN, e.g. sr4=mnist-sr")
+    return name, run
 
 
 def runs(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -119,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     base = [f"data.name='{args.data}'", *COMMON, *args.set]
     for name, overrides in runs(args).items():
         out = run_dir(args, name)
-        if not (out / "model.safetensors").exists():
+        if name not in dict(args.use) and not (out / "model.safetensors").exists():
             t0 = time.time()
             steps = args.base_steps if name == "base14" else args.steps
             cfg = load_config(overrides=[*base, *overrides, f"train.steps={steps}"])
@@ -148,8 +158,8 @@ def cmd_eval(args: argparse.Namespace) -> None:
         res = pipe.upscale(low, sampler=args.sampler, steps=args.sample_steps, seed=0, noise_level=args.noise_level)
         seconds = time.time() - t0
         bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
-        row = {"run": str(run_dir(args, name)), "sampler": res.settings["sampler"], "factor": source.factor,
-               "input": list(low.shape[-2:]), "noise_level": res.settings["noise_level"],
+        row = {"run": dict(args.use).get(name, str(run_dir(args, name))), "sampler": res.settings["sampler"],
+               "factor": source.factor, "input": list(low.shape[-2:]), "noise_level": res.settings["noise_level"],
                "seconds": seconds, "nfe": res.settings["nfe"]}
         for method, out in (("diffusion", res.samples), ("bicubic", bicubic)):
             row[method] = {"psnr": psnr(out, x), "ssim": ssim(out, x), **judged(out, y, ref),
@@ -317,7 +327,7 @@ def main() -> None:
     ap.add_argument("--sampler", default=None, help="eval: the upscalers' sampler (default: each run's recommended)")
     ap.add_argument("--noise-level", type=float, default=None,
                     help="eval: the condition's noise level (default: each run's own sampling level)")
-    ap.add_argument("--use", type=lambda s: tuple(s.split("=", 1)), action="append", default=[],
+    ap.add_argument("--use", type=use_pair, action="append", default=[],
                     metavar="NAME=RUN", help="take run NAME (sr4, sr2, ...) from RUN, e.g. sr4=mnist-sr")
     ap.add_argument("--levels", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3],
                     help="cascade: sampling levels of the augmented upscaler")

@@ -250,3 +250,16 @@ def test_resume_is_exact(teachers: dict[str, Path], tmp_path: Path) -> None:
     assert any("guidance_emb" in k for k in a)
     with pytest.raises(DiffusaError, match="other settings"):
         engine(teachers["text"], tmp_path / "cut", steps=8, guidance=(1.0, 4.0), resume=True)
+
+
+def test_a_diffusion_run_refuses_the_guidance_input(tmp_path: Path) -> None:
+    """model.net.guidance_embed is a guided student's: a diffusion run (or a fine-tune from such a student) with it
+    is one line before anything trains, not a traceback at the first step."""
+    from diffusa.config import load_config
+    from diffusa.train import diffusion_engine
+
+    cfg = load_config(overrides=['data.name="digits"', "train.steps=1", "model.net.channels=8",
+                                 "model.net.guidance_embed=true"])
+    with pytest.raises(DiffusaError, match=r"model\.net\.guidance_embed: only a guided consistency student"):
+        diffusion_engine(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "model.safetensors").exists()

@@ -295,3 +295,16 @@ def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:
         mine = [r for r in rows if r["process"] == process]
         assert len(mine) == 8 and steps == STEPS
         assert recommend(mine)[0] == key(sampler, spacing), process
+
+
+def test_a_recommended_grid_that_does_not_suit_the_model_is_refused_when_read(moons_run: Path, tmp_path: Path) -> None:
+    """A discrete chain's spacing recommended for a continuous process: one line naming the file and the entry when
+    the run is read, not at every draw."""
+    run = with_sampling(moons_run, tmp_path / "vp", {"sampler": "dpmpp_2m", "steps": 5, "spacing": "trailing"})
+    meta = json.loads((run / "config.json").read_text())
+    meta["config"]["process"]["name"] = "vp"  # a continuous process: no chain steps to pick
+    meta["process"] = {"name": "vp"}
+    (run / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(DiffusaError, match=r"config\.json: sampling \(sampler dpmpp_2m, steps 5, spacing trailing\) "
+                                           r"does not suit this model: spacing 'trailing' picks steps"):
+        diffusa.load(run)

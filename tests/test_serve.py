@@ -460,6 +460,11 @@ def test_upscale_api_is_python_upscale(client: TestClient, sr: Path, tmp_path: P
     assert settings == {**res.settings, "model": "sr"}
     assert settings["task"] == "upscale" and settings["factor"] == 2 and settings["input_size"] == [4, 4]
     assert settings["output_size"] == [8, 8] and settings["tiles"] == 1 and settings["noise_level"] == 0.1
+    assert listed["mnist-sr"]["super_resolution"] == 4  # the shipped upscaler: the default without a model
+    r = client.post("/api/upscale", json={"digit": 17, "steps": 2, "seed": 2, "format": "npz"})
+    assert r.status_code == 200, r.text
+    assert npz_samples(r, tmp_path).shape == (1, 1, 28, 28)
+    assert json.loads(r.headers["x-diffusa-settings"])["model"] == "mnist-sr"
     r = client.post("/api/upscale", json={"model": "sr", "digit": 17, "steps": 3, "seed": 2})
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     out = cli("upscale", "mnist5k:17", "--model", sr, "--steps", 3, "--seed", 2, "--out", tmp_path / "cli.png",
@@ -561,14 +566,15 @@ EDIT_HOSTILE: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("jumps beyond the reverse steps", "inpaint",
      {"json": {"digit": 3, "mask": "top", "steps": 200, "jump_length": 1, "jump_n_sample": 20}}, 422,
      "at most 2500"),
-    ("jump_n_sample zero", "inpaint", {"json": {"digit": 3, "mask": "top", "jump_n_sample": 0}}, 422,
+    ("jump_n_sample zero on a model without a mask input", "inpaint",
+     {"json": {"digit": 3, "mask": "top", "jump_n_sample": 0}}, 400, "0 (no replacement, conditioning alone) is for"),
+    ("jump_n_sample negative", "inpaint", {"json": {"digit": 3, "mask": "top", "jump_n_sample": -1}}, 422,
      "jump_n_sample:"),
     # upscaling: the model must be a super-resolution run
     ("upscale with a shipped model", "upscale", {"json": {"model": "mnist-pixel", "digit": 3}}, 400,
      "mnist-pixel is not a super-resolution model"),
     ("upscale with a run that is not an upscaler", "upscale", {"json": {"model": "pixel", "digit": 3}}, 400,
      "pixel is not a super-resolution model"),
-    ("upscale without a model", "upscale", {"json": {"digit": 3}}, 422, "model: name a super-resolution run"),
     ("upscale with a pickle named model.safetensors", "upscale", {"json": {"model": "evil", "digit": 3}}, 400,
      "not a super-resolution model"),
     ("upscale: parent folder", "upscale", {"json": {"model": "../sr", "digit": 3}}, 403, "'..'"),
@@ -1018,7 +1024,7 @@ def test_page_upscale(client: TestClient, sr: Path, tmp_path: Path) -> None:
     )
 
     service = client.app.state.service
-    assert upscalers(service) == ["sr"]
+    assert upscalers(service) == ["mnist-sr", "sr"]  # the shipped upscaler first
 
     def run(req: Any, inputs: Any) -> Any:
         *_, (_, gen, status) = generate_updates(service, req, threading.Event(), None, inputs)
@@ -1228,7 +1234,8 @@ def test_page_in_headless_chromium(server: Any, sr_run: Path, tmp_path: Path, di
     (the Python call's bytes; the classifier sees threes), roll the dice, and reload the seed from the history;
     then in the inpainting tab paint over the top half of the held-out digit, inpaint, and get the bytes Python's
     `pipe.inpaint(digit, mask)` writes for the mask painted; then in the upscale tab upscale the held-out digit
-    with the run listed there (Python's `pipe.upscale` bytes) and reload it from the history."""
+    with the upscaler listed first, the shipped mnist-sr (Python's `pipe.upscale` bytes), and reload it from the
+    history."""
     import io
 
     import httpx
@@ -1289,15 +1296,15 @@ def test_page_in_headless_chromium(server: Any, sr_run: Path, tmp_path: Path, di
         assert done == python.save(tmp_path / "in.png").read_bytes()
 
         next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text == "Upscale").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upscale-before img"))  # the digit, bicubic x2
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upscale-before img"))  # the digit, bicubic x4
         driver.find_element(By.CSS_SELECTOR, "#upscale-go").click()
-        wait.until(lambda d: "upscaled x2: 4x4 -> 8x8" in d.find_element(By.CSS_SELECTOR, "#upscale-status").text)
+        wait.until(lambda d: "upscaled x4: 7x7 -> 28x28" in d.find_element(By.CSS_SELECTOR, "#upscale-status").text)
         assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upscale-result img"))
         driver.save_screenshot(str(shot.with_name("serve-upscale.png")))
         entry = httpx.get(url + "api/history", headers=auth, timeout=10).json()["generations"][0]
-        assert entry["task"] == "upscale" and entry["source"] == "ui" and entry["request"]["model"] == "sr"
+        assert entry["task"] == "upscale" and entry["source"] == "ui" and entry["request"]["model"] == "mnist-sr"
         done = httpx.get(f"{url}api/history/{entry['id']}/image", headers=auth, timeout=10).content
-        python = diffusa.load(sr_run).upscale(resize_images(held_out(0), (4, 4)), seed=0)
+        python = diffusa.load("mnist-sr").upscale(resize_images(held_out(0), (7, 7)), seed=0)
         assert done == python.save(tmp_path / "up.png").read_bytes()
         driver.find_elements(By.CSS_SELECTOR, "#history img")[0].click()
         wait.until(lambda d: "reloaded" in d.find_element(By.CSS_SELECTOR, "#upscale-status").text)

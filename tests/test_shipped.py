@@ -145,3 +145,11 @@ def test_the_shipped_upscaler_is_the_upscale_default(cli, tmp_path: Path):
     r = cli("generate", "--model", "mnist-sr", "--n", 2, "--out", tmp_path / "g.png")
     assert r.code == 2 and "mnist-sr is a 4x super-resolution model" in r.err and r.err.count("\n") == 1, r.err
     assert not (tmp_path / "g.png").exists()
+
+
+def test_the_upscalers_likelihood_is_refused_in_one_line():
+    """Bits/dim are of unconditional (or label/text-conditional) images; an upscaler's would be conditional on its
+    input: refused, not a traceback from the network asking for its condition."""
+    x = torch.zeros(2, 1, 28, 28)
+    with pytest.raises(diffusa.DiffusaError, match="conditioned on an image"):
+        diffusa.load("mnist-sr").likelihood(x)

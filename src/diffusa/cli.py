@@ -340,7 +340,9 @@ def build_parser() -> Parser:
     t.add_argument("--config", help="TOML file with config overrides")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. train.lr=1e-3")
     t.add_argument("--seed", type=int)
-    t.add_argument("--minutes", type=non_negative_float, help="stop (and checkpoint) after this much training time")
+    t.add_argument("--minutes", type=non_negative_float,
+                     help="stop (and checkpoint) after this much training time in this invocation "
+                          "(a --resume gets as many more)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--init", metavar="RUN",
                    help="fine-tune: start from this run's (or shipped model's) weights, process and network, with "

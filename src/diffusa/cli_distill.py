@@ -205,7 +205,9 @@ def add_parser(sub: Any) -> None:
                     help="train the new flow from fresh weights (default: from the teacher's when it is a "
                          "velocity-predicting flow of the same network, as the paper fine-tunes)")
     p.add_argument("--seed", type=int, help="training seed (reflow: also the pairs')")
-    p.add_argument("--minutes", type=non_negative_float, help="stop (and checkpoint) after this much training time")
+    p.add_argument("--minutes", type=non_negative_float,
+                     help="stop (and checkpoint) after this much training time in this invocation "
+                          "(a --resume gets as many more)")
     p.add_argument("--resume", action="store_true",
                    help="continue the student in --out from its checkpoint, with its teacher and settings")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -104,7 +104,7 @@ class TrainConfig:
     label_dropout: float = 0.1  # share of labels (captions) replaced by the null label (empty caption) (Ho & Salimans)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
     seed: int = 0
-    max_minutes: float = 0.0  # > 0: stop (and checkpoint) after this much training time
+    max_minutes: float = 0.0  # > 0: stop (and checkpoint) after this much training time (per session: resumes too)
     log_every: int = 25
     checkpoint_every: int = 200
     sample_every: int = 400  # 0 = only at the end

@@ -186,7 +186,8 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     entry = meta["sampling"]
     fix = "correct or remove the entry"
     if not isinstance(entry, dict):
-        raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"why\": TEXT}}, "
+        raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"spacing\": GRID "
+                           f"(optional), \"why\": TEXT}}, "
                            f"got {entry!r:.80}; {fix}")
     unknown = sorted(str(k) for k in entry if k not in SAMPLING_KEYS)
     if unknown:
@@ -244,10 +245,12 @@ def check_recommended_grid(den: Denoiser, meta: dict[str, Any], cfg_file: Path) 
         return
     from diffusa.samplers import make_grid
 
+    spacing = meta["sampling"].get("spacing")
     try:
-        make_grid(den, rec[1], None, rec[0])
+        make_grid(den, rec[1], spacing, rec[0])
     except DiffusaError as e:
-        raise DiffusaError(f"{cfg_file}: sampling (sampler {rec[0]}, steps {rec[1]}) does not suit this model: "
+        grid = "" if spacing is None else f", spacing {spacing}"
+        raise DiffusaError(f"{cfg_file}: sampling (sampler {rec[0]}, steps {rec[1]}{grid}) does not suit this model: "
                            f"{str(e).removeprefix('--')}; correct or remove the entry") from None
 
 

@@ -24,7 +24,7 @@ SHIPPED: dict[str, str] = {
     "mnist-sr": "a 4x super-resolution model for digits, 7x7 -> 28x28 (SR3, noise-conditioning augmentation); "
                 "larger images in tiles: diffusa upscale IMAGE --model mnist-sr",
 }
-DEFAULT_TEXT_MODEL, DEFAULT_MODEL = "mnist-text", "mnist-pixel"
+DEFAULT_TEXT_MODEL, DEFAULT_MODEL, DEFAULT_UPSCALER = "mnist-text", "mnist-pixel", "mnist-sr"
 
 
 def shipped_root() -> Path:
@@ -74,7 +74,10 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
     run_dir, dest = Path(run_dir), Path(dest)
     meta = load_json(run_dir / "config.json")
     if sampling is not None:
+        from diffusa.runs import recommended_sampling
+
         meta["sampling"] = sampling
+        recommended_sampling(meta, f"the recommendation for {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:

@@ -252,6 +252,9 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     if conditional and not mask_model:
         raise DiffusaError(f"jump_n_sample must be a positive integer on {pipe.name}: 0 (no replacement, "
                            "conditioning alone) is for a mask-conditioned model (data.inpaint)")
+    if conditional and jump_length is not None:
+        raise DiffusaError(f"jump_length {jump_length!r}: jump_n_sample=0 (conditioning alone) makes no jumps; leave "
+                           "jump_length out")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size,
                                                   task_sampler=None if conditional else DEFAULT_INPAINT_SAMPLER)
     spacing = resolve_spacing(pipe, sampler, spacing)

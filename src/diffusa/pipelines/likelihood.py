@@ -67,6 +67,13 @@ def image_likelihood(run: Any, name: str, x: torch.Tensor | np.ndarray, *, terms
     if "latent" in run.meta:
         raise DiffusaError("likelihood measures 8-bit pixels; this run is a latent model, whose likelihood would be "
                            "of its latents, not of the images")
+    if "consistency" in run.meta:
+        raise DiffusaError("likelihood needs a diffusion model's probability-flow ODE or bound; this run is a "
+                           "consistency model (diffusa distill), which has neither")
+    if run.config.data.super_resolution or run.config.data.inpaint:
+        raise DiffusaError("likelihood is of unconditional (or label/text-conditional) images; this run is "
+                           "conditioned on an image (super-resolution or inpainting), whose likelihood would be "
+                           "conditional on that image")
     seed = check_seed(seed)
     x = likelihood_images(x, run.data_shape)
     n = len(x)

@@ -21,6 +21,7 @@ from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
 from diffusa.guidance import DEFAULT_TEXT_SCALE, GuidanceInput, GuidanceRange
 from diffusa.prediction import Denoiser
+from diffusa.superres import ImageCondition
 
 LABEL_CAPTION = "a handwritten {d}"  # how label= asks a text model for a digit
 TEXT_CLASSES = 10  # label= on a text model names a digit
@@ -212,7 +213,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             raise DiffusaError(f"image: {name} takes no conditioning image")
         extra = Cond(image=cond_image(image, n, image_channels, run.data_shape))
     elif image_channels:
-        factor = run.meta.get("config", {}).get("data", {}).get("super_resolution", 0)
+        factor = ImageCondition.of(run.config.data).factor
         if factor:
             raise DiffusaError(f"{name} is a {factor}x super-resolution model: it upscales a given image "
                                f"(pipe.upscale(image); diffusa upscale IMAGE --model {name})")

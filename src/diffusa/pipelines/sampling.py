@@ -41,18 +41,25 @@ def _positive_int(value: Any, name: str) -> int:
     return value
 
 
+def _config_of(model: Any) -> tuple[Mapping[str, Any] | None, str | Path]:
+    """(config.json's content, its path for messages) of a Pipeline, a Run or a config dict; (None, ...) for None."""
+    run = getattr(model, "run", model)  # a Pipeline's Run
+    meta = getattr(run, "meta", run)  # a Run's config.json
+    path = getattr(run, "path", None)
+    return (meta if isinstance(meta, Mapping) else None,
+            "config.json" if path is None else Path(path) / "config.json")
+
+
 def model_defaults(model: Any) -> tuple[str, int]:
     """(sampler, steps) a model draws with where it is not told: its recommendation (config.json's "sampling",
     `runs.recommended_sampling`), else the kind's: ("consistency", CONSISTENCY_STEPS) for a consistency model
     (`diffusa distill`; its grid has fewer steps than it has levels), (DEFAULT_SAMPLER, DEFAULT_STEPS) for any other.
     `model`: a Pipeline, a Run, a config.json's content (a dict: the server reads it before loading anything), or
     None (the global defaults)."""
-    run = getattr(model, "run", model)  # a Pipeline's Run
-    meta = getattr(run, "meta", run)  # a Run's config.json
-    if not isinstance(meta, Mapping):
+    meta, cfg_file = _config_of(model)
+    if meta is None:
         return DEFAULT_SAMPLER, DEFAULT_STEPS
-    path = getattr(run, "path", None)
-    rec = recommended_sampling(meta, "config.json" if path is None else Path(path) / "config.json")
+    rec = recommended_sampling(meta, cfg_file)
     if rec is not None:
         return rec
     return ("consistency", CONSISTENCY_STEPS) if "consistency" in meta else (DEFAULT_SAMPLER, DEFAULT_STEPS)
@@ -84,12 +91,9 @@ def resolve_spacing(model: Any, sampler: str, spacing: str | None) -> str | None
     `model` as `model_defaults`."""
     if spacing is not None:
         return spacing
-    run = getattr(model, "run", model)
-    entry = getattr(run, "meta", run)
-    entry = entry.get("sampling") if isinstance(entry, Mapping) else None
-    if isinstance(entry, Mapping) and entry.get("sampler") == sampler:
-        return entry.get("spacing")
-    return None
+    meta, cfg_file = _config_of(model)
+    rec = None if meta is None else recommended_sampling(meta, cfg_file)  # checked, as model_defaults reads it
+    return meta["sampling"].get("spacing") if rec is not None and rec[0] == sampler else None
 
 
 def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: Any, callback: Any) -> int:

@@ -151,7 +151,9 @@ class EditRequest(ImageSettings):
 class InpaintRequest(ImageSettings):
     """Inpainting (`pipe.inpaint`, RePaint): redraw the white part of a mask. The mask: `mask_png` (a base64 PNG
     of the model's image size, white = repaint) or `mask` (left, right, top, bottom, center or box:X,Y,W,H), one
-    of them; jump_length and jump_n_sample: RePaint's resampling (1: replacement without jumps)."""
+    of them; jump_length and jump_n_sample: RePaint's resampling (1: replacement without jumps; 0: a mask-conditioned
+    model's conditioning alone; None: the pipeline's defaults, 5 x 5 jumps, or replacement without jumps on a
+    mask-conditioned model)."""
 
     task: ClassVar[str] = "inpaint"
     extra_fields: ClassVar[tuple[str, ...]] = ("jump_length", "jump_n_sample")
@@ -159,8 +161,8 @@ class InpaintRequest(ImageSettings):
 
     mask_png: Annotated[str, Field(min_length=1, max_length=MAX_MASK_B64)] | None = None
     mask: Name | None = None
-    jump_length: Count = DEFAULT_JUMP_LENGTH
-    jump_n_sample: Count = DEFAULT_JUMP_N_SAMPLE
+    jump_length: Count | None = None
+    jump_n_sample: Annotated[int, Field(ge=0, le=MAX_STEPS)] | None = None
 
     @model_validator(mode="after")
     def _reverse_steps(self) -> InpaintRequest:  # checked again once the steps are resolved (Service.resolved)
@@ -175,15 +177,19 @@ class InpaintRequest(ImageSettings):
         return {**super().record(), "mask": self.mask}
 
     def total_steps(self) -> int:
-        """RePaint's reverse steps: steps plus the jumps' repeats (diffusa.editing.check_jumps' count)."""
+        """RePaint's reverse steps: steps plus the jumps' repeats (diffusa.editing.check_jumps' count); a jump left
+        out counts as the pipeline's largest default (5 x 5), a bound the limits can hold."""
         steps = super().total_steps()
-        jumps = len(range(0, steps - self.jump_length, self.jump_length)) if self.jump_n_sample > 1 else 0
-        return steps + (self.jump_n_sample - 1) * self.jump_length * jumps
+        length = DEFAULT_JUMP_LENGTH if self.jump_length is None else self.jump_length
+        n_sample = DEFAULT_JUMP_N_SAMPLE if self.jump_n_sample is None else self.jump_n_sample
+        jumps = len(range(0, steps - length, length)) if n_sample > 1 else 0
+        return steps + (n_sample - 1) * length * jumps
 
 
 class UpscaleRequest(ImageSettings):
     """Super-resolution (`pipe.upscale`, SR3): the image drawn at the model's factor times its size, conditioned on
-    it. `model`: a run folder trained with data.super_resolution (required: no upscaler is shipped); a held-out
+    it. `model`: the shipped mnist-sr (the default, as `diffusa upscale`) or a run folder trained with
+    data.super_resolution; a held-out
     `digit` is shrunk to the model's input size first, as `diffusa upscale mnist5k:INDEX` shrinks it; noise_level:
     the condition's augmentation level (default the run's data.cond_noise; the pipeline's range). One output per
     image (no `n`); the tiles are the model's own size (`pipe.upscale`'s default tile and overlap)."""
@@ -194,11 +200,15 @@ class UpscaleRequest(ImageSettings):
 
     noise_level: float | None = None
 
+    @property
+    def model_name(self) -> str:
+        """The model asked for, or `diffusa upscale`'s default: the shipped mnist-sr."""
+        from diffusa.shipped import DEFAULT_UPSCALER
+
+        return self.model if self.model is not None else DEFAULT_UPSCALER
+
     @model_validator(mode="after")
     def _upscale(self) -> UpscaleRequest:
-        if self.model is None:
-            raise ValueError("model: name a super-resolution run folder under --runs (no upscaler is shipped; GET "
-                             "/api/models lists each model's super_resolution factor)")
         if self.n is not None:
             raise ValueError("n: an upscale draws one image per input image; leave n out")
         return self

@@ -64,7 +64,7 @@ BRUSH_SIZE, BRUSH_COLOR, BRUSH_RGB = 10, "#ff3b30", (255, 59, 48)  # the mask's 
 EDITOR_LAYERS, EDITOR_BLOBS = 4, 8  # the mask editor's layers (it shows one), and edits whose blobs are kept
 DIGIT, UPLOAD = "held-out digit", "upload"  # an edit tab's image sources
 PAINTED = "painted"  # the inpainting mask drawn in the editor; the other choices are the pipeline's names
-MASK_NAMES = ("left", "right", "top", "bottom", "center", "box:7,7,14,14")
+MASK_NAMES = ("left", "right", "top", "bottom", "center", "box:7,7,14,14", "strokes")
 
 # each tab's controls, in the order its handler takes them and `reload` returns them
 CONTROLS = ("model", "prompt", "label", "sampler", "steps", "guidance_scale", "eta", "seed", "n")
@@ -830,7 +830,8 @@ def build_ui(service: Service) -> Any:
 
         def on_models() -> tuple[Any, ...]:
             names, ups = service.models.names(), upscalers(service)
-            return (*(gr.update(choices=names) for _ in range(4)),
+            drawers = [n for n in names if n not in ups]  # an upscaler draws only on its own tab
+            return (*(gr.update(choices=drawers) for _ in range(3)), gr.update(choices=names),
                     gr.update(choices=ups, value=ups[0] if ups else None), "" if ups else NO_UPSCALER)
 
         gallery.select(on_select, ids, [tabs, *everything, tab["img2img"]["before"], tab["upscale"]["before"]],

@@ -179,6 +179,7 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
     the teacher is classifier-free guided at each example's w, and the student's network takes w as an input."""
 
     name = "distill"
+    guidance_input = True
 
     def __init__(self, teacher: str | Path, settings: TrainConfig, config: DistillConfig | None = None,
                  data: Any = None) -> None:

@@ -49,6 +49,7 @@ class DiffusionTask(Task):
     """Trains `denoiser(x_t, t, cond)` on a dataset under a process; the network is averaged by EMA."""
 
     name = "train"
+    guidance_input = False  # a network that takes the guidance scale (model.net.guidance_embed): guided students only
 
     def __init__(self, cfg: RunConfig, data: Any = None) -> None:
         self.cfg = cfg
@@ -75,6 +76,10 @@ class DiffusionTask(Task):
         self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes,
                                             self.source.channels(self.data), data_kind=self.data.kind,
                                             image_level=self.source.augmented)
+        if isinstance(self.spec, dict) and self.spec.get("guidance_embed") and not self.guidance_input:
+            raise DiffusaError("model.net.guidance_embed: only a guided consistency student (diffusa distill "
+                               "--guidance-range) takes the guidance scale as an input; this run cannot (a guided "
+                               "student is not a base to fine-tune)")
         torch.manual_seed(cfg.train.seed)  # the network's initial weights
         self.model = build_network(self.kind, self.spec)
         if cfg.train.grad_checkpoint:

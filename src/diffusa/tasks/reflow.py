@@ -282,7 +282,10 @@ def reflow_engine(teacher: str | Path, out: str | Path, settings: TrainConfig | 
     if resume:
         check_same_reflow(Path(out), teacher, config, settings)
     task = ReflowTask(teacher, settings, config, Path(out) / PAIRS, progress)
-    return Engine(task, out, resume=resume, progress=progress, init=None if resume else task.weights)
+    from diffusa.engine.state import never_checkpointed
+
+    fresh = not resume or never_checkpointed(Path(out))  # stopped before its first checkpoint: starts again
+    return Engine(task, out, resume=not fresh, progress=progress, init=task.weights if fresh else None)
 
 
 def reflow(teacher: str | Path, out: str | Path, settings: TrainConfig | None = None,
