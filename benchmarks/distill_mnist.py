@@ -59,8 +59,9 @@ from diffusa.checkpoint import load_json, load_tensors, save_tensors
 from diffusa.config import load_config
 from diffusa.data import examples, load_dataset
 from diffusa.engine import Engine
+from diffusa.engine.state import STATE_JSON
 from diffusa.errors import DiffusaError
-from diffusa.metrics import classify, confidence_stats, frechet_distance
+from diffusa.metrics import classify, image_metrics
 from diffusa.train import diffusion_engine, last_log
 
 os.environ.setdefault("MPLCONFIGDIR", str(Path(__file__).resolve().parent.parent / ".cache" / "matplotlib"))
@@ -73,29 +74,30 @@ STUDENTS = {"cd": "consistency distillation (CD)", "ict": "consistency training 
 FLOW_REFERENCE = ("dpmpp_2m", 20)  # a flow's own few-step quality, beside its Euler steps
 REFERENCE_SPLIT = 10_000  # held-out digits the samples are compared with, as `diffusa eval`
 GRID_ROWS = 8  # samples kept from every draw for the sample grid
-STATE = "train_state.json"
 
 
 # -- the judge ----------------------------------------------------------------------------------------------------
 class Judge:
     """`diffusa eval`'s image numbers (`diffusa.metrics.image_metrics`: FD and its floor, the recognised share) with
-    the held-out features computed once."""
+    the held-out split classified once."""
 
     def __init__(self, data: str, n: int) -> None:
-        test = examples(load_dataset(data, "test"), REFERENCE_SPLIT)
+        self.test = examples(load_dataset(data, "test"), REFERENCE_SPLIT)
         train = load_dataset(data, "train")
-        floor_set = train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
-        self.ref, ref_probs = classify(test)
-        self.floor = frechet_distance(classify(floor_set)[0], self.ref)
-        self.record = {"data": data, "n": n, "n_reference": len(test), "fd_floor": self.floor,
-                       "recognised_floor": confidence_stats(ref_probs)["confident_share"]}
+        self.floor_set = train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
+        self.judged = classify(self.test)
+        floors = self.metrics(self.floor_set)  # the floors do not depend on the samples
+        self.floor = floors["fd_floor"]
+        self.record = {"data": data, "n": n, "n_reference": len(self.test), "fd_floor": self.floor,
+                       "recognised_floor": floors["confident_share_floor"]}
+
+    def metrics(self, x: torch.Tensor) -> dict[str, Any]:
+        return image_metrics(x, self.test, self.floor_set, self.judged)
 
     def __call__(self, x: torch.Tensor) -> dict[str, Any]:
-        feats, probs = classify(x)
-        stats = confidence_stats(probs)
-        fd = frechet_distance(feats, self.ref)
-        return {"fd": fd, "x_floor": fd / self.floor, "recognised": stats["confident_share"],
-                "classes_present": stats["classes_present"], "rejected": stats["rejected_share"]}
+        m = self.metrics(x)
+        return {"fd": m["fd"], "x_floor": m["fd"] / self.floor, "recognised": m["confident_share"],
+                "classes_present": m["classes_present"], "rejected": m["rejected_share"]}
 
 
 def draw(pipe: Any, judge: Judge, sampler: str, steps: int, n: int, grid: Path | None) -> dict[str, Any]:
@@ -186,7 +188,7 @@ def train_budgeted(args: argparse.Namespace, rec: dict, path: Path, name: str, o
             plan["steps"] = steps
         write_json(path, rec)
     print(f"{name}: {plan['steps']} steps within {plan['minutes']:g} min -> {out}", flush=True)
-    state = load_json(out / STATE) if (out / STATE).exists() else None
+    state = load_json(out / STATE_JSON) if (out / STATE_JSON).exists() else None
     left = plan["minutes"] - (state["seconds"] / 60 if state else 0.0)
     if state is None or (state["step"] < plan["steps"] and left > 0):
         build(plan["steps"], max(left, 1e-3), out, state is not None, not args.quick).fit()

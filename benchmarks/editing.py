@@ -68,11 +68,11 @@ def variants(jump: int) -> dict[str, tuple[str, int, int]]:
             f"RePaint {jump}x{jump}, ancestral": ("ddpm", jump, jump)}
 
 
-def model_variants(jump: int) -> dict[str, tuple[str, int, int]]:
+def model_variants(jump: int) -> dict[str, tuple[str, int | None, int]]:
     """The mask-conditioned model's variants: name -> (sampler, jump_length, jump_n_sample); the first is its
-    default (`pipe.inpaint`); jump_n_sample 0: conditioning alone, the sampler's own grid."""
-    return {"replacement, ancestral (default)": ("ddpm", jump, 1), "no replacement, ancestral": ("ddpm", jump, 0),
-            "no replacement, DPM-Solver++(2M)": ("dpmpp_2m", jump, 0),
+    default (`pipe.inpaint`); jump_n_sample 0: conditioning alone, the sampler's own grid (no jump length)."""
+    return {"replacement, ancestral (default)": ("ddpm", jump, 1), "no replacement, ancestral": ("ddpm", None, 0),
+            "no replacement, DPM-Solver++(2M)": ("dpmpp_2m", None, 0),
             f"RePaint {jump}x{jump}, ancestral": ("ddpm", jump, jump)}
 
 

@@ -159,7 +159,7 @@ def cmd_prompts(args: argparse.Namespace) -> None:
             for split, templates in (("train", TRAIN_TEMPLATES), ("held_out", HELD_OUT_TEMPLATES)):
                 prompts, labels, which = prompt_grid(templates, args.n)
                 # every prompt in one batch, x_T from seed 0
-                x = pipe(prompts, sampler="dpmpp_2m", steps=args.sample_steps, guidance_scale=w, seed=0,
+                x = pipe(prompts, sampler=args.prompt_sampler, steps=args.sample_steps, guidance_scale=w, seed=0,
                          batch_size=len(prompts)).samples
                 feats, probs = classify(x)
                 hit = (probs.argmax(1) == labels).float()
@@ -237,6 +237,8 @@ def main() -> None:
     ap.add_argument("--text-scales", type=float, nargs="+", default=TEXT_SCALES)
     ap.add_argument("--text-run", help="prompts: a text run folder or shipped model (default ROOT/text)")
     ap.add_argument("--prompt-scales", type=float, nargs="+", default=PROMPT_SCALES)
+    ap.add_argument("--prompt-sampler", default="dpmpp_2m",
+                    help="prompts: the sampler (\"consistency\" for a distilled student, with --sample-steps 1)")
     ap.add_argument("--final-only", action="store_true", help="prompts: the final weights only, no snapshots")
     args = ap.parse_args()
     run_stages(ap, args, {"train": cmd_train, "eval": cmd_eval, "prompts": cmd_prompts, "report": cmd_report},

@@ -13,10 +13,19 @@ import pytest
 import torch
 
 import diffusa
-from diffusa.editing import noise_to, repaint, repaint_schedule, reverse_steps, sampler_step, start_grid, strength_time
+from diffusa.editing import (
+    noise_to,
+    repaint,
+    repaint_schedule,
+    repaint_steps,
+    reverse_steps,
+    sampler_step,
+    start_grid,
+    strength_time,
+)
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import Pipeline
-from diffusa.pipelines.edit import as_mask, named_mask
+from diffusa.pipelines.edit import MASK_EXAMPLES, as_mask, is_named_mask, named_mask
 from diffusa.prediction import Denoiser
 from diffusa.process import EDM, VE, VP, DiscreteDDPM, Flow, SubVP
 from diffusa.samplers import SAMPLERS, get_sampler, make_grid, sample
@@ -96,6 +105,8 @@ def test_repaint_schedule_by_hand_and_the_papers_counts() -> None:
     # the paper's setting (t_T = 250, j = 10, n = 10): 24 jump points x 9 repeats x 10 steps on top of 250
     sched = repaint_schedule(250, 10, 10)
     assert reverse_steps(sched) == 250 + 24 * 9 * 10
+    for steps, length, n in ((6, 2, 2), (6, 2, 1), (250, 10, 10), (7, 3, 4), (5, 4, 3)):  # counted without walking
+        assert repaint_steps(steps, length, n) == reverse_steps(repaint_schedule(steps, length, n))
     assert len(sched) - 1 == 250 + 2 * 24 * 9 * 10
     assert sched[0] == 0 and sched[-1] == 250 and all(abs(b - a) == 1 for a, b in pairwise(sched))
     with pytest.raises(DiffusaError, match="jump_length 20 leaves no room"):
@@ -308,6 +319,9 @@ def test_api_refusals(pixel: Pipeline, digits: tuple) -> None:
     for call, message in cases:
         with pytest.raises(DiffusaError, match=message):
             call()
+    for name in MASK_EXAMPLES:  # the names the server offers are the pipeline's, each a mask of the image
+        assert is_named_mask(name) and named_mask(name, 28, 28).any()
+    assert not any(is_named_mask(name) for name in ("middle", "Left", "box", "strokes1", "mask.png"))
     m = as_mask(np.array([[0, 1], [1, 0]], dtype=np.uint8), (2, 2))  # a 0/1 uint8 mask: 1 = repaint
     assert m[0, 0].tolist() == [[False, True], [True, False]]
     assert as_mask(np.array([[0, 255], [127, 128]], dtype=np.uint8), (2, 2))[0, 0].tolist() == [[False, True],

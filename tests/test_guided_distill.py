@@ -15,8 +15,8 @@ import diffusa
 from diffusa.cond import Cond
 from diffusa.consistency import ConsistencyDenoiser, levels_at
 from diffusa.errors import DiffusaError
-from diffusa.guidance import GuidanceInput, GuidanceRange, classifier_free, null_captions, null_labels
-from diffusa.runs import load_run
+from diffusa.guidance import GuidanceInput, classifier_free
+from diffusa.runs import GuidanceRange, load_run
 from diffusa.tasks.consistency import (
     DistillConfig,
     consistency_distance,
@@ -66,10 +66,6 @@ def conditioning(run, n: int) -> Cond:
     if run.is_text:
         return run.net.tokenize([PROMPT] * n)
     return Cond(labels=torch.full((n,), 7))
-
-
-def null_of(run):
-    return null_captions(run.net) if run.is_text else (lambda c: null_labels(c, run.num_classes))
 
 
 @pytest.mark.parametrize("kind", list(TEACHERS))
@@ -143,7 +139,7 @@ def test_teacher_target_is_classifier_free_guidance_at_each_w(teachers: dict[str
     with torch.no_grad():
         for i in range(8):  # the teacher guided at w_i (its network takes no w); the student and target given w_i
             one = slice(i, i + 1)
-            guided = classifier_free(teacher.denoiser, float(w[i]), null_of(teacher))
+            guided = classifier_free(teacher.denoiser, float(w[i]), teacher.null_cond())
             x_lo = teacher_step(guided, x_hi[one], times, n[one], cond[one].replace(guidance=None))
             goal = task.target(x_lo, times[n[one]], cond[one]).x0
             want.append(consistency_distance(task.student(x_hi[one], times[n[one] + 1], cond[one]).x0, goal))
@@ -152,7 +148,7 @@ def test_teacher_target_is_classifier_free_guidance_at_each_w(teachers: dict[str
     # the teacher's step itself: per-example guidance in one batch = guidance.py at each w, example by example
     with torch.no_grad():
         batched = teacher_step(task.guided_teacher, x_hi, times, n, cond)
-        single = torch.cat([teacher_step(classifier_free(teacher.denoiser, float(w[i]), null_of(teacher)),
+        single = torch.cat([teacher_step(classifier_free(teacher.denoiser, float(w[i]), teacher.null_cond()),
                                          x_hi[i:i + 1], times, n[i:i + 1], cond[i:i + 1].replace(guidance=None))
                             for i in range(8)])
         unguided = teacher_step(teacher.denoiser, x_hi, times, n, cond.replace(guidance=None))

@@ -238,13 +238,12 @@ def cmd_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from diffusa.pipelines.edit import HALVES, as_images, as_mask, image_shape
+    from diffusa.pipelines.edit import as_images, as_mask, image_shape, is_named_mask
 
     t0 = time.perf_counter()
     pipe, out, strip, pixels, kw = _prepare(args)
     shape = image_shape(pipe)
-    builtin = args.mask in (*HALVES, "center", "strokes") or args.mask.startswith(("box:", "strokes:"))
-    mask = args.mask if builtin and not Path(args.mask).exists() else read_file(args.mask, "MASK", 1)
+    mask = args.mask if is_named_mask(args.mask) and not Path(args.mask).exists() else read_file(args.mask, "MASK", 1)
     res = pipe.inpaint(pixels, mask, args.prompt, jump_length=args.jump_length, jump_n_sample=args.jump_n_sample,
                        **kw)
     res.save(out, args.force)

@@ -101,10 +101,17 @@ def check_jumps(jump_length: Any, jump_n_sample: Any, steps: int) -> tuple[int, 
                            "jump_length below steps (or jump_n_sample=1 for replacement without jumps)")
     from diffusa.limits import MAX_SAMPLING_STEPS, check_count
 
-    jumps = len(range(0, steps - jump_length, jump_length))
-    check_count("RePaint's reverse steps (steps + jumps)", steps + (jump_n_sample - 1) * jump_length * jumps,
+    check_count("RePaint's reverse steps (steps + jumps)", repaint_steps(steps, jump_length, jump_n_sample),
                 MAX_SAMPLING_STEPS)
     return jump_length, jump_n_sample
+
+
+def repaint_steps(steps: int, jump_length: int, jump_n_sample: int) -> int:
+    """The reverse steps RePaint takes on a grid of `steps` steps (`reverse_steps` of `repaint_schedule`, counted
+    without walking it): steps, plus jump_length repeated jump_n_sample - 1 times at each jump; `steps` alone for
+    jump_n_sample <= 1 (no jumps)."""
+    jumps = len(range(0, steps - jump_length, jump_length)) if jump_n_sample > 1 else 0
+    return steps + (jump_n_sample - 1) * jump_length * jumps
 
 
 def repaint_schedule(steps: int, jump_length: int, jump_n_sample: int) -> list[int]:
@@ -199,4 +206,4 @@ def repaint(denoiser: Denoiser, known: torch.Tensor, keep: torch.Tensor, x_T: to
 
 
 __all__ = ["MERGE_FRACTION", "check_jumps", "check_strength", "noise_to", "repaint", "repaint_schedule",
-           "reverse_steps", "sampler_step", "start_grid", "strength_log_snr", "strength_time"]
+           "repaint_steps", "reverse_steps", "sampler_step", "start_grid", "strength_log_snr", "strength_time"]

@@ -8,8 +8,9 @@
   moves by c1 sigma_t^2 / alpha_t s grad, which for small steps equals Algorithm 1's Sigma s grad.
 - Guidance as an input (Meng et al. 2023, "On distillation of guided diffusion models"; Luo et al. 2023, latent
   consistency models): a student distilled from a classifier-free guided teacher takes w as an input of its network
-  (cond.guidance) and is asked once per step, over the range of w it was distilled on (`GuidanceInput`,
-  `GuidanceRange`). The teacher of that distillation is `ClassifierFreeGuided` with each example's own w.
+  (cond.guidance) and is asked once per step, over the range of w it was distilled on (`GuidanceInput`; the range
+  a run records: `diffusa.runs.GuidanceRange`). The teacher of that distillation is `ClassifierFreeGuided` with each
+  example's own w.
 
 Both wrappers are Denoisers built from the wrapped one's process, prediction and settings, and stack: classifier
 guidance on top of a classifier-free guided model. Conditionings are read as `diffusa.cond.Cond` (`as_cond`).
@@ -20,7 +21,6 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -32,7 +32,6 @@ from diffusa.process import as_time, expand_as
 
 LogProbFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 NullCond = Any  # the unconditional conditioning, or a function of the conditional one that returns it
-DEFAULT_TEXT_SCALE = 3.0  # classifier-free guidance of a text model (docs/guidance.md: accuracy against diversity)
 
 
 def check_scale(scale: Any, name: str = "guidance scale") -> float:
@@ -151,60 +150,6 @@ class GuidanceInput(Denoiser):
         return GuidanceInput(self.base.derive(raw, **settings), self.scale)
 
 
-@dataclass(frozen=True)
-class GuidanceRange:
-    """The guidance scales a guided student was distilled on (w ~ U[low, high] per example), and the one a draw
-    uses where it names none: config.json's "guidance" table {"min", "max", "default"}."""
-
-    low: float
-    high: float
-    default: float
-
-    @classmethod
-    def of(cls, scales: Any, name: str = "--guidance-range") -> GuidanceRange:
-        """From (w_min, w_max), 0 <= w_min <= w_max, both finite; the default is DEFAULT_TEXT_SCALE (3, the text
-        pipeline's) clamped into the range."""
-        if not isinstance(scales, (list, tuple)) or len(scales) != 2:
-            raise DiffusaError(f"{name} must be two guidance scales W_MIN,W_MAX, got {scales!r}")
-        low, high = (check_scale(w, name) for w in scales)
-        if not 0 <= low <= high:
-            raise DiffusaError(f"{name} must be 0 <= W_MIN <= W_MAX, got {low:g},{high:g}")
-        return cls(low, high, min(max(DEFAULT_TEXT_SCALE, low), high))
-
-    def check(self, scale: Any, name: str = "guidance_scale") -> float:
-        """`scale` as a float (None: the default); a DiffusaError when it is outside the range."""
-        if scale is None:
-            return self.default
-        w = check_scale(scale, name)
-        if not self.low <= w <= self.high:
-            raise DiffusaError(f"{name} {w:g} is outside {self.low:g}..{self.high:g}, the guidance scales this "
-                               f"student was distilled on; give one inside (default {self.default:g})")
-        return w
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n scales w ~ U[low, high] (float32, on the CPU)."""
-        return self.low + (self.high - self.low) * torch.rand(n, generator=generator)
-
-    def table(self) -> dict[str, float]:
-        """What config.json records ("guidance")."""
-        return {"min": self.low, "max": self.high, "default": self.default}
-
-    @classmethod
-    def from_table(cls, table: Any, where: Any = "config.json") -> GuidanceRange:
-        """Rebuild from config.json's "guidance" table; a damaged one is one DiffusaError naming `where`."""
-        bad = DiffusaError(f"{where}: guidance must be a table {{\"min\": W, \"max\": W, \"default\": W}} with 0 <= "
-                           f"min <= default <= max, got {table!r:.80}; the file is damaged")
-        if not isinstance(table, dict) or set(table) != {"min", "max", "default"}:
-            raise bad
-        try:
-            rng, default = cls.of((table["min"], table["max"])), check_scale(table["default"])
-        except DiffusaError:
-            raise bad from None
-        if not rng.low <= default <= rng.high:
-            raise bad
-        return cls(rng.low, rng.high, default)
-
-
 class ClassifierGuided(Denoiser):
     """A Denoiser whose eps is shifted by -sigma * scale * grad_x log p(y | x_t, t) (Dhariwal & Nichol 2021).
 
@@ -267,5 +212,5 @@ def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     return log_prob
 
 
-__all__ = ["DEFAULT_TEXT_SCALE", "ClassifierFreeGuided", "ClassifierGuided", "GuidanceInput", "GuidanceRange",
-           "check_scale", "classifier_free", "classifier_log_prob", "null_captions", "null_labels"]
+__all__ = ["ClassifierFreeGuided", "ClassifierGuided", "GuidanceInput", "check_scale", "classifier_free",
+           "classifier_log_prob", "null_captions", "null_labels"]

@@ -183,14 +183,16 @@ def judge_report(net: DigitClassifier | None = None) -> dict[str, Any]:
     return out
 
 
-def image_metrics(samples: torch.Tensor, reference: torch.Tensor, floor_set: torch.Tensor) -> dict[str, Any]:
+def image_metrics(samples: torch.Tensor, reference: torch.Tensor, floor_set: torch.Tensor,
+                  reference_judged: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """FD, KID, precision/recall, confidence and coverage of `samples` against `reference`, with the floors
     measured on `floor_set` (other real data of the same size) against the same reference. Precision/recall
     compare sets of equal size m: the first m samples and floor images against m reference images drawn with
-    seed 0."""
+    seed 0. `reference_judged`: `classify(reference)`, computed once by a caller that judges many sets of samples
+    against the same reference (None: computed here)."""
     n = min(len(samples), len(floor_set))
     f_s, p_s = classify(samples)
-    f_r, p_r = classify(reference)
+    f_r, p_r = classify(reference) if reference_judged is None else reference_judged
     f_f, _ = classify(floor_set[:n])
     kid, kid_std = kernel_inception_distance(f_s, f_r)
     kid_floor, _ = kernel_inception_distance(f_f, f_r)

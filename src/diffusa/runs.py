@@ -1,4 +1,5 @@
-"""A run folder: build the network, process and Denoiser from a config, save and load them.
+"""A run folder: build the network, process and Denoiser from a config, save and load them; what config.json
+records beside them (a recommended sampler, a guided student's guidance scales: `GuidanceRange`).
 
 Layout: `config.json` (format, version, the RunConfig, the data shape, the network's full config),
 `model.safetensors` (EMA weights), `train_state.safetensors` + `train_state.json` (for --resume).
@@ -6,7 +7,7 @@ Layout: `config.json` (format, version, the RunConfig, the data shape, the netwo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,16 @@ from diffusa.checkpoint import (
     load_state_dict_strict,
     load_tensors,
 )
+from diffusa.cond import Cond
 from diffusa.config import RunConfig, auto_choice, load_config
 from diffusa.errors import DiffusaError
+from diffusa.guidance import check_scale, null_captions, null_labels
 from diffusa.limits import ACTIVATION_FLOATS, check_bytes, tensor_bytes
 from diffusa.nets import NetRequest, accepts, build_network, network_config, network_kind
 from diffusa.prediction import Denoiser
 from diffusa.process import Process, process_from_dict
+
+DEFAULT_TEXT_SCALE = 3.0  # classifier-free guidance of a text model (docs/guidance.md: accuracy against diversity)
 
 
 def network_spec(cfg: RunConfig, data_shape: tuple[int, ...], num_classes: int = 0,
@@ -118,6 +123,14 @@ class Run:
         """(sampler, steps) measured best for this model (config.json's "sampling"); None without a recommendation."""
         return recommended_sampling(self.meta, self.path / "config.json")
 
+    def null_cond(self) -> Callable[[Any], Cond]:
+        """Classifier-free guidance's unconditional conditioning, as a function of the conditional one: the empty
+        caption of a text model (`diffusa.guidance.null_captions`), else the null label `num_classes`
+        (`diffusa.guidance.null_labels`)."""
+        if self.is_text:
+            return null_captions(self.net)
+        return lambda c: null_labels(c, self.num_classes)
+
 
 def read_run_meta(path: Path) -> dict[str, Any]:
     """Read and validate a run's config.json."""
@@ -207,6 +220,60 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
+
+
+@dataclass(frozen=True)
+class GuidanceRange:
+    """The guidance scales a guided student was distilled on (w ~ U[low, high] per example), and the one a draw
+    uses where it names none: config.json's "guidance" table {"min", "max", "default"}."""
+
+    low: float
+    high: float
+    default: float
+
+    @classmethod
+    def of(cls, scales: Any, name: str = "guidance range") -> GuidanceRange:
+        """From (w_min, w_max), 0 <= w_min <= w_max, both finite; the default is DEFAULT_TEXT_SCALE (3, the text
+        pipeline's) clamped into the range. `name`: what a DiffusaError calls the scales."""
+        if not isinstance(scales, (list, tuple)) or len(scales) != 2:
+            raise DiffusaError(f"{name} must be two guidance scales W_MIN,W_MAX, got {scales!r}")
+        low, high = (check_scale(w, name) for w in scales)
+        if not 0 <= low <= high:
+            raise DiffusaError(f"{name} must be 0 <= W_MIN <= W_MAX, got {low:g},{high:g}")
+        return cls(low, high, min(max(DEFAULT_TEXT_SCALE, low), high))
+
+    def check(self, scale: Any, name: str = "guidance_scale") -> float:
+        """`scale` as a float (None: the default); a DiffusaError when it is outside the range."""
+        if scale is None:
+            return self.default
+        w = check_scale(scale, name)
+        if not self.low <= w <= self.high:
+            raise DiffusaError(f"{name} {w:g} is outside {self.low:g}..{self.high:g}, the guidance scales this "
+                               f"student was distilled on; give one inside (default {self.default:g})")
+        return w
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n scales w ~ U[low, high] (float32, on the CPU)."""
+        return self.low + (self.high - self.low) * torch.rand(n, generator=generator)
+
+    def table(self) -> dict[str, float]:
+        """What config.json records ("guidance")."""
+        return {"min": self.low, "max": self.high, "default": self.default}
+
+    @classmethod
+    def from_table(cls, table: Any, where: Any = "config.json") -> GuidanceRange:
+        """Rebuild from config.json's "guidance" table; a damaged one is one DiffusaError naming `where`."""
+        bad = DiffusaError(f"{where}: guidance must be a table {{\"min\": W, \"max\": W, \"default\": W}} with 0 <= "
+                           f"min <= default <= max, got {table!r:.80}; the file is damaged")
+        if not isinstance(table, dict) or set(table) != {"min", "max", "default"}:
+            raise bad
+        try:
+            rng, default = cls.of((table["min"], table["max"])), check_scale(table["default"])
+        except DiffusaError:
+            raise bad from None
+        if not rng.low <= default <= rng.high:
+            raise bad
+        return cls(rng.low, rng.high, default)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str = "model.safetensors") -> Run:

@@ -78,8 +78,7 @@ class NetworkKind:
     def guidance_input(self, cfg: Mapping[str, Any]) -> dict[str, Any]:
         """`cfg` with the guidance scale as an input (cond.guidance), for a guided consistency student (Luo et al.
         2023); a DiffusaError for kinds that cannot take it."""
-        raise DiffusaError(f"network {self.name!r} cannot take the guidance scale as an input; guided distillation "
-                           "needs a U-Net teacher")
+        raise DiffusaError(f"network {self.name!r} cannot take the guidance scale as an input")
 
 
 _KINDS: dict[str, NetworkKind] = {}

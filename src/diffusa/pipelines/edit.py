@@ -54,6 +54,7 @@ DEFAULT_JUMP_LENGTH, DEFAULT_JUMP_N_SAMPLE = 5, 5  # docs/editing.md: 4x the eva
 # deterministic first-order steps on every mask and model measured (docs/editing.md)
 DEFAULT_INPAINT_SAMPLER = "ddpm"
 MASKS = (*HALVES, "center", "box:X,Y,W,H", "strokes[:SEED]")
+MASK_EXAMPLES = (*HALVES, "center", "box:7,7,14,14", "strokes")  # one of each (the box: a 28x28 digit's centre)
 
 
 # -- inputs ----------------------------------------------------------------------------------------------------
@@ -93,9 +94,16 @@ def as_images(image: Any, shape: Sequence[int]) -> torch.Tensor:
     return image.contiguous()
 
 
+def is_named_mask(text: str) -> bool:
+    """Whether `text` is in the grammar of the built-in masks (`MASKS`); `named_mask` checks its numbers."""
+    return text in (*HALVES, "center", "strokes") or text.startswith(("box:", "strokes:"))
+
+
 def named_mask(spec: str, h: int, w: int) -> torch.Tensor:
     """A built-in mask (True = repaint) of shape (1, 1, h, w): a half, the centre box, box:X,Y,W,H, or strokes[:SEED]
     (`diffusa.inpainting.stroke_masks` drawn with that seed, default 0)."""
+    if not is_named_mask(spec):
+        raise DiffusaError(f"unknown mask {spec!r}: give an array or one of {', '.join(MASKS)}")
     m = torch.zeros(1, 1, h, w, dtype=torch.bool)
     if spec in HALVES:
         return half_mask(spec, h, w)
@@ -107,7 +115,7 @@ def named_mask(spec: str, h: int, w: int) -> torch.Tensor:
     if spec == "center":
         bh, bw = h // 2, w // 2
         m[..., (h - bh) // 2:(h - bh) // 2 + bh, (w - bw) // 2:(w - bw) // 2 + bw] = True
-    elif spec.startswith("box:"):
+    else:  # box:X,Y,W,H
         try:
             x, y, bw, bh = (int(v) for v in spec[4:].split(","))
         except ValueError:
@@ -115,8 +123,6 @@ def named_mask(spec: str, h: int, w: int) -> torch.Tensor:
         if x < 0 or y < 0 or bw < 1 or bh < 1 or x + bw > w or y + bh > h:
             raise DiffusaError(f"mask {spec!r}: the box must lie inside the {h}x{w} image with W, H >= 1")
         m[..., y:y + bh, x:x + bw] = True
-    else:
-        raise DiffusaError(f"unknown mask {spec!r}: give an array or one of {', '.join(MASKS)}")
     return m
 
 
@@ -333,5 +339,6 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     return Samples(samples, settings, "image", req.labels, req.prompts, stop.get("step"))
 
 
-__all__ = ["DEFAULT_INPAINT_SAMPLER", "DEFAULT_JUMP_LENGTH", "DEFAULT_JUMP_N_SAMPLE", "DEFAULT_STRENGTH", "MASKS",
-           "as_images", "as_mask", "encode", "image_shape", "img2img", "inpaint", "named_mask"]
+__all__ = ["DEFAULT_INPAINT_SAMPLER", "DEFAULT_JUMP_LENGTH", "DEFAULT_JUMP_N_SAMPLE", "DEFAULT_STRENGTH",
+           "MASKS", "MASK_EXAMPLES", "as_images", "as_mask", "encode", "image_shape", "img2img", "inpaint",
+           "is_named_mask", "named_mask"]

@@ -19,8 +19,9 @@ import torch
 
 from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
-from diffusa.guidance import DEFAULT_TEXT_SCALE, GuidanceInput, GuidanceRange
+from diffusa.guidance import GuidanceInput, classifier_free
 from diffusa.prediction import Denoiser
+from diffusa.runs import DEFAULT_TEXT_SCALE, GuidanceRange
 from diffusa.superres import ImageCondition
 
 LABEL_CAPTION = "a handwritten {d}"  # how label= asks a text model for a digit
@@ -197,12 +198,27 @@ def guidance_range(run: Any) -> GuidanceRange | None:
     return None if table is None else GuidanceRange.from_table(table, run.path / "config.json")
 
 
+def guide(den: Denoiser, run: Any, guided: GuidanceRange | None, scale: float | None,
+          default: float | None = None) -> tuple[Denoiser, float | None]:
+    """(`den` guided at `scale`, the scale applied). A guided student (`guided`, its range) takes w as its
+    network's input, one call per step: `scale` checked against the range (None: its default). Any other model:
+    classifier-free guidance against the run's null conditioning (`Run.null_cond`) at `scale` (None: `default`);
+    none at None or 1 (w = 1 is the conditional model itself)."""
+    if guided is not None:
+        scale = guided.check(scale)
+        return GuidanceInput(den, scale), scale
+    scale = default if scale is None else scale
+    if scale is not None and scale != 1:
+        den = classifier_free(den, scale, run.null_cond())
+    return den, scale
+
+
 def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, label: Label,
             guidance_scale: float | None, classifier: Any, classifier_scale: float | None, image: Any,
             image_channels: int) -> Request:
     """The guided Denoiser and Cond for a request (see the module docstring); one DiffusaError naming the argument
     for anything the model cannot do."""
-    from diffusa.guidance import ClassifierGuided, classifier_free, null_captions, null_labels
+    from diffusa.guidance import ClassifierGuided
 
     guidance_scale, classifier_scale = check_request(run, name, prompt=prompt, label=label,
                                                      guidance_scale=guidance_scale, classifier=classifier,
@@ -228,13 +244,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         else:  # a label (check_request refused neither)
             labels = requested_labels(label, n, TEXT_CLASSES)
             prompts = [LABEL_CAPTION.format(d=int(y)) for y in labels.tolist()]
-        if guided is not None:  # w is the student's input: one network call per step
-            scale = guided.check(guidance_scale)
-            den = GuidanceInput(den, scale)
-        else:
-            scale = DEFAULT_TEXT_SCALE if guidance_scale is None else guidance_scale
-            if scale != 1:  # against the empty caption; w = 1 is the conditional model itself
-                den = classifier_free(den, scale, null_captions(run.net))
+        den, scale = guide(den, run, guided, guidance_scale, DEFAULT_TEXT_SCALE)
         cond = as_cond(run.net.tokenize(prompts)).replace(image=extra.image)
         return Request(den, cond, labels, prompts, scale, None)
     if prompt is not None:
@@ -247,8 +257,8 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             if not run.num_classes:
                 raise DiffusaError(f"guidance_scale guides towards a label or a prompt; {name} is unconditional")
             raise DiffusaError("guidance_scale needs a class to guide towards: give label=K (or 'all')")
-        if guided is not None:  # the null label: every w is the unconditional model; the network still takes one
-            den = GuidanceInput(den, guided.default)
+        # a guided student: the null label, where every w is the unconditional model; the network still takes one
+        den, _ = guide(den, run, guided, None)
         return Request(den, extra if extra.present() else None, None, None, None, None)
     if classifier is not None:
         from diffusa.classifier import guidance_log_prob
@@ -260,11 +270,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         if any(p.device.type != "cpu" for p in run.net.parameters()):
             log_prob = _on_cpu(log_prob)  # the classifier loads on the CPU; its gradient flows back to the device
         labels = requested_labels(label, n, k)
-        if guided is not None:
-            guidance_scale = guided.check(guidance_scale)
-            den = GuidanceInput(den, guidance_scale)
-        elif run.num_classes and guidance_scale is not None and guidance_scale != 1:
-            den = classifier_free(den, guidance_scale, lambda c: null_labels(c, run.num_classes))
+        den, guidance_scale = guide(den, run, guided, guidance_scale)  # None on an unconditional model (refused)
         cscale = 1.0 if classifier_scale is None else classifier_scale
         den = ClassifierGuided(den, log_prob, cscale, model_cond=run.num_classes > 0)
         return Request(den, extra.replace(labels=labels), labels, None,
@@ -273,11 +279,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         raise DiffusaError(f"label: {name} is unconditional; labels need a model trained with --class-conditional, "
                            "or a noise-aware classifier (classifier=, from `diffusa train-classifier`)")
     labels = requested_labels(label, n, run.num_classes)
-    if guided is not None:
-        guidance_scale = guided.check(guidance_scale)
-        den = GuidanceInput(den, guidance_scale)
-    elif guidance_scale is not None and guidance_scale != 1:
-        den = classifier_free(den, guidance_scale, lambda c: null_labels(c, run.num_classes))
+    den, guidance_scale = guide(den, run, guided, guidance_scale)
     return Request(den, extra.replace(labels=labels), labels, None, guidance_scale, None)
 
 

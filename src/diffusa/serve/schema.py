@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from diffusa.editing import repaint_steps
 from diffusa.pipelines.edit import (
     DEFAULT_INPAINT_SAMPLER,
     DEFAULT_JUMP_LENGTH,
@@ -150,10 +151,10 @@ class EditRequest(ImageSettings):
 
 class InpaintRequest(ImageSettings):
     """Inpainting (`pipe.inpaint`, RePaint): redraw the white part of a mask. The mask: `mask_png` (a base64 PNG
-    of the model's image size, white = repaint) or `mask` (left, right, top, bottom, center or box:X,Y,W,H), one
-    of them; jump_length and jump_n_sample: RePaint's resampling (1: replacement without jumps; 0: a mask-conditioned
-    model's conditioning alone; None: the pipeline's defaults, 5 x 5 jumps, or replacement without jumps on a
-    mask-conditioned model)."""
+    of the model's image size, white = repaint) or `mask` (a built-in mask, `diffusa.pipelines.MASKS`: left, right,
+    top, bottom, center, box:X,Y,W,H or strokes[:SEED]), one of them; jump_length and jump_n_sample: RePaint's
+    resampling (1: replacement without jumps; 0: a mask-conditioned model's conditioning alone; None: the
+    pipeline's defaults, 5 x 5 jumps, or replacement without jumps on a mask-conditioned model)."""
 
     task: ClassVar[str] = "inpaint"
     extra_fields: ClassVar[tuple[str, ...]] = ("jump_length", "jump_n_sample")
@@ -177,13 +178,11 @@ class InpaintRequest(ImageSettings):
         return {**super().record(), "mask": self.mask}
 
     def total_steps(self) -> int:
-        """RePaint's reverse steps: steps plus the jumps' repeats (diffusa.editing.check_jumps' count); a jump left
-        out counts as the pipeline's largest default (5 x 5), a bound the limits can hold."""
-        steps = super().total_steps()
+        """RePaint's reverse steps (`diffusa.editing.repaint_steps`); a jump left out counts as the pipeline's
+        largest default (5 x 5), a bound the limits can hold."""
         length = DEFAULT_JUMP_LENGTH if self.jump_length is None else self.jump_length
         n_sample = DEFAULT_JUMP_N_SAMPLE if self.jump_n_sample is None else self.jump_n_sample
-        jumps = len(range(0, steps - length, length)) if n_sample > 1 else 0
-        return steps + (n_sample - 1) * length * jumps
+        return repaint_steps(super().total_steps(), length, n_sample)
 
 
 class UpscaleRequest(ImageSettings):

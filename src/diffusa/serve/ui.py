@@ -37,6 +37,7 @@ from diffusa.pipelines import (
     DEFAULT_STRENGTH,
     Pipeline,
 )
+from diffusa.pipelines.edit import MASK_EXAMPLES
 from diffusa.serve.history import Entry
 from diffusa.serve.images import Inputs, edit_inputs, held_out_digit, mode_of, read_png
 from diffusa.serve.jobs import Generation, Service
@@ -63,8 +64,7 @@ VIEW_HEIGHT = 240  # pixels of an edit tab's before / preview / after images
 BRUSH_SIZE, BRUSH_COLOR, BRUSH_RGB = 10, "#ff3b30", (255, 59, 48)  # the mask's brush: radius in editor pixels
 EDITOR_LAYERS, EDITOR_BLOBS = 4, 8  # the mask editor's layers (it shows one), and edits whose blobs are kept
 DIGIT, UPLOAD = "held-out digit", "upload"  # an edit tab's image sources
-PAINTED = "painted"  # the inpainting mask drawn in the editor; the other choices are the pipeline's names
-MASK_NAMES = ("left", "right", "top", "bottom", "center", "box:7,7,14,14", "strokes")
+PAINTED = "painted"  # the inpainting mask drawn in the editor; the other choices: the pipeline's MASK_EXAMPLES
 
 # each tab's controls, in the order its handler takes them and `reload` returns them
 CONTROLS = ("model", "prompt", "label", "sampler", "steps", "guidance_scale", "eta", "seed", "n")
@@ -702,8 +702,8 @@ def build_ui(service: Service) -> Any:
                 with gr.Row():
                     with gr.Column(scale=1):
                         c = tab["inpaint"] = _source("inpaint", DEFAULT_MODEL)
-                        c["mask"] = gr.Dropdown([PAINTED, *MASK_NAMES], value=PAINTED, allow_custom_value=True,
-                                                label="mask: painted, a half, the centre, or box:X,Y,W,H",
+                        c["mask"] = gr.Dropdown([PAINTED, *MASK_EXAMPLES], value=PAINTED, allow_custom_value=True,
+                                                label="mask: painted, a half, the centre, box:X,Y,W,H, strokes",
                                                 elem_id="inpaint-mask")
                         c["jump_length"] = gr.Slider(1, 50, value=DEFAULT_JUMP_LENGTH, step=1,
                                                      label="RePaint jump length (steps)")

@@ -25,7 +25,7 @@ class- or text-conditional teacher, each example draws w ~ U[w_min, w_max]; the 
 classifier-free guided denoiser at that w (`diffusa.guidance.ClassifierFreeGuided`, one batched call, each example's
 w read from cond.guidance), and the student and target networks receive w as an input (the U-Net's zero-initialised
 guidance embedding), so that the student draws with guidance in one network call per step. The range is recorded as
-config.json's "guidance" (`diffusa.guidance.GuidanceRange`).
+config.json's "guidance" (`diffusa.runs.GuidanceRange`).
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ from diffusa.engine.loop import load_init
 from diffusa.engine.state import check_out
 from diffusa.engine.task import StepLoss
 from diffusa.errors import DiffusaError
-from diffusa.guidance import GuidanceInput, GuidanceRange, classifier_free, null_captions, null_labels
+from diffusa.guidance import GuidanceInput, classifier_free
 from diffusa.nets import network_kind
 from diffusa.prediction import Denoiser
-from diffusa.runs import init_weights, load_run, make_denoiser
+from diffusa.runs import GuidanceRange, init_weights, load_run, make_denoiser
 from diffusa.samplers import default_karras_grid, get_sampler
 from diffusa.tasks.diffusion import DiffusionTask, as_json, check_student_resume
 
@@ -93,7 +93,7 @@ class DistillConfig:
         if self.distance not in DISTANCES:
             raise DiffusaError(f"unknown distance {self.distance!r}; known: {', '.join(DISTANCES)}")
         if self.guidance_range is not None:
-            rng = GuidanceRange.of(self.guidance_range)
+            rng = GuidanceRange.of(self.guidance_range, "--guidance-range")
             self.guidance_range = (rng.low, rng.high)
         return self
 
@@ -198,7 +198,11 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
         self.guidance = self.config.guidance
         teacher_spec = meta["network"]["config"]
         if self.guidance is not None:  # the student's network: the teacher's with the guidance scale as an input
-            teacher_spec = as_json(network_kind(meta["network"]["kind"]).guidance_input(teacher_spec))
+            kind = network_kind(meta["network"]["kind"])
+            try:
+                teacher_spec = as_json(kind.guidance_input(teacher_spec))
+            except DiffusaError as e:
+                raise DiffusaError(f"{e}; guided distillation needs a U-Net teacher") from None
             cfg.model.net = {**cfg.model.net, "guidance_embed": True}
         super().__init__(cfg, data)
         if self.kind != meta["network"]["kind"] or as_json(self.spec) != teacher_spec:
@@ -213,8 +217,7 @@ class ConsistencyTask(CurriculumStep, DiffusionTask):
             if self.conditioner is None or self.conditioner.mode not in ("class", "text"):
                 raise DiffusaError(f"--guidance-range distils classifier-free guidance, which needs a class- or "
                                    f"text-conditional teacher; {teacher} is unconditional")
-            null = null_captions(run.net) if run.is_text else (lambda c: null_labels(c, run.num_classes))
-            self.guided_teacher = classifier_free(self.teacher, None, null)  # each example's w, from cond.guidance
+            self.guided_teacher = classifier_free(self.teacher, None, run.null_cond())  # each example's own w
         # the levels: Karras's grid inside the teacher's trained noise levels, the range Heun samples it over
         ends = default_karras_grid(self.teacher, 2)[:2]
         a, s = self.process.alpha_sigma(ends)

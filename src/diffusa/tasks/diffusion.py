@@ -76,7 +76,8 @@ class DiffusionTask(Task):
         self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes,
                                             self.source.channels(self.data), data_kind=self.data.kind,
                                             image_level=self.source.augmented)
-        if isinstance(self.spec, dict) and self.spec.get("guidance_embed") and not self.guidance_input:
+        unet = self.spec.get("unet", self.spec) if isinstance(self.spec, dict) else {}  # a text U-Net nests it
+        if isinstance(unet, dict) and unet.get("guidance_embed") and not self.guidance_input:
             raise DiffusaError("model.net.guidance_embed: only a guided consistency student (diffusa distill "
                                "--guidance-range) takes the guidance scale as an input; this run cannot (a guided "
                                "student is not a base to fine-tune)")
