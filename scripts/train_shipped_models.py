@@ -10,6 +10,8 @@ Stages (work folders under --work, default runs/shipped):
 - pixel:     the unconditional pixel-space model with the default image configuration (the `make demo` model);
 - sr:        a 4x super-resolution model, 7x7 -> 28x28 (SR3 with noise-conditioning augmentation,
              docs/super_resolution.md), the default image configuration otherwise;
+- text1:     a one-step student of the shipped mnist-text: guided consistency distillation, the guidance scale an
+             input of the student (`diffusa distill --method cd --guidance-range 1,5`, docs/distillation.md);
 - export:    copies both diffusion runs (EMA weights, config, the autoencoder) into the package, recording the
              command and the training time in config.json["shipped"];
 - reference: stores a few fixed-seed outputs of each shipped model in tests/data, which a test reproduces.
@@ -43,6 +45,9 @@ TEXT_OVERRIDES = ["model.conditioning='text'", "model.net.channels=32", "train.l
 # 500 held-out digits, level 0 against the default 0.1 lifts the judge's accuracy 0.892 -> 0.946 and lowers FD
 # 17.8 -> 15.0 (docs/super_resolution.md). cond_noise is read only when sampling: the weights do not depend on it.
 SR_OVERRIDES = ["data.super_resolution=4", "data.cond_noise=0"]
+# a guided student's default guidance scale (config.json "guidance" "default"), as measured: the one-step text
+# student at w = 5 reads 100% / 90.0% of training / held-out phrasings (w = 3: 100% / 87.8%; docs/distillation.md)
+GUIDANCE_DEFAULT = {"mnist-text-1step": 5.0}
 # each model's recommended sampler (config.json "sampling"), as measured
 SAMPLING = {
     "mnist-pixel": {"sampler": "dpmpp_2m_sde", "steps": 20,
@@ -94,6 +99,17 @@ def stage_sr(args: argparse.Namespace) -> None:
     train(SR_OVERRIDES, args.work / "sr", args.sr_steps)
 
 
+def stage_text1(args: argparse.Namespace) -> None:
+    from diffusa.tasks.consistency import DistillConfig, distill_engine, distill_settings
+
+    out = args.work / "text1"
+    if (out / "model.safetensors").exists():
+        print(f"{out}: already trained", flush=True)
+        return
+    settings = distill_settings(steps=args.text1_steps, max_minutes=args.text1_minutes)
+    distill_engine("mnist-text", out, settings, DistillConfig(guidance_range=(1.0, 5.0))).fit()
+
+
 def stage_export(args: argparse.Namespace) -> None:
     for name, run, command in (
             ("mnist-text", args.work / "text",
@@ -101,7 +117,10 @@ def stage_export(args: argparse.Namespace) -> None:
              f"--text-steps {args.text_steps}"),
             ("mnist-pixel", args.work / "pixel",
              f"python scripts/train_shipped_models.py pixel --pixel-steps {args.pixel_steps}"),
-            ("mnist-sr", args.work / "sr", f"python scripts/train_shipped_models.py sr --sr-steps {args.sr_steps}")):
+            ("mnist-sr", args.work / "sr", f"python scripts/train_shipped_models.py sr --sr-steps {args.sr_steps}"),
+            ("mnist-text-1step", args.work / "text1",
+             f"python scripts/train_shipped_models.py text1 --text1-steps {args.text1_steps} "
+             f"--text1-minutes {args.text1_minutes:g}")):
         if name not in args.models:
             continue
         log = last_log(run)
@@ -109,7 +128,10 @@ def stage_export(args: argparse.Namespace) -> None:
                   "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}
         if name == "mnist-text":
             record["autoencoder_train_seconds"] = round(load_json(args.work / "ae" / "config.json")["train_seconds"], 1)
-        dest = export_run(run, shipped_root() / name, record, SAMPLING.get(name))
+        extra = {"sampling": SAMPLING[name]} if name in SAMPLING else {}
+        if name in GUIDANCE_DEFAULT:  # a guided student's default scale, as measured
+            extra["guidance"] = {**load_json(run / "config.json")["guidance"], "default": GUIDANCE_DEFAULT[name]}
+        dest = export_run(run, shipped_root() / name, record, extra)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         print(f"exported {name}: {dest} ({size / 1e6:.1f} MB)", flush=True)
 
@@ -125,6 +147,9 @@ def reference_outputs() -> dict[str, torch.Tensor]:
         pipe = Pipeline(load_run(shipped_root() / name), name)  # the package's copy, whatever folders are here
         out[name] = pipe(prompt, n=r["n"], sampler="dpmpp_2m", steps=r["steps"], seed=r["seed"],
                          guidance_scale=r["scale"] if prompt else None).samples
+    if (shipped_root() / "mnist-text-1step" / "config.json").is_file():  # one step, its default guidance scale
+        pipe = Pipeline(load_run(shipped_root() / "mnist-text-1step"), "mnist-text-1step")
+        out["mnist-text-1step"] = pipe(r["prompt"], n=r["n"], steps=1, seed=r["seed"]).samples
     if (shipped_root() / "mnist-sr" / "config.json").is_file():
         pipe = Pipeline(load_run(shipped_root() / "mnist-sr"), "mnist-sr")
         out["mnist-sr"] = pipe.upscale(sr_reference_input(pipe, r["n"]), sampler="dpmpp_2m", steps=r["steps"],
@@ -144,11 +169,13 @@ def stage_reference(args: argparse.Namespace) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_tensors(path, reference_outputs(), {k: str(v) for k, v in REFERENCE.items()})
     meta = {name: load_json(shipped_root() / name / "config.json")["shipped"]
-            for name in ("mnist-text", "mnist-pixel", "mnist-sr") if (shipped_root() / name / "config.json").is_file()}
+            for name in ("mnist-text", "mnist-pixel", "mnist-sr", "mnist-text-1step")
+            if (shipped_root() / name / "config.json").is_file()}
     print(f"wrote {path}; shipped: {json.dumps(meta)}", flush=True)
 
 
-STAGES = {"ae": stage_ae, "text": stage_text, "pixel": stage_pixel, "sr": stage_sr, "export": stage_export,
+STAGES = {"ae": stage_ae, "text": stage_text, "pixel": stage_pixel, "sr": stage_sr, "text1": stage_text1,
+          "export": stage_export,
           "reference": stage_reference}
 
 
@@ -160,8 +187,10 @@ def main() -> None:
     ap.add_argument("--text-steps", type=int, default=3600)
     ap.add_argument("--pixel-steps", type=int, default=1200)
     ap.add_argument("--sr-steps", type=int, default=6000)
-    ap.add_argument("--models", nargs="+", choices=["mnist-text", "mnist-pixel", "mnist-sr"],
-                    default=["mnist-text", "mnist-pixel", "mnist-sr"],
+    ap.add_argument("--text1-steps", type=int, default=4000, help="text1: at most this many distillation steps")
+    ap.add_argument("--text1-minutes", type=float, default=17.0, help="text1: at most this much training time")
+    ap.add_argument("--models", nargs="+", choices=["mnist-text", "mnist-pixel", "mnist-sr", "mnist-text-1step"],
+                    default=["mnist-text", "mnist-pixel", "mnist-sr", "mnist-text-1step"],
                     help="export: which shipped models to replace")
     args = ap.parse_args()
     for name in args.stages or list(STAGES):

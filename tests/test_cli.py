@@ -55,7 +55,8 @@ def test_entry_point_in_a_subprocess(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [f"diffusa sample: error: run folder {tmp_path / 'nope'} does not exist; "
-                                               "the shipped models are mnist-pixel, mnist-text, mnist-sr"]
+                                               "the shipped models are mnist-pixel, mnist-text, mnist-sr, "
+                                               "mnist-text-1step"]
 
 
 # -- one-line errors ---------------------------------------------------------------------------

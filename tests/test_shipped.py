@@ -35,7 +35,8 @@ def test_shipped_model_loads_and_says_how_it_was_trained(name: str):
     rec = meta["shipped"]
     assert rec["command"].startswith("python scripts/train_shipped_models.py") and rec["train_seconds"] > 0
     run = load_run(path)
-    assert run.is_text == (name == "mnist-text") and (run.decoder is not None) == (name == "mnist-text")
+    text = name.startswith("mnist-text")  # the text model and its one-step student
+    assert run.is_text == text and (run.decoder is not None) == text
     assert (meta["config"]["data"].get("super_resolution") == 4) == (name == "mnist-sr")
 
 
@@ -51,6 +52,9 @@ def test_shipped_models_reproduce_their_stored_outputs():
                                guidance_scale=scale if prompt else None).samples
         assert x.shape == ref[name].shape == (n, 1, 28, 28)
         assert float((x - ref[name]).abs().max()) < 1e-3, name
+    one = diffusa.load("mnist-text-1step")(meta["prompt"], n=n, steps=1, seed=seed)  # one call, its default scale
+    assert one.settings["nfe"] == 1 and one.settings["sampler"] == "consistency"
+    assert float((one.samples - ref["mnist-text-1step"]).abs().max()) < 1e-3
     sr = diffusa.load("mnist-sr")  # the upscaler, on the first held-out digits shrunk to 7x7
     low = sr.image_condition.low_res(load_dataset("mnist5k", "test").x[:n])
     x = sr.upscale(low, sampler="dpmpp_2m", steps=steps, seed=seed).samples

@@ -395,7 +395,9 @@ def build_parser() -> Parser:
     c.set_defaults(func=cmd_train_classifier)
 
     def sampling_flags(q: argparse.ArgumentParser, n_default: int | None) -> None:
-        q.add_argument("run", help="run folder, or a shipped model: mnist-pixel, mnist-text, mnist-sr")
+        from diffusa.shipped import SHIPPED
+
+        q.add_argument("run", help="run folder, or a shipped model: " + ", ".join(SHIPPED))
         q.add_argument("--n", type=positive_int, default=n_default, help="number of samples")
         q.add_argument("--sampler", help=" | ".join(SAMPLERS) + f" (default: {SAMPLER_DEFAULT_TEXT})")
         q.add_argument("--steps", type=positive_int, help=f"sampling steps (default: {STEPS_DEFAULT_TEXT})")

@@ -23,6 +23,8 @@ SHIPPED: dict[str, str] = {
                   "classifier-free guidance",
     "mnist-sr": "a 4x super-resolution model for digits, 7x7 -> 28x28 (SR3, noise-conditioning augmentation); "
                 "larger images in tiles: diffusa upscale IMAGE --model mnist-sr",
+    "mnist-text-1step": "mnist-text distilled to one network evaluation with guidance (a consistency student that "
+                        "takes the guidance scale, 1..5, as an input)",
 }
 DEFAULT_TEXT_MODEL, DEFAULT_MODEL, DEFAULT_UPSCALER = "mnist-text", "mnist-pixel", "mnist-sr"
 
@@ -67,17 +69,19 @@ def run_path(spec: str | Path) -> Path:
 
 
 def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
-               sampling: dict[str, Any] | None = None) -> Path:
+               measured: dict[str, Any] | None = None) -> Path:
     """Copy a trained run's config and EMA weights (and its autoencoder) to `dest`, atomically, adding `record`
-    (how it was trained) as config.json["shipped"] and `sampling` (what was measured best: runs.recommended_sampling)
-    as config.json["sampling"]. Optimizer state and logs stay behind."""
+    (how it was trained) as config.json["shipped"] and `measured` (entries measured best: "sampling", a guided
+    student's "guidance" table) over the run's own. Optimizer state and logs stay behind."""
     run_dir, dest = Path(run_dir), Path(dest)
     meta = load_json(run_dir / "config.json")
-    if sampling is not None:
-        from diffusa.runs import recommended_sampling
+    if measured:
+        from diffusa.runs import GuidanceRange, recommended_sampling
 
-        meta["sampling"] = sampling
+        meta.update(measured)
         recommended_sampling(meta, f"the recommendation for {dest}")
+        if "guidance" in measured:
+            GuidanceRange.from_table(meta["guidance"], f"the guidance table for {dest}")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
