@@ -34,6 +34,7 @@ os.environ.setdefault("MPLCONFIGDIR", str(ROOT / ".cache" / "matplotlib"))
 from diffusa.autoencoder.nets import AutoencoderConfig  # noqa: E402
 from diffusa.checkpoint import load_json, save_tensors  # noqa: E402
 from diffusa.config import load_config  # noqa: E402
+from diffusa.runs import GuidanceRange, recommended_sampling  # noqa: E402
 from diffusa.shipped import export_run, shipped_root  # noqa: E402
 from diffusa.tasks.autoencoder import train_autoencoder  # noqa: E402
 from diffusa.train import diffusion_engine, last_log, snapshots  # noqa: E402
@@ -131,6 +132,9 @@ def stage_export(args: argparse.Namespace) -> None:
         extra = {"sampling": SAMPLING[name]} if name in SAMPLING else {}
         if name in GUIDANCE_DEFAULT:  # a guided student's default scale, as measured
             extra["guidance"] = {**load_json(run / "config.json")["guidance"], "default": GUIDANCE_DEFAULT[name]}
+        recommended_sampling(extra, f"SAMPLING[{name!r}]")  # the measured entries, checked before the export
+        if "guidance" in extra:
+            GuidanceRange.from_table(extra["guidance"], f"GUIDANCE_DEFAULT[{name!r}]")
         dest = export_run(run, shipped_root() / name, record, extra)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         print(f"exported {name}: {dest} ({size / 1e6:.1f} MB)", flush=True)

@@ -72,16 +72,11 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
                measured: dict[str, Any] | None = None) -> Path:
     """Copy a trained run's config and EMA weights (and its autoencoder) to `dest`, atomically, adding `record`
     (how it was trained) as config.json["shipped"] and `measured` (entries measured best: "sampling", a guided
-    student's "guidance" table) over the run's own. Optimizer state and logs stay behind."""
+    student's "guidance" table; checked by the caller, runs.recommended_sampling and GuidanceRange.from_table) over
+    the run's own. Optimizer state and logs stay behind."""
     run_dir, dest = Path(run_dir), Path(dest)
     meta = load_json(run_dir / "config.json")
-    if measured:
-        from diffusa.runs import GuidanceRange, recommended_sampling
-
-        meta.update(measured)
-        recommended_sampling(meta, f"the recommendation for {dest}")
-        if "guidance" in measured:
-            GuidanceRange.from_table(meta["guidance"], f"the guidance table for {dest}")
+    meta.update(measured or {})
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
