@@ -275,7 +275,10 @@ def main() -> None:
     ap.add_argument("--from-raw", default=None, help="rebuild the tables from this raw JSON file (no training)")
     args = ap.parse_args()
     if args.from_raw:
-        rows = json.loads(Path(args.from_raw).read_text())
+        try:
+            rows = json.loads(Path(args.from_raw).read_text())
+        except (OSError, ValueError) as e:
+            sys.exit(f"--from-raw {args.from_raw}: not a raw file of this benchmark ({e})")
         emit(report(rows, [p for p in PROCESSES if any(r["process"] == p for r in rows)]), args.out)
         return
     sets, processes = args.sets.split(","), args.processes.split(",")
