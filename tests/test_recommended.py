@@ -258,14 +258,14 @@ def test_a_recommended_grid_goes_with_its_sampler(rec_run: Path, tmp_path: Path)
     """A recommendation may carry a grid (VP's point runs: DPM-Solver++(2M) SDE on the log-SNR grid): a draw that
     gives no spacing walks it with the recommended sampler, and walks another sampler's own default grid; a spacing
     given wins; settings record the grid walked; a bad grid is refused in one line naming the key."""
-    from diffusa.pipelines.sampling import resolve_spacing
+    from diffusa.pipelines.sampling import resolve_recommended
 
     run = with_sampling(rec_run, tmp_path / "grid", {**REC, "spacing": "logsnr"})
     pipe = diffusa.load(run)
-    assert resolve_spacing(pipe, "dpmpp_2m_sde", None) == "logsnr"
-    assert resolve_spacing(pipe, "ddim", None) is None  # another sampler: its own default grid
-    assert resolve_spacing(pipe, "dpmpp_2m_sde", "karras") == "karras"  # given: kept
-    assert resolve_spacing(diffusa.load(rec_run), "dpmpp_2m_sde", None) is None  # no grid recommended
+    assert resolve_recommended(pipe, "dpmpp_2m_sde", None, None) == ("logsnr", None)
+    assert resolve_recommended(pipe, "ddim", None, None) == (None, None)  # another sampler: its own default grid
+    assert resolve_recommended(pipe, "dpmpp_2m_sde", "karras", None) == ("karras", None)  # given: kept
+    assert resolve_recommended(diffusa.load(rec_run), "dpmpp_2m_sde", None, None) == (None, None)  # none recommended
     a = pipe(n=2, seed=0)
     b = pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=4, spacing="logsnr")
     c = pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=4, spacing="trailing")  # the chain's own default grid
@@ -275,6 +275,26 @@ def test_a_recommended_grid_goes_with_its_sampler(rec_run: Path, tmp_path: Path)
     bad = with_sampling(rec_run, tmp_path / "bad", {**REC, "spacing": "zigzag"})
     with pytest.raises(DiffusaError, match=r"sampling\.spacing must be a grid's name"):
         diffusa.load(bad)
+
+
+def test_a_recommended_eta_goes_with_its_sampler(rec_run: Path, tmp_path: Path) -> None:
+    """A recommendation may carry the stochasticity eta (the shipped mnist-pixel: DPM-Solver++(2M) SDE at eta 3,
+    docs/demo.md): a draw that gives no eta uses it with the recommended sampler, not with another; an eta given
+    wins; settings record the eta used; an eta on a deterministic sampler, or a negative one, is refused naming the
+    key."""
+    run = with_sampling(rec_run, tmp_path / "eta", {**REC, "eta": 3.0})
+    pipe = diffusa.load(run)
+    a, b = pipe(n=2, seed=0), pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=4, eta=3.0)
+    c = pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=4, eta=1.0)
+    assert torch.equal(a.samples, b.samples) and a.settings["eta"] == 3.0
+    assert (a.samples - c.samples).abs().max() > 1e-3
+    assert pipe(n=2, seed=0, sampler="ddim").settings.get("eta") is None  # another sampler: its own default
+    assert pipe(n=2, seed=0, eta=0.5).settings["eta"] == 0.5  # given: kept
+    for i, (entry, message) in enumerate((({**REC, "eta": -1}, r"sampling\.eta must be a finite number >= 0"),
+                           ({**REC, "eta": "3"}, r"sampling\.eta must be a finite number >= 0"),
+                           ({**REC, "sampler": "dpmpp_2m", "eta": 1.0}, r"sampling\.eta is an option of a stochastic"))):
+        with pytest.raises(DiffusaError, match=message):
+            diffusa.load(with_sampling(rec_run, tmp_path / f"bad{i}", entry))
 
 
 def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:

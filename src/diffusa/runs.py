@@ -7,6 +7,7 @@ Layout: `config.json` (format, version, the RunConfig, the data shape, the netwo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,13 +183,14 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
     recommended_sampling(meta, cfg_file)
 
 
-SAMPLING_KEYS = ("sampler", "steps", "spacing", "why")
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "why")
 
 
 def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config.json") -> tuple[str, int] | None:
-    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "why": "what was
-    measured"} (spacing optional): the sampler, steps and grid measured best for this model, which a draw uses where
-    it is not told (`pipelines.sampling.resolve_sampling`, `resolve_spacing`). (sampler, steps), or None without
+    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "eta": ETA, "why":
+    "what was measured"} (spacing and eta optional): the sampler, steps, grid and stochasticity measured best for
+    this model, which a draw uses where it is not told (`pipelines.sampling.resolve_sampling`,
+    `resolve_recommended`; grid and eta only with the recommended sampler). (sampler, steps), or None without
     the entry; one DiffusaError naming the file and the key for an entry that is not one (checked when the run is
     read)."""
     if "sampling" not in meta:
@@ -200,7 +202,7 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     fix = "correct or remove the entry"
     if not isinstance(entry, dict):
         raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"spacing\": GRID "
-                           f"(optional), \"why\": TEXT}}, "
+                           f"(optional), \"eta\": ETA (optional), \"why\": TEXT}}, "
                            f"got {entry!r:.80}; {fix}")
     unknown = sorted(str(k) for k in entry if k not in SAMPLING_KEYS)
     if unknown:
@@ -217,6 +219,15 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     if spacing is not None and spacing not in LEVEL_SPACINGS + CHAIN_SPACINGS:
         raise DiffusaError(f"{cfg_file}: sampling.spacing must be a grid's name "
                            f"({', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}), got {spacing!r:.80}; {fix}")
+    eta = entry.get("eta")
+    if eta is not None:
+        from diffusa.samplers import sampler_options
+
+        if "eta" not in sampler_options(sampler):
+            raise DiffusaError(f"{cfg_file}: sampling.eta is an option of a stochastic sampler (ddim, euler_ancestral, "
+                               f"dpmpp_2m_sde), not of {sampler}; {fix}")
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise DiffusaError(f"{cfg_file}: sampling.eta must be a finite number >= 0, got {eta!r:.80}; {fix}")
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps

@@ -191,11 +191,11 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
     With strength 1 and the same seed it is plain sampling, but for the faint alpha(1) x0 the start keeps (0 for
     flow; ~5e-5 for the shipped cosine chains).
     """
-    from diffusa.pipelines.sampling import resolve_sampling, resolve_spacing, sampling_grid
+    from diffusa.pipelines.sampling import resolve_recommended, resolve_sampling, sampling_grid
 
     pipe.refuse_mask_model("img2img")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
-    spacing = resolve_spacing(pipe, sampler, spacing)
+    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
     images = as_images(image, image_shape(pipe))
@@ -248,7 +248,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     conditioning alone: the sampler's own grid from x_T (multistep solvers keep their history), its default the
     model's (`resolve_sampling`, as `pipe(...)`), then the final composite. settings["conditioning"]: "mask".
     """
-    from diffusa.pipelines.sampling import resolve_sampling, resolve_spacing, sampling_grid
+    from diffusa.pipelines.sampling import resolve_recommended, resolve_sampling, sampling_grid
     from diffusa.samplers import get_sampler, sampler_options
 
     mask_model = bool(pipe.image_condition.inpaint)
@@ -263,7 +263,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
                            "jump_length out")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size,
                                                   task_sampler=None if conditional else DEFAULT_INPAINT_SAMPLER)
-    spacing = resolve_spacing(pipe, sampler, spacing)
+    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     if mask_model and cond_image is not None:
         raise DiffusaError(f"cond_image: {pipe.name} is a mask-conditioned inpainting model; its condition is made "

@@ -35,8 +35,8 @@ from diffusa.pipelines.sampling import (
     check_sampling,
     model_defaults,
     network_calls,
+    resolve_recommended,
     resolve_sampling,
-    resolve_spacing,
     sampler_kwargs,
     sampling_grid,
 )
@@ -154,7 +154,7 @@ class Pipeline:
         """
         self.refuse_mask_model("plain sampling")
         sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
-        spacing = resolve_spacing(self, sampler, spacing)
+        spacing, eta = resolve_recommended(self, sampler, spacing, eta)
         seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)

@@ -84,16 +84,20 @@ def resolve_sampling(model: Any, sampler: Any = None, steps: Any = None, batch_s
     return sampler, steps, DEFAULT_BATCH if batch_size is None else batch_size
 
 
-def resolve_spacing(model: Any, sampler: str, spacing: str | None) -> str | None:
-    """The grid a draw walks: `spacing` as given; else the model's recommended grid (config.json "sampling"
-    "spacing") when `sampler` is its recommended sampler (a grid is measured with its sampler: VP's point runs draw
-    with DPM-Solver++(2M) SDE on the log-SNR grid, docs/results/toys.md); else None, the sampler's own default.
-    `model` as `model_defaults`."""
-    if spacing is not None:
-        return spacing
+def resolve_recommended(model: Any, sampler: str, spacing: str | None,
+                        eta: float | None) -> tuple[str | None, float | None]:
+    """(spacing, eta) a draw uses: each as given; else the model's recommendation (config.json "sampling" "spacing",
+    "eta") when `sampler` is its recommended sampler (a grid and a stochasticity are measured with their sampler:
+    VP's point runs draw with DPM-Solver++(2M) SDE on the log-SNR grid, docs/results/toys.md; the shipped
+    mnist-pixel with it at eta 3, docs/demo.md); else None, the sampler's own default. `model` as
+    `model_defaults`."""
+    if spacing is not None and eta is not None:
+        return spacing, eta
     meta, cfg_file = _config_of(model)
     rec = None if meta is None else recommended_sampling(meta, cfg_file)  # checked, as model_defaults reads it
-    return meta["sampling"].get("spacing") if rec is not None and rec[0] == sampler else None
+    entry = meta["sampling"] if rec is not None and rec[0] == sampler else {}
+    return (entry.get("spacing") if spacing is None else spacing,
+            entry.get("eta") if eta is None else eta)
 
 
 def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: Any, callback: Any) -> int:
@@ -173,5 +177,5 @@ def sampling_grid(den: Any, steps: int, spacing: str | None, sampler: str) -> to
 
 __all__ = ["CONSISTENCY_STEPS", "DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS",
            "SAMPLER_DEFAULT_TEXT", "STEPS_DEFAULT_TEXT", "StepCallback", "check_device", "check_sampling",
-           "model_defaults", "network_calls", "resolve_sampling", "resolve_spacing", "sampler_kwargs",
+           "model_defaults", "network_calls", "resolve_recommended", "resolve_sampling", "sampler_kwargs",
            "sampling_grid"]

@@ -116,10 +116,10 @@ def upscale(pipe: Pipeline, image: Any, prompt: str | Sequence[str] | None = Non
     `Pipeline.__call__`. settings: factor, input and output sizes, tiles,
     noise_level, nfe (network calls of the first batch: one per tile per step)."""
     from diffusa.limits import check_bytes, tensor_bytes
-    from diffusa.pipelines.sampling import resolve_sampling, resolve_spacing, sampling_grid
+    from diffusa.pipelines.sampling import resolve_recommended, resolve_sampling, sampling_grid
 
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
-    spacing = resolve_spacing(pipe, sampler, spacing)
+    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     source = super_resolution(pipe)
     low = low_res_images(pipe, image)

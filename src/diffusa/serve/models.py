@@ -86,8 +86,8 @@ class Models:
         return {"conditioning": meta.get("config", {}).get("model", {}).get("conditioning", "none"),
                 "data_shape": meta.get("data_shape"), "latent": "latent" in meta,
                 "super_resolution": _image_condition(path, meta).factor,
-                "recommended": None if rec is None else {k: rec.get(k) for k in ("sampler", "steps", "spacing", "why")
-                                                         if k != "spacing" or "spacing" in rec},
+                "recommended": None if rec is None else {k: rec.get(k) for k in ("sampler", "steps", "spacing", "eta", "why")
+                                                         if k not in ("spacing", "eta") or k in rec},
                 "defaults": {"sampler": sampler, "steps": steps}}
 
     def super_resolution(self, path: Path, name: str) -> int:
