@@ -199,7 +199,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--steps", type=int, default=20, help="sampling steps")
     ap.add_argument("--jump", type=int, default=5, help="RePaint's jump length and passes")
-    ap.add_argument("--models", nargs="+", default=MODELS, help="shipped models to inpaint with")
+    ap.add_argument("--models", nargs="*", default=MODELS, help="shipped models to edit and inpaint with (none: "
+                                                                "the ceilings and the mask-conditioned model only)")
     ap.add_argument("--inpaint-model", default="runs/inpaint", help="the mask-conditioned run (rows are 'not yet "
                                                                      "measured' while it is missing)")
     ap.add_argument("--train-inpaint-model", metavar="RUN", help="train the mask-conditioned model here first "

@@ -289,7 +289,7 @@ def test_plain_sampling_and_img2img_say_what_the_model_needs(pipe: Pipeline, dig
     (["data.super_resolution=2"], "data.inpaint and data.super_resolution both make the condition image"),
     (["data.cond_noise_max=0.2"], "known pixels are kept exact"),
     (['data.inpaint="box,lines"'], "mask kinds among box, strokes, half"),
-    (["data.inpaint=true"], "data.inpaint must be str"),
+    (["data.inpaint=true"], r"data.inpaint must be text, got True \(in --set, quote it"),
 ])
 def test_config_refusals(overrides: list[str], message: str) -> None:
     with pytest.raises(DiffusaError, match=message) as e:

@@ -290,9 +290,10 @@ def test_a_recommended_eta_goes_with_its_sampler(rec_run: Path, tmp_path: Path) 
     assert (a.samples - c.samples).abs().max() > 1e-3
     assert pipe(n=2, seed=0, sampler="ddim").settings.get("eta") is None  # another sampler: its own default
     assert pipe(n=2, seed=0, eta=0.5).settings["eta"] == 0.5  # given: kept
-    for i, (entry, message) in enumerate((({**REC, "eta": -1}, r"sampling\.eta must be a finite number >= 0"),
-                           ({**REC, "eta": "3"}, r"sampling\.eta must be a finite number >= 0"),
-                           ({**REC, "sampler": "dpmpp_2m", "eta": 1.0}, r"sampling\.eta is an option of a stochastic"))):
+    refused = (({**REC, "eta": -1}, r"sampling\.eta must be a finite number >= 0"),
+               ({**REC, "eta": "3"}, r"sampling\.eta must be a finite number >= 0"),
+               ({**REC, "sampler": "dpmpp_2m", "eta": 1.0}, r"sampling\.eta is an option of a stochastic"))
+    for i, (entry, message) in enumerate(refused):
         with pytest.raises(DiffusaError, match=message):
             diffusa.load(with_sampling(rec_run, tmp_path / f"bad{i}", entry))
 

@@ -23,7 +23,7 @@ from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
 from diffusa.losses import OBJECTIVES
 from diffusa.pipelines import DEFAULT_RTOL, DEFAULT_TERMS, DEFAULT_TEXT_SCALE
-from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
+from diffusa.pipelines.sampling import ETA_DEFAULT_TEXT, SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
 from diffusa.process import PROCESSES
 from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
 from diffusa.tasks.ict import ICT
@@ -404,8 +404,7 @@ def build_parser() -> Parser:
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS],
                        help="the sampling grid: uniform in t, uniform in log-SNR, Karras rho = 7 (any process); "
                             "or how a discrete chain's steps are picked (even and ddim as in IDDPM's respacing)")
-        q.add_argument("--eta", type=non_negative_float,
-                       help="stochasticity of ddim, euler_ancestral, dpmpp_2m_sde (0 = deterministic)")
+        q.add_argument("--eta", type=non_negative_float, help=ETA_DEFAULT_TEXT)
         q.add_argument("--variance", choices=["beta_tilde", "beta"], help="ancestral step variance")
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--label", help="class to draw: K, or 'all' for 0, 1, ..., K-1 in turn")

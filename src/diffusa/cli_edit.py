@@ -50,7 +50,7 @@ def add_parser(sub: Any) -> None:
         DEFAULT_STRENGTH,
         MASKS,
     )
-    from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
+    from diffusa.pipelines.sampling import ETA_DEFAULT_TEXT, SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
 
     def common(q: argparse.ArgumentParser, out: str, sampler: str) -> None:
@@ -63,8 +63,7 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--sampler", help=f"any sampler (default: {sampler})")
         q.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default: {STEPS_DEFAULT_TEXT})")
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")
-        q.add_argument("--eta", type=non_negative_float, help="stochasticity of ddim, euler_ancestral, "
-                                                               "dpmpp_2m_sde")
+        q.add_argument("--eta", type=non_negative_float, help=ETA_DEFAULT_TEXT)
         q.add_argument("--guidance-scale", type=float,
                        help=f"classifier-free guidance w (default {DEFAULT_TEXT_SCALE:g} for a text model)")
         q.add_argument("--seed", type=int, default=0)

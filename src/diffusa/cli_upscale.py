@@ -22,7 +22,7 @@ from diffusa.threads import use_threads
 
 def add_parser(sub: Any) -> None:
     """Register `upscale` on the CLI's sub-parsers."""
-    from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
+    from diffusa.pipelines.sampling import ETA_DEFAULT_TEXT, SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
     from diffusa.shipped import DEFAULT_UPSCALER
 
@@ -39,7 +39,7 @@ def add_parser(sub: Any) -> None:
     u.add_argument("--sampler", help=f"any sampler (default: {SAMPLER_DEFAULT_TEXT})")
     u.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default: {STEPS_DEFAULT_TEXT})")
     u.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")
-    u.add_argument("--eta", type=non_negative_float, help="stochasticity of ddim, euler_ancestral, dpmpp_2m_sde")
+    u.add_argument("--eta", type=non_negative_float, help=ETA_DEFAULT_TEXT)
     u.add_argument("--noise-level", type=non_negative_float,
                    help="the condition's augmentation level (default: the run's data.cond_noise)")
     u.add_argument("--tile", type=positive_int, help="tile side in input pixels (default: the model's input size)")

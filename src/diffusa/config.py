@@ -260,6 +260,8 @@ def _coerce(current: Any, value: Any, name: str, declared: tuple[type, ...]) -> 
         raise DiffusaError(f"config key {name} must be an integer, got {value!r}")
     if isinstance(current, float) and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
+    if isinstance(current, str) and not isinstance(value, str):  # e.g. --set data.inpaint=true (TOML's boolean)
+        raise DiffusaError(f"config key {name} must be text, got {value!r} (in --set, quote it: {name}='...')")
     if type(current) is not type(value):
         raise DiffusaError(f"config key {name} must be {type(current).__name__}, got {value!r}")
     return value

@@ -22,6 +22,9 @@ CONSISTENCY_STEPS = 1  # a consistency model's (`diffusa distill`) default: one 
 # the rule of `resolve_sampling` in words, for help texts (the command line, the API's schema)
 SAMPLER_DEFAULT_TEXT = f"the model's recommended sampler (config.json \"sampling\"), else {DEFAULT_SAMPLER}"
 STEPS_DEFAULT_TEXT = f"the model's recommended steps (config.json \"sampling\"), else {DEFAULT_STEPS}"
+ETA_DEFAULT_TEXT = ("stochasticity of ddim, euler_ancestral, dpmpp_2m_sde (0 = deterministic; default: the model's "
+                    "recommended eta with its recommended sampler, config.json \"sampling\", else the sampler's own: "
+                    "ddim 0, the others 1)")
 
 # callback(step, t, x_t, x0) after each step: `step` 0-based, x_t the state at time t, x0 the step's prediction
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], Any]
@@ -175,7 +178,22 @@ def sampling_grid(den: Any, steps: int, spacing: str | None, sampler: str) -> to
         raise
 
 
-__all__ = ["CONSISTENCY_STEPS", "DEFAULT_BATCH", "DEFAULT_N", "DEFAULT_SAMPLER", "DEFAULT_STEPS",
-           "SAMPLER_DEFAULT_TEXT", "STEPS_DEFAULT_TEXT", "StepCallback", "check_device", "check_sampling",
-           "model_defaults", "network_calls", "resolve_recommended", "resolve_sampling", "sampler_kwargs",
-           "sampling_grid"]
+__all__ = [
+    "CONSISTENCY_STEPS",
+    "DEFAULT_BATCH",
+    "DEFAULT_N",
+    "DEFAULT_SAMPLER",
+    "DEFAULT_STEPS",
+    "ETA_DEFAULT_TEXT",
+    "SAMPLER_DEFAULT_TEXT",
+    "STEPS_DEFAULT_TEXT",
+    "StepCallback",
+    "check_device",
+    "check_sampling",
+    "model_defaults",
+    "network_calls",
+    "resolve_recommended",
+    "resolve_sampling",
+    "sampler_kwargs",
+    "sampling_grid",
+]

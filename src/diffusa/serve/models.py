@@ -79,6 +79,7 @@ class Models:
         recommendation (config.json's "sampling", or None) and the sampler and steps a request that leaves them
         out gets (`defaults`: the recommendation, else the global defaults)."""
         from diffusa.pipelines.sampling import model_defaults
+        from diffusa.runs import SAMPLING_KEYS
 
         meta = self.config(path)
         rec = meta.get("sampling")
@@ -86,7 +87,7 @@ class Models:
         return {"conditioning": meta.get("config", {}).get("model", {}).get("conditioning", "none"),
                 "data_shape": meta.get("data_shape"), "latent": "latent" in meta,
                 "super_resolution": _image_condition(path, meta).factor,
-                "recommended": None if rec is None else {k: rec.get(k) for k in ("sampler", "steps", "spacing", "eta", "why")
+                "recommended": None if rec is None else {k: rec.get(k) for k in SAMPLING_KEYS
                                                          if k not in ("spacing", "eta") or k in rec},
                 "defaults": {"sampler": sampler, "steps": steps}}
 
