@@ -59,7 +59,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     res.save(out, args.force)
     s = res.settings
     what = f"{args.prompt!r}, guidance {s['guidance_scale']:g}" if args.prompt is not None else "unconditional"
-    print(f"wrote {args.n} samples to {out} ({name}, {what}, {s['sampler']} {s['steps']} steps, "
+    eta = "" if s.get("eta") is None else f" eta {s['eta']:g}"
+    print(f"wrote {args.n} samples to {out} ({name}, {what}, {s['sampler']}{eta} {s['steps']} steps, "
           f"{time.perf_counter() - t0:.2f} s)")
     return 0
 

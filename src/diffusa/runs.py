@@ -7,7 +7,6 @@ Layout: `config.json` (format, version, the RunConfig, the data shape, the netwo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,8 +225,15 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
         if "eta" not in sampler_options(sampler):
             raise DiffusaError(f"{cfg_file}: sampling.eta is an option of a stochastic sampler (ddim, euler_ancestral, "
                                f"dpmpp_2m_sde), not of {sampler}; {fix}")
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
-            raise DiffusaError(f"{cfg_file}: sampling.eta must be a finite number >= 0, got {eta!r:.80}; {fix}")
+        from diffusa.samplers.common import check_eta
+
+        try:  # the samplers' own rule (finite, >= 0), said of the file's key
+            if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+                raise DiffusaError("not a number")
+            check_eta(float(eta))
+        except DiffusaError:
+            raise DiffusaError(f"{cfg_file}: sampling.eta must be a finite number >= 0, got {eta!r:.80}; "
+                               f"{fix}") from None
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
