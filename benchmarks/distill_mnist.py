@@ -5,6 +5,7 @@ distilled from it or trained for one-step sampling, in Frechet distance by the p
     python benchmarks/distill_mnist.py cd          # consistency distillation of mnist-pixel, 45 min, then FD at 1, 2, 4
     python benchmarks/distill_mnist.py ict         # consistency training (iCT) on mnist5k, 45 min, then FD at 1, 2, 4
     python benchmarks/distill_mnist.py reflow      # 1-rectified flow (45 min), its reflow (pairs + training, 45 min)
+    python benchmarks/distill_mnist.py onestep     # the 2-rectified flow distilled to one Euler step
     python benchmarks/distill_mnist.py report      # docs/results/distill_mnist.md, docs/img/distill_fd_nfe.png, .._grid
     python benchmarks/distill_mnist.py --quick --out table.md   # every stage on 8x8 digits, tiny nets, in ./quick
 
@@ -28,6 +29,9 @@ then training, all within --reflow-minutes, by default the 1-rectified flow's ow
 so their estimated time stays within --pairs-share of that budget, and their time is measured); for both flows the
 straightness S (`diffusa.reflow.straightness`, --s-paths Euler paths of 100 steps), Euler at 1, 2, 4 steps and
 DPM-Solver++(2M) at 20 (the flow's own few-step quality).
+`onestep`: the 2-rectified flow distilled to one Euler step (Liu et al. 2022, Sec. 2.3: `diffusa distill --method
+reflow --distill-steps 1 --teacher RUNS/rf2`: its own pairs, the loss at t = 1 only), pairs and training within
+--onestep-minutes (default: the 2-rectified flow's own minutes), then Euler at 1 step.
 
 Minutes: each training is planned for its budget (steps = budget / seconds per step, timed on a few steps first; the
 schedules -- iCT's doubling curriculum, the cosine learning rate -- are laid out for that length) and stopped at the
@@ -70,7 +74,8 @@ SOLVERS = ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc", "heun"]
 SOLVER_NAMES = {"ddim": "DDIM", "dpmpp_2m": "DPM-Solver++(2M)", "dpmpp_2m_sde": "DPM-Solver++(2M) SDE",
                 "unipc": "UniPC", "heun": "Heun", "consistency": "consistency", "euler": "Euler"}
 STUDENTS = {"cd": "consistency distillation (CD)", "ict": "consistency training (iCT)",
-            "rf1": "1-rectified flow", "rf2": "2-rectified flow (reflow)"}
+            "rf1": "1-rectified flow", "rf2": "2-rectified flow (reflow)",
+            "rf2d": "2-rectified flow distilled to one step"}
 FLOW_REFERENCE = ("dpmpp_2m", 20)  # a flow's own few-step quality, beside its Euler steps
 REFERENCE_SPLIT = 10_000  # held-out digits the samples are compared with, as `diffusa eval`
 GRID_ROWS = 8  # samples kept from every draw for the sample grid
@@ -287,7 +292,7 @@ def flow_draws(args: argparse.Namespace) -> list[tuple[str, int]]:
 
 
 def cmd_reflow(args: argparse.Namespace) -> None:
-    from diffusa.tasks.reflow import PAIRS, ReflowConfig, reflow_engine, reflow_settings
+    from diffusa.tasks.reflow import ReflowConfig
 
     path, rec = load_rec(args, "reflow")
     rf1, rf2 = Path(args.runs) / "rf1", Path(args.runs) / "rf2"
@@ -299,50 +304,83 @@ def cmd_reflow(args: argparse.Namespace) -> None:
     draws(args, rec, path, "rf1", rf1, flow_draws(args), judge)
     measure_straightness(args, rec, path, "rf1", rf1)
 
-    model = rec["models"].setdefault("rf2", {})
-    plan = model.setdefault("plan", {})
     budget = args.reflow_minutes if args.reflow_minutes is not None else first["train"]["minutes"]
-    if "pairs" not in plan:  # sized once: a resumed reflow must ask for the same pairs
-        pipe = diffusa.load(rf1)
+    plan = plan_pairs(args, rec, path, "rf2", rf1, budget, first, args.reflow_steps)
+    config = ReflowConfig(pairs=plan["pairs"], solver=plan["solver"], ode_steps=plan["ode_steps"])
+    train_budgeted(args, rec, path, "rf2", rf2, plan["train_minutes"], plan["reflow_steps"],
+                   reflow_build(args, rec, path, plan, rf1, config))
+    draws(args, rec, path, "rf2", rf2, flow_draws(args), judge)
+    measure_straightness(args, rec, path, "rf2", rf2)
+
+
+def plan_pairs(args: argparse.Namespace, rec: dict, path: Path, name: str, teacher: Path, budget: float,
+               timing: dict, fixed_steps: int | None) -> dict[str, Any]:
+    """The pairs and training steps of a reflow-task student `name` of `teacher` within `budget` minutes: the
+    pairs capped to --pairs-share of it (their time estimated on 64), training steps sized by `timing`'s seconds per
+    step (a run of the same network and loss). Planned once and kept in the record, so a resumed run asks for the
+    same pairs."""
+    model = rec["models"].setdefault(name, {})
+    plan = model.setdefault("plan", {})
+    if "pairs" not in plan:
+        pipe = diffusa.load(teacher)
         pipe(n=8, sampler=args.ode_solver, steps=args.ode_steps, seed=1)  # warm-up
         t0 = time.perf_counter()
         pipe(n=64, sampler=args.ode_solver, steps=args.ode_steps, seed=1)
         per_pair = (time.perf_counter() - t0) / 64
         pairs = min(args.pairs, max(64, int(args.pairs_share * budget * 60 / per_pair)))
-        print(f"rf2: pairs by {args.ode_solver} in {args.ode_steps} steps, {per_pair * 1000:.1f} ms a pair: "
+        print(f"{name}: pairs by {args.ode_solver} in {args.ode_steps} steps, {per_pair * 1000:.1f} ms a pair: "
               f"{args.pairs} pairs would take {args.pairs * per_pair / 60:.1f} min; {pairs} pairs "
               f"(~{pairs * per_pair / 60:.1f} min, at most {args.pairs_share:g} of the {budget:.1f}-min budget)",
               flush=True)
         train_minutes = max(0.05 * budget, budget - pairs * per_pair / 60)
-        sps = first["train"]["seconds"] / first["train"]["steps"]  # the same network and loss as the 1-rectified
+        sps = timing["train"]["seconds"] / timing["train"]["steps"]  # the same network and loss
         plan.update(pairs=pairs, solver=args.ode_solver, ode_steps=args.ode_steps, pair_seconds_estimate=pairs
                     * per_pair, budget_minutes=budget, seconds_per_step=sps,
-                    reflow_steps=args.reflow_steps or max(1, math.ceil(train_minutes * 60 / sps)),
+                    reflow_steps=fixed_steps or max(1, math.ceil(train_minutes * 60 / sps)),
                     train_minutes=train_minutes)
         write_json(path, rec)
-    config = ReflowConfig(pairs=plan["pairs"], solver=plan["solver"], ode_steps=plan["ode_steps"])
+    return plan
+
+
+def reflow_build(args: argparse.Namespace, rec: dict, path: Path, plan: dict, teacher: Path, config: Any) -> Build:
+    """The reflow task's engine (`diffusa distill --method reflow`), timing the pairs when it first solves them."""
+    from diffusa.tasks.reflow import PAIRS, reflow_engine, reflow_settings
 
     def build(steps: int, max_minutes: float, where: Path, resume: bool, progress: bool) -> Engine:
         fresh = not (where / PAIRS).exists()
         t0 = time.perf_counter()
-        engine = reflow_engine(rf1, where, reflow_settings(steps=steps, max_minutes=max_minutes), config,
+        engine = reflow_engine(teacher, where, reflow_settings(steps=steps, max_minutes=max_minutes), config,
                                resume=resume, progress=progress)
         if fresh and "pair_seconds" not in plan:  # the teacher's ODE solved for every pair (and the run set up)
             plan["pair_seconds"] = time.perf_counter() - t0
             write_json(path, rec)
-            print(f"rf2: {plan['pairs']} pairs solved in {plan['pair_seconds'] / 60:.2f} min", flush=True)
+            print(f"{where.name}: {plan['pairs']} pairs solved in {plan['pair_seconds'] / 60:.2f} min", flush=True)
         return engine
+    return build
 
-    train_budgeted(args, rec, path, "rf2", rf2, plan["train_minutes"], plan["reflow_steps"], build)
-    draws(args, rec, path, "rf2", rf2, flow_draws(args), judge)
-    measure_straightness(args, rec, path, "rf2", rf2)
+
+def cmd_onestep(args: argparse.Namespace) -> None:
+    from diffusa.tasks.reflow import ReflowConfig
+
+    rf2 = Path(args.runs) / "rf2"
+    reflowed = load_rec(args, "reflow")[1]["models"].get("rf2", {})
+    if not reflowed.get("train", {}).get("done"):
+        raise DiffusaError(f"the 2-rectified flow {rf2} is not trained yet: run the reflow stage first")
+    path, rec = load_rec(args, "onestep")
+    budget = args.onestep_minutes if args.onestep_minutes is not None else reflowed["train"]["minutes"]
+    plan = plan_pairs(args, rec, path, "rf2d", rf2, budget, reflowed, args.onestep_steps)
+    config = ReflowConfig(pairs=plan["pairs"], solver=plan["solver"], ode_steps=plan["ode_steps"], distill_steps=1)
+    out = Path(args.runs) / "rf2d"
+    train_budgeted(args, rec, path, "rf2d", out, plan["train_minutes"], plan["reflow_steps"],
+                   reflow_build(args, rec, path, plan, rf2, config))
+    draws(args, rec, path, "rf2d", out, [("euler", 1)], judge_for(args, rec))
 
 
 # -- report -------------------------------------------------------------------------------------------------------
 def read_raw(raw: Path) -> dict[str, dict]:
     """Stage -> its raw record, for the stages that have one."""
     out = {}
-    for stage in ("teacher", "cd", "ict", "reflow"):
+    for stage in ("teacher", "cd", "ict", "reflow", "onestep"):
         p = raw / f"distill_mnist_{stage}.json"
         if p.exists():
             out[stage] = json.loads(p.read_text())
@@ -423,12 +461,12 @@ def bars(recs: dict[str, dict], models: dict[str, dict], teacher: dict) -> list[
                      f"{best['nfe']}). Teacher's best at NFE <= k: any training-free solver with at most k "
                      "evaluations.")
         lines.append("")
-    for name in ("cd", "ict", "rf2", "rf1"):
+    for name in ("cd", "ict", "rf2d", "rf2", "rf1"):
         m = models.get(name)
         if m is None or best is None:
             continue
         s = student_cells(m)
-        tag = "" if name == "cd" else " (the consistency student's bars, applied for comparison)"
+        tag = "" if name in ("cd", "rf2d") else " (the consistency student's bars, applied for comparison)"
         lines.append(f"- {STUDENTS[name]}{tag}:")
         for k, factor in ((1, 1.5), (2, 1.2)):
             if k in s:
@@ -469,13 +507,22 @@ def bars(recs: dict[str, dict], models: dict[str, dict], teacher: dict) -> list[
                      f"steps) {pairs_min:.1f} min + training {rf2['train']['minutes']:.1f} min = {total:.1f} min, "
                      f"against the 1-rectified flow's {rf1['train']['minutes']:.1f} min: "
                      f"{verdict(total <= rf1['train']['minutes'] * 1.02)}")
+    rf2d = models.get("rf2d", {})
+    if rf2.get("train") and rf2d.get("train"):
+        plan = rf2d.get("plan", {})
+        pairs_min = plan.get("pair_seconds", plan.get("pair_seconds_estimate", 0.0)) / 60
+        total = pairs_min + rf2d["train"]["minutes"]
+        lines.append(f"  - one-step distillation of the 2-rectified flow: {plan.get('pairs', '?')} pairs "
+                     f"{pairs_min:.1f} min + training {rf2d['train']['minutes']:.1f} min = {total:.1f} min, against "
+                     f"the 2-rectified flow's {rf2['train']['minutes']:.1f} min: "
+                     f"{verdict(total <= rf2['train']['minutes'] * 1.02)}")
     ref = max((c["nfe"] for c in teacher.values() if c["nfe"] <= 20), default=None)  # 20 unless not drawn
     fast = best_at({k: c for k, c in teacher.items() if c["nfe"] == ref}, ref) if ref is not None else None
     if fast is not None:
         lines += ["", f"Speed-up of one step over the teacher's best {ref}-step solver "
                       f"({SOLVER_NAMES[fast['sampler']]}: FD {fast['fd']:.1f}, {fast['seconds_64']:.2f} s for 64 "
                       "samples):", ""]
-        for name in ("cd", "ict", "rf2"):
+        for name in ("cd", "ict", "rf2", "rf2d"):
             one = student_cells(models[name]).get(1) if name in models else None
             if one is not None:
                 lines.append(f"- {STUDENTS[name]}: {one['seconds_64']:.3f} s for 64 samples, "
@@ -494,7 +541,7 @@ def figure(recs: dict[str, dict], path: Path) -> None:
         if cells:
             series.append((f"teacher, {SOLVER_NAMES[solver]}", [c["nfe"] for c in cells], [c["fd"] for c in cells],
                            {"marker": ".", "lw": 1}))
-    for name, marker in (("cd", "o"), ("ict", "s"), ("rf1", "v"), ("rf2", "^")):
+    for name, marker in (("cd", "o"), ("ict", "s"), ("rf1", "v"), ("rf2", "^"), ("rf2d", "*")):
         if name in models:
             cells = sorted(student_cells(models[name]).values(), key=lambda c: c["nfe"])
             sampler = "consistency" if name in ("cd", "ict") else "Euler"
@@ -527,7 +574,7 @@ def sample_grid(args: argparse.Namespace, recs: dict[str, dict], path: Path) -> 
     """Columns: each student at 1, 2, 4 steps, and the teacher's best solver at 4 and 20 NFE; rows: samples."""
     models, folder = models_of(recs), Path(args.runs) / "grid"
     cols: list[tuple[str, str]] = []
-    for name in ("cd", "ict", "rf2"):
+    for name in ("cd", "ict", "rf2", "rf2d"):
         for k in (1, 2, 4):
             c = student_cells(models[name]).get(k) if name in models else None
             if c is not None:
@@ -560,7 +607,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 # -- main ---------------------------------------------------------------------------------------------------------
 def main() -> None:
-    ap = stage_parser(__doc__, ["teacher", "cd", "ict", "reflow", "report"])
+    ap = stage_parser(__doc__, ["teacher", "cd", "ict", "reflow", "onestep", "report"])
     ap.add_argument("--teacher", default="mnist-pixel", help="the teacher: a shipped model or a run folder")
     ap.add_argument("--data", default="mnist5k", help="the data of the teacher, the iCT model and the flows")
     ap.add_argument("--runs", default="runs/distill", help="where the students are trained")
@@ -584,6 +631,9 @@ def main() -> None:
     ap.add_argument("--reflow-minutes", type=float, help="pairs + training of the 2-rectified flow (default: the "
                                                          "1-rectified flow's training minutes)")
     ap.add_argument("--reflow-steps", type=int)
+    ap.add_argument("--onestep-minutes", type=float, help="pairs + training of the one-step distillation of the "
+                                                          "2-rectified flow (default: its own training minutes)")
+    ap.add_argument("--onestep-steps", type=int)
     ap.add_argument("--pairs", type=int, default=10_000)
     ap.add_argument("--pairs-share", type=float, default=0.5, help="at most this share of the reflow budget solves "
                                                                    "pairs (their count is capped to fit)")
@@ -594,7 +644,7 @@ def main() -> None:
                     help="steps run, then timed, to plan a training's length")
     args = ap.parse_args()
     run_stages(ap, args, {"teacher": cmd_teacher, "cd": cmd_cd, "ict": cmd_ict, "reflow": cmd_reflow,
-                          "report": cmd_report}, quick)
+                          "onestep": cmd_onestep, "report": cmd_report}, quick)
 
 
 TINY = ["model.net.channels=8", "train.warmup=1"]
@@ -606,7 +656,7 @@ def quick(args: argparse.Namespace) -> None:
     args.data, args.runs, args.raw, args.img = "digits", "quick/runs", "quick/raw", "quick/img"
     args.out = args.out or "quick/distill_mnist.md"
     args.n, args.nfe, args.s_paths, args.pairs, args.ode_steps = 20, [1, 2, 4], 8, 64, 4
-    args.cd_minutes = args.ict_minutes = args.flow_minutes = 0.03
+    args.cd_minutes = args.ict_minutes = args.flow_minutes = args.onestep_minutes = 0.03
     args.calibrate, args.set = [1, 2], [*args.set, *TINY]
     teacher = Path(args.runs) / "teacher"
     if not (teacher / "model.safetensors").exists():  # the shipped teacher's recipe on 8x8 digits, tiny

@@ -18,7 +18,10 @@ Each side-by-side speed is given as a ratio to the same work alone (fair share o
 the issue's target: >= 0.40 for each). Policies:
 
 - new: diffusa's defaults: OpenMP threads wait passively (`import diffusa` sets OMP_WAIT_POLICY=PASSIVE) and
-  `--threads auto` (1 thread for point data, one per core for images). See diffusa.threads.
+  `--threads auto` (1 thread for point data, one per core for images), an image training's batch split over one
+  thread per core (train.shards auto). See diffusa.threads and diffusa.engine.shards.
+- unsharded: new, but each training computes its batch in one piece on torch's intra-op threads (train.shards=1,
+  diffusa's default before batch shards).
 - old: what diffusa did before: libgomp's default wait (spin ~300,000 turns, then sleep; set here as
   GOMP_SPINCOUNT=300000, which also keeps diffusa from choosing) and torch's default threads (one per core) for
   every command.
@@ -49,7 +52,8 @@ from typing import Any
 
 from _tables import emit, write_json
 
-POLICIES = ("old", "new", "single", "active", "passive", "spin10k")
+POLICIES = ("old", "new", "unsharded", "single", "active", "passive", "spin10k")
+TRAIN_FLAGS = {"unsharded": ["--set", "train.shards=1"]}  # flags of a policy for `diffusa train` only
 OPENMP_VARS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
 POLL_S = 0.05
 TARGET = 0.40
@@ -59,7 +63,7 @@ def policy_env(policy: str) -> tuple[dict[str, str], list[str]]:
     """(environment, extra CLI flags) of a policy; the caller's own OpenMP settings are dropped."""
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_VARS}
     cores = str(len(os.sched_getaffinity(0)))
-    if policy == "new":
+    if policy in ("new", "unsharded"):
         return env, []
     if policy == "single":
         return env, ["--threads", "1"]
@@ -207,7 +211,8 @@ def measure(policy: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     """Every scenario under one policy."""
     env, flags = policy_env(policy)
     minutes = f"{(args.seconds + args.warmup + args.startup) / 60 + 1:.2f}"  # a safety net: no training outlives it
-    common = ["--quiet", "--steps", "100000000", "--minutes", minutes, *flags, "--set", "train.log_every=1",
+    common = ["--quiet", "--steps", "100000000", "--minutes", minutes, *flags, *TRAIN_FLAGS.get(policy, []),
+              "--set", "train.log_every=1",
               "--set", "train.checkpoint_every=0", "--set", "train.sample_every=0"]
     n = 0
 
@@ -230,7 +235,7 @@ def measure(policy: str, args: argparse.Namespace, work: Path) -> dict[str, Any]
     def run(trainings: list[Training], loop: GenerateLoop | None) -> dict[str, Any]:
         return scenario(trainings, loop, env, args.seconds, args.warmup, args.startup)
 
-    res: dict[str, Any] = {"policy": policy, "flags": flags}
+    res: dict[str, Any] = {"policy": policy, "flags": flags + TRAIN_FLAGS.get(policy, [])}
     res["moons_alone"] = run([training("moons", "moons", [])], None)
     res["generate_alone"] = run([], generate_loop())
     res["moons_with_generate"] = run([training("moons", "moons", [])], generate_loop())

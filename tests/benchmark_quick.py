@@ -53,12 +53,13 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
     elif script == "distill_mnist.py":  # every stage, the bars, the figure and the sample grid
         for part in ("**Teacher**", "| DPM-Solver++(2M) SDE |", "**consistency distillation (CD)**",
                      "**consistency training (iCT)**", "**2-rectified flow (reflow)**", "| consistency | 4 |",
-                     "| Euler | 1 |", "S(2-rectified)", "Speed-up of one step", "1 NFE: FD"):
+                     "| Euler | 1 |", "S(2-rectified)", "Speed-up of one step", "1 NFE: FD",
+                     "**2-rectified flow distilled to one step**", "one-step distillation of the 2-rectified flow"):
             assert part in table, part
         for fig in ("distill_fd_nfe", "distill_grid"):
             assert (tmp_path / "quick" / "img" / f"{fig}.png").stat().st_size > 1000
         assert sorted(p.name for p in (tmp_path / "quick" / "raw").iterdir()) == [
-            f"distill_mnist_{s}.json" for s in ("cd", "ict", "reflow", "teacher")]
+            f"distill_mnist_{s}.json" for s in ("cd", "ict", "onestep", "reflow", "teacher")]
     elif script == "editing.py":  # the six masks, both ceilings, RePaint and the tiny mask-conditioned model's rows
         for mask in ("top", "bottom", "left", "right", "center", "strokes"):
             assert f"| {mask} | mnist-pixel | RePaint 2x2 |" in table

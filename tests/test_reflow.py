@@ -145,6 +145,44 @@ def test_reflow_straightens_moons_and_improves_one_euler_step(tmp_path: Path, cl
     assert res.code == 0, res.err  # and a consistency student of it
 
 
+def test_distilling_a_flow_to_k_euler_steps(tmp_path: Path, cli) -> None:
+    """Liu et al. 2022, Sec. 2.3: the flow's loss on its own pairs at the K times of K-step Euler's grid only."""
+    teacher = train_flow(tmp_path / "rf1")
+    out = tmp_path / "one"
+    res = cli("distill", "--teacher", teacher, "--method", "reflow", "--distill-steps", 1, "--pairs", 4000,
+              "--out", out, "--steps", 300, "--quiet")
+    assert res.code == 0, res.err
+    assert "a 1-step distillation of the 1-rectified flow" in res.out and "--sampler euler --steps 1 " in res.out
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["distill"]["distill_steps"] == 1 and meta["distill"]["k"] == 1  # distilling does not reflow
+    assert meta["sampling"]["sampler"] == "euler" and meta["sampling"]["steps"] == 1
+    pairs = load_tensor_file(out / "pairs.safetensors")
+    z, x = pairs["noise"][:2000], pairs["sample"][:2000]
+    ref = pairs["sample"][2000:]  # the teacher's law in its model space, other pairs
+    err, ed = {}, {}
+    for name, run in (("teacher", teacher), ("student", out)):
+        den = diffusa.load(run).run.denoiser
+        one = sample(den, (2000, 2), "euler", 1, x_T=z)  # one Euler step from the pairs' noise
+        err[name] = float(((one - x) ** 2).sum(1).mean())
+        ed[name] = float(energy_distance(one, ref))
+    # measured: one Euler step from a pair's noise lands 0.0017 from its sample in mean squared distance (the
+    # teacher's own one step: 2.72); energy distance to the teacher's law 0.0022 (the teacher's one step: 0.79)
+    assert err["student"] < 0.01 * err["teacher"], err
+    assert ed["student"] < 0.02 * ed["teacher"], ed
+    pipe = diffusa.load(out)
+    drawn = pipe(n=16, seed=3)  # the recommendation: one Euler step
+    assert drawn.settings["sampler"] == "euler" and drawn.settings["nfe"] == 1
+    # K = 2: the loss sees t only at 1 and 1/2
+    two = reflow_engine(teacher, tmp_path / "two", reflow_settings(steps=1), ReflowConfig(pairs=64, ode_steps=2,
+                                                                                          distill_steps=2),
+                        progress=False)
+    idx = torch.arange(64)
+    got = two.task.loss(idx, two.task.pairs["sample"][idx], torch.Generator().manual_seed(0)).extra
+    assert set(got.tolist()) == {0.5, 1.0} and two.task.k == 1, got
+    res = cli("distill", "--teacher", teacher, "--method", "reflow", "--distill-steps", -1, "--out", tmp_path / "bad")
+    assert res.code == 2 and len(res.err.strip().splitlines()) == 1, res.err
+
+
 def test_resume_is_exact_and_reads_the_stored_pairs(moons_run: Path, tmp_path: Path, monkeypatch) -> None:
     from diffusa.checkpoint import load_tensors
 

@@ -105,8 +105,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if engine.dist.main:
         start = f" from {args.init}" if args.init else ""
         start += " by consistency training (iCT)" if cfg.loss.kind == "ict" else ""
+        k = engine.shard_count()
+        shards = f", each batch in {k} threads" if k > 1 else ""
         print(f"training {task.kind}{start} ({sum(p.numel() for p in task.model.parameters()) / 1e6:.2f}M parameters) "
-              f"on {task.data.name} {list(task.data.shape)} x {len(task.data)} -> {args.out}", flush=True)
+              f"on {task.data.name} {list(task.data.shape)} x {len(task.data)}{shards} -> {args.out}", flush=True)
     try:
         out = engine.fit()
     finally:
@@ -335,7 +337,8 @@ def build_parser() -> Parser:
                    help="the loss (loss.kind): simple (default), vlb, hybrid (Improved DDPM), or ict: consistency "
                         "training without a teacher (Song & Dhariwal 2023), a model that samples in 1 to 4 steps "
                         "(process edm; docs/distillation.md)")
-    t.add_argument("--steps", type=positive_int, help="training steps (default from config: 3000)")
+    t.add_argument("--steps", type=positive_int,
+                   help="training steps (default from config: 3500 for images, 3000 for points)")
     t.add_argument("--batch-size", type=positive_int, help="global batch size")
     t.add_argument("--config", help="TOML file with config overrides")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config key, e.g. train.lr=1e-3")

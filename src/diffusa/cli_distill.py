@@ -11,14 +11,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from diffusa.cli_common import non_negative_float, positive_int, print_json, threads_flag
+from diffusa.cli_common import non_negative_float, non_negative_int, positive_int, print_json, threads_flag
 from diffusa.errors import DiffusaError
 from diffusa.threads import use_threads
 
 METHODS = ("cd", "reflow")
 # flags that set how a student is made: fixed once it has started (--resume takes them from its config.json)
 CD_FLAGS = ("levels", "levels_start", "mu", "distance", "guidance_range")
-REFLOW_FLAGS = ("pairs", "ode_steps", "fresh")
+REFLOW_FLAGS = ("pairs", "ode_steps", "fresh", "distill_steps")
 DISTILL_FLAGS = ("method", *CD_FLAGS, *REFLOW_FLAGS, "solver", "batch_size", "lr", "seed")
 
 
@@ -64,7 +64,7 @@ def settings_for(method: str, args: argparse.Namespace) -> tuple[Any, Any]:
     if method == "reflow":
         from diffusa.tasks.reflow import ReflowConfig, reflow_settings
 
-        config = ReflowConfig(**{k: getattr(args, k) for k in ("pairs", "solver", "ode_steps")
+        config = ReflowConfig(**{k: getattr(args, k) for k in ("pairs", "solver", "ode_steps", "distill_steps")
                                  if getattr(args, k) is not None}, init="fresh" if args.fresh else "auto")
         return config, reflow_settings(max_minutes=args.minutes or 0.0, **kw)
     from diffusa.tasks.consistency import DistillConfig, distill_settings
@@ -72,6 +72,13 @@ def settings_for(method: str, args: argparse.Namespace) -> tuple[Any, Any]:
     config = DistillConfig(**{f.name: getattr(args, f.name) for f in fields(DistillConfig)
                               if getattr(args, f.name, None) is not None})
     return config, distill_settings(mu=config.mu, max_minutes=args.minutes or 0.0, **kw)
+
+
+def reflow_what(k: int, distill_steps: int) -> str:
+    """What a reflow task makes, in words: a k-rectified flow, or a K-step distillation of one."""
+    if distill_steps:
+        return f"a {distill_steps}-step distillation of the {k}-rectified flow (Liu et al. 2022, Sec. 2.3)"
+    return f"a {k}-rectified flow"
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -109,8 +116,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if engine.cfg.threads == 0:  # auto (the engine sets any other count itself)
         use_threads(None, task.data.kind == "image")
     if engine.dist.main:
-        what = (f"a {task.k}-rectified flow on {config.pairs} pairs of its ODE ({config.solver}, {config.ode_steps} "
-                f"steps), from {'its' if task.start == 'teacher' else 'fresh'} weights" if method == "reflow" else
+        what = (f"{reflow_what(task.k, config.distill_steps)} on {config.pairs} pairs of its ODE ({config.solver}, "
+                f"{config.ode_steps} steps), from {'its' if task.start == 'teacher' else 'fresh'} weights"
+                if method == "reflow" else
                 f"a consistency model: {config.levels} levels, {config.solver} steps of the teacher"
                 + ("" if config.guidance is None else f", guided at w in {config.guidance.low:g}.."
                                                       f"{config.guidance.high:g} (an input of the student)"))
@@ -122,8 +130,10 @@ def cmd_distill(args: argparse.Namespace) -> int:
         leave_distributed()
     if engine.dist.main:
         if method == "reflow":
-            print(f"done: {out}/model.safetensors; sample it in one Euler step: diffusa sample {out} --sampler euler "
-                  f"--steps 1 --out samples.png; its straightness: diffusa straightness {out}")
+            steps = config.distill_steps or 1
+            print(f"done: {out}/model.safetensors; sample it in {steps} Euler step{'s' * (steps > 1)}: diffusa sample "
+                  f"{out} --sampler euler --steps {steps} --out samples.png; its straightness: diffusa straightness "
+                  f"{out}")
         else:
             scale = "" if config.guidance is None else f" --guidance-scale {config.guidance.default:g}"
             print(f"done: {out}/model.safetensors; sample it in 1 to {config.levels - 1} steps: "
@@ -204,6 +214,10 @@ def add_parser(sub: Any) -> None:
     rf.add_argument("--fresh", action="store_true",
                     help="train the new flow from fresh weights (default: from the teacher's when it is a "
                          "velocity-predicting flow of the same network, as the paper fine-tunes)")
+    rf.add_argument("--distill-steps", type=non_negative_int, metavar="K",
+                    help="K >= 1: distil the teacher flow to K Euler steps (Liu et al. 2022, Sec. 2.3): its own "
+                         "pairs, trained only at the times of K-step Euler's grid (1 for one step); default 0: "
+                         "reflow, t ~ U(0, 1)")
     p.add_argument("--seed", type=int, help="training seed (reflow: also the pairs')")
     p.add_argument("--minutes", type=non_negative_float,
                      help="stop (and checkpoint) after this much training time in this invocation "

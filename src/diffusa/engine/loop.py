@@ -38,6 +38,7 @@ from diffusa.checkpoint import (
     save_json,
 )
 from diffusa.config import TrainConfig, check_range
+from diffusa.engine.shards import Shards, auto_shards
 from diffusa.engine.state import (
     STATE,
     check_out,
@@ -132,6 +133,7 @@ SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
     ("sample_n", True, 1, 10_000, True, True),
     ("sample_steps", True, 1, 10_000, True, True),
     ("threads", True, 0, MAX_THREADS, True, True),
+    ("shards", True, 0, MAX_THREADS, True, True),
 )
 
 
@@ -232,6 +234,8 @@ class Engine:
         self.opt = make_optimizer(task.parameters(), self.cfg, self.device)
         self.step = 0
         self.seconds = 0.0  # training time of the earlier segments of a resumed run
+        self._shards: Shards | None = None  # the batch's threads (diffusa.engine.shards), made at the first step
+        self._shard_count: int | None = None
         self._acc: dict[str, torch.Tensor] = {}  # the log's running sums since its last record, and their count
         self._acc_n = 0
         if resume:
@@ -245,6 +249,27 @@ class Engine:
             trim_log(self.out, self.step)  # records after the checkpoint are written again, exactly
             if not resume:
                 save_json(self.out / "config.json", task.meta())
+
+    def shard_count(self) -> int:
+        """The number of threads a step splits its batch over: train.shards, or (0, auto) `auto_shards`' choice for
+        this task, device and torch's thread count now. Decided once, at the first call (the first step at the
+        latest); more than 1 where sharding cannot run is refused in one line."""
+        if self._shard_count is None:
+            cfg, cpu = self.cfg, self.device.type == "cpu"
+            k = cfg.shards or auto_shards(torch.get_num_threads(), cfg.batch_size, cpu=cpu, world=self.dist.world,
+                                          scaler=self.scaler is not None, model=self.model,
+                                          shardable=self.task.shardable)
+            if k > 1 and not (cpu and self.dist.world == 1 and self.scaler is None and self.task.shardable):
+                raise DiffusaError(f"train.shards {k}: batch shards run on CPU threads in one process, without fp16, "
+                                   f"for tasks that allow them; use train.shards=1 here")
+            self._shard_count = min(k, cfg.batch_size)
+        return self._shard_count
+
+    def close_shards(self) -> None:
+        """Stop the shards' threads (fit does at its end; a later step starts them again)."""
+        if self._shards is not None:
+            self._shards.close()
+            self._shards = None
 
     @property
     def averaged(self) -> nn.Module:
@@ -286,6 +311,7 @@ class Engine:
         tensors.update(extra)
         # the log's window so far, so a resumed run writes the records the uninterrupted one would have
         state: dict[str, Any] = {"step": self.step, "optimizer": opt_meta, "seconds": self.elapsed,
+                                 "shards": self.shard_count(),
                                  "log": {"n": self._acc_n, "sums": {k: float(v) for k, v in self._acc.items()}}}
         if values:
             state["task"] = values
@@ -323,16 +349,26 @@ class Engine:
         idx, x = next(self._batches)
         seed = step_seed(cfg.seed, step, self.dist.rank)
         torch.manual_seed(seed)  # dropout
-        g = torch.Generator().manual_seed(seed)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            result = self.task.loss(idx, x.to(self.device), g)
-        losses = result.losses.float()
-        loss = (losses * result.weights).mean() if result.weights is not None else losses.mean()
+        grads = None
+        if self.shard_count() > 1:  # the batch in k threads, gradients summed (diffusa.engine.shards)
+            if self._shards is None:
+                self._shards = Shards(self.shard_count(), [p for g in self.opt.param_groups for p in g["params"]
+                                                           if p.requires_grad], self.amp_dtype)
+            loss, result, grads = self._shards(self.task.loss, idx, x.to(self.device), seed)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                result = self.task.loss(idx, x.to(self.device), g)
+            losses = result.losses.float()
+            loss = (losses * result.weights).mean() if result.weights is not None else losses.mean()
         if not bool(torch.isfinite(loss)):  # stop before the weights (and then a checkpoint) are spoilt
             raise DiffusaError(f"step {step + 1}: the loss is {float(loss.detach())}, not a finite number; training "
                                "stopped and the last checkpoint is kept (lower train.lr, or check the data)")
         self.opt.zero_grad(set_to_none=True)
-        if self.scaler is not None:
+        if grads is not None:
+            for p, grad in zip(self._shards.params, grads, strict=True):
+                p.grad = grad
+        elif self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.opt)
         else:
@@ -429,6 +465,7 @@ class Engine:
         finally:
             if log is not None:
                 log.close()
+            self.close_shards()
             close = getattr(self._batches, "close", None)
             if close is not None:
                 close()  # a streaming loader's worker processes exit here, before the final save and preview

@@ -35,6 +35,7 @@ class Task:
     """
 
     name: str = "train"
+    shardable: bool = False  # `loss` may run on slices of a batch in parallel threads (diffusa.engine.shards)
     model: nn.Module
     data: Any
     settings: TrainConfig

@@ -49,6 +49,7 @@ class DiffusionTask(Task):
     """Trains `denoiser(x_t, t, cond)` on a dataset under a process; the network is averaged by EMA."""
 
     name = "train"
+    shardable = True  # `loss` reads the model and its own settings only; randomness from the generator
     guidance_input = False  # a network that takes the guidance scale (model.net.guidance_embed): guided students only
 
     def __init__(self, cfg: RunConfig, data: Any = None) -> None:

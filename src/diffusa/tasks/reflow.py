@@ -16,6 +16,12 @@ its steps, the number of pairs and k (the teacher's k + 1; a run trained from da
 probability-flow ODE is the rectified flow of the independent coupling, on the linear path for a flow run). The
 student starts from the teacher's weights when the teacher is a velocity-predicting flow of the same network (the
 paper fine-tunes the previous flow), else from fresh weights of the teacher's architecture.
+
+K-step distillation (the paper's Sec. 2.3, `distill_steps` K >= 1): the same loss on the same pairs, but t only at
+the K times of K-step Euler's uniform grid, t in {1, 1 - 1/K, ..., 1/K}. A student that fits v(x_t, t) = z - x at
+those points walks each pair's straight line in K Euler steps and lands on its sample; it is no longer a flow at
+other times, so k (the reflow count) stays the teacher's and config.json recommends `euler` at K steps. The paper
+distils its 2-rectified flow with K = 1 (its best one-step results); it uses LPIPS, we the flow's L2.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ PAIRS_FORMAT = "diffusa-reflow-pairs"
 INITS = ("auto", "teacher", "fresh")
 MAX_PAIRS = 10_000_000
 MAX_ODE_STEPS = 10_000
+MAX_DISTILL_STEPS = 1000
 
 
 @dataclass
@@ -55,6 +62,7 @@ class ReflowConfig:
     solver: str = "rk4"  # the teacher's ODE solver (the paper: RK45); any deterministic diffusa sampler
     ode_steps: int = 25  # its steps on its default grid (rk4: 4 network evaluations a step)
     init: str = "auto"  # auto: the teacher's weights when it is a velocity flow of the same network | teacher | fresh
+    distill_steps: int = 0  # 0: reflow, t ~ U(0, 1); K >= 1: K-step distillation, t on K-step Euler's grid
 
     def check(self) -> ReflowConfig:
         """Refuse settings that cannot reflow, each in one DiffusaError naming the flag."""
@@ -67,7 +75,19 @@ class ReflowConfig:
                                f"known: {', '.join(ODE_SOLVERS)}")
         if self.init not in INITS:
             raise DiffusaError(f"unknown init {self.init!r}; known: {', '.join(INITS)}")
+        k = self.distill_steps
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_DISTILL_STEPS:
+            raise DiffusaError(f"--distill-steps must be an integer in [0, {MAX_DISTILL_STEPS}] (0: reflow), got "
+                               f"{k!r}")
         return self
+
+    def table(self) -> dict[str, Any]:
+        """The settings as config.json's "distill" table records them (distill_steps only when distilling, so
+        flows reflowed before it existed resume)."""
+        table = asdict(self)
+        if not self.distill_steps:
+            del table["distill_steps"]
+        return table
 
 
 def reflow_settings(steps: int = 2000, batch_size: int | None = None, lr: float | None = None, seed: int = 0,
@@ -156,7 +176,8 @@ class ReflowTask(DiffusionTask):
         self.teacher_name = str(teacher)
         check_teacher(teacher, read_run_meta(run_path(teacher)))  # refuses a folder that is not a run, in one line
         weights, meta = init_weights(teacher)
-        self.teacher_meta, self.k = meta, teacher_k(meta) + 1
+        self.teacher_meta = meta
+        self.k = teacher_k(meta) + (0 if self.config.distill_steps else 1)  # distilling does not reflow
         shape = tuple(meta["data_shape"])
         check_bytes(f"--pairs {self.config.pairs} of shape {list(shape)}",
                     tensor_bytes((self.config.pairs, *shape), 3), "lower --pairs")
@@ -230,7 +251,13 @@ class ReflowTask(DiffusionTask):
         return pairs
 
     def loss(self, idx: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> StepLoss:
-        t, w = self.time_sampler.sample(x.shape[0], generator, x.device)
+        k = self.config.distill_steps
+        if k:  # K-step distillation: the K times of the uniform Euler grid, 1, 1 - 1/K, ..., 1/K
+            j = torch.randint(1, k + 1, (x.shape[0],), generator=generator)
+            t = (j.to(torch.float64) / k).to(x.device)
+            w = torch.ones(x.shape[0], device=x.device)
+        else:
+            t, w = self.time_sampler.sample(x.shape[0], generator, x.device)
         z = self.noise[idx.cpu()].to(x.device)  # the coupling's noise, not a fresh draw
         cond = None
         if self.conditioner is not None:  # label dropout as any class-conditional run (Ho & Salimans 2021)
@@ -240,11 +267,16 @@ class ReflowTask(DiffusionTask):
     def distill_table(self) -> dict[str, Any]:
         """config.json's "distill": what the flow was reflowed from, and how."""
         return {"method": METHOD, "teacher": self.teacher_name, "teacher_process": self.teacher_meta.get("process"),
-                "k": self.k, "seed": self.settings.seed, "start": self.start, **asdict(self.config)}
+                "k": self.k, "seed": self.settings.seed, "start": self.start, **self.config.table()}
 
     def meta(self) -> dict[str, Any]:
         meta = super().meta()
         meta["distill"] = self.distill_table()
+        k = self.config.distill_steps
+        if k:
+            meta["sampling"] = {"sampler": "euler", "steps": k, "spacing": "uniform",
+                                "why": f"a {k}-step distillation: trained only at the times of {k}-step Euler's "
+                                       "uniform grid"}
         return meta
 
     def check_resume(self, meta: dict[str, Any], out: Path) -> None:
@@ -253,7 +285,7 @@ class ReflowTask(DiffusionTask):
 
 def resumed_reflow(table: dict[str, Any], meta: dict[str, Any]) -> tuple[str, ReflowConfig, TrainConfig]:
     """(teacher, ReflowConfig, training settings) a reflowed run was started with, from its config.json."""
-    known = {"pairs", "solver", "ode_steps", "init"}
+    known = {"pairs", "solver", "ode_steps", "init", "distill_steps"}
     config = ReflowConfig(**{k: v for k, v in table.items() if k in known})
     return table["teacher"], config, load_config(base=meta["config"]).train
 
@@ -266,7 +298,7 @@ def check_same_reflow(out: Path, teacher: str | Path, config: ReflowConfig, sett
     if never_checkpointed(out):  # stopped before its first checkpoint: it starts again
         return
     table = read_run_meta(out).get("distill")
-    want = {"method": METHOD, "teacher": str(teacher), "seed": settings.seed, **asdict(config)}
+    want = {"method": METHOD, "teacher": str(teacher), "seed": settings.seed, **config.table()}
     if not isinstance(table, dict) or any(table.get(k) != v for k, v in as_json(want).items()):
         raise DiffusaError(f"cannot resume {out}: it was reflowed from another teacher or with other settings "
                            f"({table})")
@@ -279,6 +311,8 @@ def reflow_engine(teacher: str | Path, out: str | Path, settings: TrainConfig | 
     config = (config or ReflowConfig()).check()
     settings = settings or reflow_settings()
     check_out(out, resume, what="a run")  # before the teacher's ODE is solved
+    if config.distill_steps:  # the preview draws as the student will be drawn
+        settings.sample_steps = config.distill_steps
     if resume:
         check_same_reflow(Path(out), teacher, config, settings)
     task = ReflowTask(teacher, settings, config, Path(out) / PAIRS, progress)
