@@ -499,23 +499,12 @@ def bars(recs: dict[str, dict], models: dict[str, dict], teacher: dict) -> list[
             tr = models.get(name, {}).get("train")
             if tr:
                 lines.append(f"  - {STUDENTS[name]}: {tr['minutes']:.1f} min: {verdict(tr['minutes'] <= t_min)}")
-    if rf1.get("train") and rf2.get("train"):
-        plan = rf2.get("plan", {})
-        pairs_min = plan.get("pair_seconds", plan.get("pair_seconds_estimate", 0.0)) / 60
-        total = pairs_min + rf2["train"]["minutes"]
-        lines.append(f"  - reflow: {plan.get('pairs', '?')} pairs ({plan.get('solver')}, {plan.get('ode_steps')} "
-                     f"steps) {pairs_min:.1f} min + training {rf2['train']['minutes']:.1f} min = {total:.1f} min, "
-                     f"against the 1-rectified flow's {rf1['train']['minutes']:.1f} min: "
-                     f"{verdict(total <= rf1['train']['minutes'] * 1.02)}")
-    rf2d = models.get("rf2d", {})
-    if rf2.get("train") and rf2d.get("train"):
-        plan = rf2d.get("plan", {})
-        pairs_min = plan.get("pair_seconds", plan.get("pair_seconds_estimate", 0.0)) / 60
-        total = pairs_min + rf2d["train"]["minutes"]
-        lines.append(f"  - one-step distillation of the 2-rectified flow: {plan.get('pairs', '?')} pairs "
-                     f"{pairs_min:.1f} min + training {rf2d['train']['minutes']:.1f} min = {total:.1f} min, against "
-                     f"the 2-rectified flow's {rf2['train']['minutes']:.1f} min: "
-                     f"{verdict(total <= rf2['train']['minutes'] * 1.02)}")
+    for student, teacher_run, what, whose in ((rf2, rf1, "reflow", "1-rectified flow's"),
+                                              (models.get("rf2d", {}), rf2,
+                                               "one-step distillation of the 2-rectified flow",
+                                               "2-rectified flow's")):
+        if teacher_run.get("train") and student.get("train"):
+            lines.append(f"  - {what}: {pairs_and_training(student, teacher_run, whose)}")
     ref = max((c["nfe"] for c in teacher.values() if c["nfe"] <= 20), default=None)  # 20 unless not drawn
     fast = best_at({k: c for k, c in teacher.items() if c["nfe"] == ref}, ref) if ref is not None else None
     if fast is not None:
@@ -529,6 +518,17 @@ def bars(recs: dict[str, dict], models: dict[str, dict], teacher: dict) -> list[
                              f"{fast['seconds_64'] / one['seconds_64']:.1f}x faster, at FD {one['fd']:.1f} "
                              f"({one['fd'] / fast['fd']:.2f}x the {ref}-step FD)")
     return lines
+
+
+def pairs_and_training(student: dict, teacher: dict, whose: str) -> str:
+    """A reflow-task student's minutes (its pairs, then its training) against its teacher's training, with the
+    verdict of issue 20's cost bar."""
+    plan = student.get("plan", {})
+    pairs_min = plan.get("pair_seconds", plan.get("pair_seconds_estimate", 0.0)) / 60
+    total = pairs_min + student["train"]["minutes"]
+    return (f"{plan.get('pairs', '?')} pairs ({plan.get('solver')}, {plan.get('ode_steps')} steps) {pairs_min:.1f} "
+            f"min + training {student['train']['minutes']:.1f} min = {total:.1f} min, against the {whose} "
+            f"{teacher['train']['minutes']:.1f} min: {verdict(total <= teacher['train']['minutes'] * 1.02)}")
 
 
 def figure(recs: dict[str, dict], path: Path) -> None:
