@@ -3,10 +3,10 @@ computed by its own Python thread with one torch thread, the gradients summed in
 
 Why (issue 17): on a small CPU, torch's intra-op parallelism pays an OpenMP wake-up and barrier for every op, and a
 U-Net step is hundreds of small ops. A passive wait policy (diffusa's default, so that two processes share the cores,
-`diffusa.threads`) makes each wake-up a futex sleep: the default mnist5k recipe ran 4.6 steps/s on two cores with
-two intra-op threads. Two threads that each run half the batch single-threaded never meet at a barrier inside an
-op (torch releases the GIL in its kernels and in the backward pass): 6.7 steps/s on the same machine, more than the
-spinning wait's 5.7, and with nothing spinning two processes still share the cores.
+`diffusa.threads`) makes each wake-up a futex sleep: the default mnist5k recipe ran 4.9 steps/s on two cores with
+two intra-op threads. Two threads that each run half the batch single-threaded never meet at a barrier inside an op
+(torch releases the GIL in its kernels and in the backward pass): 6.5 steps/s on the same machine, more than the
+spinning wait's 5.8, and with nothing spinning two processes still share the cores (docs/results/two_processes.md).
 
 The step's mean loss is sum_i sum_{j in shard i} w_j l_j / n: each shard's gradient of its share of that sum, added,
 is the full batch's gradient (the same maths as one pass; float rounding differs). Each shard draws its randomness
