@@ -67,5 +67,10 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
             assert f"| {mask} | mask-conditioned model | no replacement, DPM-Solver++(2M) | 4 |" in table
         assert "classifier, all held-out" in table and "| none |" in table and "not yet measured" not in table
         assert (tmp_path / "quick" / "img" / "editing_inpaint_model.png").stat().st_size > 1000
+    elif script == "sketches.py":  # both roughnesses, the recommendation, both figures
+        assert "| rough | (the sketch) | 0 | 0 |" in table and "| rougher | mnist-pixel | 0.6 | 3 |" in table
+        assert "recommended strength" in table
+        for fig in ("sketch_strength", "sketch_tradeoff"):
+            assert (tmp_path / "quick" / "img" / f"{fig}.png").stat().st_size > 1000
     else:
         assert "moons" in table

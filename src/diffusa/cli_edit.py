@@ -4,10 +4,12 @@ images with a shipped model or any run, no training. Both call `Pipeline.img2img
 IMAGE: a PNG or JPEG (converted to the model's channels; a size of the model's aspect is resized to its size,
 another size refused), an .npz (its `images` array, as `diffusa sample --out x.npz` writes it, or its only array:
 a batch of N images is one call), or held-out digits `mnist5k:17`, `mnist5k:0,5,9`, `mnist5k:0-7` (indices of the
-test split). MASK: white = repaint, a file as IMAGE (one mask for all images, or one per image), or a built-in:
-left, right, top, bottom, center, box:X,Y,W,H, strokes[:SEED]. A mask-conditioned model (trained with
-data.inpaint) is also given the masked image and the mask; its default is --jump-n-sample 1 (replacement, no
-jumps), and --jump-n-sample 0 drops the replacement (conditioning alone, on any sampler's own grid).
+test split), or rough sketches of digits `sketch:7`, `sketch:0-9` (`diffusa.data.sketches`, seed 0; SDEdit's
+stroke-to-image use: --strength 0.3 unconditional, 0.7-0.8 with --label source or a prompt). MASK: white =
+repaint, a file as IMAGE (one mask for all images, or one per image), or a built-in: left, right, top, bottom,
+center, box:X,Y,W,H, strokes[:SEED]. A mask-conditioned model (trained with data.inpaint) is also given the
+masked image and the mask; its default is --jump-n-sample 1 (replacement, no jumps), and --jump-n-sample 0 drops
+the replacement (conditioning alone, on any sampler's own grid).
 --out: a PNG grid or an .npz (`images`, `samples`); beside it a strip PNG, one row per image (at most 8): input |
 [masked] | output.
 """
@@ -29,6 +31,7 @@ from diffusa.errors import DiffusaError
 from diffusa.threads import use_threads
 
 DIGITS = re.compile(r"mnist5k:(.+)")
+SKETCHES = re.compile(r"sketch:(.+)")  # rough sketches of these digits (diffusa.data.sketches), seed 0
 STRIP_ROWS = 8
 
 
@@ -54,7 +57,8 @@ def add_parser(sub: Any) -> None:
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
 
     def common(q: argparse.ArgumentParser, out: str, sampler: str) -> None:
-        q.add_argument("image", help="IMAGE.png|.jpg|.npz, or held-out digits mnist5k:17 (or 0,5,9 or 0-7)")
+        q.add_argument("image", help="IMAGE.png|.jpg|.npz, held-out digits mnist5k:17 (or 0,5,9 or 0-7), or "
+                                    "rough sketches of digits sketch:7 (or 0-9)")
         q.add_argument("--model", help="a shipped model's name or a run folder (default: mnist-text with --prompt "
                                        "or --label, mnist-pixel without)")
         q.add_argument("--n", type=positive_int, help="outputs (default one per image; one image: n variations)")
@@ -99,16 +103,17 @@ def add_parser(sub: Any) -> None:
 
 
 # -- reading IMAGE and MASK ---------------------------------------------------------------------------------------
-def _indices(text: str, size: int) -> list[int]:
-    """'17', '0,5,9', '0-7' (inclusive) -> indices below `size`."""
+def _indices(text: str, size: int, source: str = "mnist5k") -> list[int]:
+    """'17', '0,5,9', '0-7' (inclusive) -> indices below `size` (of the held-out digits, or digits to sketch)."""
     out: list[int] = []
     for part in text.split(","):
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part.strip())
         if not m:
-            raise DiffusaError(f"mnist5k:{text}: give indices like mnist5k:17, mnist5k:0,5,9 or mnist5k:0-7")
+            raise DiffusaError(f"{source}:{text}: give numbers like {source}:7, {source}:0,5,9 or {source}:0-7")
         lo, hi = int(m[1]), int(m[2] if m[2] is not None else m[1])
         if hi < lo or hi >= size:
-            raise DiffusaError(f"mnist5k:{text}: the held-out split has digits 0..{size - 1}")
+            what = "the held-out split has digits" if source == "mnist5k" else "digits are"
+            raise DiffusaError(f"{source}:{text}: {what} 0..{size - 1}")
         out.extend(range(lo, hi + 1))
     return out
 
@@ -155,13 +160,19 @@ def read_images(spec: str, channels: int) -> tuple[Any, torch.Tensor | None]:
         test = load_dataset("mnist5k", "test")
         idx = torch.tensor(_indices(m[1], len(test)))
         return test.x[idx], test.labels[idx]
+    m = SKETCHES.fullmatch(spec)
+    if m and not Path(spec).exists():
+        from diffusa.data.sketches import sketch_digits
+
+        labels = torch.tensor(_indices(m[1], 10, "sketch"))
+        return sketch_digits(labels), labels
     return read_file(spec, "IMAGE", channels), None
 
 
 def _label(text: str | None, labels: torch.Tensor | None) -> Any:
     if text == "source":
         if labels is None:
-            raise DiffusaError("--label source takes each digit's own label: IMAGE must be mnist5k:...")
+            raise DiffusaError("--label source takes each digit's own label: IMAGE must be mnist5k:... or sketch:...")
         return labels
     return int(text) if text is not None and text.isdecimal() else text
 
