@@ -7,6 +7,8 @@ trained for the same minutes; and a 256x256 -> 1024x1024 tiled upscale's peak me
     python benchmarks/super_resolution.py eval [--n 500]              # both upscalers, held-out digits (~6 min)
     python benchmarks/super_resolution.py cascade [--n 500]           # cascade vs single stage (~8 min)
     python benchmarks/super_resolution.py tiled                       # 256 -> 1024 in tiles, peak memory (~4 min)
+    python benchmarks/super_resolution.py rgb [--rgb-run R] [--n 200]  # 16 -> 64 RGB scenes (training: ~20 min)
+    python benchmarks/super_resolution.py rgb-cascade --n 200          # 16x16 base + it vs one 64x64 model (~45 min)
     python benchmarks/super_resolution.py report --doc docs/super_resolution.md
     python benchmarks/super_resolution.py --quick --out table.md      # every stage on 8x8 digits, in ./quick
 
@@ -21,7 +23,11 @@ averages, as the input was made) against the input, mean squared error in [-1, 1
 labels 0..9 in turn, the base model at guidance 1 (the conditional model); FD and accuracy against the asked
 labels. Tiled: a mosaic of shrunk held-out digits, 256x256, upscaled 4x in tiles of the model's 7x7 input,
 --tiled-steps steps, in a child process whose peak resident memory is read from the OS (and that of a child that
-only loads the model, for the baseline).
+only loads the model, for the baseline). RGB: a 4x upscaler trained on a folder of synthetic 64x64 scenes
+(`python -m diffusa.data.scenes`, seed 0; the default recipe, data.super_resolution=4), upscaling held-out scenes
+(seed 1) beside bicubic; no judge knows scenes, so realism is the sliced Wasserstein distance of local statistics
+(Karras et al. 2018, App. D: `diffusa.metrics.laplacian_swd`) to other real scenes (seed 2), and detail the mean
+squared Laplacian against the originals'.
 """
 
 from __future__ import annotations
@@ -204,6 +210,130 @@ def cmd_cascade(args: argparse.Namespace) -> None:
     write_json(Path(args.raw) / "super_resolution_cascade.json", rec)
 
 
+def laplacian_energy(x: torch.Tensor) -> float:
+    """Mean squared response to the 4-neighbour Laplacian: the images' fine detail (sharpness)."""
+    k = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]], dtype=x.dtype).expand(x.shape[1], 1, 3, 3)
+    return float(F.conv2d(x, k, groups=x.shape[1]).square().mean())
+
+
+PROBE_TIMES = [0.1, 0.3, 0.5, 0.8, 0.95]  # rgb: where the denoiser's x0 error is read
+
+
+@torch.no_grad()
+def x0_errors(pipe: diffusa.Pipeline, x: torch.Tensor, low: torch.Tensor) -> list[float]:
+    """The denoiser's x0 mean squared error on x noised to each of PROBE_TIMES (seed 0), given the clean condition."""
+    from diffusa.cond import Cond
+
+    den, g, out = pipe.run.denoiser, torch.Generator().manual_seed(0), []
+    cond = Cond(image=low, image_level=torch.zeros(len(x))) if pipe.image_condition.augmented else Cond(image=low)
+    for t in PROBE_TIMES:
+        tt = torch.full((len(x),), t)
+        a, s = (v.float().view(-1, 1, 1, 1) for v in den.process.alpha_sigma(tt))
+        out.append(float((den(a * x + s * torch.randn(x.shape, generator=g), tt, cond).x0 - x).square().mean()))
+    return out
+
+
+def cmd_rgb(args: argparse.Namespace) -> None:
+    """4x upscalers trained on a user-style folder of RGB images (synthetic scenes, diffusa.data.scenes: the
+    folder holds seed 0), on held-out scenes (seed 1) beside bicubic; the first --rgb-run is trained here first
+    if missing. The strip figure: the last run."""
+    from diffusa.data.scenes import render_scenes
+    from diffusa.metrics import laplacian_swd
+    from diffusa.viz import save_strip
+
+    runs_ = [Path(r) for r in args.rgb_run]
+    train_rgb(args, runs_[0], ["data.super_resolution=4", f"data.image_size={args.rgb_size}"], args.rgb_steps)
+    size = args.rgb_size
+    x, ref = render_scenes(args.n, size, seed=1), render_scenes(args.n, size, seed=2)  # held out; SWD's reference
+    low = F.avg_pool2d(x, 4)  # the upscalers' own low_res: block averages
+    bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+
+    def measured(out: torch.Tensor) -> dict:
+        return {"psnr": psnr(out, x), "ssim": ssim(out, x), "swd": laplacian_swd(out, ref),
+                "laplacian_energy": laplacian_energy(out),
+                "consistency_mse": float((F.avg_pool2d(out, 4) - low).square().mean())}
+
+    rec: dict = {"n": args.n, "size": size, "factor": 4, "steps": args.sample_steps, "probe_times": PROBE_TIMES,
+                 "real": {"swd": laplacian_swd(x, ref), "laplacian_energy": laplacian_energy(x)},
+                 "bicubic": {**measured(bicubic), "x0_errors": [float((bicubic - x).square().mean())]}, "runs": []}
+    for run in runs_:
+        pipe = diffusa.load(run)
+        t0 = time.time()
+        res = pipe.upscale(low, sampler=args.sampler, steps=args.sample_steps, seed=0, noise_level=args.noise_level)
+        seconds = time.time() - t0
+        cfg = json.loads((run / "config.json").read_text())
+        log = last_log(run)
+        row = {"run": str(run), "sampler": res.settings["sampler"], "noise_level": res.settings["noise_level"],
+               "nfe": res.settings["nfe"], "seconds": seconds, "train_steps": log.get("step"),
+               "train_minutes": log.get("elapsed_s", math.nan) / 60,
+               "patch_size": cfg["network"]["config"].get("patch_size", 1),
+               "weighting": cfg["config"]["loss"]["weighting"], "init": (cfg.get("init") or {}).get("from"),
+               **measured(res.samples), "x0_errors": x0_errors(pipe, x, low)}
+        rec["runs"].append(row)
+        print(row, flush=True)
+        write_json(Path(args.raw) / "super_resolution_rgb.json", rec)
+        k = min(6, len(x))
+        save_strip([F.interpolate(low[:k], size=x.shape[-2:], mode="nearest"), bicubic[:k], res.samples[:k], x[:k]],
+                   Path(args.img) / "sr_rgb_rows.png", ["low-res", "bicubic", "diffusion", "original"])
+
+
+def rgb_folder(args: argparse.Namespace) -> Path:
+    """The RGB training folder (synthetic scenes, seed 0), written under --runs unless there."""
+    from diffusa.data.scenes import write_scene_folder
+
+    folder = Path(args.runs) / "scenes"
+    if not folder.exists():
+        write_scene_folder(folder, args.rgb_scenes, args.rgb_size)
+    return folder
+
+
+def train_rgb(args: argparse.Namespace, run: Path, overrides: list[str], steps: int) -> None:
+    """The default recipe on the RGB folder with `overrides`, `steps` steps, unless `run` is trained already."""
+    if not (run / "model.safetensors").exists():
+        cfg = load_config(overrides=[f"data.name={json.dumps(str(rgb_folder(args)))}", *COMMON, *args.set,
+                                     *overrides, f"train.steps={steps}"])
+        diffusion_engine(cfg, run, progress=False).fit()
+
+
+def cmd_rgb_cascade(args: argparse.Namespace) -> None:
+    """Cascaded diffusion at 64x64 RGB: an unconditional 16x16 base model + the 4x upscaler (--rgb-run), against
+    a single-stage 64x64 model trained for the minutes of both (trained here if missing; train.max_minutes, its
+    steps a ceiling, --rgb-single-steps); realism of --n samples of each by `laplacian_swd` to held-out scenes."""
+    from diffusa.data.scenes import render_scenes
+    from diffusa.metrics import laplacian_swd
+    from diffusa.pipelines import cascade
+    from diffusa.viz import save_image_grid
+
+    size, low, up_run = args.rgb_size, args.rgb_size // 4, Path(args.rgb_run[0])
+    base_run, single_run = Path(args.runs) / f"base{low}_rgb", Path(args.runs) / f"single{size}_rgb"
+    # both at full resolution (patch 1), as the upscaler; the single-stage model is the upscaler's network less
+    # the condition image, so the comparison is of the pipelines, not of two architectures
+    net = json.loads((up_run / "config.json").read_text())["network"]["config"]
+    same = [f"model.net.{k}={json.dumps(net[k])}" for k in ("channels", "channel_mult", "attention_resolutions",
+                                                             "num_res_blocks", "patch_size")]
+    train_rgb(args, base_run, [f"data.image_size={low}", "model.net.patch_size=1"], args.rgb_base_steps)
+    minutes = sum(last_log(r).get("elapsed_s", 0.0) for r in (base_run, up_run)) / 60
+    train_rgb(args, single_run, [f"data.image_size={size}", *same, f"train.max_minutes={minutes}"],
+              args.rgb_single_steps)
+    ref = render_scenes(args.n, size, seed=1)
+    base, up, single = (diffusa.load(r) for r in (base_run, up_run, single_run))
+    rec: dict = {"n": args.n, "steps": args.sample_steps, "rows": [],
+                 "real": laplacian_swd(render_scenes(args.n, size, seed=2), ref)}
+    for name, draw in (("cascade", lambda: cascade(base, up, n=args.n, steps=args.sample_steps, seed=0)),
+                       ("single stage", lambda: single(n=args.n, steps=args.sample_steps, seed=0))):
+        t0 = time.time()
+        res = draw()
+        seconds = time.time() - t0
+        rec["rows"].append({"model": name, "swd": laplacian_swd(res.samples, ref), "seconds": seconds,
+                            "laplacian_energy": laplacian_energy(res.samples) / laplacian_energy(ref)})
+        print(rec["rows"][-1], flush=True)
+        save_image_grid(res.samples[:32], Path(args.img) / f"sr_rgb_{name.replace(' ', '_')}.png", nrow=8)
+    rec["minutes"] = {str(r): last_log(r).get("elapsed_s", math.nan) / 60
+                      for r in (base_run, up_run, single_run)}
+    rec["train_steps"] = {str(r): last_log(r).get("step") for r in (base_run, up_run, single_run)}
+    write_json(Path(args.raw) / "super_resolution_rgb_cascade.json", rec)
+
+
 def mosaic(args: argparse.Namespace, side: int, cell: int) -> torch.Tensor:
     """A side x side image of held-out digits shrunk to cell x cell, row by row (cropped to `side`)."""
     test = load_dataset(args.data, "test")
@@ -291,6 +421,43 @@ def report_lines(raw: Path) -> list[str]:
             lines.append(f"| {r['model']} | {aug} | {level} | {r['fd']:.1f} | {r['accuracy']:.3f} |")
         mins = ca["minutes"]
         lines += ["", "Training minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in mins.items()) + "."]
+    rgb = _load(raw / "super_resolution_rgb.json")
+    lines += ["", "**A folder of RGB images** (`rgb`: synthetic scenes, 16 -> 64 (4x), held-out ones; SWD: sliced "
+              "Wasserstein distance x 1e3 of 7x7 neighbourhoods per Laplacian level, finest first, to other real "
+              "scenes; detail: mean squared Laplacian / the originals'; x0 error: the denoiser's MSE on the scenes "
+              f"noised to t = {', '.join(f'{t:g}' for t in PROBE_TIMES)}, given the clean condition):", "",
+              "| upscaler | PSNR (dB) | SSIM | SWD per level | detail | consistency MSE | x0 error by t |",
+              "|---|---|---|---|---|---|---|"]
+    if rgb is None:
+        lines.append(f"| 16->64 (4x), RGB, diffusion and bicubic | {' | '.join([NOT_MEASURED] * 6)} |")
+    else:
+        real = rgb["real"]
+
+        def cells(m: dict) -> str:
+            return (f"{m['psnr']:.2f} | {m['ssim']:.3f} | {' / '.join(f'{v:.0f}' for v in m['swd'])} | "
+                    f"{m['laplacian_energy'] / real['laplacian_energy']:.2f} | {m['consistency_mse']:.4f} | "
+                    f"{' / '.join(f'{v:.3f}' for v in m['x0_errors'])}")
+
+        for r in rgb["runs"]:
+            lines.append(f"| {r['run']}: patch {r['patch_size']}, weighting {r['weighting']}, {r['train_steps']} "
+                         f"steps ({r['train_minutes']:.1f} min){', from ' + r['init'] if r.get('init') else ''}; "
+                         f"{r['sampler']} {rgb['steps']} | {cells(r)} |")
+        lines.append(f"| bicubic (x0 error: of the upscaled input itself) | {cells(rgb['bicubic'])} |")
+        lines.append(f"| real scenes (n = {rgb['n']}) | | | {' / '.join(f'{v:.0f}' for v in real['swd'])} | 1.00 | | |")
+    rc = _load(raw / "super_resolution_rgb_cascade.json")
+    lines += ["", "**Cascade at 64x64 RGB** (`rgb-cascade`: a 16x16 base + the 4x upscaler against one 64x64 model "
+              "trained for the minutes of both; SWD to held-out scenes, finest level first):", "",
+              "| model | training (steps, minutes) | SWD per level | detail | sampling s |", "|---|---|---|---|---|"]
+    if rc is None:
+        lines.append(f"| cascade, single stage | | {NOT_MEASURED} | | |")
+    else:
+        runs_ = list(rc["minutes"])
+        trained = {"cascade": " + ".join(f"{rc['train_steps'][r]} ({rc['minutes'][r]:.1f})" for r in runs_[:2]),
+                   "single stage": f"{rc['train_steps'][runs_[2]]} ({rc['minutes'][runs_[2]]:.1f})"}
+        for r in rc["rows"]:
+            lines.append(f"| {r['model']} | {trained[r['model']]} | {' / '.join(f'{v:.0f}' for v in r['swd'])} | "
+                         f"{r['laplacian_energy']:.2f} | {r['seconds']:.0f} |")
+        lines.append(f"| real scenes (n = {rc['n']}) | | {' / '.join(f'{v:.0f}' for v in rc['real'])} | 1.00 | |")
     lines += ["", "**Tiled upscale** (`tiled`):", "", "| input -> output | steps | tiles | seconds | peak RSS, "
               "model loaded | peak RSS, upscaling |", "|---|---|---|---|---|---|"]
     if ti is None:
@@ -315,7 +482,8 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = stage_parser(__doc__, ["train", "eval", "cascade", "tiled", "report", "tiled-child"])
+    ap = stage_parser(__doc__, ["train", "eval", "cascade", "tiled", "rgb", "rgb-cascade", "report",
+                                  "tiled-child"])
     ap.add_argument("--data", default="mnist5k")
     ap.add_argument("--runs", default="runs/sr")
     ap.add_argument("--base-size", type=int, default=14, help="the base model's image size")
@@ -333,11 +501,19 @@ def main() -> None:
                     help="cascade: sampling levels of the augmented upscaler")
     ap.add_argument("--tiled-size", type=int, default=256)
     ap.add_argument("--tiled-steps", type=int, default=10)
+    ap.add_argument("--rgb-run", nargs="+", default=["runs/scenes-sr4"],
+                    help="rgb: 4x RGB upscalers to measure (the first trained if missing); rgb-cascade: the first")
+    ap.add_argument("--rgb-steps", type=int, default=6000, help="rgb: its training steps, if trained here")
+    ap.add_argument("--rgb-base-steps", type=int, default=6000, help="rgb-cascade: the 16x16 base model's steps")
+    ap.add_argument("--rgb-single-steps", type=int, default=8000,
+                    help="rgb-cascade: the single-stage 64x64 model's step ceiling (its minutes: base + upscaler)")
+    ap.add_argument("--rgb-scenes", type=int, default=5000, help="rgb: scenes in its training folder")
+    ap.add_argument("--rgb-size", type=int, default=64, help="rgb: the scenes' size")
     ap.add_argument("--doc", help="report: also fill the marked results section of this page")
     ap.add_argument("--child-mode", choices=["load", "upscale"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    stages = {"train": cmd_train, "eval": cmd_eval, "cascade": cmd_cascade, "tiled": cmd_tiled,
-              "report": cmd_report}
+    stages = {"train": cmd_train, "eval": cmd_eval, "cascade": cmd_cascade, "tiled": cmd_tiled, "rgb": cmd_rgb,
+              "rgb-cascade": cmd_rgb_cascade, "report": cmd_report}
     if args.stage == "tiled-child":
         cmd_tiled_child(args)
         return
@@ -351,6 +527,8 @@ def quick(args: argparse.Namespace) -> None:
     args.steps = args.base_steps = args.single_steps = 3
     args.n, args.sample_steps, args.levels, args.tiled_size, args.tiled_steps = 20, 3, [0.0, 0.1], 16, 2
     args.base_size = 4  # 8x8 digits: a 4x4 base, upscaled 2x
+    args.rgb_run, args.rgb_steps, args.rgb_scenes, args.rgb_size = ["quick/runs/rgb"], 3, 16, 16  # 4 -> 16 RGB
+    args.rgb_base_steps = args.rgb_single_steps = 3
     args.set = [*args.set, "model.net.channels=8", "train.warmup=1"]
 
 

@@ -141,3 +141,33 @@ def test_image_fd_floor_is_far_below_noise(digit_classifier_path, mnist5k: dict)
     f_train, _ = classify(train.x[perm[:500]])
     f_noise, _ = classify(torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1)
     assert frechet_distance(f_train, f_test) < 0.1 * frechet_distance(f_noise, f_test)
+
+
+def test_sliced_wasserstein_of_a_shift_is_the_mean_projected_shift() -> None:
+    from diffusa.metrics import sliced_wasserstein
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    shift = torch.tensor([0.5, -1.0, 2.0, 0.0, 0.25], dtype=torch.float64)
+    # each projection of a + shift is that of a moved by <shift, theta>: sorted pairs differ by exactly that
+    dirs = torch.randn(5, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = float((shift @ (dirs / dirs.norm(dim=0))).abs().mean())
+    got = sliced_wasserstein(a, a + shift, projections=64, generator=torch.Generator().manual_seed(3))
+    assert got == pytest.approx(expected, rel=1e-12)
+    assert sliced_wasserstein(a, a[torch.randperm(300, generator=g)]) == 0.0  # the order of a set does not matter
+    with pytest.raises(ValueError, match="one shape"):
+        sliced_wasserstein(a, a[:10])
+
+
+def test_laplacian_swd_is_zero_on_one_set_and_sees_lost_detail_at_the_fine_levels() -> None:
+    import torch.nn.functional as F
+
+    from diffusa.data.scenes import render_scenes
+    from diffusa.metrics import laplacian_swd
+
+    x, other = render_scenes(24, 32, seed=1), render_scenes(24, 32, seed=2)
+    assert laplacian_swd(x, x, smallest=8) == [0.0, 0.0, 0.0]  # levels 32, 16 and the 8x8 residual
+    blurry = F.interpolate(F.avg_pool2d(x, 4), scale_factor=4, mode="bicubic")
+    real, lost = laplacian_swd(x, other, smallest=8), laplacian_swd(blurry, other, smallest=8)
+    # the finest level: real scenes against real ones stay close, the 4x-shrunk-and-bicubic ones do not
+    assert lost[0] > 5 * real[0] and lost[1] > 2 * real[1]

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from diffusa.checkpoint import load_state_dict_strict, load_tensors
 from diffusa.nets.classifier import TRAIN_KINDS, UNSEEN_KINDS, DigitClassifier, gaussian_blur, non_digits
@@ -119,6 +120,59 @@ def energy_distance(x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray) 
     x = torch.as_tensor(np.asarray(x), dtype=torch.float64)
     y = torch.as_tensor(np.asarray(y), dtype=torch.float64)
     return float(2 * torch.cdist(x, y).mean() - torch.cdist(x, x).mean() - torch.cdist(y, y).mean())
+
+
+def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 512,
+                       generator: torch.Generator | None = None) -> float:
+    """Sliced Wasserstein-1 distance between two equal-size point sets (N, D): the mean over `projections` random
+    unit directions of the 1-D Wasserstein distance of the projections (sorted, paired, mean |difference|)."""
+    if a.shape != b.shape or a.dim() != 2:
+        raise ValueError(f"sliced_wasserstein needs two (N, D) sets of one shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    dirs = torch.randn(a.shape[1], projections, generator=g, dtype=torch.float64)
+    dirs = dirs / dirs.norm(dim=0, keepdim=True)
+    pa, pb = ((dirs.T @ v.double().T).sort(dim=1).values for v in (a, b))  # (projections, N): rows contiguous
+    return float((pa - pb).abs().mean())
+
+
+def _neighbourhoods(band: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, patch: int) -> torch.Tensor:
+    """The patch x patch neighbourhoods of (N, C, H, W) images with top-left corners (rows, cols), each (N, K):
+    (N * K, C, patch^2)."""
+    n, c = band.shape[:2]
+    offsets = torch.arange(patch)
+    ii = rows[:, :, None, None] + offsets[:, None]  # (n, k, patch, 1)
+    jj = cols[:, :, None, None] + offsets  # (n, k, 1, patch)
+    picked = band.permute(0, 2, 3, 1)[torch.arange(n)[:, None, None, None], ii, jj]  # (n, k, patch, patch, c)
+    return picked.reshape(-1, patch * patch, c).transpose(1, 2)
+
+
+def laplacian_swd(x: torch.Tensor, y: torch.Tensor, patch: int = 7, per_image: int = 64, smallest: int = 16,
+                  seed: int = 0) -> list[float]:
+    """Sliced Wasserstein distance of local image statistics (Karras et al. 2018, App. D), a realism measure for
+    images without a pretrained network: per level of a Laplacian pyramid (full size down to `smallest`, the
+    last level the Gaussian residual), `per_image` random patch x patch neighbourhoods of each image of both sets
+    (the same places), each channel normalised by the level's mean and std over both sets, then
+    `sliced_wasserstein`; one number per level (x 1e3), finest first. Equal set sizes, images (N, C, H, W)."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    level = [x.double(), y.double()]
+    while True:
+        last = level[0].shape[-1] // 2 < smallest
+        down = [F.avg_pool2d(v, 2) for v in level]
+        up = [F.interpolate(d, scale_factor=2, mode="bilinear") for d in down]
+        bands = level if last else [v - u for v, u in zip(level, up, strict=True)]
+        n, _, h, w = bands[0].shape
+        rows = torch.randint(0, h - patch + 1, (n, per_image), generator=g)
+        cols = torch.randint(0, w - patch + 1, (n, per_image), generator=g)
+        px, py = (_neighbourhoods(b, rows, cols, patch) for b in bands)
+        both = torch.cat([px, py])
+        mean, std = both.mean(dim=(0, 2), keepdim=True), both.std(dim=(0, 2), keepdim=True).clamp_min(1e-8)
+        out.append(1e3 * sliced_wasserstein(((px - mean) / std).flatten(1), ((py - mean) / std).flatten(1),
+                                            generator=g))
+        if last:
+            return out
+        level = down
 
 
 def confidence_stats(probs: torch.Tensor, threshold: float = CONFIDENCE) -> dict[str, Any]:

@@ -320,6 +320,13 @@ class UNetKind(NetworkKind):
         spec = {**DEFAULT_UNET, "in_channels": c, "out_channels": c * out_mult, "image_size": h}
         if h % 2:
             spec["patch_size"] = 1
+        elif (c + request.cond_channels) * 4 > spec["channels"] // 2:
+            # RGB with a condition image (a 64x64 4x upscaler: 24 values per 2x2 patch into 32 channels) loses the
+            # per-pixel detail it must pass through: full resolution, a fourth level keeps the deepest at h / 8
+            # (docs/super_resolution.md, "A folder of RGB images")
+            spec["patch_size"] = 1
+            if h >= 32:
+                spec.update({"channel_mult": [1, 2, 2, 2], "attention_resolutions": [h // 8]})
         if h // spec["patch_size"] <= 8:  # small inputs (8x8 digits, 7x7 latents): two levels, attention below
             spec.update({"channel_mult": [1, 2], "attention_resolutions": [(h // spec["patch_size"] + 1) // 2]})
         spec.update(request.net)
