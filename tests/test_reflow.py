@@ -173,9 +173,10 @@ def test_distilling_a_flow_to_k_euler_steps(tmp_path: Path, cli) -> None:
     drawn = pipe(n=16, seed=3)  # the recommendation: one Euler step
     assert drawn.settings["sampler"] == "euler" and drawn.settings["nfe"] == 1
     # K = 2: the loss sees t only at 1 and 1/2
-    two = reflow_engine(teacher, tmp_path / "two", reflow_settings(steps=1), ReflowConfig(pairs=64, ode_steps=2,
-                                                                                          distill_steps=2),
+    mine = reflow_settings(steps=1)
+    two = reflow_engine(teacher, tmp_path / "two", mine, ReflowConfig(pairs=64, ode_steps=2, distill_steps=2),
                         progress=False)
+    assert mine.sample_steps == reflow_settings(steps=1).sample_steps  # the caller's settings are not changed
     idx = torch.arange(64)
     got = two.task.loss(idx, two.task.pairs["sample"][idx], torch.Generator().manual_seed(0)).extra
     assert set(got.tolist()) == {0.5, 1.0} and two.task.k == 1, got

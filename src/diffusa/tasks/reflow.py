@@ -27,7 +27,7 @@ distils its 2-rectified flow with K = 1 (its best one-step results); it uses LPI
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -311,8 +311,8 @@ def reflow_engine(teacher: str | Path, out: str | Path, settings: TrainConfig | 
     config = (config or ReflowConfig()).check()
     settings = settings or reflow_settings()
     check_out(out, resume, what="a run")  # before the teacher's ODE is solved
-    if config.distill_steps:  # the preview draws as the student will be drawn
-        settings.sample_steps = config.distill_steps
+    if config.distill_steps:  # the preview draws as the student will be drawn (a copy: the caller's stays)
+        settings = replace(settings, sample_steps=config.distill_steps)
     if resume:
         check_same_reflow(Path(out), teacher, config, settings)
     task = ReflowTask(teacher, settings, config, Path(out) / PAIRS, progress)
