@@ -24,7 +24,7 @@ labels 0..9 in turn, the base model at guidance 1 (the conditional model); FD an
 labels. Tiled: a mosaic of shrunk held-out digits, 256x256, upscaled 4x in tiles of the model's 7x7 input,
 --tiled-steps steps, in a child process whose peak resident memory is read from the OS (and that of a child that
 only loads the model, for the baseline). RGB: a 4x upscaler trained on a folder of synthetic 64x64 scenes
-(`python -m diffusa.data.scenes`, seed 0; the default recipe, data.super_resolution=4), upscaling held-out scenes
+(`diffusa scenes`, seed 0; the default recipe, data.super_resolution=4), upscaling held-out scenes
 (seed 1) beside bicubic; no judge knows scenes, so realism is the sliced Wasserstein distance of local statistics
 (Karras et al. 2018, App. D: `diffusa.metrics.laplacian_swd`) to other real scenes (seed 2), and detail the mean
 squared Laplacian against the originals'.

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from diffusa.data import load_dataset, resize_images
-from diffusa.data.scenes import main, render_scenes, scene_pixels, write_scene_folder
+from diffusa.data.scenes import render_scenes, scene_pixels, write_scene_folder
 from diffusa.errors import DiffusaError
 
 
@@ -62,13 +62,21 @@ def test_a_4x_shrink_loses_detail() -> None:
     assert (half - x).square().mean() < 0.6 * mse.mean()  # a 2x shrink loses less
 
 
-def test_module_entry_point(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_diffusa_scenes_writes_the_folder_and_refuses_one_that_holds_files(tmp_path, cli) -> None:
     folder = tmp_path / "made"
-    assert main([str(folder), "--n", "3", "--size", "16", "--seed", "1"]) == 0
+    r = cli("scenes", folder, "--n", "3", "--size", "16", "--seed", "1")
+    assert r.code == 0 and "wrote 3 scenes (16x16 RGB, seed 1)" in r.out, r.err
     assert sorted(p.name for p in folder.iterdir()) == [f"scene_{i:05d}.png" for i in range(3)]
-    assert main([str(folder), "--n", "3"]) == 2  # a folder that holds files: refused without --force
-    assert "not empty" in capsys.readouterr().err
-    assert main([str(folder), "--n", "2", "--size", "16", "--force"]) == 0
+    before = (folder / "scene_00000.png").read_bytes()
+    r = cli("scenes", folder, "--n", "3")  # a folder that holds files: refused without --force, nothing written
+    assert r.code == 2 and "not empty" in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert (folder / "scene_00000.png").read_bytes() == before
+    (tmp_path / "file").write_text("x")
+    r = cli("scenes", tmp_path / "file")
+    assert r.code == 2 and "is not a folder" in r.err, r.err
+    r = cli("scenes", tmp_path / "big", "--size", "100000")  # a size that would not fit in memory: one line
+    assert r.code == 2 and "size must be at most 1024" in r.err and not (tmp_path / "big").exists(), r.err
+    assert cli("scenes", folder, "--n", "2", "--size", "16", "--force").code == 0
 
 
 def test_rgb_super_resolution_from_a_scene_folder(tmp_path, cli) -> None:

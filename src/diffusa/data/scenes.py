@@ -11,15 +11,13 @@ A scene is drawn at `SUPERSAMPLE` times its size with PIL's ImageDraw and shrunk
 edges). Scene i of seed s is drawn from its own generator, `numpy.random.default_rng((s, i))`, so it does not depend
 on n, and the same (seed, n, size) gives the same bytes.
 
-    python -m diffusa.data.scenes scenes/ --n 2000            # 2,000 PNGs, 64x64 RGB: a user-style image folder
+    diffusa scenes scenes/ --n 2000                           # 2,000 PNGs, 64x64 RGB: a user-style image folder
     diffusa train --data scenes/ --set data.super_resolution=4 ...   # docs/super_resolution.md
 """
 
 from __future__ import annotations
 
-import argparse
 import colorsys
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from diffusa.errors import DiffusaError
 
 SUPERSAMPLE = 4  # drawn at this many times the size, then box-averaged down
 MIN_SIZE = 8  # a scene's smallest side
+MAX_SIZE = 1024  # and its largest: drawn at SUPERSAMPLE x, a 4096 x 4096 canvas (50 MB)
 FILE_PATTERN = "scene_{:05d}.png"
 
 Color = tuple[int, int, int]
@@ -330,6 +329,8 @@ def _check(n: int, size: int, seed: int) -> None:
     for name, value, low in (("n", n, 0), ("size", size, MIN_SIZE), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
             raise DiffusaError(f"{name} must be an integer >= {low}, got {value!r}")
+    if size > MAX_SIZE:
+        raise DiffusaError(f"size must be at most {MAX_SIZE}, got {size}")
 
 
 def scene_pixels(n: int, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -363,36 +364,5 @@ def write_scene_folder(folder: str | Path, n: int, size: int = 64, seed: int = 0
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m diffusa.data.scenes FOLDER --n N [--size S] [--seed K] [--force]`."""
-    from diffusa.cli_common import positive_int
-
-    p = argparse.ArgumentParser(prog="python -m diffusa.data.scenes",
-                                description="Write synthetic RGB landscape scenes as PNGs: an image folder for "
-                                            "`diffusa train --data FOLDER`.")
-    p.add_argument("folder", help="folder to write (made if missing)")
-    p.add_argument("--n", type=positive_int, default=2000, help="number of scenes (default 2000)")
-    p.add_argument("--size", type=positive_int, default=64, help="side in pixels (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="scene i is drawn from the seed (seed, i) (default 0)")
-    p.add_argument("--force", action="store_true", help="write into a folder that already holds files")
-    args = p.parse_args(argv)
-    folder = Path(args.folder)
-    try:
-        if folder.exists() and not folder.is_dir():
-            raise DiffusaError(f"{folder} exists and is not a folder")
-        if folder.is_dir() and any(folder.iterdir()) and not args.force:
-            raise DiffusaError(f"{folder} is not empty: a training folder reads every image in it (choose an empty "
-                               "folder, or --force to write into it)")
-        paths = write_scene_folder(folder, args.n, args.size, args.seed)
-    except DiffusaError as e:
-        sys.stderr.write(f"scenes: error: {e}\n")
-        return 2
-    print(f"wrote {len(paths)} scenes ({args.size}x{args.size} RGB, seed {args.seed}) to {folder}/")
-    return 0
-
-
-__all__ = ["FILE_PATTERN", "SUPERSAMPLE", "main", "render_scene", "render_scenes", "scene_pixels",
+__all__ = ["FILE_PATTERN", "SUPERSAMPLE", "render_scene", "render_scenes", "scene_pixels",
            "write_scene_folder"]
-
-if __name__ == "__main__":
-    sys.exit(main())
