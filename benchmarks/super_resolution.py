@@ -245,13 +245,13 @@ def cmd_rgb(args: argparse.Namespace) -> None:
     train_rgb(args, runs_[0], ["data.super_resolution=4", f"data.image_size={args.rgb_size}"], args.rgb_steps)
     size = args.rgb_size
     x, ref = render_scenes(args.n, size, seed=1), render_scenes(args.n, size, seed=2)  # held out; SWD's reference
-    low = F.avg_pool2d(x, 4)  # the upscalers' own low_res: block averages
+    low = resize_images(x, size // 4)  # block averages, as ImageCondition.low_res makes the upscalers' inputs
     bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
 
     def measured(out: torch.Tensor) -> dict:
         return {"psnr": psnr(out, x), "ssim": ssim(out, x), "swd": laplacian_swd(out, ref),
                 "laplacian_energy": laplacian_energy(out),
-                "consistency_mse": float((F.avg_pool2d(out, 4) - low).square().mean())}
+                "consistency_mse": float((resize_images(out, size // 4) - low).square().mean())}
 
     rec: dict = {"n": args.n, "size": size, "factor": 4, "steps": args.sample_steps, "probe_times": PROBE_TIMES,
                  "real": {"swd": laplacian_swd(x, ref), "laplacian_energy": laplacian_energy(x)},

@@ -303,3 +303,15 @@ def test_image_channels_of_every_kind() -> None:
     assert network_kind("unet").image_channels({}) == 0
     assert network_kind("text_unet").image_channels({"unet": {"cond_channels": 2}, "text": {}}) == 2
     assert network_kind("mlp").image_channels({"dim": 2}) == 0
+
+
+@pytest.mark.parametrize(("shape", "cond", "patch", "mult", "attention"), [
+    ((1, 28, 28), 0, 2, [1, 2, 2], [7, 4]),  # digits: 2x2 patches (4 values into 32 channels)
+    ((1, 28, 28), 2, 2, [1, 2, 2], [7, 4]),  # a mask-conditioned digit model: 12 values, still patched
+    ((3, 64, 64), 0, 2, [1, 2, 2], [7, 4]),  # RGB without a condition image: 12 values, patched
+    ((3, 64, 64), 3, 1, [1, 2, 2, 2], [8]),  # an RGB upscaler: 24 values would crowd 32 channels: full resolution
+    ((3, 16, 16), 3, 1, [1, 2, 2], [7, 4]),  # a small one: full resolution, the three default levels
+])
+def test_the_default_unet_patches_only_while_a_patch_fits_half_its_width(shape, cond, patch, mult, attention) -> None:
+    _, spec = network_config("unet", NetRequest(shape, cond_channels=cond))
+    assert (spec["patch_size"], spec["channel_mult"], spec["attention_resolutions"]) == (patch, mult, attention)
