@@ -59,7 +59,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         cfg = load_config(overrides=[*base, *LATENT_NET, f"data.latent='{ae.resolve()}'",
                                      f"train.steps={args.latent_steps}", *args.latent_set])
         snaps = [round(args.latent_steps * f) for f in (1 / 6, 1 / 3, 1 / 2, 2 / 3)]
-        diffusion_engine(cfg, latent, progress=False).fit(on_step=snapshots(latent, snaps))
+        diffusion_engine(cfg, latent, progress=False).fit(on_step=snapshots(snaps))
 
 
 def step_seconds(run: Path, repeats: int) -> float:

@@ -72,7 +72,7 @@ def train(cfg_overrides: list[str], out: Path, steps: int, snaps: tuple[int, ...
     cfg = load_config(overrides=["data.name='mnist5k'", f"train.steps={steps}", "train.sample_every=0",
                                  "train.checkpoint_every=200", *cfg_overrides])
     trainer = diffusion_engine(cfg, out, progress=True, resume=(out / "train_state.json").exists())
-    trainer.fit(on_step=snapshots(out, snaps, last_log(out).get("elapsed_s", 0.0) if trainer.step else 0.0))
+    trainer.fit(on_step=snapshots(snaps))
 
 
 def stage_ae(args: argparse.Namespace) -> None:

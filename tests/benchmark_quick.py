@@ -35,6 +35,9 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
         assert "classifier-free (w)" in table and "held-out templates" in table
         assert "worst held-out template" in table and "| text, n 20 | 3 | 2 |" in table
         assert (tmp_path / "quick" / "img" / "guidance_tradeoff.png").stat().st_size > 1000
+    elif script == "autoguidance.py":
+        assert "(none: the run alone) | 1 | 3 |" in table and "| step_2 | 2 | 6 |" in table
+        assert (tmp_path / "quick" / "img" / "autoguidance.png").stat().st_size > 1000
     elif script == "ldm.py":
         assert "seconds per training step" in table and "conditional accuracy, held-out templates" in table
         assert (tmp_path / "quick" / "img" / "ldm_fd_vs_time.png").stat().st_size > 1000

@@ -9,7 +9,8 @@ from benchmark_quick import check_quick_mode
 
 
 @pytest.mark.parametrize("script", ["iddpm_repro.py", "nfe.py", "guidance.py", "ldm.py", "two_processes.py",
-                                    "reflow_toy.py", "editing.py", "sketches.py"])
+                                    "reflow_toy.py", "editing.py", "sketches.py",
+                                    "autoguidance.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     check_quick_mode(script, tmp_path)
 

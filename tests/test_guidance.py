@@ -16,6 +16,7 @@ from diffusa import Denoiser
 from diffusa.cond import Cond, as_cond
 from diffusa.errors import DiffusaError
 from diffusa.guidance import (
+    AutoGuided,
     ClassifierFreeGuided,
     ClassifierGuided,
     classifier_free,
@@ -396,3 +397,65 @@ def test_classifier_log_prob_reads_the_label_column():
     logits = Fixed()(x, proc.c_noise(t))
     expect = torch.log_softmax(logits, 1)[torch.arange(3), torch.tensor([0, 2, 1])]
     assert torch.allclose(lp(x, t, torch.tensor([0, 2, 1])), expect)
+
+
+def gaussian_kind_denoiser(proc, kind: str, sd: float) -> Denoiser:
+    """The exact denoiser of isotropic 2-D data N(TWO_M[0], sd^2 I), emitted as parameterization `kind`."""
+
+    def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a, s = (v.view(-1, 1) for v in proc.alpha_sigma(t))
+        x0 = TWO_M[0] + sd**2 * a * (x - a * TWO_M[0]) / (a**2 * sd**2 + s**2)
+        return target_of(kind, x0, (x - a * x0) / s, a, s)
+
+    return Denoiser.from_function(fn, proc, prediction=kind)
+
+
+@pytest.mark.parametrize("kind", ["x0", "eps", "v"])
+@pytest.mark.parametrize("pname", ["ddpm_cosine", "vp", "ve", "flow"])
+def test_autoguidance_of_two_gaussians_is_the_score_of_their_geometric_mix(pname: str, kind: str):
+    """Karras et al. 2024, eq. 2 in score form: w grad log p_good + (1 - w) grad log p_bad, for Gaussians the score of
+    N(a m, v*) with 1 / v* = w / v_good + (1 - w) / v_bad, v = a^2 s^2 + sigma^2 (a narrower Gaussian for w > 1,
+    a wider bad model); x0 = (x_t + sigma^2 score) / alpha (Tweedie), in every parameterization."""
+    proc = PROCS[pname]
+    good, bad = gaussian_kind_denoiser(proc, kind, 0.5), gaussian_kind_denoiser(proc, kind, 0.9)
+    gen = torch.Generator().manual_seed(2)
+    x = 2 * torch.randn(8, 2, dtype=F64, generator=gen)
+    t = torch.linspace(0.2, 0.9, 8, dtype=F64)
+    a, s = (v.view(-1, 1) for v in proc.alpha_sigma(t))
+    v_good, v_bad = a**2 * 0.25 + s**2, a**2 * 0.81 + s**2
+    for w in (0.0, 1.0, 2.5):
+        pred = AutoGuided(good, bad, w)(x, t)
+        v_star = 1 / (w / v_good + (1 - w) / v_bad)
+        score = -(x - a * TWO_M[0]) / v_star
+        assert torch.allclose(pred.score, score, rtol=1e-9, atol=1e-9)
+        assert torch.allclose(pred.x0, (x + s**2 * score) / a, rtol=1e-9, atol=1e-9)
+    assert torch.equal(AutoGuided(good, bad, 1.0)(x, t).x0, good(x, t).x0)
+
+
+def test_autoguidance_asks_the_bad_model_only_when_it_guides_and_passes_the_conditioning():
+    seen_good: list = []
+    seen_bad: list = []
+    good, bad = recording_denoiser(seen_good), recording_denoiser(seen_bad)
+    x, t = torch.randn(3, 2), torch.full((3,), 0.5)
+    AutoGuided(good, bad, 1.0).raw(x, t, Cond(labels=torch.tensor([0, 1, 2])))
+    assert len(seen_good) == 1 and not seen_bad
+    AutoGuided(good, bad, 2.0).raw(x, t, Cond(labels=torch.tensor([0, 1, 2])))
+    assert len(seen_good) == 2 and len(seen_bad) == 1
+    assert torch.equal(as_cond(seen_bad[0]).labels, torch.tensor([0, 1, 2]))
+    guided = AutoGuided(good, bad, 2.0).derive(clip_x0=1.0)
+    assert isinstance(guided, AutoGuided) and guided.clip_x0 == 1.0 and guided.bad.clip_x0 == 1.0
+
+
+def test_autoguidance_refuses_models_it_cannot_mix():
+    proc = PROCS["vp"]
+    good = gaussian_kind_denoiser(proc, "eps", 0.5)
+    with pytest.raises(DiffusaError, match="parameterization"):
+        AutoGuided(good, gaussian_kind_denoiser(proc, "v", 0.9), 2.0)
+    with pytest.raises(DiffusaError, match="process"):
+        AutoGuided(good, gaussian_kind_denoiser(PROCS["subvp"], "eps", 0.9), 2.0)
+    with pytest.raises(DiffusaError, match="process"):
+        AutoGuided(good, gaussian_kind_denoiser(DiscreteDDPM("linear", 1000), "eps", 0.9), 2.0)
+    with pytest.raises(DiffusaError, match="guidance scale"):
+        AutoGuided(good, good, float("nan"))
+    with pytest.raises(DiffusaError, match="Denoiser"):
+        AutoGuided(good, "runs/bad", 2.0)

@@ -142,6 +142,30 @@ def test_stochastic_sampler_and_run_folder_bit_identical(client: TestClient, pla
         assert json.loads(r.headers["x-diffusa-settings"])["model"] == model
 
 
+def test_autoguidance_api_is_python_autoguidance(client: TestClient, place: dict[str, Path], tmp_path: Path) -> None:
+    """`autoguidance` draws against the snapshot the run kept (here a copy of mnist-pixel given one at a quarter of
+    its 16,000 steps), bit-identical to the pipeline; a model without one is a 4xx naming it, no path disclosed."""
+    from diffusa.checkpoint import load_tensors, save_tensors
+
+    guided = copy_run(place["pixel"], place["runs"] / "guided")
+    weights = load_tensors(guided / "model.safetensors")
+    save_tensors(guided / "snapshots" / "step_4000.safetensors", {k: 0.97 * v for k, v in weights.items()})
+    kw = {"n": 2, "sampler": "dpmpp_2m_sde", "steps": 3, "seed": 5, "autoguidance": 2.0}
+    r = post(client, {"model": "guided", **kw, "format": "npz"})
+    assert r.status_code == 200, r.text
+    (tmp_path / "g.npz").write_bytes(r.content)
+    res = diffusa.load(guided)(**kw)
+    assert res.settings["nfe"] == 6
+    with np.load(tmp_path / "g.npz", allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), res.samples)
+    r = post(client, {"model": "pixel", **kw})
+    assert r.status_code == 400 and "no snapshot step_4000" in r.json()["detail"], r.text
+    assert str(place["base"]) not in r.text
+    r = post(client, {"model": "guided", **kw, "autoguidance": 1e9})
+    assert r.status_code == 422 and "autoguidance" in r.text
+    shutil.rmtree(guided)
+
+
 def test_labels_and_prompt_lists(client: TestClient) -> None:
     r = post(client, {"model": "mnist-text", "label": [1, 2], "steps": 2})
     assert r.status_code == 200, r.text
@@ -864,7 +888,7 @@ def test_history_survives_a_new_app(client: TestClient, place: dict[str, Path]) 
         assert listed[0]["id"] == gid
         assert listed[0]["request"] == {"model": "pixel", "prompt": None, "n": 2, "label": None, "sampler": "euler",
                                         "steps": 2, "guidance_scale": None, "eta": None, "variance": None,
-                                        "spacing": None, "seed": 5}
+                                        "spacing": None, "seed": 5, "autoguidance": None}
         assert c.get(f"/api/history/{gid}/image").content == r.content
         assert c.get(f"/api/history/{gid}").json()["settings"] == json.loads(r.headers["x-diffusa-settings"])
         values, png, record = reload(app.state.service, gid)  # the page's click on the gallery
@@ -882,7 +906,7 @@ def test_page_request_uses_the_api_schema() -> None:
     req = page_request("mnist-text", "a 3", "", "dpmpp_2m", 4.0, 3, None, 12.0, 2.0)
     assert req.record() == {"model": "mnist-text", "prompt": "a 3", "n": 2, "label": None, "sampler": "dpmpp_2m",
                             "steps": 4, "guidance_scale": 3.0, "eta": None, "variance": None, "spacing": None,
-                            "seed": 12}
+                            "seed": 12, "autoguidance": None}
     assert page_request("mnist-text", "  ", "all", "", 2, None, None, None, 1).label == "all"
     assert page_request("mnist-text", "", "1, 2", "ddim", 2, None, 0, 0, 2).label == [1, 2]
     for args, field in ((("mnist-text", "", "seven", "ddim", 2, None, None, 0, 1), "label"),

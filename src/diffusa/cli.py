@@ -18,7 +18,15 @@ import numpy as np
 import torch
 
 from diffusa.checkpoint import guard_output
-from diffusa.cli_common import force_flag, non_negative_float, png_out, positive_int, print_json, threads_flag
+from diffusa.cli_common import (
+    autoguidance_flags,
+    force_flag,
+    non_negative_float,
+    png_out,
+    positive_int,
+    print_json,
+    threads_flag,
+)
 from diffusa.cli_guidance import cmd_train_classifier
 from diffusa.errors import DiffusaError
 from diffusa.losses import OBJECTIVES
@@ -136,7 +144,7 @@ def pipeline_args(args: argparse.Namespace, n: int) -> dict[str, Any]:
         label = int(label)  # "all" stays; anything else is the pipeline's to refuse, naming the label
     kw = {"n": n, "seed": args.seed, "label": label, "guidance_scale": args.guidance_scale,
           "classifier": args.classifier, "classifier_scale": args.classifier_scale, "spacing": args.spacing,
-          "eta": args.eta, "variance": args.variance}
+          "eta": args.eta, "variance": args.variance, "autoguidance": args.autoguidance, "guide": args.guide}
     for key in ("sampler", "steps"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
@@ -184,17 +192,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
                    ["x_T (t=1)", *(labels[k] for k in sorted(labels))])
         print(f"wrote {args.trajectory}")
     s = res.settings
-    print(f"wrote {args.n} samples to {out} ({s['sampler']}, {s['steps']} steps)")  # the settings used (resolved)
+    guided = "" if s.get("autoguidance") is None else f", autoguidance {s['autoguidance']:g} ({s['nfe']} network calls)"
+    print(f"wrote {args.n} samples to {out} ({s['sampler']}, {s['steps']} steps{guided})")  # the settings used
     return 0
 
 
 # -- eval -------------------------------------------------------------------------------------
-EVAL_REFERENCE = 10_000  # held-out examples the samples are compared with (every built-in test split whole)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from diffusa.data import examples, run_dataset
-    from diffusa.metrics import classify, image_metrics, point_metrics
+    from diffusa.metrics import classify, eval_floor, eval_reference, image_metrics, point_metrics
     from diffusa.pipelines import load
 
     if args.out is not None:
@@ -203,7 +210,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         png_out(args.plot, "--plot", args.force)
     if args.bpd:
         given = [f"--{k.replace('_', '-')}" for k in ("sampler", "steps", "label", "prompt", "guidance_scale",
-                                                      "classifier", "classifier_scale", "spacing", "eta")
+                                                      "classifier", "classifier_scale", "spacing", "eta",
+                                                      "autoguidance", "guide")
                  if getattr(args, k) is not None]
         if given:
             raise DiffusaError(f"--bpd measures the model's likelihood of held-out data and draws no samples: "
@@ -217,16 +225,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pipe = load(args.run)
     use_threads(args.threads, pipe.is_image)
     dc = pipe.run.config.data
-    test = examples(run_dataset(dc, "test"), EVAL_REFERENCE)  # a folder that streams is read in part
+    test = eval_reference(dc)
     if args.bpd:
         return eval_bpd(pipe, test, args)
     check_prompt(pipe, args)
-    train = run_dataset(dc, "train")
     n = args.n or (1000 if pipe.is_image else 2000)
     res = pipe(args.prompt, **pipeline_args(args, n))
     x = res.samples
-    perm = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    floor_set = train.get(perm[:n])
+    floor_set = eval_floor(dc, n)
     metrics = image_metrics(x, test, floor_set) if pipe.is_image else point_metrics(x, test, floor_set)
     s = res.settings
     if res.labels is not None and pipe.is_image:  # the digit classifier's argmax against the requested labels
@@ -234,7 +240,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         "classifier_scale": s["classifier_scale"],
                         "conditional_accuracy": float((classify(x)[1].argmax(1) == res.labels).float().mean())})
     metrics.update({"run": str(args.run), "sampler": s["sampler"], "steps": s["steps"], "spacing": s["spacing"],
-                    **sampler_options(args), "seed": args.seed})
+                    **sampler_options(args), "seed": args.seed, "nfe": s["nfe"]})
+    if s.get("autoguidance") is not None:
+        metrics.update({"autoguidance": s["autoguidance"], "guide": s["guide"]})
     print_json(metrics, args.out)
     return 0
 
@@ -433,6 +441,7 @@ def build_parser() -> Parser:
                             "(diffusa distill --guidance-range) takes w as an input, inside its range")
         q.add_argument("--classifier", help="classifier guidance with this `diffusa train-classifier` folder")
         q.add_argument("--classifier-scale", type=float, help="classifier guidance scale s (default 1)")
+        autoguidance_flags(q)
         threads_flag(q)
 
     s = sub.add_parser("sample", help="draw samples from a trained run", description="Draw samples.")

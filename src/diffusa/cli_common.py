@@ -75,6 +75,16 @@ def thread_count(text: str) -> int:
 AUTO_HELP = "1 for point data, one per core for images"
 
 
+def autoguidance_flags(parser: argparse.ArgumentParser) -> None:
+    """Add --autoguidance W and --guide to a command that draws samples (`Pipeline.__call__`'s keywords)."""
+    parser.add_argument("--autoguidance", type=float, metavar="W",
+                        help="autoguidance (Karras et al. 2024): D_guide + W (D - D_guide), two network calls per "
+                             "step; W = 2 for a ten-minute mnist run (docs/guidance.md)")
+    parser.add_argument("--guide", metavar="SNAPSHOT|RUN",
+                        help="autoguidance's weaker model: step_N (a snapshot the run kept), a .safetensors file of "
+                             "the run's network, or another run (default: the snapshot at train.guide_at)")
+
+
 def threads_flag(parser: argparse.ArgumentParser, default_help: str = AUTO_HELP) -> None:
     """Add --threads to a command's parser (every command that runs a network takes it)."""
     parser.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",

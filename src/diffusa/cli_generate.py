@@ -11,7 +11,7 @@ import argparse
 import time
 from typing import Any
 
-from diffusa.cli_common import force_flag, positive_int, threads_flag
+from diffusa.cli_common import autoguidance_flags, force_flag, positive_int, threads_flag
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import DEFAULT_TEXT_SCALE
 from diffusa.pipelines.sampling import SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
@@ -36,6 +36,7 @@ def add_parser(sub: Any) -> None:
                    help=f"classifier-free guidance w (text models; default {DEFAULT_TEXT_SCALE:g}); a guided student "
                         "(diffusa distill --guidance-range) takes w as an input, inside its range")
     g.add_argument("--seed", type=int, default=0)
+    autoguidance_flags(g)
     threads_flag(g)
     force_flag(g)
     g.set_defaults(func=cmd_generate)
@@ -55,11 +56,14 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if pipe.num_classes and not pipe.is_text and args.prompt is None:  # generate has no --label
         raise DiffusaError(f"{name} is class-conditional: use diffusa sample {name} --label K")
     kw = {k: getattr(args, k) for k in ("sampler", "steps") if getattr(args, k) is not None}
-    res = pipe(args.prompt, n=args.n, guidance_scale=args.guidance_scale, seed=args.seed, **kw)
+    res = pipe(args.prompt, n=args.n, guidance_scale=args.guidance_scale, seed=args.seed,
+               autoguidance=args.autoguidance, guide=args.guide, **kw)
     res.save(out, args.force)
     s = res.settings
     what = f"{args.prompt!r}, guidance {s['guidance_scale']:g}" if args.prompt is not None else "unconditional"
     eta = "" if s.get("eta") is None else f" eta {s['eta']:g}"
+    if s.get("autoguidance") is not None:
+        what += f", autoguidance {s['autoguidance']:g}"
     print(f"wrote {args.n} samples to {out} ({name}, {what}, {s['sampler']}{eta} {s['steps']} steps, "
           f"{time.perf_counter() - t0:.2f} s)")
     return 0

@@ -103,6 +103,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     label_dropout: float = 0.1  # share of labels (captions) replaced by the null label (empty caption) (Ho & Salimans)
     ema_warmup: bool = True  # decay min(ema_decay, (1 + step) / (10 + step))
+    guide_at: float = 0.25  # keep the EMA weights at this share of the steps (snapshots/step_N.safetensors): the
+    # weaker model that autoguidance (Karras et al. 2024; `diffusa.guidance.AutoGuided`) guides away from; 0 = none
     seed: int = 0
     max_minutes: float = 0.0  # > 0: stop (and checkpoint) after this much training time (per session: resumes too)
     log_every: int = 25

@@ -202,6 +202,47 @@ class ClassifierGuided(Denoiser):
         return pred.with_eps(eps, self.clip_x0)
 
 
+class AutoGuided(Denoiser):
+    """A Denoiser guided by a worse one: raw = bad + scale (good - bad) (Karras et al. 2024, eq. 2).
+
+    Both must share the process (the same alpha, sigma at every t, checked on a grid) and the parameterization, so
+    that mixing raw outputs mixes x0 and eps with the same weights (as `ClassifierFreeGuided`); two network calls
+    per evaluation (different networks). Scale 1 is the good model alone, 0 the bad one. A learned variance is the
+    good model's. Both receive the same conditioning. Process, prediction and settings are the good model's.
+    """
+
+    def __init__(self, good: Denoiser, bad: Denoiser, scale: float) -> None:
+        for name, d in (("good", good), ("bad", bad)):
+            if not isinstance(d, Denoiser):
+                raise DiffusaError(f"autoguidance's {name} model must be a Denoiser, got {type(d).__name__}")
+        if bad.prediction != good.prediction or bad.learned_variance != good.learned_variance:
+            raise DiffusaError(f"autoguidance mixes two models of one parameterization: the guiding model predicts "
+                               f"{bad.prediction}, the guided one {good.prediction}")
+        t = torch.linspace(0.02, 0.98, 17, dtype=torch.float64)
+        if type(bad.process) is not type(good.process) or not all(
+                torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+                for a, b in zip(good.process.alpha_sigma(t), bad.process.alpha_sigma(t), strict=True)):
+            raise DiffusaError("autoguidance mixes two models of one process: the guiding model's noise schedule "
+                               "differs from the guided one's")
+        self.base, self.bad, self.scale = good, bad, check_scale(scale)
+        super().__init__(self.mix, good.process, good.prediction, **good.settings())
+
+    def mix(self, x: torch.Tensor, t: torch.Tensor, cond: Any) -> torch.Tensor:
+        """bad + scale (good - bad) of the two raw outputs at (x_t, t); at scale 1 only the good model is asked."""
+        good = self.base.raw(x, t, cond)
+        if self.scale == 1:
+            return good
+        bad = self.bad.raw(x, t, cond)
+        if self.learned_variance:
+            (g_mean, g_var), b_mean = good.chunk(2, dim=1), bad.chunk(2, dim=1)[0]
+            return torch.cat([b_mean + self.scale * (g_mean - b_mean), g_var], dim=1)
+        return bad + self.scale * (good - bad)
+
+    def derive(self, raw: RawFn | None = None, **settings: Any) -> Denoiser:
+        """The same guidance around `self.base.derive(raw, **settings)` (see `Denoiser.derive`)."""
+        return AutoGuided(self.base.derive(raw, **settings), self.bad.derive(**settings), self.scale)
+
+
 def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     """log p(y | x_t, t) of a noise-aware classifier `classifier(x_t, c_noise) -> logits` under `process`."""
 
@@ -212,5 +253,5 @@ def classifier_log_prob(classifier: torch.nn.Module, process: Any) -> LogProbFn:
     return log_prob
 
 
-__all__ = ["ClassifierFreeGuided", "ClassifierGuided", "GuidanceInput", "check_scale", "classifier_free",
+__all__ = ["AutoGuided", "ClassifierFreeGuided", "ClassifierGuided", "GuidanceInput", "check_scale", "classifier_free",
            "classifier_log_prob", "null_captions", "null_labels"]

@@ -237,6 +237,25 @@ def judge_report(net: DigitClassifier | None = None) -> dict[str, Any]:
     return out
 
 
+EVAL_REFERENCE = 10_000  # held-out examples the samples are compared with (every built-in test split whole)
+
+
+def eval_reference(data: Any) -> torch.Tensor:
+    """The held-out examples `diffusa eval` compares samples with: up to EVAL_REFERENCE of the test split of a
+    run's data config (a folder that streams is read in part)."""
+    from diffusa.data import examples, run_dataset
+
+    return examples(run_dataset(data, "test"), EVAL_REFERENCE)
+
+
+def eval_floor(data: Any, n: int) -> torch.Tensor:
+    """The real-vs-real floor's set for n samples: n training examples, the same for every call (seed 0)."""
+    from diffusa.data import run_dataset
+
+    train = run_dataset(data, "train")
+    return train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
+
+
 def image_metrics(samples: torch.Tensor, reference: torch.Tensor, floor_set: torch.Tensor,
                   reference_judged: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """FD, KID, precision/recall, confidence and coverage of `samples` against `reference`, with the floors

@@ -89,6 +89,7 @@ class Run:
     net: torch.nn.Module
     denoiser: Denoiser
     decoder: Any = None  # model space -> data: latents -> images (LatentDecoder), standardised points -> units
+    weights: str = "model.safetensors"  # the weights file read, relative to path (a snapshot: snapshots/step_N...)
 
     def to_data(self, x: torch.Tensor) -> torch.Tensor:
         """Samples as data: decoded to images for a latent model, to the data's units for standardised points."""
@@ -317,7 +318,44 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
 
         den = ConsistencyDenoiser.from_table(den, meta["consistency"], path / "config.json")
     check_recommended_grid(den, meta, path / "config.json")
-    return Run(path, cfg, meta, net, den, decoder)
+    return Run(path, cfg, meta, net, den, decoder, str(weights))
+
+
+def load_guide(run: Run, spec: str | Path | None = None) -> Run:
+    """The weaker model that autoguidance (Karras et al. 2024; `diffusa.guidance.AutoGuided`) guides `run` away
+    from, on the run's device. `spec` None: the snapshot the run kept at `train.guide_at` of its steps; "step_N" or
+    N: its snapshots/step_N.safetensors; a .safetensors file: those weights in the run's network; else another run
+    folder or shipped model with the same data shape and conditioning (a smaller or shorter-trained one)."""
+    from diffusa.engine.loop import guide_step
+    from diffusa.shipped import run_path
+
+    device = next(run.net.parameters()).device
+    if spec is None:
+        step = guide_step(run.config.train)
+        if step is None:
+            raise DiffusaError("autoguidance: this run kept no snapshot to guide it (train.guide_at = 0): name a guide")
+        spec = f"step_{step}"
+    text = str(spec)
+    name = text.removeprefix("step_")
+    if name.isdigit() and not Path(text).exists():
+        weights = run.path / "snapshots" / f"step_{int(name)}.safetensors"
+        if not weights.is_file():
+            kept = sorted((p.stem for p in (run.path / "snapshots").glob("step_*.safetensors")),
+                          key=lambda k: int(k[5:]) if k[5:].isdigit() else -1)
+            raise DiffusaError(f"autoguidance: this model has no snapshot {weights.stem} (kept: "
+                               f"{', '.join(kept) or 'none'}); name a snapshot it kept or another run as the guide")
+        return load_run(run.path, device, weights=str(weights.relative_to(run.path)))
+    if text.endswith(".safetensors"):
+        if not Path(text).is_file():
+            raise DiffusaError(f"autoguidance: weights file {text:.200} does not exist")
+        return load_run(run.path, device, weights=str(Path(text).resolve()))
+    guide = load_run(run_path(spec), device)
+    mine = (run.data_shape, run.is_text, run.num_classes, run.cond_channels, "latent" in run.meta)
+    theirs = (guide.data_shape, guide.is_text, guide.num_classes, guide.cond_channels, "latent" in guide.meta)
+    if mine != theirs:
+        raise DiffusaError(f"autoguidance: {text:.200} draws {list(guide.data_shape)} or is conditioned otherwise than "
+                           f"this model ({list(run.data_shape)}); a guide must model the same data")
+    return guide
 
 
 def check_recommended_grid(den: Denoiser, meta: dict[str, Any], cfg_file: Path) -> None:

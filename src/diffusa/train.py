@@ -4,12 +4,10 @@ training), fit it on the one engine (`diffusa.engine`). `diffusa train` and the 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from diffusa.checkpoint import save_tensors
 from diffusa.config import RunConfig
 from diffusa.engine import Engine, leave_distributed
 from diffusa.engine.state import check_out
@@ -62,17 +60,15 @@ def train(cfg: RunConfig, out: str | Path, *, resume: bool = False, progress: bo
         leave_distributed()
 
 
-def snapshots(out: str | Path, steps: Collection[int], elapsed: float = 0.0) -> Callable[[Engine], None]:
-    """An `on_step` callback that keeps the EMA weights at the given steps in out/snapshots/step_N.safetensors,
-    with the training seconds so far (`elapsed`: those of a resumed run): quality against training time from one
-    run, as LDM's training-progress comparisons (Rombach et al. 2022, Fig. 6)."""
-    start, steps = time.time() - elapsed, set(steps)
+def snapshots(steps: Collection[int]) -> Callable[[Engine], None]:
+    """An `on_step` callback that keeps the averaged weights at the given steps in out/snapshots/step_N.safetensors
+    with the training seconds so far (`Engine.save_snapshot`): quality against training time from one run, as LDM's
+    training-progress comparisons (Rombach et al. 2022, Fig. 6)."""
+    steps = set(steps)
 
     def on_step(engine: Engine) -> None:
-        if engine.step in steps and engine.dist.main:
-            save_tensors(Path(out) / "snapshots" / f"step_{engine.step}.safetensors",
-                         {k: v.detach().clone() for k, v in engine.averaged.state_dict().items()},
-                         {"step": str(engine.step), "train_seconds": f"{time.time() - start:.1f}"})
+        if engine.step in steps:
+            engine.save_snapshot()
 
     return on_step
 

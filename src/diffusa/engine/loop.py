@@ -36,6 +36,7 @@ from diffusa.checkpoint import (
     optimizer_to_tensors,
     remove_stray_temporaries,
     save_json,
+    save_tensors,
 )
 from diffusa.config import TrainConfig, check_range
 from diffusa.engine.shards import Shards, auto_shards
@@ -104,6 +105,12 @@ def lr_at(tc: TrainConfig, step: int) -> float:
 
 
 @torch.no_grad()
+def guide_step(tc: TrainConfig) -> int | None:
+    """The step whose averaged weights a run keeps for autoguidance: `guide_at` of its steps (at least 1); None for
+    guide_at = 0."""
+    return max(1, round(tc.guide_at * tc.steps)) if tc.guide_at > 0 else None
+
+
 def ema_update(ema: nn.Module, net: nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * net, with foreach ops."""
     e = [p for p in ema.parameters()]
@@ -124,6 +131,7 @@ SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
     ("weight_decay", False, 0, math.inf, True, False),
     ("grad_clip", False, 0, math.inf, True, False),
     ("ema_decay", False, 0, 1, True, False),
+    ("guide_at", False, 0, 1, True, False),
     ("label_dropout", False, 0, 1, True, True),
     ("seed", True, -SEED_LIMIT, SEED_LIMIT, False, False),
     ("max_minutes", False, 0, math.inf, True, False),
@@ -323,6 +331,15 @@ class Engine:
         if (self.out / "log.jsonl").exists():
             save_loss_curve(self.out / "log.jsonl", self.out / "loss.png")
 
+    def save_snapshot(self) -> Path:
+        """The averaged weights at this step in snapshots/step_N.safetensors, with the training seconds so far (rank
+        0 only): autoguidance's weaker model (`train.guide_at`), and quality against training time from one run."""
+        path = self.out / "snapshots" / f"step_{self.step}.safetensors"
+        if self.dist.main:
+            save_tensors(path, {k: v.detach().clone() for k, v in self.averaged.state_dict().items()},
+                         {"step": str(self.step), "train_seconds": f"{self.elapsed:.1f}"})
+        return path
+
     @property
     def elapsed(self) -> float:
         """Seconds of training so far, over every segment of a resumed run."""
@@ -449,6 +466,8 @@ class Engine:
                     self._write_log(log, bar, gn, start_step)
                 if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
                     self.save()
+                if self.step == guide_step(tc):
+                    self.save_snapshot()
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.preview(f"step_{self.step:06d}")
                 if over:

@@ -136,7 +136,8 @@ class Pipeline:
                  classifier: str | Path | None = None, classifier_scale: float | None = None,
                  eta: float | None = None, variance: str | None = None, spacing: str | None = None,
                  image: Any = None, seed: int = 0, batch_size: int | None = None,
-                 callback: StepCallback | None = None) -> Samples:
+                 callback: StepCallback | None = None, autoguidance: float | None = None,
+                 guide: str | Path | None = None) -> Samples:
         """Draw n samples (default 16, or one per prompt / label of a list).
 
         prompt: a text model's prompt (one for all, or one per sample). label: a class (int), one per sample
@@ -150,7 +151,10 @@ class Pipeline:
         returning True stops there, and the samples are then the x0 predicted at that step, for this batch
         and every later one (`Samples.stopped_at`). sampler, steps, batch_size: unless given, the model's
         recommendation (config.json "sampling", `recommended`), else dpmpp_2m, 20 steps, batches of 250
-        (`pipelines.sampling.resolve_sampling`; `settings` reports what was used).
+        (`pipelines.sampling.resolve_sampling`; `settings` reports what was used). autoguidance: w of
+        autoguidance (Karras et al. 2024), D_guide + w (D - D_guide), against `guide`: by default the snapshot the
+        run kept at `train.guide_at` of its training, else "step_N", a weights file or another run
+        (`diffusa.runs.load_guide`); two network calls per step (`settings["nfe"]` counts both).
         """
         self.refuse_mask_model("plain sampling")
         sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
@@ -159,9 +163,11 @@ class Pipeline:
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)
         grid = sampling_grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
+        weaker, base = self.autoguided(autoguidance, guide)
         req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                       classifier=classifier, classifier_scale=classifier_scale, image=image,
-                      image_channels=self.image_channels)
+                      image_channels=self.image_channels, base=base)
+        req = dataclasses.replace(req, guide=weaker)
         g = torch.Generator().manual_seed(seed)
         x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
         req = self.augmented(req, g)
@@ -169,8 +175,28 @@ class Pipeline:
                                                  sampler_kwargs(eta, variance), callback)
         settings = self.settings_of(req, n=n, sampler=sampler, steps=steps, spacing=spacing, classifier=classifier,
                                     eta=eta, variance=variance, seed=seed, batch_size=batch_size, nfe=nfe,
-                                    prompt=prompt, label=label)
+                                    prompt=prompt, label=label, autoguidance=None if weaker is None else base.scale,
+                                    guide=None if weaker is None else str(weaker.path / weaker.weights))
         return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stopped)
+
+    def autoguided(self, scale: Any, guide: str | Path | None) -> tuple[Any, Any]:
+        """(the guide Run, the autoguided Denoiser) for autoguidance at `scale` against `guide` (see `__call__`);
+        (None, None) for none (scale None or 1). Guides are loaded once per pipeline."""
+        from diffusa.guidance import AutoGuided, check_scale
+        from diffusa.runs import load_guide
+
+        if scale is None:
+            if guide is not None:
+                raise DiffusaError("guide names autoguidance's weaker model: give autoguidance=W (e.g. 2) too")
+            return None, None
+        w = check_scale(scale, "autoguidance")
+        if w == 1 and guide is None:
+            return None, None
+        cache = self.__dict__.setdefault("_guides", {})
+        key = None if guide is None else str(guide)
+        if key not in cache:
+            cache[key] = load_guide(self.run, guide)
+        return cache[key], AutoGuided(self.run.denoiser, cache[key].denoiser, w)
 
     def refuse_mask_model(self, what: str) -> None:
         """One line for a mask-conditioned inpainting model (`data.inpaint`) asked for `what` it cannot do: it draws
@@ -200,7 +226,7 @@ class Pipeline:
         stop: dict[str, int] = {}
         nfe: list[int] = []
         chunks = []
-        with network_calls(self.run.net) as calls:
+        with network_calls(self.run.net, *([] if req.guide is None else [req.guide.net])) as calls:
             for lo in range(0, n, batch_size):
                 hi = min(n, lo + batch_size)
                 cond = None if req.cond is None else req.cond[lo:hi].to(self.device)

@@ -40,6 +40,7 @@ class Request:
     prompts: list[str] | None  # the prompt of each sample (a text model)
     guidance_scale: float | None  # classifier-free guidance actually applied (None: none)
     classifier_scale: float | None  # classifier guidance actually applied (None: none)
+    guide: Any = None  # autoguidance's weaker model (a Run), whose network calls count too; None: none
 
 
 def _is_int(v: Any) -> bool:
@@ -215,9 +216,9 @@ def guide(den: Denoiser, run: Any, guided: GuidanceRange | None, scale: float | 
 
 def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, label: Label,
             guidance_scale: float | None, classifier: Any, classifier_scale: float | None, image: Any,
-            image_channels: int) -> Request:
+            image_channels: int, base: Denoiser | None = None) -> Request:
     """The guided Denoiser and Cond for a request (see the module docstring); one DiffusaError naming the argument
-    for anything the model cannot do."""
+    for anything the model cannot do. `base`: the Denoiser the guidance wraps instead of the run's (autoguided)."""
     from diffusa.guidance import ClassifierGuided
 
     guidance_scale, classifier_scale = check_request(run, name, prompt=prompt, label=label,
@@ -234,7 +235,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             raise DiffusaError(f"{name} is a {factor}x super-resolution model: it upscales a given image "
                                f"(pipe.upscale(image); diffusa upscale IMAGE --model {name})")
         raise DiffusaError(f"{name} is conditioned on an image: give image= ({image_channels} channels)")
-    den = run.denoiser
+    den = run.denoiser if base is None else base
     guided = guidance_range(run)
     if run.is_text:
         if classifier is not None:

@@ -125,14 +125,16 @@ def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: An
 
 
 @contextmanager
-def network_calls(net: torch.nn.Module) -> Iterator[list[int]]:
-    """Count the network's forward calls (the NFE a sampler spent) in `counter[0]` while the block runs."""
+def network_calls(*nets: torch.nn.Module) -> Iterator[list[int]]:
+    """Count the networks' forward calls (the NFE a sampler spent; an autoguided draw asks two) in `counter[0]`
+    while the block runs."""
     counter = [0]
-    handle = net.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1))
+    handles = [net.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1)) for net in nets]
     try:
         yield counter
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def sampler_kwargs(eta: float | None, variance: str | None) -> dict[str, Any]:

@@ -107,7 +107,11 @@ class Settings(BaseModel):
 
 class GenerateRequest(Settings):
     """What to draw. `model`: a shipped model's name or a run folder under --runs (default: mnist-text with a
-    prompt, mnist-pixel without, as `diffusa generate`); `format`: "png" (a grid, as `--out x.png`) or "npz"."""
+    prompt, mnist-pixel without, as `diffusa generate`); `format`: "png" (a grid, as `--out x.png`) or "npz";
+    `autoguidance`: w against the snapshot the run kept (`train.guide_at`; no other guide can be named here)."""
+
+    extra_fields: ClassVar[tuple[str, ...]] = ("autoguidance",)
+    autoguidance: Annotated[float, Field(ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)] | None = None
 
 
 ImagePng = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_B64)]

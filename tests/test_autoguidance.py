@@ -1,0 +1,115 @@
+"""Autoguidance (Karras et al. 2024) through the layers: the snapshot a run keeps, the pipeline, the CLI.
+
+The formula itself is checked against the closed form for Gaussians in test_guidance.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import DIGITS_OVERRIDES, train_run
+from test_cli import assert_one_line_error
+
+import diffusa
+from diffusa.checkpoint import load_tensors
+from diffusa.config import load_config
+from diffusa.engine.loop import guide_step
+from diffusa.errors import DiffusaError
+
+KW = {"n": 6, "sampler": "dpmpp_2m_sde", "steps": 4, "seed": 3}
+
+
+def test_a_run_keeps_its_weights_at_guide_at_of_its_steps(digits_run: Path, tmp_path: Path) -> None:
+    """20 steps at the default guide_at 0.25: snapshots/step_5, the averaged weights of that step (not the final
+    ones), with its step and training seconds; guide_at = 0 keeps none."""
+    assert guide_step(load_config(overrides=["train.steps=20"]).train) == 5
+    assert guide_step(load_config(overrides=["train.steps=3", "train.guide_at=0.1"]).train) == 1
+    assert guide_step(load_config(overrides=["train.guide_at=0"]).train) is None
+    snap = digits_run / "snapshots" / "step_5.safetensors"
+    weights, final = load_tensors(snap), load_tensors(digits_run / "model.safetensors")
+    assert weights.keys() == final.keys()
+    assert any(not torch.equal(weights[k], final[k]) for k in weights)
+    from safetensors import safe_open
+
+    with safe_open(str(snap), "pt") as f:
+        meta = f.metadata()
+    assert meta["step"] == "5" and float(meta["train_seconds"]) > 0
+    none = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, "train.steps=4", "train.guide_at=0"])
+    assert not (none / "snapshots").exists()
+    with pytest.raises(DiffusaError, match="guide_at = 0"):
+        diffusa.load(none)(autoguidance=2.0, **KW)
+
+
+def test_autoguided_draws_repeat_count_both_networks_and_reduce_to_the_model(digits_run: Path) -> None:
+    pipe = diffusa.load(digits_run)
+    plain = pipe(**KW)
+    guided = pipe(autoguidance=2.0, **KW)
+    assert guided.settings["nfe"] == 2 * plain.settings["nfe"] == 2 * 4 * 1  # dpmpp_2m_sde: one call per step
+    assert guided.settings["autoguidance"] == 2.0
+    assert guided.settings["guide"].endswith("snapshots/step_5.safetensors")
+    assert torch.equal(pipe(autoguidance=2.0, **KW).samples, guided.samples)  # same seed, same samples
+    assert (guided.samples - plain.samples).abs().max() > 1e-3
+    for same in ({"guide": "step_5"}, {"guide": 5}, {"guide": str(digits_run / "snapshots" / "step_5.safetensors")}):
+        assert torch.equal(pipe(autoguidance=2.0, **same, **KW).samples, guided.samples)
+    # w = 1 is the model alone; the model guided by itself is the model at any w
+    assert torch.equal(pipe(autoguidance=1.0, **KW).samples, plain.samples)
+    assert plain.settings["autoguidance"] is None
+    itself = pipe(autoguidance=3.0, guide=str(digits_run), **KW)
+    assert torch.allclose(itself.samples, plain.samples, atol=1e-5)
+    # w = 0 is the snapshot alone
+    snapshot = diffusa.load(digits_run)
+    snapshot.run.net.load_state_dict(load_tensors(digits_run / "snapshots" / "step_5.safetensors"))
+    assert torch.allclose(pipe(autoguidance=0.0, **KW).samples, snapshot(**KW).samples, atol=1e-5)
+
+
+def test_autoguidance_combines_with_classifier_free_guidance(tmp_path: Path) -> None:
+    run = train_run(tmp_path / "run", [*DIGITS_OVERRIDES, 'model.conditioning="class"', "train.steps=8"])
+    pipe = diffusa.load(run)
+    cfg = pipe(label="all", guidance_scale=2.0, **KW)
+    both = pipe(label="all", guidance_scale=2.0, autoguidance=2.0, **KW)
+    assert both.settings["nfe"] == 2 * cfg.settings["nfe"]  # each of the two batched calls, on both networks
+    assert (both.samples - cfg.samples).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("kwargs, fragment", [
+    ({"guide": "step_5"}, "give autoguidance=W"),
+    ({"autoguidance": 2.0, "guide": "step_999"}, "no snapshot step_999 (kept: step_5)"),
+    ({"autoguidance": float("nan")}, "autoguidance must be a finite number"),
+    ({"autoguidance": True}, "autoguidance must be a finite number"),
+    ({"autoguidance": 2.0, "guide": "missing.safetensors"}, "does not exist"),
+    ({"autoguidance": 2.0, "guide": "no/such/run"}, "does not exist"),
+])
+def test_bad_autoguidance_is_one_error_naming_it(digits_run: Path, kwargs: dict, fragment: str) -> None:
+    with pytest.raises(DiffusaError, match=re.escape(fragment)) as info:
+        diffusa.load(digits_run)(**{**KW, **kwargs})
+    assert "\n" not in str(info.value)
+
+
+def test_a_guide_of_other_data_or_process_is_refused(digits_run: Path, moons_run: Path, tmp_path: Path) -> None:
+    pipe = diffusa.load(digits_run)
+    with pytest.raises(DiffusaError, match="a guide must model the same data"):
+        pipe(autoguidance=2.0, guide=str(moons_run), **KW)
+    flow = train_run(tmp_path / "flow", [*DIGITS_OVERRIDES, "train.steps=2", 'process.name="flow"'])
+    with pytest.raises(DiffusaError, match=r"process|parameterization"):
+        pipe(autoguidance=2.0, guide=str(flow), **KW)
+
+
+def test_cli_autoguidance_matches_the_pipeline_and_refuses_in_one_line(cli, digits_run: Path,
+                                                                       tmp_path: Path) -> None:
+    out = tmp_path / "s.npz"
+    res = cli("sample", digits_run, "--n", 6, "--sampler", "dpmpp_2m_sde", "--steps", 4, "--seed", 3,
+              "--autoguidance", 2, "--out", out)
+    assert res.code == 0 and "autoguidance 2 (8 network calls)" in res.out, res.err
+    want = diffusa.load(digits_run)(autoguidance=2.0, **KW).images
+    assert np.array_equal(np.load(out)["images"], want)
+    assert_one_line_error(cli("sample", digits_run, "--guide", "step_5", "--out", tmp_path / "x.npz"),
+                          "autoguidance")
+    assert_one_line_error(cli("sample", digits_run, "--autoguidance", 2, "--guide", "step_7",
+                              "--out", tmp_path / "x.npz"), "no snapshot step_7")
+    assert_one_line_error(cli("generate", "--autoguidance", 2, "--n", 2, "--out", tmp_path / "g.png"),
+                          "no snapshot step_4000")
+    assert_one_line_error(cli("eval", digits_run, "--bpd", "--autoguidance", 2), "--autoguidance")
+    assert not (tmp_path / "x.npz").exists() and not (tmp_path / "g.png").exists()
