@@ -81,6 +81,7 @@ def test_autoguidance_combines_with_classifier_free_guidance(tmp_path: Path) -> 
     ({"autoguidance": True}, "autoguidance must be a finite number"),
     ({"autoguidance": 2.0, "guide": "missing.safetensors"}, "does not exist"),
     ({"autoguidance": 2.0, "guide": "no/such/run"}, "does not exist"),
+    ({"autoguidance": 2.0, "guide": "step_\u00b2"}, "does not exist"),  # a digit int() refuses: a run's name
 ])
 def test_bad_autoguidance_is_one_error_naming_it(digits_run: Path, kwargs: dict, fragment: str) -> None:
     with pytest.raises(DiffusaError, match=re.escape(fragment)) as info:

@@ -455,6 +455,8 @@ def test_autoguidance_refuses_models_it_cannot_mix():
         AutoGuided(good, gaussian_kind_denoiser(PROCS["subvp"], "eps", 0.9), 2.0)
     with pytest.raises(DiffusaError, match="process"):
         AutoGuided(good, gaussian_kind_denoiser(DiscreteDDPM("linear", 1000), "eps", 0.9), 2.0)
+    with pytest.raises(DiffusaError, match="sigma_data"):  # EDM's F-prediction reads its output through it
+        AutoGuided(good.derive(sigma_data=0.5), good.derive(sigma_data=1.0), 2.0)
     with pytest.raises(DiffusaError, match="guidance scale"):
         AutoGuided(good, good, float("nan"))
     with pytest.raises(DiffusaError, match="Denoiser"):

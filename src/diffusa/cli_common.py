@@ -79,7 +79,7 @@ def autoguidance_flags(parser: argparse.ArgumentParser) -> None:
     """Add --autoguidance W and --guide to a command that draws samples (`Pipeline.__call__`'s keywords)."""
     parser.add_argument("--autoguidance", type=float, metavar="W",
                         help="autoguidance (Karras et al. 2024): D_guide + W (D - D_guide), two network calls per "
-                             "step; W = 2 for a ten-minute mnist run (docs/guidance.md)")
+                             "step; W = 1.5 for a ten-minute mnist run (docs/demo.md)")
     parser.add_argument("--guide", metavar="SNAPSHOT|RUN",
                         help="autoguidance's weaker model: step_N (a snapshot the run kept), a .safetensors file of "
                              "the run's network, or another run (default: the snapshot at train.guide_at)")

@@ -337,7 +337,7 @@ def load_guide(run: Run, spec: str | Path | None = None) -> Run:
         spec = f"step_{step}"
     text = str(spec)
     name = text.removeprefix("step_")
-    if name.isdigit() and not Path(text).exists():
+    if name.isdecimal() and not Path(text).exists():  # isdecimal: int() refuses "²", which isdigit accepts
         weights = run.path / "snapshots" / f"step_{int(name)}.safetensors"
         if not weights.is_file():
             kept = sorted((p.stem for p in (run.path / "snapshots").glob("step_*.safetensors")),

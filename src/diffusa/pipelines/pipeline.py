@@ -51,6 +51,7 @@ class Pipeline:
         self.run = run
         self.name = str(run.path) if name is None else name
         self.device = check_device(device)
+        self._guides: dict[str | None, Run] = {}  # autoguidance's weaker models, loaded once (`autoguided`)
 
     def __repr__(self) -> str:
         what = "text-conditional" if self.is_text else (
@@ -192,11 +193,10 @@ class Pipeline:
         w = check_scale(scale, "autoguidance")
         if w == 1 and guide is None:
             return None, None
-        cache = self.__dict__.setdefault("_guides", {})
         key = None if guide is None else str(guide)
-        if key not in cache:
-            cache[key] = load_guide(self.run, guide)
-        return cache[key], AutoGuided(self.run.denoiser, cache[key].denoiser, w)
+        if key not in self._guides:
+            self._guides[key] = load_guide(self.run, guide)
+        return self._guides[key], AutoGuided(self.run.denoiser, self._guides[key].denoiser, w)
 
     def refuse_mask_model(self, what: str) -> None:
         """One line for a mask-conditioned inpainting model (`data.inpaint`) asked for `what` it cannot do: it draws
