@@ -83,12 +83,15 @@ def test_pipeline_equals_the_old_cli_path(shipped: dict[str, Pipeline], key: str
     and, stochastic and in batches of 2, cli_common.generate(run, 4, "ddim", 10, 3, None, {"eta": 1.0}, batch=2)
     on mnist-pixel (pixel_ddim_eta1_batch2); then np.savez_compressed of the six arrays. The three mnist-pixel
     arrays stay in the file but are no longer compared: that model was retrained (2026-11-30, issue 17), so its
-    weights are not the ones they were drawn with; the text model's three cases keep the check."""
+    weights are not the ones they were drawn with; the text model's three cases keep the check. They were recorded
+    on a CPU with AVX-512; torch's AVX2 kernels (an AMD EPYC CI machine, 2026-12-01) round differently, up to 5.4e-6
+    in a pixel: the check allows 1e-4, far below any change of seed, sampler, step or guidance (differences of order
+    0.1-1), and the CLI-against-pipeline checks below stay bit-exact on one machine."""
     name, kwargs = OLD_CLI[key]
     ref = torch.from_numpy(np.load(REFERENCE)[key])
     res = shipped[name](**kwargs)
     assert res.samples.dtype == torch.float32 and res.samples.shape == ref.shape == (4, 1, 28, 28)
-    assert torch.equal(res.samples, ref)
+    torch.testing.assert_close(res.samples, ref, rtol=0, atol=1e-4)
 
 
 def test_cli_output_is_bit_identical_to_the_pipeline(cli, shipped: dict[str, Pipeline], cond_run: Path,
