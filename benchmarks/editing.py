@@ -68,12 +68,31 @@ def variants(jump: int) -> dict[str, tuple[str, int, int]]:
             f"RePaint {jump}x{jump}, ancestral": ("ddpm", jump, jump)}
 
 
-def model_variants(jump: int) -> dict[str, tuple[str, int | None, int]]:
-    """The mask-conditioned model's variants: name -> (sampler, jump_length, jump_n_sample); the first is its
-    default (`pipe.inpaint`); jump_n_sample 0: conditioning alone, the sampler's own grid (no jump length)."""
-    return {"replacement, ancestral (default)": ("ddpm", jump, 1), "no replacement, ancestral": ("ddpm", None, 0),
-            "no replacement, DPM-Solver++(2M)": ("dpmpp_2m", None, 0),
-            f"RePaint {jump}x{jump}, ancestral": ("ddpm", jump, jump)}
+def model_variants(jump: int, scales: list[float] = (), auto: list[float] = (),
+                   repaint: bool = False) -> dict[str, dict]:
+    """The mask-conditioned model's variants: name -> `pipe.inpaint` keywords; the first is its default;
+    jump_n_sample 0: conditioning alone, the sampler's own grid (no jump length); then the default with mask
+    guidance at each of `scales` (a model trained with mask dropout), and autoguided at each of `auto` (against the
+    snapshot the run kept at train.guide_at); with `repaint`, RePaint's jumps with mask guidance at each scale too."""
+    def kw(sampler: str, length: int | None, passes: int, **extra: float) -> dict:
+        return {"sampler": sampler, "jump_length": length, "jump_n_sample": passes, **extra}
+
+    out = {"replacement, ancestral (default)": kw("ddpm", jump, 1),
+           "no replacement, ancestral": kw("ddpm", None, 0),
+           "no replacement, DPM-Solver++(2M)": kw("dpmpp_2m", None, 0),
+           f"RePaint {jump}x{jump}, ancestral": kw("ddpm", jump, jump)}
+    out.update({f"replacement, ancestral, mask guidance w = {w:g}": kw("ddpm", jump, 1, guidance_scale=w)
+                for w in scales})
+    out.update({f"replacement, ancestral, autoguidance w = {w:g}": kw("ddpm", jump, 1, autoguidance=w)
+                for w in auto})
+    out.update({f"RePaint {jump}x{jump}, ancestral, mask guidance w = {w:g}": kw("ddpm", jump, jump, guidance_scale=w)
+                for w in (scales if repaint else ())})
+    return out
+
+
+def asked_variants(args: argparse.Namespace) -> dict[str, dict]:
+    """The mask-conditioned model's variants this invocation measures."""
+    return model_variants(args.jump, args.mask_guidance, args.mask_autoguidance, args.guided_repaint)
 
 
 # -- data and masks ------------------------------------------------------------------------------------------------
@@ -207,6 +226,14 @@ def main() -> None:
                                                                   "(unless trained already), then measure it")
     ap.add_argument("--train-steps", type=int, default=4500, help="its training steps")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="its extra config overrides")
+    ap.add_argument("--seed", type=int, default=0, help="the sampling seed of every edit")
+    ap.add_argument("--mask-guidance", type=float, nargs="*", default=[], metavar="W",
+                    help="also the mask-conditioned model's default with mask guidance at these scales (a model "
+                         "trained with data.inpaint_dropout > 0)")
+    ap.add_argument("--guided-repaint", action="store_true",
+                    help="also RePaint's jumps with mask guidance at each --mask-guidance scale")
+    ap.add_argument("--mask-autoguidance", type=float, nargs="*", default=[], metavar="W",
+                    help="also its default autoguided at these scales (against the snapshot at train.guide_at)")
     ap.add_argument("--ceiling-epochs", type=int, default=10, help="epochs of each visible-part classifier")
     ap.add_argument("--raw", default="docs/results/raw/editing.json")
     ap.add_argument("--img", default="docs/img")
@@ -219,6 +246,7 @@ def main() -> None:
         args.train_inpaint_model, args.train_steps = "quick/runs/inpaint", 3
         args.set = [*args.set, "model.net.channels=8", "train.warmup=1", "train.sample_every=0"]
         args.raw, args.img = "quick/raw/editing.json", "quick/img"
+        args.mask_guidance, args.mask_autoguidance = args.mask_guidance or [2.0], args.mask_autoguidance or [2.0]
     try:
         if args.train_inpaint_model:
             args.inpaint_model = args.train_inpaint_model
@@ -235,7 +263,8 @@ def run(args: argparse.Namespace, train_n: int | None) -> None:
     test = load_dataset("mnist5k", "test")
     ref, _ = classify(test.x)
     masks = {m: split_masks(m, len(test))[idx] if m == "strokes" else split_masks(m, 1) for m in MASKS}
-    rec: dict = {"n": args.n, "steps": args.steps, "img2img": [], "inpaint": [], "stroke_seed": STROKE_SEED,
+    rec: dict = {"n": args.n, "steps": args.steps, "seed": args.seed, "img2img": [], "inpaint": [],
+                 "stroke_seed": STROKE_SEED,
                  "ceiling": ceilings(masks, x, y, args.ceiling_epochs, train_n)}
     pipes = {name: diffusa.load(name) for name in args.models}
     sweep = {}
@@ -243,7 +272,7 @@ def run(args: argparse.Namespace, train_n: int | None) -> None:
         cond = {"label": y} if pipe.is_text else {}
         for s in STRENGTHS:
             t0 = time.time()
-            res = pipe.img2img(x, s, steps=args.steps, seed=0, **cond)
+            res = pipe.img2img(x, s, steps=args.steps, seed=args.seed, **cond)
             feats, probs = classify(res.samples)
             row = {"model": name, "strength": s, "t_start": res.settings["t_start"], "nfe": res.settings["nfe"],
                    "agreement": float((probs.argmax(1) == y).float().mean()),
@@ -259,8 +288,8 @@ def run(args: argparse.Namespace, train_n: int | None) -> None:
     jobs = [(name, pipe, v, {"sampler": sp, "jump_length": j, "jump_n_sample": r})
             for name, pipe in pipes.items() for v, (sp, j, r) in variants(args.jump).items()]
     if mask_pipe is not None:
-        jobs += [(MASK_MODEL, mask_pipe, v, {"sampler": sp, "jump_length": j, "jump_n_sample": r})
-                 for v, (sp, j, r) in model_variants(args.jump).items()]
+        jobs += [(MASK_MODEL, mask_pipe, v, kw)
+                 for v, kw in asked_variants(args).items()]
     for mask in MASKS:
         repaint = masks[mask]
         keep = (~repaint).expand_as(x)
@@ -268,7 +297,7 @@ def run(args: argparse.Namespace, train_n: int | None) -> None:
         for name, pipe, variant, kw in jobs:
             cond = {"prompt": "", "guidance_scale": 1} if pipe.is_text else {}
             t0 = time.time()
-            res = pipe.inpaint(x, repaint, steps=args.steps, seed=0, **kw, **cond)
+            res = pipe.inpaint(x, repaint, steps=args.steps, seed=args.seed, **kw, **cond)
             row = {"model": name, "mask": mask, "variant": variant, "nfe": res.settings["nfe"],
                    "accuracy": float((classify(res.samples)[1].argmax(1) == y).float().mean()),
                    "seam": seam(res.samples, repaint), "seam_original": original,
@@ -305,6 +334,11 @@ def figures(sweep: dict, x: torch.Tensor, masks: dict[str, torch.Tensor], args: 
             cols += [masked(mask), sweep[(MASK_MODEL, mask, default)][rows]]
             labels += [f"{mask} mask", "completed"]
         save_strip(cols, img / "editing_inpaint_model.png", labels)
+        guided = list(asked_variants(args))[4:]
+        if guided:  # the centre box (the hardest mask): the default, then each guided variant
+            drawn = [sweep[(MASK_MODEL, "center", v)][rows] for v in [default, *guided]]
+            save_strip([x[rows], masked("center"), *drawn], img / "editing_inpaint_guidance.png",
+                       ["input", "center mask", "default", *(v.split(", ")[-1] for v in guided)])
 
 
 def table(rec: dict, args: argparse.Namespace, img: Path) -> None:
@@ -323,7 +357,8 @@ def table(rec: dict, args: argparse.Namespace, img: Path) -> None:
     fig.savefig(img / "editing_tradeoff.png", dpi=90)
     plt.close(fig)
     ceil = rec["ceiling"]
-    lines = [f"Held-out mnist5k digits, n = {rec['n']}, seed 0, {rec['steps']} steps (benchmarks/editing.py).", "",
+    lines = [f"Held-out mnist5k digits, n = {rec['n']}, seed {rec.get('seed', 0)}, {rec['steps']} steps "
+             "(benchmarks/editing.py).", "",
              "| model | strength | t_start | NFE | agreement with the source label | L2 to the input | FD |",
              "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['strength']:g} | {r['t_start']:.3f} | {r['nfe']} | {r['agreement']:.2f} | "
@@ -345,7 +380,8 @@ def table(rec: dict, args: argparse.Namespace, img: Path) -> None:
                   f"{'yes' if r['accuracy'] >= target - 1e-9 else 'no'} | {r['seam']:.3f} ({r['seam_original']:.3f}) | "
                   f"{r['unmasked_max_abs_diff']:g} |" for r in rows]
         if rec.get("inpaint_model") is None:
-            lines += [f"| {mask} | {MASK_MODEL} | {v} | | {NOT_MEASURED} | | | |" for v in model_variants(args.jump)]
+            lines += [f"| {mask} | {MASK_MODEL} | {v} | | {NOT_MEASURED} | | | |"
+                      for v in asked_variants(args)]
     emit(lines, args.out)
     print(json.dumps({"seconds": sum(r["seconds"] for r in rec["img2img"] + rec["inpaint"])
                       + sum(c["train_seconds"] for c in ceil.values())}))

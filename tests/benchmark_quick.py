@@ -68,6 +68,8 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
             assert f"| {mask} | mnist-pixel | RePaint 2x2 |" in table
             assert f"| {mask} | mask-conditioned model | replacement, ancestral (default) | 4 |" in table
             assert f"| {mask} | mask-conditioned model | no replacement, DPM-Solver++(2M) | 4 |" in table
+            assert f"| {mask} | mask-conditioned model | replacement, ancestral, mask guidance w = 2 | 4 |" in table
+            assert f"| {mask} | mask-conditioned model | replacement, ancestral, autoguidance w = 2 | 8 |" in table
         assert "classifier, all held-out" in table and "| none |" in table and "not yet measured" not in table
         assert (tmp_path / "quick" / "img" / "editing_inpaint_model.png").stat().st_size > 1000
     elif script == "sketches.py":  # both roughnesses, the recommendation, both figures

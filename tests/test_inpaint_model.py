@@ -19,11 +19,14 @@ from diffusa.errors import DiffusaError
 from diffusa.inpainting import (
     BLANK,
     MASK_KINDS,
+    drop_masks,
     half_mask,
     masked_condition,
+    null_mask_cond,
     parse_kinds,
     random_masks,
     stroke_masks,
+    unmasked,
 )
 from diffusa.pipelines import Pipeline
 from diffusa.pipelines.edit import named_mask
@@ -146,7 +149,7 @@ def test_masked_condition_blanks_the_repaint_region_and_adds_the_mask() -> None:
 def test_the_training_condition_reaches_the_network() -> None:
     """The network's input beside x_t is the blanked example and the mask, drawn from the step's generator
     (nothing is drawn before the masks in "none" mode), for every example."""
-    task = bound_task([*TINY, "model.net.patch_size=1"])
+    task = bound_task([*TINY, "model.net.patch_size=1", "data.inpaint_dropout=0"])
     assert task.spec["cond_channels"] == 2 and "image_level" not in task.spec
     x = load_dataset("digits").x[:32]
     cond = task.conditioner.training(torch.arange(32), torch.Generator().manual_seed(5), "cpu", x)
@@ -185,6 +188,89 @@ def test_the_network_reads_the_known_region_and_not_the_masked_one(digits: torch
     known[:, :, 6, 3] = -known[:, :, 6, 3] + 0.5
     assert float((out(known) - base).abs().max()) > 1e-4
 
+
+
+def test_mask_dropout_trains_the_whole_image_to_draw() -> None:
+    """data.inpaint_dropout: after the masks, one more draw from the step's generator replaces a share of the
+    conditions by the unmasked one (BLANK everywhere, mask channel 1), the null condition of mask guidance;
+    at 0 nothing more is drawn."""
+    x = load_dataset("digits").x[:64]
+    task = bound_task([*TINY, "data.inpaint_dropout=0.5"])
+    cond = task.conditioner.training(torch.arange(64), torch.Generator().manual_seed(5), "cpu", x)
+    g = torch.Generator().manual_seed(5)
+    plain = masked_condition(x, random_masks(64, 8, 8, g, MASK_KINDS))
+    assert torch.equal(cond.image, drop_masks(plain, 0.5, g))
+    whole = (cond.image[:, 1] == 1).flatten(1).all(1)
+    assert 16 <= int(whole.sum()) <= 48  # Binomial(64, 0.5): 32 +- 4
+    assert bool((cond.image[whole, 0] == BLANK).all()) and torch.equal(cond.image[~whole], plain[~whole])
+    assert torch.equal(unmasked(plain), masked_condition(x, torch.ones(1, 1, 8, 8, dtype=torch.bool)))
+    g = torch.Generator().manual_seed(9)
+    assert drop_masks(plain, 0.0, g) is plain and torch.equal(torch.rand(1, generator=g),
+                                                              torch.rand(1, generator=torch.Generator().manual_seed(9)))
+    null = null_mask_cond(cond)
+    assert torch.equal(null.image, unmasked(cond.image)) and null.labels is None
+
+
+def test_mask_guidance_mixes_against_the_whole_image(pipe: Pipeline, digits: torch.Tensor) -> None:
+    """guidance_scale on a model trained with mask dropout: D_u + w (D_c - D_u), where D_u is the same network
+    given the whole image to draw, both branches in one call of 2n; the output still equals the input outside
+    the mask, and the scale is recorded."""
+    from diffusa.cond import Cond
+    from diffusa.pipelines.request import resolve
+
+    assert pipe.run.mask_guided and pipe.run.meta["config"]["data"]["inpaint_dropout"] == 0.1
+    cond_img = masked_condition(digits, named_mask("top", 8, 8))
+    req = resolve(pipe.run, pipe.name, 6, prompt=None, label=None, guidance_scale=2.5, classifier=None,
+                  classifier_scale=None, image=cond_img, image_channels=pipe.image_channels)
+    x_t, t = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((6,), 0.6)
+    den = pipe.run.denoiser
+    with torch.no_grad():
+        c = den.output(x_t, t, Cond(image=cond_img))  # raw outputs (x0 is clipped to [-1, 1] after the mix)
+        u = den.output(x_t, t, Cond(image=unmasked(cond_img)))
+        guided = req.denoiser.output(x_t, t, req.cond)
+    assert float((c - u).abs().max()) > 1e-3  # the branches differ, so the check below means something
+    torch.testing.assert_close(guided, u + 2.5 * (c - u), rtol=1e-5, atol=1e-5)
+    seen: list = []
+    hook = pipe.run.net.register_forward_pre_hook(lambda m, args: seen.append(args[2]))
+    try:
+        res = pipe.inpaint(digits, "top", steps=5, seed=2, guidance_scale=2.5)
+    finally:
+        hook.remove()
+    assert len(seen) == 5 and all(torch.equal(s.image, torch.cat([cond_img, unmasked(cond_img)])) for s in seen)
+    keep = ~named_mask("top", 8, 8)[0, 0]
+    assert torch.equal(res.samples[..., keep], digits[..., keep]) and res.settings["guidance_scale"] == 2.5
+    again = pipe.inpaint(digits, "top", steps=5, seed=2, guidance_scale=2.5).samples
+    assert torch.equal(again, res.samples)
+    assert not torch.equal(pipe.inpaint(digits, "top", steps=5, seed=2).samples, res.samples)
+
+
+def test_mask_guidance_needs_a_model_trained_for_it(tmp_path: Path, inpaint_run: Path,
+                                                    digits: torch.Tensor) -> None:
+    """A model trained without mask dropout, or from before the setting (config.json without it), has no
+    unconditional branch: guidance_scale is refused in one line, through the API and the CLI."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(inpaint_run, old)
+    meta = json.loads((old / "config.json").read_text())
+    del meta["config"]["data"]["inpaint_dropout"]
+    (old / "config.json").write_text(json.dumps(meta))
+    for run in (old, train_tiny(tmp_path / "none", ["data.inpaint_dropout=0", "train.steps=2"])):
+        p = diffusa.load(run)
+        assert not p.run.mask_guided
+        with pytest.raises(DiffusaError, match="trained without mask dropout") as e:
+            p.inpaint(digits, "top", steps=3, guidance_scale=2)
+        assert "\n" not in str(e.value)
+        p.inpaint(digits, "top", steps=3)  # unguided still works
+    with pytest.raises(DiffusaError, match=r"data\.inpaint_dropout must be"):
+        DiffusionTask(load_config(overrides=[*TINY, "data.inpaint_dropout=1"]))
+
+
+def train_tiny(out: Path, extra: list[str]) -> Path:
+    from conftest import train_run
+
+    return train_run(out, [*TINY, *extra])
 
 # -- sampling --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("jumps, sampler", [(None, "ddpm"), (0, "dpmpp_2m")])

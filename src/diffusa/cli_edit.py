@@ -26,7 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffusa.cli_common import force_flag, non_negative_float, non_negative_int, positive_int, threads_flag
+from diffusa.cli_common import (
+    autoguidance_flags,
+    force_flag,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    threads_flag,
+)
 from diffusa.errors import DiffusaError
 from diffusa.threads import use_threads
 
@@ -69,7 +76,9 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")
         q.add_argument("--eta", type=non_negative_float, help=ETA_DEFAULT_TEXT)
         q.add_argument("--guidance-scale", type=float,
-                       help=f"classifier-free guidance w (default {DEFAULT_TEXT_SCALE:g} for a text model)")
+                       help=f"classifier-free guidance w (default {DEFAULT_TEXT_SCALE:g} for a text model); on a "
+                            "mask-conditioned inpainting model, mask guidance against the whole image to draw")
+        autoguidance_flags(q)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--out", default=out, help="FILE.png (grid) or FILE.npz (images, samples)")
         q.add_argument("--strip", help="the before/after strip PNG (default: beside --out, NAME-strip.png)")
@@ -217,7 +226,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Path, Path | None, Any, dic
     use_threads(args.threads, pipe.is_image)
     pixels, labels = read_images(args.image, image_shape(pipe)[0])
     kw = {"n": args.n, "label": _label(args.label, labels), "guidance_scale": args.guidance_scale,
-          "spacing": args.spacing, "eta": args.eta, "seed": args.seed}
+          "spacing": args.spacing, "eta": args.eta, "seed": args.seed, "autoguidance": args.autoguidance,
+          "guide": args.guide}
     kw.update({k: getattr(args, k) for k in ("sampler", "steps") if getattr(args, k) is not None})
     return pipe, out, strip, pixels, kw
 

@@ -32,6 +32,9 @@ class DataConfig:
     # a mask-conditioned inpainting model (Palette; docs/editing.md): conditions each example on itself with a random
     # region blanked, plus the mask; "all" or mask kinds among box, strokes, half ("": off; diffusa.inpainting)
     inpaint: str = ""
+    # its share of training examples given the whole image to draw (mask all ones): the unconditional model that
+    # mask guidance (guidance_scale on an inpainting model) guides against (Ho & Salimans' condition dropout)
+    inpaint_dropout: float = 0.1
     standardize: str = "auto"  # points to mean 0, std 1 per coordinate: auto (unless at unit scale) | on | off
 
 
@@ -300,6 +303,7 @@ RANGES: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
     ("data.super_resolution", True, 0, 64, True, True),
     ("data.cond_noise_max", False, 0, 1, True, True),
     ("data.cond_noise", False, 0, 1, True, True),
+    ("data.inpaint_dropout", False, 0, 1, True, False),
 )
 
 

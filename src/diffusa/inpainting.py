@@ -20,6 +20,13 @@ the same masks: a kind per example, uniformly among the kinds asked for (`MASK_K
 
 Every kind's parameters are drawn for every example in one fixed order (so the number of draws never depends on
 the outcome), then each example keeps its kind's mask.
+
+Mask guidance. A share `data.inpaint_dropout` (default 0.1) of training examples is given the whole image to draw
+(`unmasked`: BLANK everywhere, mask channel 1), condition dropout as in classifier-free guidance (Ho & Salimans
+2022), so the one network is also the unconditional model. Guidance then extrapolates from it towards the visible
+part, D_u + w (D_c - D_u) (`null_mask_cond`, the null branch of `diffusa.guidance.ClassifierFreeGuided`): sampling
+from p(x | visible) reads the true digit only as often as that posterior puts its mass there, while w > 1 sharpens
+it towards its mode (p(x) p(visible | x)^w), which is what a classifier's argmax ceiling measures.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import math
 
 import torch
 
+from diffusa.cond import Cond
 from diffusa.errors import DiffusaError
 
 MASK_KINDS = ("box", "strokes", "half")
@@ -161,5 +169,31 @@ def masked_condition(x: torch.Tensor, repaint: torch.Tensor) -> torch.Tensor:
     return torch.cat([blanked, m.to(x.dtype)], dim=1)
 
 
-__all__ = ["ALL_KINDS", "BLANK", "HALVES", "MASK_KINDS", "half_mask", "masked_condition", "parse_kinds",
-           "random_masks", "stroke_masks"]
+def unmasked(image: torch.Tensor) -> torch.Tensor:
+    """The null condition of a mask-conditioned model, shaped as the condition `image` (B, C + 1, H, W): every
+    pixel to draw (BLANK in the image channels, 1 in the mask channel), i.e. `masked_condition` of an all-white
+    mask, which is what mask dropout trains on."""
+    out = torch.full_like(image, BLANK)
+    out[:, -1] = 1
+    return out
+
+
+def null_mask_cond(cond: Cond) -> Cond:
+    """Mask guidance's unconditional conditioning as a function of the conditional one: its condition image
+    replaced by `unmasked` (labels or captions, if any, kept)."""
+    if cond is None or cond.image is None:
+        raise DiffusaError("mask guidance needs the masked image as the condition (cond.image)")
+    return cond.replace(image=unmasked(cond.image))
+
+
+def drop_masks(image: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Training conditions with a share of examples (each with probability `share`, drawn from `generator`)
+    replaced by `unmasked`; nothing is drawn at share 0."""
+    if share <= 0:
+        return image
+    drop = (torch.rand(image.shape[0], generator=generator) < share).to(image.device)
+    return torch.where(drop[:, None, None, None], unmasked(image), image)
+
+
+__all__ = ["ALL_KINDS", "BLANK", "HALVES", "MASK_KINDS", "drop_masks", "half_mask", "masked_condition",
+           "null_mask_cond", "parse_kinds", "random_masks", "stroke_masks", "unmasked"]

@@ -26,6 +26,7 @@ from diffusa.cond import Cond
 from diffusa.config import RunConfig, auto_choice, load_config
 from diffusa.errors import DiffusaError
 from diffusa.guidance import check_scale, null_captions, null_labels
+from diffusa.inpainting import null_mask_cond
 from diffusa.limits import ACTIVATION_FLOATS, check_bytes, tensor_bytes
 from diffusa.nets import NetRequest, accepts, build_network, network_config, network_kind
 from diffusa.prediction import Denoiser
@@ -124,12 +125,24 @@ class Run:
         """(sampler, steps) measured best for this model (config.json's "sampling"); None without a recommendation."""
         return recommended_sampling(self.meta, self.path / "config.json")
 
+    @property
+    def mask_guided(self) -> bool:
+        """An unconditional mask-conditioned inpainting model trained with mask dropout (data.inpaint_dropout > 0,
+        as config.json records it; runs from before the setting have none): guidance_scale guides it against the
+        whole image to draw (`diffusa.inpainting.null_mask_cond`)."""
+        data = self.meta["config"].get("data", {})
+        return bool(data.get("inpaint")) and float(data.get("inpaint_dropout") or 0) > 0 and not (
+            self.is_text or self.num_classes)
+
     def null_cond(self) -> Callable[[Any], Cond]:
         """Classifier-free guidance's unconditional conditioning, as a function of the conditional one: the empty
-        caption of a text model (`diffusa.guidance.null_captions`), else the null label `num_classes`
+        caption of a text model (`diffusa.guidance.null_captions`), the whole image to draw for a mask-guided
+        inpainting model (`diffusa.inpainting.null_mask_cond`), else the null label `num_classes`
         (`diffusa.guidance.null_labels`)."""
         if self.is_text:
             return null_captions(self.net)
+        if self.mask_guided:
+            return null_mask_cond
         return lambda c: null_labels(c, self.num_classes)
 
 

@@ -31,7 +31,7 @@ import torch
 
 from diffusa.data import resize_images
 from diffusa.errors import DiffusaError
-from diffusa.inpainting import masked_condition, parse_kinds, random_masks
+from diffusa.inpainting import drop_masks, masked_condition, parse_kinds, random_masks
 
 PREVIEW_SEED = 0  # the augmentation noise of training previews: fixed, so grids over training compare
 
@@ -54,6 +54,7 @@ class ImageCondition:
     noise_max: float = 0.0
     noise: float = 0.0
     inpaint: tuple[str, ...] = ()
+    inpaint_dropout: float = 0.0
 
     @classmethod
     def of(cls, data: Any) -> ImageCondition:
@@ -61,8 +62,9 @@ class ImageCondition:
         def value(key: str) -> Any:
             return data.get(key) if isinstance(data, dict) else getattr(data, key, None)
 
+        kinds = parse_kinds(value("inpaint"))
         return cls(int(value("super_resolution") or 0), float(value("cond_noise_max") or 0.0),
-                   float(value("cond_noise") or 0.0), parse_kinds(value("inpaint")))
+                   float(value("cond_noise") or 0.0), kinds, float(value("inpaint_dropout") or 0.0) if kinds else 0.0)
 
     @property
     def from_examples(self) -> bool:
@@ -144,7 +146,10 @@ class ImageCondition:
 
     def training(self, image: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """The Cond fields of a training batch's condition images: augmented at levels ~ U(0, noise_max), drawn
-        from `generator` (nothing is drawn without augmentation)."""
+        from `generator` (nothing is drawn without augmentation); an inpainting model's masks dropped to the whole
+        image at `inpaint_dropout` (`diffusa.inpainting.drop_masks`)."""
+        if self.inpaint:
+            return {"image": drop_masks(image, self.inpaint_dropout, generator)}
         if not self.augmented:
             return {"image": image}
         level = torch.rand(image.shape[0], generator=generator) * self.noise_max

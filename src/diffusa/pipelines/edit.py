@@ -40,7 +40,7 @@ from diffusa.editing import (
 )
 from diffusa.errors import DiffusaError
 from diffusa.inpainting import HALVES, half_mask, masked_condition, stroke_masks
-from diffusa.pipelines.request import Label, count, image_batch, pixels_4d, resolve
+from diffusa.pipelines.request import Label, count, image_batch, pixels_4d
 from diffusa.pipelines.result import Samples
 from diffusa.pipelines.sampling import check_sampling, network_calls, sampler_kwargs
 
@@ -181,11 +181,13 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
             guidance_scale: float | None = None, classifier: str | Path | None = None,
             classifier_scale: float | None = None, eta: float | None = None, variance: str | None = None,
             spacing: str | None = None, cond_image: Any = None, seed: int = 0, batch_size: int | None = None,
-            callback: StepCallback | None = None) -> Samples:
+            callback: StepCallback | None = None, autoguidance: float | None = None,
+            guide: str | Path | None = None) -> Samples:
     """SDEdit (Meng et al. 2022, Alg. 1): noise `image` to the level `strength` names (`diffusa.editing`; default
     DEFAULT_STRENGTH), then run `sampler` over its grid for `steps` from there; n outputs (default: one per image;
     one image gives n variations). Sampler and steps (unless given: the model's recommendation, `resolve_sampling`),
-    prompt, label, guidance, eta, variance, spacing, seed, batch_size and callback as in `Pipeline.__call__`;
+    prompt, label, guidance, autoguidance and guide, eta, variance, spacing, seed, batch_size and callback as in
+    `Pipeline.__call__`;
     cond_image is an image-conditioned model's condition. settings["nfe"]: the network evaluations of the first
     batch; settings["t_start"], ["sampler_steps"]: where it started, and the steps run.
     With strength 1 and the same seed it is plain sampling, but for the faint alpha(1) x0 the start keeps (0 for
@@ -203,9 +205,8 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
     pipe.check_memory(n)
     images = _per_sample(images, n, "image")
     grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
-    req = resolve(pipe.run, pipe.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
-                  classifier=classifier, classifier_scale=classifier_scale, image=cond_image,
-                  image_channels=pipe.image_channels)
+    req = pipe.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
+                       classifier_scale=classifier_scale, image=cond_image, autoguidance=autoguidance, guide=guide)
     process = req.denoiser.process
     t_start = strength_time(process, strength, grid)
     sub = start_grid(grid, t_start)
@@ -228,7 +229,8 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
             jump_length: int | None = None, jump_n_sample: int | None = None, guidance_scale: float | None = None,
             classifier: str | Path | None = None, classifier_scale: float | None = None, eta: float | None = None,
             variance: str | None = None, spacing: str | None = None, cond_image: Any = None, seed: int = 0,
-            batch_size: int | None = None, callback: StepCallback | None = None) -> Samples:
+            batch_size: int | None = None, callback: StepCallback | None = None, autoguidance: float | None = None,
+            guide: str | Path | None = None) -> Samples:
     """RePaint (Lugmayr et al. 2022): draw the masked part of `image` anew (mask white = repaint; see the module
     docstring), with `jump_n_sample - 1` resampling jumps of `jump_length` steps (`diffusa.editing.repaint`; default
     DEFAULT_JUMP_LENGTH x DEFAULT_JUMP_N_SAMPLE); jump_n_sample=1 is plain replacement, without jumps. sampler:
@@ -285,9 +287,8 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
     if mask_model:
         cond_image = masked_condition(images, repaint_px)
-    req = resolve(pipe.run, pipe.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
-                  classifier=classifier, classifier_scale=classifier_scale, image=cond_image,
-                  image_channels=pipe.image_channels)
+    req = pipe.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
+                       classifier_scale=classifier_scale, image=cond_image, autoguidance=autoguidance, guide=guide)
     common = {"n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "classifier": classifier, "eta": eta,
               "variance": variance, "seed": seed, "batch_size": batch_size, "prompt": prompt, "label": label}
     done = {"masked_fraction": float(covered.mean()), **({"conditioning": "mask"} if mask_model else {})}
@@ -321,7 +322,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
 
     nfe: list[int] = []
     chunks = []
-    with network_calls(pipe.run.net) as calls:
+    with network_calls(pipe.run.net, *([] if req.guide is None else [req.guide.net])) as calls:
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             cond = None if req.cond is None else req.cond[lo:hi].to(pipe.device)

@@ -164,11 +164,8 @@ class Pipeline:
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)
         grid = sampling_grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
-        weaker, base = self.autoguided(autoguidance, guide)
-        req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
-                      classifier=classifier, classifier_scale=classifier_scale, image=image,
-                      image_channels=self.image_channels, base=base)
-        req = dataclasses.replace(req, guide=weaker)
+        req = self.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
+                           classifier_scale=classifier_scale, image=image, autoguidance=autoguidance, guide=guide)
         g = torch.Generator().manual_seed(seed)
         x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
         req = self.augmented(req, g)
@@ -176,8 +173,7 @@ class Pipeline:
                                                  sampler_kwargs(eta, variance), callback)
         settings = self.settings_of(req, n=n, sampler=sampler, steps=steps, spacing=spacing, classifier=classifier,
                                     eta=eta, variance=variance, seed=seed, batch_size=batch_size, nfe=nfe,
-                                    prompt=prompt, label=label, autoguidance=None if weaker is None else base.scale,
-                                    guide=None if weaker is None else str(weaker.path / weaker.weights))
+                                    prompt=prompt, label=label)
         return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stopped)
 
     def autoguided(self, scale: Any, guide: str | Path | None) -> tuple[Any, Any]:
@@ -197,6 +193,17 @@ class Pipeline:
         if key not in self._guides:
             self._guides[key] = load_guide(self.run, guide)
         return self._guides[key], AutoGuided(self.run.denoiser, self._guides[key].denoiser, w)
+
+    def request(self, n: int, *, prompt: Any, label: Label, guidance_scale: float | None, classifier: Any,
+                classifier_scale: float | None, image: Any, autoguidance: float | None = None,
+                guide: str | Path | None = None) -> Request:
+        """The resolved Request (`pipelines.request.resolve`) of n samples, autoguided at `autoguidance` against
+        `guide` (`autoguided`) under any classifier-free or classifier guidance: every task's one way in."""
+        weaker, base = self.autoguided(autoguidance, guide)
+        req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
+                      classifier=classifier, classifier_scale=classifier_scale, image=image,
+                      image_channels=self.image_channels, base=base)
+        return req if weaker is None else dataclasses.replace(req, guide=weaker, autoguidance=base.scale)
 
     def refuse_mask_model(self, what: str) -> None:
         """One line for a mask-conditioned inpainting model (`data.inpaint`) asked for `what` it cannot do: it draws
@@ -251,7 +258,8 @@ class Pipeline:
                 "guidance_scale": req.guidance_scale, "classifier": None if classifier is None else str(classifier),
                 "classifier_scale": req.classifier_scale, "eta": eta, "variance": variance, "seed": seed,
                 "batch_size": batch_size, "nfe": nfe, "prompt": prompt,
-                "label": label.tolist() if torch.is_tensor(label) else label, **extra}
+                "label": label.tolist() if torch.is_tensor(label) else label, "autoguidance": req.autoguidance,
+                "guide": None if req.guide is None else str(req.guide.path / req.guide.weights), **extra}
 
     def check_memory(self, n: int) -> None:
         """Refuse n samples whose tensors (x_T, the samples, their decoded images: about four copies of n

@@ -41,6 +41,7 @@ class Request:
     guidance_scale: float | None  # classifier-free guidance actually applied (None: none)
     classifier_scale: float | None  # classifier guidance actually applied (None: none)
     guide: Any = None  # autoguidance's weaker model (a Run), whose network calls count too; None: none
+    autoguidance: float | None = None  # autoguidance's w against `guide` (None: none)
 
 
 def _is_int(v: Any) -> bool:
@@ -254,7 +255,14 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
     if label is None:
         if classifier is not None:
             raise DiffusaError("classifier guidance needs a class to guide towards: give label=K (or 'all')")
+        if guidance_scale is not None and run.mask_guided and extra.image is not None:  # mask guidance
+            den, scale = guide(den, run, guided, guidance_scale)
+            return Request(den, extra, None, None, scale, None)
         if guidance_scale is not None:
+            if ImageCondition.of(run.config.data).inpaint and not run.num_classes:
+                raise DiffusaError(f"guidance_scale: {name} was trained without mask dropout (data.inpaint_dropout "
+                                   "0, or from before the setting), so it has no unconditional branch to guide "
+                                   "against; retrain it with data.inpaint_dropout > 0 (default 0.1)")
             if not run.num_classes:
                 raise DiffusaError(f"guidance_scale guides towards a label or a prompt; {name} is unconditional")
             raise DiffusaError("guidance_scale needs a class to guide towards: give label=K (or 'all')")
