@@ -334,7 +334,7 @@ def figures(sweep: dict, x: torch.Tensor, masks: dict[str, torch.Tensor], args: 
             cols += [masked(mask), sweep[(MASK_MODEL, mask, default)][rows]]
             labels += [f"{mask} mask", "completed"]
         save_strip(cols, img / "editing_inpaint_model.png", labels)
-        guided = list(asked_variants(args))[4:]
+        guided = [v for v in asked_variants(args) if v not in model_variants(args.jump)]  # the guided ones
         if guided:  # the centre box (the hardest mask): the default, then each guided variant
             drawn = [sweep[(MASK_MODEL, "center", v)][rows] for v in [default, *guided]]
             save_strip([x[rows], masked("center"), *drawn], img / "editing_inpaint_guidance.png",

@@ -72,6 +72,7 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
             assert f"| {mask} | mask-conditioned model | replacement, ancestral, autoguidance w = 2 | 8 |" in table
         assert "classifier, all held-out" in table and "| none |" in table and "not yet measured" not in table
         assert (tmp_path / "quick" / "img" / "editing_inpaint_model.png").stat().st_size > 1000
+        assert (tmp_path / "quick" / "img" / "editing_inpaint_guidance.png").stat().st_size > 1000
     elif script == "sketches.py":  # both roughnesses, the recommendation, both figures
         assert "| rough | (the sketch) | 0 | 0 |" in table and "| rougher | mnist-pixel | 0.6 | 3 |" in table
         assert "recommended strength" in table
