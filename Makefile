@@ -26,6 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/diffusa generate "a handwritten seven" --n 16 --out $(RUN)/seven.png --force
 	$(VENV)/bin/diffusa generate "the number 2 written by hand" --n 16 --out $(RUN)/two.png --force
 	$(VENV)/bin/diffusa generate --n 64 --out $(RUN)/pixel.png --force
+	$(VENV)/bin/diffusa inpaint mnist5k:3,105,207,309,411,513,615,717,819,921 --mask center \
+		--out $(RUN)/inpaint.png --strip $(RUN)/inpaint-strip.png --force  # the shipped mnist-inpaint
 	$(VENV)/bin/diffusa eval mnist-text --label all --guidance-scale 3 --n 200 --sampler dpmpp_2m --steps 20 \
 		--out $(RUN)/text_metrics.json --force
 	$(VENV)/bin/diffusa eval mnist-pixel --n 200 --out $(RUN)/pixel_metrics.json --force  # its recommended sampler

@@ -91,8 +91,13 @@ def model_variants(jump: int, scales: list[float] = (), auto: list[float] = (),
 
 
 def asked_variants(args: argparse.Namespace) -> dict[str, dict]:
-    """The mask-conditioned model's variants this invocation measures."""
-    return model_variants(args.jump, args.mask_guidance, args.mask_autoguidance, args.guided_repaint)
+    """The mask-conditioned model's variants this invocation measures (--default-and-guided: its default and the
+    guided variants only, for a large n)."""
+    out = model_variants(args.jump, args.mask_guidance, args.mask_autoguidance, args.guided_repaint)
+    if args.default_and_guided:
+        base = list(model_variants(args.jump))
+        out = {k: v for k, v in out.items() if k == base[0] or k not in base}
+    return out
 
 
 # -- data and masks ------------------------------------------------------------------------------------------------
@@ -234,6 +239,8 @@ def main() -> None:
                     help="also RePaint's jumps with mask guidance at each --mask-guidance scale")
     ap.add_argument("--mask-autoguidance", type=float, nargs="*", default=[], metavar="W",
                     help="also its default autoguided at these scales (against the snapshot at train.guide_at)")
+    ap.add_argument("--default-and-guided", action="store_true",
+                    help="of the mask-conditioned model's base variants, only its default (with the guided ones)")
     ap.add_argument("--ceiling-epochs", type=int, default=10, help="epochs of each visible-part classifier")
     ap.add_argument("--raw", default="docs/results/raw/editing.json")
     ap.add_argument("--img", default="docs/img")

@@ -335,8 +335,8 @@ def test_cli_matches_python_bit_for_bit(cli, tmp_path: Path, pixel: Pipeline, di
     assert r.code == 0, r.err
     assert np.array_equal(np.load(tmp_path / "e.npz")["samples"], pixel.img2img(x, 0.5, steps=6, seed=7).samples)
     assert (tmp_path / "e-strip.png").is_file()
-    r = cli("inpaint", tmp_path / "e.npz", "--mask", "left", "--steps", "6", "--jump-length", "2", "--seed", "1",
-            "--out", tmp_path / "i.npz", "--strip", tmp_path / "s.png")
+    r = cli("inpaint", tmp_path / "e.npz", "--model", "mnist-pixel", "--mask", "left", "--steps", "6",
+            "--jump-length", "2", "--seed", "1", "--out", tmp_path / "i.npz", "--strip", tmp_path / "s.png")
     assert r.code == 0, r.err
     inp = np.load(tmp_path / "e.npz")["images"]
     out = np.load(tmp_path / "i.npz")

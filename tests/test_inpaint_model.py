@@ -5,6 +5,7 @@ exact resume."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +266,43 @@ def test_mask_guidance_needs_a_model_trained_for_it(tmp_path: Path, inpaint_run:
         p.inpaint(digits, "top", steps=3)  # unguided still works
     with pytest.raises(DiffusaError, match=r"data\.inpaint_dropout must be"):
         DiffusionTask(load_config(overrides=[*TINY, "data.inpaint_dropout=1"]))
+
+
+def test_a_recommended_guidance_scale_is_the_default(tmp_path: Path, inpaint_run: Path,
+                                                    digits: torch.Tensor) -> None:
+    """config.json "sampling" "guidance_scale": the scale an inpainting call uses where it names none (recorded in
+    the settings; equal to asking for it); a given scale wins, and w = 1 is the conditional model alone. Entries
+    that are not a positive number, or on a model guidance cannot reach, are refused when the run is read."""
+    import json
+    import shutil
+
+    run = tmp_path / "rec"
+    shutil.copytree(inpaint_run, run)
+    meta = json.loads((run / "config.json").read_text())
+    meta["sampling"] = {"sampler": "ddpm", "steps": 4, "guidance_scale": 2.5, "why": "test"}
+    (run / "config.json").write_text(json.dumps(meta))
+    p = diffusa.load(run)
+    assert p.run.recommended_guidance == 2.5
+    res = p.inpaint(digits, "top", seed=1)
+    assert res.settings["guidance_scale"] == 2.5 and res.settings["steps"] == 4
+    assert torch.equal(res.samples, p.inpaint(digits, "top", seed=1, guidance_scale=2.5).samples)
+    plain = p.inpaint(digits, "top", seed=1, guidance_scale=1)
+    assert plain.settings["guidance_scale"] == 1 and not torch.equal(plain.samples, res.samples)
+    assert torch.equal(plain.samples, diffusa.load(inpaint_run).inpaint(digits, "top", steps=4, seed=1).samples)
+    for bad, message in ((0, "must be a finite number > 0"), (-1, "must be a finite number > 0"),
+                         ("3", "must be a finite number > 0"), (True, "must be a finite number > 0")):
+        meta["sampling"]["guidance_scale"] = bad
+        (run / "config.json").write_text(json.dumps(meta))
+        with pytest.raises(DiffusaError, match=re.escape(f"sampling.guidance_scale {message}")) as e:
+            diffusa.load(run)
+        assert "\n" not in str(e.value)
+    none = train_tiny(tmp_path / "none", ["data.inpaint_dropout=0", "train.steps=2"])
+    meta = json.loads((none / "config.json").read_text())
+    meta["sampling"] = {"sampler": "ddpm", "steps": 4, "guidance_scale": 2.0}
+    (none / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(DiffusaError, match=re.escape("sampling.guidance_scale does not suit this model: the model "
+                                                     "has no conditional and unconditional branches")):
+        diffusa.load(none)
 
 
 def train_tiny(out: Path, extra: list[str]) -> Path:

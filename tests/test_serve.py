@@ -434,8 +434,8 @@ def test_inpaint_api_is_python_inpaint(client: TestClient, tmp_path: Path) -> No
     mask = np.zeros((28, 28), np.uint8)
     mask[:14, 4:24] = 255
     image = digit_pixels(3)
-    body = {"image_png": png_b64(image), "mask_png": png_b64(mask), "steps": 6, "jump_length": 2, "jump_n_sample": 2,
-            "seed": 4, "format": "npz"}
+    body = {"model": "mnist-pixel", "image_png": png_b64(image), "mask_png": png_b64(mask), "steps": 6,
+            "jump_length": 2, "jump_n_sample": 2, "seed": 4, "format": "npz"}
     r = client.post("/api/inpaint", json=body)
     assert r.status_code == 200, r.text
     res = diffusa.load("mnist-pixel").inpaint(image[..., None], mask, steps=6, jump_length=2, jump_n_sample=2, seed=4)
@@ -591,7 +591,8 @@ EDIT_HOSTILE: list[tuple[str, str, dict[str, Any], int, str]] = [
      {"json": {"digit": 3, "mask": "top", "steps": 200, "jump_length": 1, "jump_n_sample": 20}}, 422,
      "at most 2500"),
     ("jump_n_sample zero on a model without a mask input", "inpaint",
-     {"json": {"digit": 3, "mask": "top", "jump_n_sample": 0}}, 400, "0 (no replacement, conditioning alone) is for"),
+     {"json": {"model": "mnist-pixel", "digit": 3, "mask": "top", "jump_n_sample": 0}}, 400,
+     "0 (no replacement, conditioning alone) is for"),
     ("jump_n_sample negative", "inpaint", {"json": {"digit": 3, "mask": "top", "jump_n_sample": -1}}, 422,
      "jump_n_sample:"),
     # upscaling: the model must be a super-resolution run
@@ -1014,8 +1015,8 @@ def test_page_edit_and_inpaint(client: TestClient, tmp_path: Path) -> None:
     assert before.shape == (224, 224, 3) and (before[:100, 40:180, 0] > before[:100, 40:180, 2]).all()  # tinted
     gen, status = run(req, inputs)
     assert status.startswith("inpainted") and "jumps 2 x 2" in status
-    api = client.post("/api/inpaint", json={"digit": 7, "mask_png": png_b64(mask), "steps": 4, "jump_length": 2,
-                                            "jump_n_sample": 2, "seed": 3})
+    api = client.post("/api/inpaint", json={"model": "mnist-pixel", "digit": 7, "mask_png": png_b64(mask), "steps": 4,
+                                            "jump_length": 2, "jump_n_sample": 2, "seed": 3})
     assert gen.entry.png.read_bytes() == api.content
     values, _, record = reload(service, gen.entry.id)
     got = dict(zip(INPAINT_CONTROLS, values, strict=True))
@@ -1265,7 +1266,6 @@ def test_page_in_headless_chromium(server: Any, sr_run: Path, tmp_path: Path, di
     import httpx
     from PIL import Image
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     from diffusa.data import resize_images
@@ -1302,8 +1302,7 @@ def test_page_in_headless_chromium(server: Any, sr_run: Path, tmp_path: Path, di
                    and "select the draw tool" not in d.find_element(By.CSS_SELECTOR, "#mask-editor").text)
         _paint_top_half(driver)
         passes = driver.find_element(By.CSS_SELECTOR, "#inpaint-jump-n-sample input[type=number]")
-        passes.clear()
-        passes.send_keys("1", Keys.TAB)  # plain replacement: 20 steps, not 80 (the test's time)
+        assert passes.get_attribute("value") == "1"  # the shipped mnist-inpaint: replacement, no jumps
         driver.find_element(By.CSS_SELECTOR, "#inpaint-go").click()
         wait.until(lambda d: "inpainted" in d.find_element(By.CSS_SELECTOR, "#inpaint-status").text)
         assert wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#inpaint-result img"))
@@ -1316,7 +1315,8 @@ def test_page_in_headless_chromium(server: Any, sr_run: Path, tmp_path: Path, di
         assert mask.shape == (28, 28) and mask[3:11, 5:23].mean() > 0.9 * 255 and not mask[16:].any(), mask
         done = httpx.get(f"{url}api/history/{entry['id']}/image", headers=auth, timeout=10).content
         assert entry["settings"]["jump_n_sample"] == 1 and entry["settings"]["nfe"] == 20
-        python = diffusa.load("mnist-pixel").inpaint(held_out(0), mask, jump_n_sample=1, seed=0)
+        assert entry["request"]["model"] == "mnist-inpaint" and entry["settings"]["guidance_scale"] == 3
+        python = diffusa.load("mnist-inpaint").inpaint(held_out(0), mask, seed=0)  # its defaults: mask guidance 3
         assert done == python.save(tmp_path / "in.png").read_bytes()
 
         next(t for t in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if t.text == "Upscale").click()

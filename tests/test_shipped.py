@@ -38,6 +38,7 @@ def test_shipped_model_loads_and_says_how_it_was_trained(name: str):
     text = name.startswith("mnist-text")  # the text model and its one-step student
     assert run.is_text == text and (run.decoder is not None) == text
     assert (meta["config"]["data"].get("super_resolution") == 4) == (name == "mnist-sr")
+    assert run.mask_guided == (name == "mnist-inpaint")
 
 
 def test_shipped_models_reproduce_their_stored_outputs():
@@ -60,6 +61,28 @@ def test_shipped_models_reproduce_their_stored_outputs():
     x = sr.upscale(low, sampler="dpmpp_2m", steps=steps, seed=seed).samples
     assert low.shape == (n, 1, 7, 7) and x.shape == ref["mnist-sr"].shape == (n, 1, 28, 28)
     assert float((x - ref["mnist-sr"]).abs().max()) < 1e-3
+    digits = load_dataset("mnist5k", "test").x[:n]  # the centre box redrawn with the inpainting model's defaults
+    res = diffusa.load("mnist-inpaint").inpaint(digits, "center", steps=steps, seed=seed)
+    assert res.settings["guidance_scale"] == 3.0 and res.settings["sampler"] == "ddpm"
+    assert float((res.samples - ref["mnist-inpaint"]).abs().max()) < 1e-3
+
+
+def test_the_shipped_inpainting_model_is_the_inpaint_default(cli, tmp_path: Path):
+    """`diffusa inpaint` (and the API's inpaint route) without --model use mnist-inpaint with its measured mask
+    guidance; `diffusa edit` keeps mnist-pixel; a prompt or a label still means the text model."""
+    from diffusa.serve.schema import EditRequest, InpaintRequest
+    from diffusa.shipped import default_model
+
+    r = cli("inpaint", "mnist5k:0-1", "--mask", "center", "--steps", 3, "--out", tmp_path / "i.npz")
+    assert r.code == 0 and "mnist-inpaint" in r.out, r.err
+    ref = diffusa.load("mnist-inpaint").inpaint(load_dataset("mnist5k", "test").x[:2], "center", steps=3)
+    assert np.array_equal(np.load(tmp_path / "i.npz")["samples"], ref.samples.numpy())
+    assert ref.settings["guidance_scale"] == 3.0 and ref.settings["nfe"] == 3
+    assert InpaintRequest(digit=0, mask="center").model_name == "mnist-inpaint"
+    assert InpaintRequest(digit=0, mask="center", label=3).model_name == "mnist-text"
+    assert EditRequest(digit=0).model_name == "mnist-pixel"
+    assert (default_model("generate"), default_model("upscale"), default_model("inpaint", True)) == (
+        "mnist-pixel", "mnist-sr", "mnist-text")
 
 
 def test_generate_draws_the_requested_digits(cli, tmp_path: Path, digit_classifier_path: Path):

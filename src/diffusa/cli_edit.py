@@ -216,12 +216,12 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Path, Path | None, Any, dic
     """(pipeline, out, strip, pixels, the pipeline's keywords) from the shared flags."""
     from diffusa.pipelines import load
     from diffusa.pipelines.edit import image_shape
-    from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+    from diffusa.shipped import default_model
 
     out, strip = outputs(args)
     if args.model is not None and not args.model.strip():
         raise DiffusaError("--model is empty: give a shipped model's name or a run folder")
-    name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None or args.label is not None else DEFAULT_MODEL)
+    name = args.model or default_model(args.command, args.prompt is not None or args.label is not None)
     pipe = load(name)
     use_threads(args.threads, pipe.is_image)
     pixels, labels = read_images(args.image, image_shape(pipe)[0])
@@ -276,6 +276,8 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     jumps = s["jump_n_sample"]
     how = {0: "no replacement", 1: "replacement, no jumps"}.get(jumps, f"jumps {s['jump_length']} x {jumps}")
     how = ("conditioned on the masked image, " if s.get("conditioning") == "mask" else "") + how
+    if s.get("conditioning") == "mask" and s.get("guidance_scale") not in (None, 1):
+        how += f", mask guidance {s['guidance_scale']:g}"
     print(f"wrote {len(res)} inpainted images to {out} ({pipe.name}, {s['masked_fraction']:.0%} masked; "
           f"{s['sampler']} {s['steps']} steps, {how}: {s['reverse_steps']} steps, {s['nfe']} network evaluations "
           f"per batch, {time.perf_counter() - t0:.2f} s)" + (f"; strip {strip}" if strip else ""))

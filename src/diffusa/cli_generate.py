@@ -44,12 +44,12 @@ def add_parser(sub: Any) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from diffusa.pipelines import check_out, load
-    from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+    from diffusa.shipped import default_model
 
     out = check_out(args.out, args.force)
     if args.model is not None and not args.model.strip():
         raise DiffusaError("--model is empty: give a shipped model's name or a run folder")
-    name = args.model or (DEFAULT_TEXT_MODEL if args.prompt is not None else DEFAULT_MODEL)
+    name = args.model or default_model("generate", args.prompt is not None)
     t0 = time.perf_counter()
     pipe = load(name)
     use_threads(args.threads, pipe.is_image)

@@ -7,6 +7,7 @@ Layout: `config.json` (format, version, the RunConfig, the data shape, the netwo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,13 @@ class Run:
         return recommended_sampling(self.meta, self.path / "config.json")
 
     @property
+    def recommended_guidance(self) -> float | None:
+        """The guidance scale measured best for this model (config.json "sampling" "guidance_scale"), which a draw
+        uses where it names none (`pipelines.request.resolve`); None without one."""
+        scale = self.meta.get("sampling", {}).get("guidance_scale")
+        return None if scale is None else float(scale)
+
+    @property
     def mask_guided(self) -> bool:
         """An unconditional mask-conditioned inpainting model trained with mask dropout (data.inpaint_dropout > 0,
         as config.json records it; runs from before the setting have none): guidance_scale guides it against the
@@ -196,14 +204,15 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
     recommended_sampling(meta, cfg_file)
 
 
-SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "why")
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "why")
 
 
 def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config.json") -> tuple[str, int] | None:
-    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "eta": ETA, "why":
-    "what was measured"} (spacing and eta optional): the sampler, steps, grid and stochasticity measured best for
-    this model, which a draw uses where it is not told (`pipelines.sampling.resolve_sampling`,
-    `resolve_recommended`; grid and eta only with the recommended sampler). (sampler, steps), or None without
+    """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "eta": ETA,
+    "guidance_scale": W, "why": "what was measured"} (spacing, eta and guidance_scale optional): the sampler, steps,
+    grid, stochasticity and guidance scale measured best for this model, which a draw uses where it is not told
+    (`pipelines.sampling.resolve_sampling`, `resolve_recommended`; grid and eta only with the recommended sampler;
+    the scale with any, `Run.recommended_guidance`, `check_recommended_guidance`). (sampler, steps), or None without
     the entry; one DiffusaError naming the file and the key for an entry that is not one (checked when the run is
     read)."""
     if "sampling" not in meta:
@@ -248,6 +257,11 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
         except DiffusaError:
             raise DiffusaError(f"{cfg_file}: sampling.eta must be a finite number >= 0, got {eta!r:.80}; "
                                f"{fix}") from None
+    scale = entry.get("guidance_scale")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale) or scale <= 0):
+        raise DiffusaError(f"{cfg_file}: sampling.guidance_scale must be a finite number > 0, got {scale!r:.80}; "
+                           f"{fix}")
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
@@ -331,7 +345,23 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
 
         den = ConsistencyDenoiser.from_table(den, meta["consistency"], path / "config.json")
     check_recommended_grid(den, meta, path / "config.json")
-    return Run(path, cfg, meta, net, den, decoder, str(weights))
+    run = Run(path, cfg, meta, net, den, decoder, str(weights))
+    check_recommended_guidance(run)
+    return run
+
+
+def check_recommended_guidance(run: Run) -> None:
+    """A recommended guidance scale (config.json "sampling" "guidance_scale") only on a model classifier-free
+    guidance applies to: a text or class-conditional model, or a mask-guided inpainting model (`Run.mask_guided`);
+    not on a guided student, whose default is its "guidance" table's."""
+    if run.recommended_guidance is None:
+        return
+    why = ("a guided student takes its default scale from config.json \"guidance\" \"default\""
+           if "guidance" in run.meta else None if run.is_text or run.num_classes or run.mask_guided
+           else "the model has no conditional and unconditional branches to mix")
+    if why is not None:
+        raise DiffusaError(f"{run.path / 'config.json'}: sampling.guidance_scale does not suit this model: {why}; "
+                           "correct or remove the entry")
 
 
 def load_guide(run: Run, spec: str | Path | None = None) -> Run:

@@ -246,7 +246,8 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         else:  # a label (check_request refused neither)
             labels = requested_labels(label, n, TEXT_CLASSES)
             prompts = [LABEL_CAPTION.format(d=int(y)) for y in labels.tolist()]
-        den, scale = guide(den, run, guided, guidance_scale, DEFAULT_TEXT_SCALE)
+        den, scale = guide(den, run, guided, guidance_scale,
+                           DEFAULT_TEXT_SCALE if run.recommended_guidance is None else run.recommended_guidance)
         cond = as_cond(run.net.tokenize(prompts)).replace(image=extra.image)
         return Request(den, cond, labels, prompts, scale, None)
     if prompt is not None:
@@ -255,8 +256,8 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
     if label is None:
         if classifier is not None:
             raise DiffusaError("classifier guidance needs a class to guide towards: give label=K (or 'all')")
-        if guidance_scale is not None and run.mask_guided and extra.image is not None:  # mask guidance
-            den, scale = guide(den, run, guided, guidance_scale)
+        if run.mask_guided and extra.image is not None:  # mask guidance (the model's recommended scale if any)
+            den, scale = guide(den, run, guided, guidance_scale, run.recommended_guidance)
             return Request(den, extra, None, None, scale, None)
         if guidance_scale is not None:
             if ImageCondition.of(run.config.data).inpaint and not run.num_classes:
@@ -279,7 +280,8 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         if any(p.device.type != "cpu" for p in run.net.parameters()):
             log_prob = _on_cpu(log_prob)  # the classifier loads on the CPU; its gradient flows back to the device
         labels = requested_labels(label, n, k)
-        den, guidance_scale = guide(den, run, guided, guidance_scale)  # None on an unconditional model (refused)
+        den, guidance_scale = guide(den, run, guided, guidance_scale,  # None on an unconditional model
+                                    run.recommended_guidance)
         cscale = 1.0 if classifier_scale is None else classifier_scale
         den = ClassifierGuided(den, log_prob, cscale, model_cond=run.num_classes > 0)
         return Request(den, extra.replace(labels=labels), labels, None,
@@ -288,7 +290,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
         raise DiffusaError(f"label: {name} is unconditional; labels need a model trained with --class-conditional, "
                            "or a noise-aware classifier (classifier=, from `diffusa train-classifier`)")
     labels = requested_labels(label, n, run.num_classes)
-    den, guidance_scale = guide(den, run, guided, guidance_scale)
+    den, guidance_scale = guide(den, run, guided, guidance_scale, run.recommended_guidance)
     return Request(den, extra.replace(labels=labels), labels, None, guidance_scale, None)
 
 

@@ -88,7 +88,7 @@ class Models:
                 "data_shape": meta.get("data_shape"), "latent": "latent" in meta,
                 "super_resolution": _image_condition(path, meta).factor,
                 "recommended": None if rec is None else {k: rec.get(k) for k in SAMPLING_KEYS
-                                                         if k not in ("spacing", "eta") or k in rec},
+                                                         if k not in ("spacing", "eta", "guidance_scale") or k in rec},
                 "defaults": {"sampler": sampler, "steps": steps}}
 
     def super_resolution(self, path: Path, name: str) -> int:

@@ -83,12 +83,10 @@ class Settings(BaseModel):
 
     @property
     def model_name(self) -> str:
-        """The model asked for, or `diffusa generate`'s default."""
-        from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+        """The model asked for, or `diffusa generate`'s default (`shipped.default_model`)."""
+        from diffusa.shipped import default_model
 
-        if self.model is not None:
-            return self.model
-        return DEFAULT_TEXT_MODEL if self.prompt is not None else DEFAULT_MODEL
+        return self.model if self.model is not None else default_model(self.task, self.prompt is not None)
 
     def pipeline_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of the pipeline call (prompt included; an edit's image and mask are not)."""
@@ -127,12 +125,13 @@ class ImageSettings(Settings):
 
     @property
     def model_name(self) -> str:
-        """The model asked for, or `diffusa edit`'s default: mnist-text with a prompt or a label, else mnist-pixel."""
-        from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+        """The model asked for, or `diffusa edit`'s and `diffusa inpaint`'s default (`shipped.default_model`):
+        mnist-text with a prompt or a label, else mnist-pixel to edit and mnist-inpaint to inpaint."""
+        from diffusa.shipped import default_model
 
         if self.model is not None:
             return self.model
-        return DEFAULT_TEXT_MODEL if self.prompt is not None or self.label is not None else DEFAULT_MODEL
+        return default_model(self.task, self.prompt is not None or self.label is not None)
 
     def record(self) -> dict[str, Any]:
         """As `Settings.record`, with the digit (an uploaded image is kept beside it in the history)."""
@@ -206,9 +205,9 @@ class UpscaleRequest(ImageSettings):
     @property
     def model_name(self) -> str:
         """The model asked for, or `diffusa upscale`'s default: the shipped mnist-sr."""
-        from diffusa.shipped import DEFAULT_UPSCALER
+        from diffusa.shipped import default_model
 
-        return self.model if self.model is not None else DEFAULT_UPSCALER
+        return self.model if self.model is not None else default_model(self.task)
 
     @model_validator(mode="after")
     def _upscale(self) -> UpscaleRequest:

@@ -149,6 +149,20 @@ def model_sampling(service: Service, model: Any, task: str = "generate") -> tupl
     return sampler, steps
 
 
+def inpaint_passes(service: Service, model: Any) -> int:
+    """The RePaint passes per jump the inpaint tab shows for `model`: 1 (the known region replaced before every step,
+    no jumps: `pipe.inpaint`'s default there) for a mask-conditioned inpainting model (data.inpaint), else
+    DEFAULT_JUMP_N_SAMPLE; the latter for a blank model or one that cannot be read (a request then says why)."""
+    if isinstance(model, str) and model.strip():
+        try:
+            data = service.models.config(service.models.resolve(model)).get("config", {}).get("data", {})
+        except DiffusaError:
+            return DEFAULT_JUMP_N_SAMPLE
+        if isinstance(data, dict) and data.get("inpaint"):
+            return 1
+    return DEFAULT_JUMP_N_SAMPLE
+
+
 def page_edit_request(kind: type[R], model: Any, source: Any, digit: Any, prompt: Any, label: Any, sampler: Any,
                       steps: Any, guidance_scale: Any, eta: Any, seed: Any, n: Any, **extra: Any) -> R:
     """The edit tabs' values as an API request of `kind` (EditRequest, InpaintRequest, UpscaleRequest): the digit
@@ -527,7 +541,9 @@ def _source(tab: str, model: str | None, choices: list[str] | None = None) -> di
 
 def build_ui(service: Service) -> Any:
     """The page's Blocks over a service."""
-    from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL
+    from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, default_model
+
+    inpainter = default_model("inpaint")
 
     stops: dict[str, threading.Event] = {}
 
@@ -701,20 +717,20 @@ def build_ui(service: Service) -> Any:
             with gr.Tab("Inpaint", id="inpaint", elem_id="tab-inpaint"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        c = tab["inpaint"] = _source("inpaint", DEFAULT_MODEL)
+                        c = tab["inpaint"] = _source("inpaint", inpainter)
                         c["mask"] = gr.Dropdown([PAINTED, *MASK_EXAMPLES], value=PAINTED, allow_custom_value=True,
                                                 label="mask: painted, a half, the centre, box:X,Y,W,H, strokes",
                                                 elem_id="inpaint-mask")
                         c["jump_length"] = gr.Slider(1, 50, value=DEFAULT_JUMP_LENGTH, step=1,
                                                      label="RePaint jump length (steps)")
-                        c["jump_n_sample"] = gr.Slider(1, 20, value=DEFAULT_JUMP_N_SAMPLE, step=1,
+                        c["jump_n_sample"] = gr.Slider(1, 20, value=inpaint_passes(service, inpainter), step=1,
                                                        label="RePaint passes per jump (1: no jumps)",
                                                        elem_id="inpaint-jump-n-sample")
                         with gr.Row():
                             c["go"] = gr.Button("Inpaint", variant="primary", elem_id="inpaint-go")
                             c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="inpaint-cancel")
                         c["status"] = gr.Markdown(elem_id="inpaint-status")
-                        c.update(_sampling("inpaint", "", model_sampling(service, DEFAULT_MODEL, "inpaint")))
+                        c.update(_sampling("inpaint", "", model_sampling(service, inpainter, "inpaint")))
                     with gr.Column(scale=2):
                         c["editor"] = gr.ImageEditor(label="paint what to redraw (the mask: painted)", type="numpy",
                                                  image_mode="RGBA", sources=(), transforms=(), layers=False,
@@ -776,6 +792,8 @@ def build_ui(service: Service) -> Any:
             # a model picked: its recommended sampler and steps (`.input`: not when a history entry sets the model)
             c["model"].input(lambda m, t=task: model_sampling(service, m, t), c["model"], [c["sampler"], c["steps"]],
                              **quiet)
+        tab["inpaint"]["model"].input(lambda m: inpaint_passes(service, m), tab["inpaint"]["model"],
+                                      tab["inpaint"]["jump_n_sample"], **quiet)  # and its RePaint passes
         for task, on_source, shown in (("img2img", on_edit_source, "before"), ("inpaint", on_inpaint_source, "editor"),
                                        ("upscale", on_upscale_source, "before")):
             c = tab[task]
@@ -847,7 +865,32 @@ def build_ui(service: Service) -> Any:
     return page
 
 
-__all__ = ["CONTROLS", "CSS", "EDIT_CONTROLS", "INPAINT_CONTROLS", "TASK_CONTROLS", "UPSCALE_CONTROLS", "before_image",
-           "bicubic_image", "build_ui", "editor_value", "enlarge", "generate_updates", "grid_image", "guard_editor",
-           "history_gallery", "page_body", "page_edit_request", "page_inputs", "page_request", "painted_mask",
-           "preview_grid", "read_upload", "reload", "run_metrics", "source_of", "upscalers"]
+__all__ = [
+    "CONTROLS",
+    "CSS",
+    "EDIT_CONTROLS",
+    "INPAINT_CONTROLS",
+    "TASK_CONTROLS",
+    "UPSCALE_CONTROLS",
+    "before_image",
+    "bicubic_image",
+    "build_ui",
+    "editor_value",
+    "enlarge",
+    "generate_updates",
+    "grid_image",
+    "guard_editor",
+    "history_gallery",
+    "inpaint_passes",
+    "page_body",
+    "page_edit_request",
+    "page_inputs",
+    "page_request",
+    "painted_mask",
+    "preview_grid",
+    "read_upload",
+    "reload",
+    "run_metrics",
+    "source_of",
+    "upscalers",
+]
