@@ -485,6 +485,9 @@ def test_upscale_api_is_python_upscale(client: TestClient, sr: Path, tmp_path: P
     assert settings["task"] == "upscale" and settings["factor"] == 2 and settings["input_size"] == [4, 4]
     assert settings["output_size"] == [8, 8] and settings["tiles"] == 1 and settings["noise_level"] == 0.1
     assert listed["mnist-sr"]["super_resolution"] == 4  # the shipped upscaler: the default without a model
+    assert listed["mnist-inpaint"]["inpaint"] and not listed["mnist-sr"]["inpaint"]  # the inpainting model
+    assert listed["mnist-inpaint"]["recommended"]["guidance_scale"] == 3.0
+    assert "guidance_scale" not in listed["mnist-sr"]["recommended"]
     r = client.post("/api/upscale", json={"digit": 17, "steps": 2, "seed": 2, "format": "npz"})
     assert r.status_code == 200, r.text
     assert npz_samples(r, tmp_path).shape == (1, 1, 28, 28)
@@ -1042,6 +1045,8 @@ def test_page_upscale(client: TestClient, sr: Path, tmp_path: Path) -> None:
         bicubic_image,
         generate_updates,
         history_gallery,
+        inpaint_passes,
+        inpainters,
         page_edit_request,
         page_inputs,
         reload,
@@ -1050,6 +1055,8 @@ def test_page_upscale(client: TestClient, sr: Path, tmp_path: Path) -> None:
 
     service = client.app.state.service
     assert upscalers(service) == ["mnist-sr", "sr"]  # the shipped upscaler first
+    assert inpainters(service) == ["mnist-inpaint"]  # listed on the inpaint tab only
+    assert [inpaint_passes(service, m) for m in ("mnist-inpaint", "mnist-pixel", "", "nope")] == [1, 5, 5, 5]
 
     def run(req: Any, inputs: Any) -> Any:
         *_, (_, gen, status) = generate_updates(service, req, threading.Event(), None, inputs)

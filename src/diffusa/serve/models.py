@@ -75,7 +75,8 @@ class Models:
         return meta
 
     def describe(self, path: Path) -> dict[str, Any]:
-        """What GET /api/models says of a folder: its conditioning and data shape (from config.json), its
+        """What GET /api/models says of a folder: its conditioning and data shape (from config.json), whether
+        it upscales (the factor) or is a mask-conditioned inpainting model (`inpaint`), its
         recommendation (config.json's "sampling", or None) and the sampler and steps a request that leaves them
         out gets (`defaults`: the recommendation, else the global defaults)."""
         from diffusa.pipelines.sampling import model_defaults
@@ -87,6 +88,7 @@ class Models:
         return {"conditioning": meta.get("config", {}).get("model", {}).get("conditioning", "none"),
                 "data_shape": meta.get("data_shape"), "latent": "latent" in meta,
                 "super_resolution": _image_condition(path, meta).factor,
+                "inpaint": bool(_image_condition(path, meta).inpaint),
                 "recommended": None if rec is None else {k: rec.get(k) for k in SAMPLING_KEYS
                                                          if k not in ("spacing", "eta", "guidance_scale") or k in rec},
                 "defaults": {"sampler": sampler, "steps": steps}}

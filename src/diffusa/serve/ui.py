@@ -155,11 +155,10 @@ def inpaint_passes(service: Service, model: Any) -> int:
     DEFAULT_JUMP_N_SAMPLE; the latter for a blank model or one that cannot be read (a request then says why)."""
     if isinstance(model, str) and model.strip():
         try:
-            data = service.models.config(service.models.resolve(model)).get("config", {}).get("data", {})
+            if service.models.describe(service.models.resolve(model))["inpaint"]:
+                return 1
         except DiffusaError:
-            return DEFAULT_JUMP_N_SAMPLE
-        if isinstance(data, dict) and data.get("inpaint"):
-            return 1
+            pass
     return DEFAULT_JUMP_N_SAMPLE
 
 
@@ -193,16 +192,27 @@ def page_inputs(service: Service, req: ImageSettings, upload: Any = None, painte
     return edit_inputs(req, shape, image, mask, factor)
 
 
-def upscalers(service: Service) -> list[str]:
-    """The super-resolution models the server answers to (those whose config.json has data.super_resolution)."""
+def _listed_as(service: Service, key: str) -> list[str]:
+    """The models the server answers to whose GET /api/models entry has `key` set."""
     out = []
     for name in service.models.names():
         try:
-            if service.models.describe(service.models.resolve(name))["super_resolution"]:
+            if service.models.describe(service.models.resolve(name))[key]:
                 out.append(name)
-        except Exception:  # a damaged run is not an upscaler; the metrics tab and GET /api/models say more
+        except Exception:  # a damaged run is neither; the metrics tab and GET /api/models say more
             continue
     return out
+
+
+def upscalers(service: Service) -> list[str]:
+    """The super-resolution models the server answers to (those whose config.json has data.super_resolution)."""
+    return _listed_as(service, "super_resolution")
+
+
+def inpainters(service: Service) -> list[str]:
+    """The mask-conditioned inpainting models the server answers to (data.inpaint): listed on the inpaint tab only,
+    as they draw only given an image and a mask."""
+    return _listed_as(service, "inpaint")
 
 
 def bicubic_image(inputs: Inputs, channels: int, factor: int) -> np.ndarray:
@@ -847,9 +857,11 @@ def build_ui(service: Service) -> Any:
             return enlarge(pixels), editor_value(pixels), view
 
         def on_models() -> tuple[Any, ...]:
-            names, ups = service.models.names(), upscalers(service)
+            names, ups, masks = service.models.names(), upscalers(service), inpainters(service)
             drawers = [n for n in names if n not in ups]  # an upscaler draws only on its own tab
-            return (*(gr.update(choices=drawers) for _ in range(3)), gr.update(choices=names),
+            plain = [n for n in drawers if n not in masks]  # an inpainting model only on the inpaint tab
+            return (gr.update(choices=plain), gr.update(choices=plain), gr.update(choices=drawers),
+                    gr.update(choices=names),
                     gr.update(choices=ups, value=ups[0] if ups else None), "" if ups else NO_UPSCALER)
 
         gallery.select(on_select, ids, [tabs, *everything, tab["img2img"]["before"], tab["upscale"]["before"]],
