@@ -294,8 +294,9 @@ def run(args: argparse.Namespace, train_n: int | None) -> None:
     rec["inpaint_model"] = str(model) if mask_pipe is not None else None
     jobs = [(name, pipe, v, {"sampler": sp, "jump_length": j, "jump_n_sample": r})
             for name, pipe in pipes.items() for v, (sp, j, r) in variants(args.jump).items()]
-    if mask_pipe is not None:
-        jobs += [(MASK_MODEL, mask_pipe, v, kw)
+    if mask_pipe is not None:  # unguided unless a variant says so, whatever the model recommends (mnist-inpaint: 3)
+        unguided = {"guidance_scale": 1.0} if mask_pipe.run.recommended_guidance is not None else {}
+        jobs += [(MASK_MODEL, mask_pipe, v, {**unguided, **kw})
                  for v, kw in asked_variants(args).items()]
     for mask in MASKS:
         repaint = masks[mask]

@@ -26,4 +26,5 @@ def test_a_benchmark_stage_on_a_missing_run_says_so_in_one_line(tmp_path: Path) 
                           timeout=120, cwd=tmp_path)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: run folder {tmp_path / 'nope'} does not exist; the shipped "
-                                                "models are mnist-pixel, mnist-text, mnist-sr, mnist-text-1step"]
+                                                "models are mnist-pixel, mnist-text, mnist-sr, mnist-text-1step, "
+                                                "mnist-inpaint"]

@@ -56,7 +56,7 @@ def test_entry_point_in_a_subprocess(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
     assert bad.stderr.strip().splitlines() == [f"diffusa sample: error: run folder {tmp_path / 'nope'} does not exist; "
                                                "the shipped models are mnist-pixel, mnist-text, mnist-sr, "
-                                               "mnist-text-1step"]
+                                               "mnist-text-1step, mnist-inpaint"]
 
 
 # -- one-line errors ---------------------------------------------------------------------------

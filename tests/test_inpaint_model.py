@@ -290,7 +290,8 @@ def test_a_recommended_guidance_scale_is_the_default(tmp_path: Path, inpaint_run
     assert plain.settings["guidance_scale"] == 1 and not torch.equal(plain.samples, res.samples)
     assert torch.equal(plain.samples, diffusa.load(inpaint_run).inpaint(digits, "top", steps=4, seed=1).samples)
     for bad, message in ((0, "must be a finite number > 0"), (-1, "must be a finite number > 0"),
-                         ("3", "must be a finite number > 0"), (True, "must be a finite number > 0")):
+                         ("3", "must be a finite number > 0"), (True, "must be a finite number > 0"),
+                         (10**400, "must be a finite number > 0")):
         meta["sampling"]["guidance_scale"] = bad
         (run / "config.json").write_text(json.dumps(meta))
         with pytest.raises(DiffusaError, match=re.escape(f"sampling.guidance_scale {message}")) as e:
@@ -300,8 +301,8 @@ def test_a_recommended_guidance_scale_is_the_default(tmp_path: Path, inpaint_run
     meta = json.loads((none / "config.json").read_text())
     meta["sampling"] = {"sampler": "ddpm", "steps": 4, "guidance_scale": 2.0}
     (none / "config.json").write_text(json.dumps(meta))
-    with pytest.raises(DiffusaError, match=re.escape("sampling.guidance_scale does not suit this model: the model "
-                                                     "has no conditional and unconditional branches")):
+    with pytest.raises(DiffusaError, match=re.escape("sampling.guidance_scale does not suit this model: it was "
+                                                     "trained without mask dropout")):
         diffusa.load(none)
 
 

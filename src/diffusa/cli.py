@@ -437,7 +437,8 @@ def build_parser() -> Parser:
         q.add_argument("--prompt", help="text to draw (a text-conditional model)")
         q.add_argument("--guidance-scale", type=float,
                        help="classifier-free guidance w: eps_u + w (eps_c - eps_u); 1 = the conditional model "
-                            f"(default: {DEFAULT_TEXT_SCALE:g} for a text model, none otherwise); a guided student "
+                            "(default: the model's config.json \"sampling\" \"guidance_scale\", else "
+                            f"{DEFAULT_TEXT_SCALE:g} for a text model, none otherwise); a guided student "
                             "(diffusa distill --guidance-range) takes w as an input, inside its range")
         q.add_argument("--classifier", help="classifier guidance with this `diffusa train-classifier` folder")
         q.add_argument("--classifier-scale", type=float, help="classifier guidance scale s (default 1)")

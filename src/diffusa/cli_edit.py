@@ -62,12 +62,13 @@ def add_parser(sub: Any) -> None:
     )
     from diffusa.pipelines.sampling import ETA_DEFAULT_TEXT, SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
+    from diffusa.shipped import default_model
 
     def common(q: argparse.ArgumentParser, out: str, sampler: str) -> None:
         q.add_argument("image", help="IMAGE.png|.jpg|.npz, held-out digits mnist5k:17 (or 0,5,9 or 0-7), or "
                                     "rough sketches of digits sketch:7 (or 0-9)")
         q.add_argument("--model", help="a shipped model's name or a run folder (default: mnist-text with --prompt "
-                                       "or --label, mnist-pixel without)")
+                                       f"or --label, {default_model(q.prog.split()[-1])} without)")
         q.add_argument("--n", type=positive_int, help="outputs (default one per image; one image: n variations)")
         q.add_argument("--prompt", help="text to draw (a text-conditional model)")
         q.add_argument("--label", help="class to draw: K, 'all', or 'source' (each mnist5k digit's own label)")
@@ -76,8 +77,10 @@ def add_parser(sub: Any) -> None:
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")
         q.add_argument("--eta", type=non_negative_float, help=ETA_DEFAULT_TEXT)
         q.add_argument("--guidance-scale", type=float,
-                       help=f"classifier-free guidance w (default {DEFAULT_TEXT_SCALE:g} for a text model); on a "
-                            "mask-conditioned inpainting model, mask guidance against the whole image to draw")
+                       help="classifier-free guidance w (default: the model's config.json \"sampling\" "
+                            f"\"guidance_scale\", else {DEFAULT_TEXT_SCALE:g} for a text model); on a "
+                            "mask-conditioned inpainting model, mask guidance against the whole image to draw "
+                            "(mnist-inpaint: 3; 1 = none)")
         autoguidance_flags(q)
         q.add_argument("--seed", type=int, default=0)
         q.add_argument("--out", default=out, help="FILE.png (grid) or FILE.npz (images, samples)")

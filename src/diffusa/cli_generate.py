@@ -33,7 +33,8 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--steps", type=positive_int, help=f"sampling steps (default: {STEPS_DEFAULT_TEXT})")
     g.add_argument("--sampler", help=f"default: {SAMPLER_DEFAULT_TEXT}")
     g.add_argument("--guidance-scale", type=float,
-                   help=f"classifier-free guidance w (text models; default {DEFAULT_TEXT_SCALE:g}); a guided student "
+                   help=f"classifier-free guidance w (text models; default the model's config.json \"sampling\" "
+                        f"\"guidance_scale\", else {DEFAULT_TEXT_SCALE:g}); a guided student "
                         "(diffusa distill --guidance-range) takes w as an input, inside its range")
     g.add_argument("--seed", type=int, default=0)
     autoguidance_flags(g)

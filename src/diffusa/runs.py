@@ -7,7 +7,6 @@ Layout: `config.json` (format, version, the RunConfig, the data shape, the netwo
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,7 +223,7 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     fix = "correct or remove the entry"
     if not isinstance(entry, dict):
         raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"spacing\": GRID "
-                           f"(optional), \"eta\": ETA (optional), \"why\": TEXT}}, "
+                           f"(optional), \"eta\": ETA (optional), \"guidance_scale\": W (optional), \"why\": TEXT}}, "
                            f"got {entry!r:.80}; {fix}")
     unknown = sorted(str(k) for k in entry if k not in SAMPLING_KEYS)
     if unknown:
@@ -258,10 +257,13 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
             raise DiffusaError(f"{cfg_file}: sampling.eta must be a finite number >= 0, got {eta!r:.80}; "
                                f"{fix}") from None
     scale = entry.get("guidance_scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale) or scale <= 0):
-        raise DiffusaError(f"{cfg_file}: sampling.guidance_scale must be a finite number > 0, got {scale!r:.80}; "
-                           f"{fix}")
+    if scale is not None:
+        try:  # the one rule for guidance scales (finite, a real number), said of the file's key; and > 0
+            if isinstance(scale, str) or check_scale(scale) <= 0:
+                raise DiffusaError("not > 0")
+        except DiffusaError:
+            raise DiffusaError(f"{cfg_file}: sampling.guidance_scale must be a finite number > 0, got {scale!r:.80}; "
+                               f"{fix}") from None
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
@@ -356,8 +358,11 @@ def check_recommended_guidance(run: Run) -> None:
     not on a guided student, whose default is its "guidance" table's."""
     if run.recommended_guidance is None:
         return
+    inpaint = bool(run.meta["config"].get("data", {}).get("inpaint"))
     why = ("a guided student takes its default scale from config.json \"guidance\" \"default\""
            if "guidance" in run.meta else None if run.is_text or run.num_classes or run.mask_guided
+           else "it was trained without mask dropout (data.inpaint_dropout 0, or from before the setting), so it has "
+                "no unconditional branch to guide against" if inpaint
            else "the model has no conditional and unconditional branches to mix")
     if why is not None:
         raise DiffusaError(f"{run.path / 'config.json'}: sampling.guidance_scale does not suit this model: {why}; "

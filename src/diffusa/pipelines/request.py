@@ -281,7 +281,7 @@ def resolve(run: Any, name: str, n: int, *, prompt: str | Sequence[str] | None, 
             log_prob = _on_cpu(log_prob)  # the classifier loads on the CPU; its gradient flows back to the device
         labels = requested_labels(label, n, k)
         den, guidance_scale = guide(den, run, guided, guidance_scale,  # None on an unconditional model
-                                    run.recommended_guidance)
+                                    run.recommended_guidance if run.num_classes else None)
         cscale = 1.0 if classifier_scale is None else classifier_scale
         den = ClassifierGuided(den, log_prob, cscale, model_cond=run.num_classes > 0)
         return Request(den, extra.replace(labels=labels), labels, None,

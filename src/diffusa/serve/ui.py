@@ -152,14 +152,15 @@ def model_sampling(service: Service, model: Any, task: str = "generate") -> tupl
 def inpaint_passes(service: Service, model: Any) -> int:
     """The RePaint passes per jump the inpaint tab shows for `model`: 1 (the known region replaced before every step,
     no jumps: `pipe.inpaint`'s default there) for a mask-conditioned inpainting model (data.inpaint), else
-    DEFAULT_JUMP_N_SAMPLE; the latter for a blank model or one that cannot be read (a request then says why)."""
-    if isinstance(model, str) and model.strip():
-        try:
-            if service.models.describe(service.models.resolve(model))["inpaint"]:
-                return 1
-        except DiffusaError:
-            pass
-    return DEFAULT_JUMP_N_SAMPLE
+    DEFAULT_JUMP_N_SAMPLE, also for one that cannot be read (a request then says why); a blank model is the
+    tab's default (`shipped.default_model("inpaint")`), as a request that leaves it out."""
+    from diffusa.shipped import default_model
+
+    name = model if isinstance(model, str) and model.strip() else default_model("inpaint")
+    try:
+        return 1 if service.models.describe(service.models.resolve(name))["inpaint"] else DEFAULT_JUMP_N_SAMPLE
+    except DiffusaError:
+        return DEFAULT_JUMP_N_SAMPLE
 
 
 def page_edit_request(kind: type[R], model: Any, source: Any, digit: Any, prompt: Any, label: Any, sampler: Any,
