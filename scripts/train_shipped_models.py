@@ -73,6 +73,12 @@ SAMPLING = {
                              "on 400 draws of 200 digits (w = 4 no better); RePaint 5x5 on the box 0.793 against "
                              "0.823 there, at 4x the evaluations"},
 }
+# how exported weights were actually trained, where not by the stage itself (config.json "shipped" "note")
+TRAINED_AS = {
+    "mnist-inpaint": "these weights: diffusa train --data mnist5k --set \"data.inpaint='all'\" --steps 10500 --out "
+                     "runs/inpaint-mg (the inpaint stage's configuration, with previews every 400 steps, which "
+                     "train_seconds includes; AMD EPYC, 2 cores)",
+}
 REFERENCE = {"n": 4, "steps": 5, "seed": 0, "prompt": "a handwritten 3", "scale": 3.0}
 
 
@@ -147,6 +153,8 @@ def stage_export(args: argparse.Namespace) -> None:
         log = last_log(run)
         record = {"command": command, "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),
                   "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}
+        if name in TRAINED_AS:
+            record["note"] = TRAINED_AS[name]
         if name == "mnist-text":
             record["autoencoder_train_seconds"] = round(load_json(args.work / "ae" / "config.json")["train_seconds"], 1)
         extra = {"sampling": SAMPLING[name]} if name in SAMPLING else {}
