@@ -127,6 +127,11 @@ BAD = [
     ({"sampler": "ddim", "steps": 4, "why": 5}, "sampling.why must be text"),
     ({"sampler": "ddim", "steps": 4, "nfe": 4}, "sampling.nfe is not a key of it"),
     ("ddim", "sampling must be a table"),
+    ({"sampler": "ddim", "steps": 4, "guidance_scale": float("nan")}, "sampling.guidance_scale must be a finite "
+                                                                       "number > 0, got nan"),
+    ({"sampler": "ddim", "steps": 4, "guidance_scale": 0.0}, "sampling.guidance_scale must be a finite number > 0"),
+    ({"sampler": "ddim", "steps": 4, "guidance_scale": 3}, "sampling.guidance_scale does not suit this model: the "
+                                                           "model has no conditional and unconditional branches"),
     ({"sampler": "ddim", "steps": 5000}, r"sampling \(sampler ddim, steps 5000\) does not suit this model: steps "
                                          "5000 exceeds the model's 1000 training steps"),
 ]
