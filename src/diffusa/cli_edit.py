@@ -64,11 +64,11 @@ def add_parser(sub: Any) -> None:
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
     from diffusa.shipped import default_model
 
-    def common(q: argparse.ArgumentParser, out: str, sampler: str) -> None:
+    def common(q: argparse.ArgumentParser, task: str, out: str, sampler: str) -> None:
         q.add_argument("image", help="IMAGE.png|.jpg|.npz, held-out digits mnist5k:17 (or 0,5,9 or 0-7), or "
                                     "rough sketches of digits sketch:7 (or 0-9)")
         q.add_argument("--model", help="a shipped model's name or a run folder (default: mnist-text with --prompt "
-                                       f"or --label, {default_model(q.prog.split()[-1])} without)")
+                                       f"or --label, {default_model(task)} without)")
         q.add_argument("--n", type=positive_int, help="outputs (default one per image; one image: n variations)")
         q.add_argument("--prompt", help="text to draw (a text-conditional model)")
         q.add_argument("--label", help="class to draw: K, 'all', or 'source' (each mnist5k digit's own label)")
@@ -94,7 +94,7 @@ def add_parser(sub: Any) -> None:
                                    "on every process: the noised image is cos(pi s/2) x + sin(pi s/2) noise, up to "
                                    "scale), then sample back with any sampler. Low strength keeps the image; 1 "
                                    "draws from pure noise.")
-    common(e, "edited.png", SAMPLER_DEFAULT_TEXT)
+    common(e, "img2img", "edited.png", SAMPLER_DEFAULT_TEXT)
     e.add_argument("--strength", type=_strength, default=DEFAULT_STRENGTH,
                    help=f"in (0, 1] (default {DEFAULT_STRENGTH:g}); runs about strength x steps steps")
     e.set_defaults(func=cmd_edit)
@@ -104,7 +104,8 @@ def add_parser(sub: Any) -> None:
                                    "MASK is drawn anew, the rest kept exactly; resampling jumps harmonise the seam. "
                                    "A mask-conditioned model (trained with data.inpaint) is also given the masked "
                                    "image and the mask, with no jumps unless asked for.")
-    common(p, "inpainted.png", f"{DEFAULT_INPAINT_SAMPLER}, RePaint's ancestral steps, whatever the model recommends")
+    common(p, "inpaint", "inpainted.png",
+           f"{DEFAULT_INPAINT_SAMPLER}, RePaint's ancestral steps, whatever the model recommends")
     p.add_argument("--mask", required=True, help="MASK.png|.npz (white = repaint) or " + " | ".join(MASKS))
     p.add_argument("--jump-length", type=positive_int,
                    help=f"steps each resampling jump goes back (default {DEFAULT_JUMP_LENGTH})")

@@ -224,6 +224,12 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
 
 
 # -- inpainting ---------------------------------------------------------------------------------------------------
+def default_jump_n_sample(mask_model: bool, jump_length: int | None = None) -> int:
+    """RePaint's passes per jump where none are asked for: 1 (the known region replaced before every step, no jumps)
+    on a mask-conditioned model unless a jump length is asked for, else DEFAULT_JUMP_N_SAMPLE."""
+    return 1 if mask_model and jump_length is None else DEFAULT_JUMP_N_SAMPLE
+
+
 def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] | None = None, *,
             n: int | None = None, label: Label = None, sampler: str | None = None, steps: int | None = None,
             jump_length: int | None = None, jump_n_sample: int | None = None, guidance_scale: float | None = None,
@@ -254,8 +260,8 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     from diffusa.samplers import get_sampler, sampler_options
 
     mask_model = bool(pipe.image_condition.inpaint)
-    if jump_n_sample is None:  # a mask-conditioned model: replacement without jumps unless jumps are asked for
-        jump_n_sample = 1 if mask_model and jump_length is None else DEFAULT_JUMP_N_SAMPLE
+    if jump_n_sample is None:
+        jump_n_sample = default_jump_n_sample(mask_model, jump_length)
     conditional = type(jump_n_sample) is int and jump_n_sample == 0  # conditioning alone: no RePaint loop
     if conditional and not mask_model:
         raise DiffusaError(f"jump_n_sample must be a positive integer on {pipe.name}: 0 (no replacement, "
@@ -341,5 +347,5 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
 
 
 __all__ = ["DEFAULT_INPAINT_SAMPLER", "DEFAULT_JUMP_LENGTH", "DEFAULT_JUMP_N_SAMPLE", "DEFAULT_STRENGTH",
-           "MASKS", "MASK_EXAMPLES", "as_images", "as_mask", "encode", "image_shape", "img2img", "inpaint",
-           "is_named_mask", "named_mask"]
+           "MASKS", "MASK_EXAMPLES", "as_images", "as_mask", "default_jump_n_sample", "encode", "image_shape",
+           "img2img", "inpaint", "is_named_mask", "named_mask"]

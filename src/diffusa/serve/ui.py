@@ -32,7 +32,6 @@ import gradio as gr
 from diffusa.errors import DiffusaError
 from diffusa.pipelines import (
     DEFAULT_JUMP_LENGTH,
-    DEFAULT_JUMP_N_SAMPLE,
     DEFAULT_N,
     DEFAULT_STRENGTH,
     Pipeline,
@@ -154,13 +153,14 @@ def inpaint_passes(service: Service, model: Any) -> int:
     no jumps: `pipe.inpaint`'s default there) for a mask-conditioned inpainting model (data.inpaint), else
     DEFAULT_JUMP_N_SAMPLE, also for one that cannot be read (a request then says why); a blank model is the
     tab's default (`shipped.default_model("inpaint")`), as a request that leaves it out."""
+    from diffusa.pipelines.edit import default_jump_n_sample
     from diffusa.shipped import default_model
 
     name = model if isinstance(model, str) and model.strip() else default_model("inpaint")
     try:
-        return 1 if service.models.describe(service.models.resolve(name))["inpaint"] else DEFAULT_JUMP_N_SAMPLE
+        return default_jump_n_sample(bool(service.models.describe(service.models.resolve(name))["inpaint"]))
     except DiffusaError:
-        return DEFAULT_JUMP_N_SAMPLE
+        return default_jump_n_sample(False)
 
 
 def page_edit_request(kind: type[R], model: Any, source: Any, digit: Any, prompt: Any, label: Any, sampler: Any,
