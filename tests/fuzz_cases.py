@@ -336,6 +336,8 @@ def _cases() -> list[tuple[str, list[str]]]:
         add(f"train-seed-{v}", *with_flag(tr, "--seed", v))
     for v in [*BAD_FLOATS, "-1"]:
         add(f"train-minutes-{v}", *with_flag(tr, "--minutes", v))
+        add(f"train-budget-{v}", *with_flag(tr, "--budget", v))
+    add("train-budget-and-steps", *tr, "--budget", "1")
     add("train-batch-huge", *with_flag(["train", "--data", "digits", "--out", "{out}/r", "--quiet", "--steps", "2"],
                                        "--batch-size", "1000000000"))
     add("train-process-unknown", *tr, "--process", "teleport")
@@ -362,8 +364,8 @@ def _cases() -> list[tuple[str, list[str]]]:
     # train: --set
     bad_values = {"nan": "nan", "inf": "inf", "neg": "-1", "str": '"x"', "list": "[1]", "table": "{a = 1}"}
     for key in ("lr", "warmup", "lr_min_ratio", "weight_decay", "grad_clip", "ema_decay", "label_dropout",
-                "max_minutes", "log_every", "checkpoint_every", "sample_every", "sample_n", "sample_steps", "threads",
-                "steps", "batch_size"):
+                "max_minutes", "budget_minutes", "log_every", "checkpoint_every", "sample_every", "sample_n",
+                "sample_steps", "threads", "steps", "batch_size"):
         for vid, v in bad_values.items():
             if key == "steps" and vid == "neg":
                 continue  # the case's own --steps 2 wins over --set train.steps

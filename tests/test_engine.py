@@ -192,3 +192,105 @@ def test_every_training_number_is_checked_before_any_work(tmp_path: Path, overri
         cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=2", override])
         diffusion_engine(cfg, tmp_path / "run", progress=False)
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
+# -- a time budget instead of a step count (diffusa.engine.budget) -------------------------------------------------
+def test_budget_estimate_and_fit_by_hand() -> None:
+    """The estimate counts the remaining steps at the measured rate, a preview every sample_every steps before the
+    last and the final one, a checkpoint every checkpoint_every steps, the snapshot and the final save; the fit
+    is the largest step count whose estimate is within the budget."""
+    from diffusa.config import TrainConfig
+    from diffusa.engine.budget import estimate, fit_steps
+
+    tc = TrainConfig(steps=None, budget_minutes=10.0, sample_every=400, checkpoint_every=200, guide_at=0.25)
+    kw = dict(step=100, elapsed_s=30.0, rate=4.0, checkpoint_s=0.5, preview_s=5.0)
+    # 1,900 steps at 4/s = 475 s; previews at 400..1600 and the last = 5 x 5 s; saves at 200..2000, the snapshot
+    # and the final one = 12 x 0.5 s; and the 30 s already spent
+    assert estimate(tc, 2000, **kw) == 30 + 475 + 25 + 6  # the snapshot at step 500 included
+    fit = fit_steps(tc, **kw)
+    assert estimate(tc, fit.steps, **kw) <= 600 < estimate(tc, fit.steps + 1, **kw)
+    assert 2150 < fit.steps < 2250 and fit.estimated_s == estimate(tc, fit.steps, **kw)
+
+
+def test_a_budget_already_spent_trains_one_step_past_the_fit_and_says_what_it_loses() -> None:
+    """Past the budget at the fit, the run stops one step later; where a quarter of its steps falls before the fit
+    there is no autoguidance snapshot, and the message says so."""
+    from diffusa.config import TrainConfig
+    from diffusa.engine.budget import fit_steps
+
+    kw = dict(step=100, elapsed_s=120.0, rate=4.0, checkpoint_s=0.5, preview_s=5.0)
+    tc = TrainConfig(budget_minutes=1.0, guide_at=0.25)
+    fit = fit_steps(tc, **kw)
+    assert fit.steps == 101 and "too short to keep the autoguidance snapshot" in fit.message(tc, 100)
+    tc = TrainConfig(budget_minutes=10.0, guide_at=0.25)
+    assert "snapshot" not in fit_steps(tc, **kw).message(tc, 100)
+
+
+def test_a_budgeted_run_is_the_run_of_the_steps_it_chose(tmp_path: Path) -> None:
+    """The steps are fixed at the end of the warm-up, before the learning rate depends on them, and written to
+    config.json: training that many steps from the start gives the same weights bit for bit."""
+    base = ['data.name="moons"', "train.batch_size=32", "train.warmup=20", "train.guide_at=0",
+            "train.sample_every=0", "train.checkpoint_every=0", "model.net.hidden=32"]
+    out = diffusion_engine(load_config(overrides=[*base, "train.budget_minutes=0.03"]), tmp_path / "budget",
+                           progress=False).fit()
+    meta = load_json(out / "config.json")
+    steps = meta["config"]["train"]["steps"]
+    assert meta["budget"]["steps"] == steps == load_json(out / "train_state.json")["step"] > 20
+    assert meta["budget"]["fitted_at_step"] == 20 and meta["budget"]["steps_per_s"] > 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == steps and records[-1]["elapsed_s"] < 0.03 * 60 + 5
+    again = diffusion_engine(load_config(overrides=[*base, f"train.steps={steps}"]), tmp_path / "steps",
+                             progress=False).fit()
+    a, b = load_tensors(out / "model.safetensors"), load_tensors(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_budget_refusals_are_one_line(cli, tmp_path: Path) -> None:
+    """--budget with --steps or --resume; a warm-up too short to time; a task whose schedule reads the step count
+    from the first step (consistency training)."""
+    r = cli("train", "--data", "moons", "--out", tmp_path / "a", "--budget", "1", "--steps", "5", "--quiet")
+    assert r.code != 0 and "--budget" in r.err and "--steps" in r.err and "Traceback" not in r.err
+    r = cli("train", "--data", "moons", "--out", tmp_path / "b", "--budget", "1", "--resume", "--quiet")
+    assert r.code != 0 and "--resume" in r.err and "Traceback" not in r.err
+    r = cli("train", "--data", "moons", "--out", tmp_path / "c", "--budget", "1", "--set", "train.warmup=5",
+            "--quiet")
+    assert r.code != 0 and "train.warmup >= 10" in r.err and "Traceback" not in r.err
+    r = cli("train", "--data", "moons", "--out", tmp_path / "d", "--budget", "1", "--objective", "ict", "--quiet")
+    assert r.code != 0 and "budget_minutes is not available" in r.err and "Traceback" not in r.err
+    assert not any((tmp_path / n / "model.safetensors").exists() for n in "abcd")
+
+
+BUDGET_BASE = ['data.name="moons"', "train.batch_size=32", "train.warmup=20", "train.guide_at=0",
+               "train.sample_every=0", "train.checkpoint_every=0", "model.net.hidden=32"]
+
+
+def test_a_budgeted_run_stopped_before_its_fit_fits_on_resume_and_keeps_its_steps_after(tmp_path: Path) -> None:
+    """Stopped before the fit (here by --minutes at step 1), a budgeted run records no steps and fits them when
+    resumed, still equal to the run of those steps from the start; resumed after the fit, it keeps the fitted
+    steps whatever the config passed in says (the checkpoint holds the fit)."""
+    stop = load_config(overrides=[*BUDGET_BASE, "train.budget_minutes=0.03", "train.max_minutes=1e-9"])
+    out = diffusion_engine(stop, tmp_path / "run", progress=False).fit()
+    assert load_json(out / "train_state.json")["step"] == 1 and "budget" not in load_json(out / "config.json")
+    resumed = load_config(overrides=[*BUDGET_BASE, "train.budget_minutes=0.03"])
+    diffusion_engine(resumed, out, resume=True, progress=False).fit()
+    steps = load_json(out / "config.json")["budget"]["steps"]
+    assert load_json(out / "train_state.json")["budget"]["steps"] == steps == load_json(out / "train_state.json")[
+        "step"]
+    again = diffusion_engine(load_config(overrides=[*BUDGET_BASE, f"train.steps={steps}"]), tmp_path / "steps",
+                             progress=False).fit()
+    a, b = load_tensors(out / "model.safetensors"), load_tensors(again / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    later = load_config(overrides=[*BUDGET_BASE, "train.budget_minutes=0.03", "train.steps=5000"])
+    assert diffusion_engine(later, out, resume=True, progress=False).cfg.steps == steps
+
+
+def test_budget_flag_refusals_on_resume_and_zero(cli, tmp_path: Path) -> None:
+    """`--resume --steps` on a budgeted run (its steps are the fit's) and `--budget 0` are one line each."""
+    out = tmp_path / "run"
+    r = cli("train", "--data", "moons", "--out", out, "--budget", "0.02", "--set", "train.warmup=20", "--set",
+            "train.sample_every=0", "--set", "train.guide_at=0", "--quiet")
+    assert r.code == 0 and "budget 0.02 min" in r.out  # the fit's line, printed without a progress bar
+    r = cli("train", "--out", out, "--resume", "--steps", "9000", "--quiet")
+    assert r.code != 0 and "fitted to its --budget" in r.err and "Traceback" not in r.err
+    r = cli("train", "--data", "moons", "--out", tmp_path / "zero", "--budget", "0", "--quiet")
+    assert r.code != 0 and "> 0" in r.err and "Traceback" not in r.err

@@ -23,6 +23,7 @@ from diffusa.cli_common import (
     force_flag,
     non_negative_float,
     png_out,
+    positive_float,
     positive_int,
     print_json,
     threads_flag,
@@ -66,12 +67,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = list(args.set or [])
     base = None
+    if args.budget is not None and (args.steps is not None or args.resume):
+        other = "--steps" if args.steps is not None else "--resume"
+        raise DiffusaError(f"--budget fits the steps to the time: drop {other} (a resumed run keeps the steps its "
+                           "budget chose)")
     if args.init and args.latent:
         raise DiffusaError("--init takes the latent space of the run it starts from; drop --latent")
     if args.init and not args.resume:
         base = init_base(args.init)
     if args.resume:
         base = read_run_meta(Path(args.out))["config"]
+        if args.steps is not None and base.get("train", {}).get("budget_minutes"):
+            raise DiffusaError(f"{args.out}'s steps were fitted to its --budget; a resume trains those: drop --steps "
+                               "(or start a longer run from its weights with --init)")
         if args.process is not None and args.process != base["process"]["name"]:
             raise DiffusaError(f"--process {args.process} differs from the run's {base['process']['name']!r}; "
                                "a resumed run keeps its process (drop --process or choose another --out)")
@@ -89,7 +97,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             overrides.insert(0, 'process.name="edm"')  # consistency training lives on EDM's noise levels
         overrides.append(f"loss.kind={json.dumps(args.objective)}")
     for flag, key in (("steps", "train.steps"), ("batch_size", "train.batch_size"), ("seed", "train.seed"),
-                      ("minutes", "train.max_minutes")):
+                      ("minutes", "train.max_minutes"), ("budget", "train.budget_minutes")):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -369,6 +377,10 @@ def build_parser() -> Parser:
     t.add_argument("--minutes", type=non_negative_float,
                      help="stop (and checkpoint) after this much training time in this invocation "
                           "(a --resume gets as many more)")
+    t.add_argument("--budget", type=positive_float, metavar="MINUTES",
+                   help="train for about this long instead of a step count: the steps are fitted to this machine's "
+                        "speed during the warm-up and recorded in config.json (train.steps), so `--steps N` repeats "
+                        "the run exactly")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--init", metavar="RUN",
                    help="fine-tune: start from this run's (or shipped model's) weights, process and network, with "

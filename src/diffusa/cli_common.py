@@ -24,6 +24,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a finite float > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0, got 0")
+    return value
+
+
 def _int_at_least(text: str, low: int, what: str) -> int:
     try:
         value = int(text)
@@ -44,7 +52,7 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0, "an integer >= 0")
 
 
-__all__ = ["non_negative_float", "positive_int"]
+__all__ = ["non_negative_float", "positive_float", "positive_int"]
 
 
 def force_flag(parser: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ def add_parser(sub: Any) -> None:
     """Register `upscale` on the CLI's sub-parsers."""
     from diffusa.pipelines.sampling import ETA_DEFAULT_TEXT, SAMPLER_DEFAULT_TEXT, STEPS_DEFAULT_TEXT
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS
-    from diffusa.shipped import DEFAULT_UPSCALER
+    from diffusa.shipped import default_model
 
     u = sub.add_parser("upscale", help="super-resolution (SR3): upscale images with a super-resolution run",
                        description="SR3 (Saharia et al. 2021): draw each image at the model's factor times its "
@@ -33,9 +33,9 @@ def add_parser(sub: Any) -> None:
                                    "linearly, so memory stays bounded.")
     u.add_argument("image", help="IMAGE.png|.jpg|.npz (low resolution), or held-out digits mnist5k:17 (or 0,5,9 "
                                  "or 0-7), shrunk to the model's input")
-    u.add_argument("--model", default=DEFAULT_UPSCALER,
-                   help="the shipped mnist-sr (4x, 7x7 -> 28x28; the default) or a run folder trained with "
-                        "--set data.super_resolution=F")
+    u.add_argument("--model", default=default_model("upscale"),
+                   help=f"the shipped {default_model('upscale')} (4x, 7x7 -> 28x28; the default) or a run folder "
+                        "trained with --set data.super_resolution=F")
     u.add_argument("--sampler", help=f"any sampler (default: {SAMPLER_DEFAULT_TEXT})")
     u.add_argument("--steps", type=positive_int, help=f"the sampler's grid (default: {STEPS_DEFAULT_TEXT})")
     u.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS], help="the sampling grid")

@@ -110,6 +110,8 @@ class TrainConfig:
     # weaker model that autoguidance (Karras et al. 2024; `diffusa.guidance.AutoGuided`) guides away from; 0 = none
     seed: int = 0
     max_minutes: float = 0.0  # > 0: stop (and checkpoint) after this much training time (per session: resumes too)
+    budget_minutes: float = 0.0  # > 0: train for about this long: `steps` is fitted to the speed measured during the
+    # warm-up and written back (diffusa.engine.budget), so the run equals `--steps N` with the N it chose
     log_every: int = 25
     checkpoint_every: int = 200
     sample_every: int = 400  # 0 = only at the end

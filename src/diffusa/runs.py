@@ -379,6 +379,11 @@ def load_guide(run: Run, spec: str | Path | None = None) -> Run:
 
     device = next(run.net.parameters()).device
     if spec is None:
+        from diffusa.engine.budget import UNFITTED_STEPS
+
+        if run.config.train.steps == UNFITTED_STEPS:
+            raise DiffusaError("autoguidance: this run stopped before its --budget fixed its steps, so it kept no "
+                               "snapshot: resume it (diffusa train --out RUN --resume) or name a guide")
         step = guide_step(run.config.train)
         if step is None:
             raise DiffusaError("autoguidance: this run kept no snapshot to guide it (train.guide_at = 0): name a guide")

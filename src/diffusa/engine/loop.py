@@ -39,6 +39,7 @@ from diffusa.checkpoint import (
     save_tensors,
 )
 from diffusa.config import TrainConfig, check_range
+from diffusa.engine.budget import UNFITTED_STEPS, Fit, estimate, fit_step, fit_steps
 from diffusa.engine.shards import Shards, auto_shards
 from diffusa.engine.state import (
     STATE,
@@ -135,6 +136,7 @@ SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
     ("label_dropout", False, 0, 1, True, True),
     ("seed", True, -SEED_LIMIT, SEED_LIMIT, False, False),
     ("max_minutes", False, 0, math.inf, True, False),
+    ("budget_minutes", False, 0, math.inf, True, False),
     ("log_every", True, 1, math.inf, True, False),
     ("checkpoint_every", True, 0, math.inf, True, False),
     ("sample_every", True, 0, math.inf, True, False),
@@ -148,13 +150,16 @@ SETTINGS: tuple[tuple[str, bool, float, float, bool, bool], ...] = (
 def validate_settings(tc: TrainConfig) -> None:
     """Reject optimisation settings that cannot train, before any work is done: every number finite, of its type
     and in its range (a NaN grad_clip would silently turn clipping off), every name known."""
-    flags = {"steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "max_minutes": "--minutes"}
+    flags = {"steps": "--steps", "batch_size": "--batch-size", "seed": "--seed", "max_minutes": "--minutes",
+             "budget_minutes": "--budget"}
     for key, *rule in SETTINGS:
         check_range(flags.get(key, f"train.{key}"), getattr(tc, key), *rule)
     if tc.precision not in PRECISIONS:
         raise DiffusaError(f"unknown precision {tc.precision!r}; known: {', '.join(PRECISIONS)}")
     if tc.lr_decay not in LR_DECAYS:
         raise DiffusaError(f"unknown lr_decay {tc.lr_decay!r}; known: {', '.join(LR_DECAYS)}")
+    if tc.budget_minutes > 0:
+        fit_step(tc)  # a warm-up too short to time the steps in
 
 
 def check_training_memory(model: nn.Module, batch_size: int, example_shape: tuple[int, ...]) -> None:
@@ -242,6 +247,8 @@ class Engine:
         self.opt = make_optimizer(task.parameters(), self.cfg, self.device)
         self.step = 0
         self.seconds = 0.0  # training time of the earlier segments of a resumed run
+        self._fitted: dict[str, Any] | None = None  # a time budget's fit (diffusa.engine.budget), checkpointed
+        self._window: tuple[int, float] | None = None  # (step, time) where the budget's speed is timed from
         self._shards: Shards | None = None  # the batch's threads (diffusa.engine.shards), made at the first step
         self._shard_count: int | None = None
         self._acc: dict[str, torch.Tensor] = {}  # the log's running sums since its last record, and their count
@@ -249,6 +256,20 @@ class Engine:
         if resume:
             task.check_resume(load_json(self.out / "config.json"), self.out)
             self._load_state()
+        self._fit_at: int | None = None  # the step after which a time budget fixes the step count
+        if self.cfg.budget_minutes > 0:
+            if not task.fits_budget:
+                raise DiffusaError(f"{task.name}: train.budget_minutes is not available here: its schedule reads the "
+                                   "step count from the first step; give the steps instead")
+            if self._fitted is not None:  # the checkpoint's fit wins over whatever config was passed in
+                self.cfg.steps = int(self._fitted["steps"])
+            else:
+                self._fit_at = fit_step(self.cfg)
+                if self.step > self._fit_at:
+                    raise DiffusaError(f"cannot resume {self.out} with a time budget: its checkpoint (step "
+                                       f"{self.step}) is past step {self._fit_at}, where a budget fixes the steps, "
+                                       "and records none; resume it with its own settings")
+                self.cfg.steps = UNFITTED_STEPS
         self.train_module = DistributedDataParallel(self.model) if self.dist.world > 1 else self.model
         task.bind(self.train_module, self.ema, self.device)
         if self.dist.main:
@@ -299,6 +320,7 @@ class Engine:
             self.scaler.load_state_dict(state["grad_scaler"])
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
+        self._fitted = state.get("budget")
         log = state.get("log", {})
         self._acc_n = int(log.get("n", 0))
         self._acc = {k: torch.tensor(v, dtype=torch.float32) for k, v in log.get("sums", {}).items()}
@@ -323,6 +345,8 @@ class Engine:
                                  "log": {"n": self._acc_n, "sums": {k: float(v) for k, v in self._acc.items()}}}
         if values:
             state["task"] = values
+        if self._fitted is not None:
+            state["budget"] = self._fitted
         if self.scaler is not None:
             state["grad_scaler"] = {k: float(v) if torch.is_tensor(v) else v
                                     for k, v in self.scaler.state_dict().items()}
@@ -421,6 +445,56 @@ class Engine:
         dist.all_reduce(t)
         return bool(t.item() > 0)
 
+    def _budget(self, bar: Any, start_step: int) -> None:
+        """After each step of a budgeted run before its fit: note the time at a quarter of the fit step (the speed
+        is measured from there), and fit at the fit step."""
+        fit_at = self._fit_at
+        assert fit_at is not None
+        if self.step == max(fit_at // 4, start_step + 1) and self.step < fit_at:
+            self._window = (self.step, time.time())
+        if self.step == fit_at:
+            self._fit_budget(bar, start_step)
+
+    def _fit_budget(self, bar: Any, start_step: int) -> None:
+        """Fit the step count to train.budget_minutes (diffusa.engine.budget): the speed since the window's start
+        (or, resumed at the fit step itself, the earlier segments' mean), one timed checkpoint and one timed
+        preview; the steps the same on every rank; config.json, then a checkpoint that keeps the fit, so a resume
+        trains the same steps."""
+        s0, t0 = self._window or (start_step, self._start)
+        if self.step > s0:
+            rate = (self.step - s0) / max(time.time() - t0, 1e-9)
+        else:
+            rate = self.step / max(self.seconds, 1e-9)
+        self.save()  # twice: the first also pays one-off imports (the loss curve's plotting)
+        t = time.time()
+        self.save()
+        checkpoint_s = time.time() - t
+        t = time.time()
+        self.preview(f"step_{self.step:06d}")
+        preview_s = time.time() - t
+        kw = dict(step=self.step, elapsed_s=self.elapsed, rate=rate, checkpoint_s=checkpoint_s, preview_s=preview_s)
+        steps = fit_steps(self.cfg, **kw).steps
+        if self.dist.world > 1:  # the ranks train the same steps: the smallest choice
+            n = torch.tensor(steps, dtype=torch.int64, device=self.device)
+            dist.all_reduce(n, op=dist.ReduceOp.MIN)
+            steps = int(n.item())
+        fit = Fit(steps, rate, checkpoint_s, preview_s, estimate(self.cfg, steps, **kw))
+        self.cfg.steps, self._fit_at = steps, None
+        self._fitted = {"minutes": self.cfg.budget_minutes, "fitted_at_step": self.step,
+                        "steps_per_s": round(rate, 3), "checkpoint_s": round(checkpoint_s, 3),
+                        "preview_s": round(preview_s, 3), "steps": steps}
+        if self.dist.main:
+            meta = self.task.meta()
+            meta["budget"] = self._fitted
+            save_json(self.out / "config.json", meta)
+        self.save()  # after config.json: a stop between the two fits again on resume, with the same rule
+        if bar is not None:
+            bar.total = steps
+            bar.refresh()
+            bar.write(fit.message(self.cfg, self.step))
+        elif self.dist.main:
+            print(fit.message(self.cfg, self.step), flush=True)
+
     def _write_log(self, log: Any, bar: Any, gn: torch.Tensor, start_step: int) -> None:
         """One JSONL record: the means since the last record (over every rank), grad norm, lr, speed."""
         means = {k: v / self._acc_n for k, v in self._acc.items()}
@@ -449,12 +523,16 @@ class Engine:
         if self.progress and self.dist.main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=tc.steps, initial=self.step, desc=self.task.name, unit="step", dynamic_ncols=True,
+            total = None if self._fit_at is not None else tc.steps  # a budget's steps are known at the fit
+            bar = tqdm(total=total, initial=self.step, desc=self.task.name, unit="step", dynamic_ncols=True,
                        mininterval=1.0)
         log = (self.out / "log.jsonl").open("a") if self.dist.main else None
         self._start, start_step = time.time(), self.step
+        self._window = None
         gn = torch.zeros(())
         try:
+            if self._fit_at is not None and self.step == self._fit_at:  # resumed at the fit step itself
+                self._fit_budget(bar, start_step)
             while self.step < tc.steps:
                 _, gn, _ = self.train_step()
                 if on_step is not None:
@@ -470,6 +548,8 @@ class Engine:
                     self.save_snapshot()
                 if tc.sample_every and self.step % tc.sample_every == 0 and self.step < tc.steps:
                     self.preview(f"step_{self.step:06d}")
+                if self._fit_at is not None:
+                    self._budget(bar, start_step)
                 if over:
                     if bar is not None:
                         bar.write(f"time budget of {tc.max_minutes} min reached at step {self.step}")

@@ -36,6 +36,8 @@ class Task:
 
     name: str = "train"
     shardable: bool = False  # `loss` may run on slices of a batch in parallel threads (diffusa.engine.shards)
+    fits_budget: bool = True  # nothing reads settings.steps before the warm-up ends, so a time budget
+    # (diffusa.engine.budget) may fix them then
     model: nn.Module
     data: Any
     settings: TrainConfig

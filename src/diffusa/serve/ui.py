@@ -552,9 +552,10 @@ def _source(tab: str, model: str | None, choices: list[str] | None = None) -> di
 
 def build_ui(service: Service) -> Any:
     """The page's Blocks over a service."""
-    from diffusa.shipped import DEFAULT_MODEL, DEFAULT_TEXT_MODEL, default_model
+    from diffusa.shipped import default_model
 
-    inpainter = default_model("inpaint")
+    texter, editor, inpainter = default_model("generate", conditioned=True), default_model("edit"), \
+        default_model("inpaint")
 
     stops: dict[str, threading.Event] = {}
 
@@ -639,9 +640,9 @@ def build_ui(service: Service) -> Any:
         for i, update in enumerate(stream(req, inputs, request, progress)):
             yield (before if i == 0 else gr.skip(), *update)
 
-    def source_pixels(model: Any, source: Any, digit: Any, upload: Any) -> np.ndarray:
+    def source_pixels(task: str, model: Any, source: Any, digit: Any, upload: Any) -> np.ndarray:
         if source == UPLOAD:
-            name = model or DEFAULT_MODEL
+            name = model or default_model(task)
             return read_upload(upload, mode_of(service.image_shape(name)))
         return held_out_digit(_number(digit) if isinstance(_number(digit), int) else 0)[1]
 
@@ -659,8 +660,8 @@ def build_ui(service: Service) -> Any:
 
         return on_source
 
-    on_edit_source = source_view(lambda *a: enlarge(source_pixels(*a)))
-    on_inpaint_source = source_view(lambda *a: editor_value(source_pixels(*a)))
+    on_edit_source = source_view(lambda *a: enlarge(source_pixels("edit", *a)))
+    on_inpaint_source = source_view(lambda *a: editor_value(source_pixels("inpaint", *a)))
     on_upscale_source = source_view(lambda *a: upscale_inputs(*a)[2], needs_model=True)
 
     def on_cancel(request: gr.Request) -> str:
@@ -690,10 +691,10 @@ def build_ui(service: Service) -> Any:
             with gr.Tab("Generate", id="generate", elem_id="tab-generate"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        c = tab["generate"] = {"model": gr.Dropdown([DEFAULT_TEXT_MODEL], value=DEFAULT_TEXT_MODEL,
+                        c = tab["generate"] = {"model": gr.Dropdown([texter], value=texter,
                                                                     label="model", allow_custom_value=True)}
                         c.update(_sampling("generate", "a handwritten three",
-                                           model_sampling(service, DEFAULT_TEXT_MODEL)))
+                                           model_sampling(service, texter)))
                         with gr.Row():
                             c["go"] = gr.Button("Generate", variant="primary", elem_id="generate")
                             c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -708,14 +709,14 @@ def build_ui(service: Service) -> Any:
             with gr.Tab("Image to image", id="img2img", elem_id="tab-img2img"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        c = tab["img2img"] = _source("edit", DEFAULT_MODEL)
+                        c = tab["img2img"] = _source("edit", editor)
                         c["strength"] = gr.Slider(0.01, 1, value=DEFAULT_STRENGTH, step=0.01, elem_id="edit-strength",
                                                   label="strength: the noise level to redraw from (1: pure noise)")
                         with gr.Row():
                             c["go"] = gr.Button("Edit", variant="primary", elem_id="edit-go")
                             c["cancel"] = gr.Button("Cancel", variant="stop", elem_id="edit-cancel")
                         c["status"] = gr.Markdown(elem_id="edit-status")
-                        c.update(_sampling("edit", "", model_sampling(service, DEFAULT_MODEL, "img2img")))
+                        c.update(_sampling("edit", "", model_sampling(service, editor, "img2img")))
                     with gr.Column(scale=2):
                         with gr.Row():
                             c["before"] = gr.Image(label="before", type="numpy", format="png", interactive=False,

@@ -161,6 +161,7 @@ class CurriculumStep:
     each step and kept with the checkpoint under STEP_KEY, so that a resumed run continues its schedule."""
 
     STEP_KEY = "distill_step"
+    fits_budget = False  # N(k) reads the step count from the first step
     k: int
 
     def after_step(self, result: StepLoss) -> None:
