@@ -294,3 +294,20 @@ def test_budget_flag_refusals_on_resume_and_zero(cli, tmp_path: Path) -> None:
     assert r.code != 0 and "fitted to its --budget" in r.err and "Traceback" not in r.err
     r = cli("train", "--data", "moons", "--out", tmp_path / "zero", "--budget", "0", "--quiet")
     assert r.code != 0 and "> 0" in r.err and "Traceback" not in r.err
+
+
+@pytest.mark.parametrize("record", ['"x"', '{"steps": "abc"}', '{"steps": 0}', '{"steps": true}', '{}'])
+def test_a_damaged_budget_record_in_the_checkpoint_is_one_line(tmp_path: Path, record: str) -> None:
+    """Resuming a budgeted run whose checkpoint's budget record is damaged names the file, no traceback."""
+    cfg = load_config(overrides=[*BUDGET_BASE, "train.budget_minutes=0.01"])
+    out = diffusion_engine(cfg, tmp_path / "run", progress=False).fit()
+    from diffusa.checkpoint import load_tensors_and_metadata, save_tensors
+
+    tensors, metadata = load_tensors_and_metadata(out / "train_state.safetensors")
+    state = json.loads(metadata["state"])
+    state["budget"] = json.loads(record)
+    save_tensors(out / "train_state.safetensors", tensors, {**metadata, "state": json.dumps(state)})
+    with pytest.raises(DiffusaError, match="train_state") as info:
+        diffusion_engine(load_config(overrides=[*BUDGET_BASE, "train.budget_minutes=0.01"]), out, resume=True,
+                         progress=False)
+    assert "\n" not in str(info.value)

@@ -77,7 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         base = init_base(args.init)
     if args.resume:
         base = read_run_meta(Path(args.out))["config"]
-        if args.steps is not None and base.get("train", {}).get("budget_minutes"):
+        train = base.get("train") if isinstance(base, dict) else None
+        if args.steps is not None and isinstance(train, dict) and train.get("budget_minutes"):
             raise DiffusaError(f"{args.out}'s steps were fitted to its --budget; a resume trains those: drop --steps "
                                "(or start a longer run from its weights with --init)")
         if args.process is not None and args.process != base["process"]["name"]:

@@ -47,6 +47,12 @@ class Fit:
     preview_s: float
     estimated_s: float  # the whole training, estimated, for `steps`
 
+    def record(self, tc: TrainConfig, fitted_at: int) -> dict[str, float | int]:
+        """What config.json's "budget" and the checkpoint keep of the fit."""
+        return {"minutes": tc.budget_minutes, "fitted_at_step": fitted_at, "steps_per_s": round(self.steps_per_s, 3),
+                "checkpoint_s": round(self.checkpoint_s, 3), "preview_s": round(self.preview_s, 3),
+                "steps": self.steps}
+
     def message(self, tc: TrainConfig, fitted_at: int) -> str:
         text = (f"budget {tc.budget_minutes:g} min: {self.steps_per_s:.2f} steps/s over the warm-up, a checkpoint "
                 f"{self.checkpoint_s:.1f} s, a preview {self.preview_s:.1f} s -> {self.steps} steps (about "
@@ -88,4 +94,13 @@ def fit_steps(tc: TrainConfig, *, step: int, elapsed_s: float, rate: float, chec
     return Fit(lo, rate, checkpoint_s, preview_s, estimate(tc, lo, **kw))
 
 
-__all__ = ["FIT_STEP_MAX", "UNFITTED_STEPS", "Fit", "estimate", "fit_step", "fit_steps", "multiples"]
+def fitted_steps(record: object, source: str) -> int:
+    """The step count a checkpoint's budget record holds; a damaged record is one line naming the file."""
+    steps = record.get("steps") if isinstance(record, dict) else None
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps < UNFITTED_STEPS:
+        raise DiffusaError(f"{source}: its budget record holds no step count (steps {steps!r:.40}); the checkpoint is "
+                           "damaged")
+    return steps
+
+
+__all__ = ["FIT_STEP_MAX", "UNFITTED_STEPS", "Fit", "estimate", "fit_step", "fit_steps", "fitted_steps", "multiples"]

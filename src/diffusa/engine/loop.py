@@ -39,7 +39,7 @@ from diffusa.checkpoint import (
     save_tensors,
 )
 from diffusa.config import TrainConfig, check_range
-from diffusa.engine.budget import UNFITTED_STEPS, Fit, estimate, fit_step, fit_steps
+from diffusa.engine.budget import UNFITTED_STEPS, Fit, estimate, fit_step, fit_steps, fitted_steps
 from diffusa.engine.shards import Shards, auto_shards
 from diffusa.engine.state import (
     STATE,
@@ -262,7 +262,7 @@ class Engine:
                 raise DiffusaError(f"{task.name}: train.budget_minutes is not available here: its schedule reads the "
                                    "step count from the first step; give the steps instead")
             if self._fitted is not None:  # the checkpoint's fit wins over whatever config was passed in
-                self.cfg.steps = int(self._fitted["steps"])
+                self.cfg.steps = fitted_steps(self._fitted, str(self.out / STATE))
             else:
                 self._fit_at = fit_step(self.cfg)
                 if self.step > self._fit_at:
@@ -480,9 +480,7 @@ class Engine:
             steps = int(n.item())
         fit = Fit(steps, rate, checkpoint_s, preview_s, estimate(self.cfg, steps, **kw))
         self.cfg.steps, self._fit_at = steps, None
-        self._fitted = {"minutes": self.cfg.budget_minutes, "fitted_at_step": self.step,
-                        "steps_per_s": round(rate, 3), "checkpoint_s": round(checkpoint_s, 3),
-                        "preview_s": round(preview_s, 3), "steps": steps}
+        self._fitted = fit.record(self.cfg, self.step)
         if self.dist.main:
             meta = self.task.meta()
             meta["budget"] = self._fitted
