@@ -10,11 +10,13 @@ Each (set, process) cell trains `diffusa train --data SET --process P` with the 
 then draws 2,000 samples with each sampler at 10 network evaluations (counted by a hook on the network: Heun spends
 two per step) and with RK45 (the probability-flow ODE solved to 1e-3, the limit a deterministic sampler tends to),
 and compares them with 2,000 held-out points; the candidates for a recommendation (DPM-Solver++(2M), (3M),
-UniPC, DPM-Solver++(2M) SDE) also at 20 steps, each on the process's default grid and on the grid uniform in
-log-SNR (`--spacing logsnr`; keys "SAMPLER@logsnr", at 10 NFE too). A process's recommended sampler and grid
+UniPC, DPM-Solver++(2M) SDE) also at 20 steps, each on the process's default grid, on the grid uniform in
+log-SNR over the process's range (`--spacing logsnr`; keys "SAMPLER@logsnr", at 10 NFE too) and on the one uniform
+in log-SNR over the levels of unit-scale data (`--spacing logsnr-unit`). A process's recommended sampler and grid
 (`recommend`, written into each point run's config.json as "sampling" through diffusa.config.POINT_SAMPLING) is the
 candidate with the best geometric mean of energy distance / floor over the sets at 20 steps; where two are within
-5%, the one with the smaller worst case. `--from-raw FILE` rebuilds the tables from a raw file without training.
+5%, the one with the smaller worst case. `--from-raw FILE` rebuilds the tables from a raw
+file without training.
 The floor is 2,000 other real points against the same held-out set.
 Energy distances are taken after standardising every coordinate by the held-out set's mean and std, so a set in
 metres and one in degrees are scored alike and a narrow coordinate counts as much as a wide one.
@@ -59,7 +61,9 @@ NFE = 10
 CANDIDATES = ("dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")  # also at STEPS: the choice of a recommendation
 STEPS = 20
 CLOSE = 1.05  # geometric means within 5% are a tie, broken by the worst set
-GRIDS = (None, "logsnr")  # the process's default grid, and uniform in log-SNR (samplers.make_grid)
+# the process's default grid, uniform in log-SNR over its own range, and over the levels of unit-scale data
+# (samplers.make_grid)
+GRIDS = (None, "logsnr", "logsnr-unit")
 
 
 def key(sampler: str, spacing: str | None) -> str:
@@ -73,28 +77,31 @@ def split_key(name: str) -> tuple[str, str | None]:
     return sampler, spacing or None
 
 
+def _ring8() -> tuple[list[float], list[list[float]], list[list[float]]]:
+    k = torch.arange(8, dtype=torch.float64)
+    centres = 2 * torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], 1)
+    return [1 / 8] * 8, centres.tolist(), [[0.1, 0.1]] * 8
+
+
+# The user-like sets as 2-D Gaussian mixtures with diagonal covariance: (weights, means, per-coordinate stds) in
+# the data's units (the module docstring); the exact denoiser of each is the oracle of tests/test_mixture_oracle.py
+USER_MIXTURES: dict[str, tuple[list[float], list[list[float]], list[list[float]]]] = {
+    "ring8": _ring8(),
+    "metres": ([0.5, 0.25, 0.25], [[0.0, 0.0], [300.0, 100.0], [-200.0, 250.0]],
+               [[40.0, 40.0], [8.0, 8.0], [8.0, 8.0]]),
+    "aniso": ([0.5, 0.5], [[-0.03, -40.0], [0.03, 40.0]], [[0.005, 10.0], [0.005, 10.0]]),
+    "offset": ([0.5, 0.5], [[999.75, -500.0], [1000.25, -500.0]], [[0.05, 0.05], [0.05, 0.05]]),
+}
+
+
 def user_set(name: str, n: int, gen: torch.Generator) -> torch.Tensor:
-    """n points of a user-like set (see the module docstring), float32 (n, 2)."""
+    """n points of a user-like set (USER_MIXTURES), float32 (n, 2): a component by inverting the weights' cumulative
+    sum at a uniform draw, then its mean plus its stds times a standard normal draw."""
+    weights, means, stds = (torch.tensor(v, dtype=torch.float64) for v in USER_MIXTURES[name])
     z = torch.randn(n, 2, generator=gen, dtype=torch.float64)
     u = torch.rand(n, generator=gen, dtype=torch.float64)
-    if name == "ring8":
-        k = torch.floor(u * 8)
-        centre = 2 * torch.stack([torch.cos(k * math.pi / 4), torch.sin(k * math.pi / 4)], 1)
-        return (centre + 0.1 * z).float()
-    if name == "metres":
-        wide = u < 0.5
-        centre = torch.where((u < 0.75)[:, None], torch.tensor([300.0, 100.0], dtype=torch.float64),
-                             torch.tensor([-200.0, 250.0], dtype=torch.float64))
-        centre = torch.where(wide[:, None], torch.zeros(2, dtype=torch.float64), centre)
-        std = torch.where(wide, 40.0, 8.0)[:, None]
-        return (centre + std * z).float()
-    if name == "aniso":
-        sign = torch.where(u < 0.5, -1.0, 1.0).double()
-        return torch.stack([0.03 * sign + 0.005 * z[:, 0], 40 * sign + 10 * z[:, 1]], 1).float()
-    if name == "offset":
-        sign = torch.where(u < 0.5, -1.0, 1.0).double()
-        return torch.stack([1000 + 0.25 * sign + 0.05 * z[:, 0], -500 + 0.05 * z[:, 1]], 1).float()
-    raise ValueError(name)
+    k = torch.searchsorted(weights.cumsum(0), u, right=True).clamp(max=len(weights) - 1)
+    return (means[k] + stds[k] * z).float()
 
 
 def real_splits(name: str, work: Path) -> tuple[str, torch.Tensor, torch.Tensor]:
@@ -259,7 +266,8 @@ def report(rows: list[dict[str, Any]], processes: list[str]) -> list[str]:
     return [f"Energy distance / real-vs-real floor at {NFE} network evaluations (standardised coordinates; "
             f"best sampler in bold; std.: trained standardised)", "", *table(rows), "",
             "Per process, over the sets: worst / geometric mean of the ratio (SAMPLER@logsnr: on the grid uniform "
-            "in log-SNR)", "", *summary(rows, processes)]
+            "in log-SNR over the process's levels; SAMPLER@logsnr-unit: over sigma/alpha in [0.05, 80])", "",
+            *summary(rows, processes)]
 
 
 def main() -> None:

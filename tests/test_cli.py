@@ -128,7 +128,7 @@ def test_damaged_npz(cli, tmp_path: Path) -> None:
     (["--n", "0"], "--n"),
     (["--spacing", "sideways"], "--spacing"),
     (["--sampler", "euler-maruyama"], "sampler"),
-    (["--steps", "5000"], "5000"),
+    (["--steps", "5000", "--spacing", "trailing"], "5000"),  # more of a chain's steps than it has
     (["--trajectory", "traj.png"], "trajectory"),  # points cannot be drawn as a strip
     (["--eta", "-1"], "--eta"),  # was silently deterministic
     (["--eta", "inf"], "--eta"),  # was all-NaN samples

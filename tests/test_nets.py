@@ -5,6 +5,7 @@ concatenated to the U-Net's input (SR3-style, Saharia et al. 2021) reaches the n
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -142,6 +143,10 @@ BAD_SETTINGS = [
     ("mlp", {"channels": 8}, "unknown setting(s) channels for network 'mlp'"),
     ("mlp", {"hidden": 0}, "hidden must be >= 1, got 0"),
     ("mlp", {"dim": 2.0}, "dim must be an integer"),
+    ("mlp", {"fourier": -1}, "fourier must be >= 0, got -1"),
+    ("mlp", {"fourier": 10**8}, "fourier must be <= 4096, got 100000000"),
+    ("mlp", {"fourier_scale": 0}, "fourier_scale must be a number in (0, 1000], got 0"),
+    ("mlp", {"fourier_scale": "1"}, "fourier_scale must be a number in (0, 1000], got '1'"),
     ("text_unet", {"text": None}, "settings of network 'text_unet' must be a table"),
     ("text_unet", {"extra": {}}, "unknown setting(s) extra for network 'text_unet'"),
     ("text_unet", {"text": {**TINY_TEXT, "width": 15}}, "text width 15 does not split into 2 heads"),
@@ -315,3 +320,22 @@ def test_image_channels_of_every_kind() -> None:
 def test_the_default_unet_patches_only_while_a_patch_fits_half_its_width(shape, cond, patch, mult, attention) -> None:
     _, spec = network_config("unet", NetRequest(shape, cond_channels=cond))
     assert (spec["patch_size"], spec["channel_mult"], spec["attention_resolutions"]) == (patch, mult, attention)
+
+
+def test_fourier_features_are_the_plain_mlp_on_sin_and_cos_inputs():
+    """MLP(fourier=F) on x is the plain MLP of input width 2 + 2F on [x, sin 2 pi x B, cos 2 pi x B] with the same
+    weights (Tancik et al. 2020); B is fixed (seeded, std fourier_scale) and saved with the weights; a config
+    without the keys (an earlier run's) builds the plain MLP."""
+    fourier = build_network("mlp", {"dim": 2, "hidden": 16, "depth": 2, "fourier": 8, "fourier_scale": 3.0})
+    plain = build_network("mlp", {"dim": 18, "hidden": 16, "depth": 2})
+    plain.load_state_dict({k: v for k, v in randomize(fourier).state_dict().items()
+                           if not k.startswith(("freqs", "out."))}, strict=False)
+    plain.out = fourier.out  # the plain MLP's output is as wide as its input
+    b = fourier.freqs
+    again = build_network("mlp", {"dim": 2, "hidden": 16, "depth": 2, "fourier": 8, "fourier_scale": 3.0})
+    assert torch.equal(again.freqs, b) and b.shape == (2, 8) and 2.0 < float(b.std()) < 4.5
+    assert "freqs" in fourier.state_dict()
+    x, c = torch.randn(5, 2), torch.rand(5)
+    z = 2 * math.pi * x @ b
+    assert torch.allclose(fourier(x, c), plain(torch.cat([x, z.sin(), z.cos()], 1), c), atol=1e-6)
+    assert "freqs" not in build_network("mlp", {"dim": 2, "hidden": 16, "depth": 1}).state_dict()

@@ -374,7 +374,8 @@ def test_make_grid_defaults_to_trailing():
 
 @pytest.mark.parametrize("proc", [DiscreteDDPM("linear", T), VP(), EDM(), Flow()], ids=lambda p: type(p).__name__)
 def test_level_spacings_on_any_process(proc):
-    """--spacing uniform / logsnr / karras give those grids on every process; chain spacings need a chain."""
+    """--spacing uniform / logsnr / logsnr-unit / karras give those grids on every process; chain spacings need a
+    chain."""
     den = gaussian_denoiser(proc, MU, SD)
     t_min = 1 / T if isinstance(proc, DiscreteDDPM) else 1e-3
     lam = proc.log_snr(make_grid(den, 12, "logsnr")[:-1])
@@ -388,6 +389,12 @@ def test_level_spacings_on_any_process(proc):
     assert float(sig[0]) == pytest.approx(min(80.0, float((-lam_ends[0] / 2).exp())), rel=1e-5)  # EDM's [0.002, 80]
     assert float(sig[-1]) == pytest.approx(max(0.002, float((-lam_ends[1] / 2).exp())), rel=1e-5)  # within training
     assert torch.equal(make_grid(den, 12, "uniform"), torch.linspace(1, 0, 13, dtype=torch.float64))
+    # logsnr-unit: log-SNR evenly spaced over sigma / alpha in [0.05, 80] (within the trained levels), then t = 0
+    unit = make_grid(den, 12, "logsnr-unit")
+    lam = proc.log_snr(unit[:-1])
+    assert unit[-1] == 0 and len(lam) == 12 and torch.allclose(lam.diff(), lam.diff()[:1].expand(11), rtol=1e-6)
+    assert float((-lam[-1] / 2).exp()) == pytest.approx(0.05, rel=1e-6)
+    assert float((-lam[0] / 2).exp()) == pytest.approx(min(80.0, float((-lam_ends[0] / 2).exp())), rel=1e-5)
     with pytest.raises(DiffusaError, match="unknown spacing"):
         make_grid(den, 12, "sideways")
     if not isinstance(proc, DiscreteDDPM):

@@ -182,13 +182,14 @@ PROCESS_DEFAULTS: dict[str, dict[str, str]] = {
 
 # The sampler, steps and grid (None: the sampler's default) each process's point runs draw with unless told (written
 # into config.json as "sampling" when a point run is trained; pipelines.sampling reads it): of DPM-Solver++(2M) and
-# (3M), UniPC and DPM-Solver++(2M) SDE at 20 steps, each on the default grid and the one uniform in log-SNR, the best
-# geometric mean of energy distance / floor over eight 2-D sets, the built-in toys and four user-like arrays (other
-# scales, narrow and wide modes), a tie within 5% going to the smaller worst case (`python benchmarks/toys.py`,
-# docs/results/toys.md). VP's uniform-in-t grid spends few steps at the low noise levels where narrow modes form.
+# (3M), UniPC and DPM-Solver++(2M) SDE at 20 steps, each on the default grid, the one uniform in log-SNR over the
+# process's levels and the one over the levels of unit-scale data ("logsnr-unit"), the best geometric mean of energy
+# distance / floor over eight 2-D sets, the built-in toys and four user-like arrays (other scales, narrow and wide
+# modes), a tie within 5% going to the smaller worst case (`python benchmarks/toys.py`, docs/results/toys.md): the SDE
+# solver on "logsnr-unit" for every process (within 2x the floor on 45 of the 48 cells). At 10 steps UniPC on the
+# same grid is the better choice (docs/benchmarks.md, the 2-D points section).
 POINT_SAMPLING: dict[str, tuple[str, int, str | None]] = {
-    "ddpm": ("dpmpp_2m_sde", 20, None), "vp": ("dpmpp_2m_sde", 20, "logsnr"), "subvp": ("unipc", 20, None),
-    "ve": ("dpmpp_3m", 20, None), "edm": ("dpmpp_3m", 20, None), "flow": ("dpmpp_2m_sde", 20, None),
+    name: ("dpmpp_2m_sde", 20, "logsnr-unit") for name in ("ddpm", "vp", "subvp", "ve", "edm", "flow")
 }
 
 

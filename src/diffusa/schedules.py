@@ -149,7 +149,7 @@ def karras_sigmas(sigma_min: float, sigma_max: float, steps: int, rho: float = 7
     return (hi + ramp * (lo - hi)) ** rho
 
 
-def _times_of_log_snr(process: Any, lam: torch.Tensor, what: str) -> torch.Tensor:
+def times_of_log_snr(process: Any, lam: torch.Tensor, what: str) -> torch.Tensor:
     """Map log-SNRs to the process's times, check they are reachable, and append t = 0."""
     t = process.t_of_log_snr(lam)
     back = process.log_snr(t)
@@ -172,7 +172,7 @@ def karras_grid(process: Any, steps: int, sigma_min: float = 0.002, sigma_max: f
     [sigma_min, sigma_max] is not inside the process's range.
     """
     sig = karras_sigmas(sigma_min, sigma_max, steps, rho)
-    return _times_of_log_snr(process, -2 * torch.log(sig), f"Karras grid [{sigma_min}, {sigma_max}]")
+    return times_of_log_snr(process, -2 * torch.log(sig), f"Karras grid [{sigma_min}, {sigma_max}]")
 
 
 def log_snr_uniform_grid(process: Any, steps: int, t_min: float = 1e-3, t_max: float = 1.0) -> torch.Tensor:
@@ -183,4 +183,4 @@ def log_snr_uniform_grid(process: Any, steps: int, t_min: float = 1e-3, t_max: f
         raise DiffusaError(f"a log-SNR grid needs 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
     ends = process.log_snr(torch.tensor([t_max, t_min], dtype=torch.float64))
     lam = torch.linspace(float(ends[0]), float(ends[1]), steps, dtype=torch.float64)
-    return _times_of_log_snr(process, lam, f"log-SNR grid on [{t_min}, {t_max}]")
+    return times_of_log_snr(process, lam, f"log-SNR grid on [{t_min}, {t_max}]")

@@ -146,7 +146,7 @@ class Pipeline:
         guidance_scale: classifier-free guidance w, eps_u + w (eps_c - eps_u): default 3 for a text model, none
         otherwise. classifier / classifier_scale: classifier guidance with a `diffusa train-classifier` folder
         (scale default 1). eta: stochasticity of ddim, euler_ancestral, dpmpp_2m_sde; variance: the ancestral
-        step's ("beta_tilde" or "beta"); spacing: the time grid (uniform, logsnr, karras; or leading,
+        step's ("beta_tilde" or "beta"); spacing: the time grid (uniform, logsnr, logsnr-unit, karras; or leading,
         trailing, even, ddim on a chain). image: the conditioning image of an image-conditioned model.
         callback(step, t, x_t, x0): after every step of every batch (model space: latents for a latent model);
         returning True stops there, and the samples are then the x0 predicted at that step, for this batch

@@ -91,7 +91,7 @@ def resolve_recommended(model: Any, sampler: str, spacing: str | None,
                         eta: float | None) -> tuple[str | None, float | None]:
     """(spacing, eta) a draw uses: each as given; else the model's recommendation (config.json "sampling" "spacing",
     "eta") when `sampler` is its recommended sampler (a grid and a stochasticity are measured with their sampler:
-    VP's point runs draw with DPM-Solver++(2M) SDE on the log-SNR grid, docs/results/toys.md; the shipped
+    point runs draw with DPM-Solver++(2M) SDE on the logsnr-unit grid, docs/results/toys.md; the shipped
     mnist-pixel with it at eta 3, docs/demo.md); else None, the sampler's own default. `model` as
     `model_defaults`."""
     if spacing is not None and eta is not None:
