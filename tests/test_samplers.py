@@ -402,6 +402,17 @@ def test_level_spacings_on_any_process(proc):
             make_grid(den, 12, "trailing")
 
 
+def test_unit_grid_outside_a_process_levels_is_one_line():
+    """logsnr-unit on a process whose levels miss [0.05, 80] (a VE that stops at sigma 0.04): one line naming the
+    spacing and the range, not a complaint about repeated times."""
+    from diffusa.process import process_from_dict
+
+    den = gaussian_denoiser(process_from_dict({"name": "ve", "sigma_min": 0.001, "sigma_max": 0.04}), MU, SD)
+    with pytest.raises(DiffusaError, match=r"^spacing 'logsnr-unit' needs noise levels sigma/alpha in \[0\.05, 80"
+                                           r"\.0\]; this process's levels .* do not reach them$"):
+        make_grid(den, 10, "logsnr-unit")
+
+
 def test_sample_errors():
     den = small_denoiser()
     with pytest.raises(DiffusaError):
