@@ -10,7 +10,7 @@ export HF_HOME        := $(CURDIR)/.cache/huggingface
 export XDG_CACHE_HOME := $(CURDIR)/.cache/xdg
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: demo demo-train serve test lint browser clean
+.PHONY: demo demo-train serve test test-benchmarks lint browser clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -58,8 +58,13 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks scripts
 
 # Two workers, one file each at a time (module fixtures are built once); each test uses one torch thread.
+# The benchmark scripts' quick modes (marked `benchmark`, about 9 worker-minutes) are `make test-benchmarks`, which
+# .ci/run runs after `make test`, so `make test` stays under ten minutes.
 test: $(STAMP) lint browser
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile -m "not benchmark"
+
+test-benchmarks: $(STAMP)
+	$(PY) -m pytest -n 2 --dist load -m benchmark
 
 clean:
 	rm -rf $(VENV) .cache runs .pytest_cache

@@ -256,6 +256,11 @@ def cmd_rgb(args: argparse.Namespace) -> None:
     rec: dict = {"n": args.n, "size": size, "factor": 4, "steps": args.sample_steps, "probe_times": PROBE_TIMES,
                  "real": {"swd": laplacian_swd(x, ref), "laplacian_energy": laplacian_energy(x)},
                  "bicubic": {**measured(bicubic), "x0_errors": [float((bicubic - x).square().mean())]}, "runs": []}
+    before = _load(Path(args.raw) / "super_resolution_rgb.json")
+    if before is not None and (before["n"], before["size"], before["steps"]) == (args.n, size, args.sample_steps):
+        # rows of runs measured before on the same scenes and not named now (their folders may be gone) are kept
+        named = {str(r) for r in runs_}
+        rec["runs"] = [r for r in before["runs"] if r["run"] not in named]
     for run in runs_:
         pipe = diffusa.load(run)
         t0 = time.time()
@@ -268,6 +273,8 @@ def cmd_rgb(args: argparse.Namespace) -> None:
                "train_minutes": log.get("elapsed_s", math.nan) / 60,
                "patch_size": cfg["network"]["config"].get("patch_size", 1),
                "weighting": cfg["config"]["loss"]["weighting"], "init": (cfg.get("init") or {}).get("from"),
+               "process": cfg["config"]["process"]["name"], "prediction": cfg["config"]["model"]["prediction"],
+               "residual": bool(cfg["config"]["model"].get("residual")),
                **measured(res.samples), "x0_errors": x0_errors(pipe, x, low)}
         rec["runs"].append(row)
         print(row, flush=True)
@@ -439,7 +446,8 @@ def report_lines(raw: Path) -> list[str]:
                     f"{' / '.join(f'{v:.3f}' for v in m['x0_errors'])}")
 
         for r in rgb["runs"]:
-            lines.append(f"| {r['run']}: patch {r['patch_size']}, weighting {r['weighting']}, {r['train_steps']} "
+            how = f"{r['process']} {r['prediction']}{', residual' if r['residual'] else ''}, " if "process" in r else ""
+            lines.append(f"| {r['run']}: {how}patch {r['patch_size']}, weighting {r['weighting']}, {r['train_steps']} "
                          f"steps ({r['train_minutes']:.1f} min){', from ' + r['init'] if r.get('init') else ''}; "
                          f"{r['sampler']} {rgb['steps']} | {cells(r)} |")
         lines.append(f"| bicubic (x0 error: of the upscaled input itself) | {cells(rgb['bicubic'])} |")

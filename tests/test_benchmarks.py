@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from benchmark_quick import check_quick_mode
 
+pytestmark = pytest.mark.benchmark  # make test-benchmarks, not make test (the Makefile)
+
 
 @pytest.mark.parametrize("script", ["toys.py", "speed.py", "memory.py", "time_to_quality.py", "streaming.py",
                                     "serve_load.py", "distill_mnist.py"])

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from benchmark_quick import check_quick_mode
 
+pytestmark = pytest.mark.benchmark  # make test-benchmarks, not make test (the Makefile)
+
 
 @pytest.mark.parametrize("script", ["iddpm_repro.py", "nfe.py", "guidance.py", "ldm.py", "two_processes.py",
                                     "reflow_toy.py", "editing.py", "sketches.py",

@@ -196,7 +196,8 @@ def test_derive_rebuilds_with_the_settings_changed_and_leaves_the_original():
     edm = EDM()
     net = torch.nn.Identity()
     den = Denoiser(lambda x, t, c: torch.zeros_like(x), edm, "edm", clip_x0=1.0, sigma_data=0.7, net=net)
-    assert den.settings() == {"learned_variance": False, "clip_x0": 1.0, "sigma_data": 0.7, "net": net}
+    assert den.settings() == {"learned_variance": False, "clip_x0": 1.0, "sigma_data": 0.7, "residual": False,
+                              "net": net}
     plain = den.derive(clip_x0=None)
     assert type(plain) is Denoiser and plain is not den and plain.raw is den.raw and plain.process is edm
     assert plain.settings() == {**den.settings(), "clip_x0": None} and den.clip_x0 == 1.0

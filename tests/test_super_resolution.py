@@ -219,6 +219,94 @@ def test_tiling_the_trained_upscaler_changes_less_than_a_new_seed(sr_run: Path) 
     assert gap < 0.7 * float((other_seed.samples - one.samples).abs().mean())
 
 
+# -- residual models (SRDiff) ---------------------------------------------------------------------------------------
+def test_a_residual_edm_denoiser_without_a_network_is_the_gaussian_posterior_around_its_anchor() -> None:
+    """model.residual with EDM's preconditioning at sigma_data = s0 and F = 0 is E[x0 | x_t] for x0 ~ N(mu, s0^2 I),
+    mu the low-resolution condition resized bilinearly to x (the closed form of `gaussian_sr_denoiser`)."""
+    oracle = gaussian_sr_denoiser(0.2)
+    den = Denoiser.from_function(lambda x, t: torch.zeros_like(x), oracle.process, "edm", sigma_data=0.2,
+                                 residual=True)
+    g = torch.Generator().manual_seed(1)
+    low = torch.rand(3, 1, 6, 5, generator=g) * 2 - 1
+    mu = F.interpolate(low, size=(12, 10), mode="bilinear", align_corners=False)
+    x = torch.randn(3, 1, 12, 10, generator=g)
+    for t in (0.05, 0.4, 0.9):
+        got, want = den(x, t, Cond(image=low)), oracle(x, t, Cond(image=mu))
+        assert torch.allclose(got.x0, want.x0, atol=1e-6) and torch.allclose(got.eps, want.eps, atol=1e-4)
+    with pytest.raises(DiffusaError, match="predicts around its condition image"):
+        den(x, 0.5, None)
+
+
+@pytest.mark.parametrize("process_name, prediction", [("ddpm", "eps"), ("ddpm", "v"), ("ddpm", "x0"),
+                                                      ("flow", "velocity"), ("edm", "edm")])
+def test_a_residual_models_target_reads_back_as_the_example_and_its_loss_is_zero_there(process_name: str,
+                                                                                      prediction: str) -> None:
+    """The network sees x_t - alpha mu; a raw output equal to `target(x0, eps, t, cond)` reads back as x0 and eps
+    (mu added back), and L_simple of a network that outputs its target is 0 (the loss passes cond to the target)."""
+    from diffusa.losses.simple import SimpleLoss
+    from diffusa.prediction import target_of
+
+    process = process_from_dict({"name": process_name})
+    g = torch.Generator().manual_seed(2)
+    low = torch.rand(4, 3, 4, 4, generator=g) * 2 - 1
+    cond = Cond(image=low)
+    mu = F.interpolate(low, size=(8, 8), mode="bilinear", align_corners=False)
+    x0 = (mu + 0.1 * torch.randn(4, 3, 8, 8, generator=g)).clamp(-1, 1)
+    eps = torch.randn(4, 3, 8, 8, generator=g)
+    t = torch.tensor([0.1, 0.3, 0.6, 0.9], dtype=torch.float64)
+    a, s = (expand_as(v, x0).float() for v in process.alpha_sigma(t))
+    x_t = a * x0 + s * eps
+    seen = {}
+
+    def raw(x: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
+        seen["x"] = x
+        return den.target(x0, eps, tt, cond)
+
+    den = Denoiser.from_function(raw, process, prediction, residual=True)
+    pred = den(x_t, t, cond)
+    assert torch.allclose(seen["x"], x_t - a * mu, atol=1e-6)
+    assert torch.allclose(pred.x0, x0, atol=2e-4) and torch.allclose(pred.eps, eps, atol=2e-3)
+    extras = den.levels(t, x0)[2]
+    assert torch.allclose(den.target(x0, eps, t, cond), target_of(prediction, x0 - mu, eps, a, s, **extras))
+    assert float(SimpleLoss()(den, x0, t, eps, cond).abs().max()) < 1e-9
+    if prediction != "eps":  # (eps's target is the noise alone, anchored or not)
+        plain = Denoiser.from_function(raw, process, prediction)
+        assert float(SimpleLoss()(plain, x0, t, eps, cond).abs().max()) > 1e-3  # the same output, unanchored
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m"])
+def test_tiling_a_residual_denoiser_equals_one_pass(sampler: str) -> None:
+    """The anchor is taken at full size before the tiles are cut: tiled sampling of a pixelwise residual denoiser
+    equals one pass within 1e-5."""
+    oracle = gaussian_sr_denoiser(0.2)
+    den = Denoiser.from_function(lambda x, t: torch.zeros_like(x), oracle.process, "edm", sigma_data=0.2,
+                                 residual=True)
+    g = torch.Generator().manual_seed(3)
+    cond = Cond(image=torch.rand(2, 1, 24, 21, generator=g) * 2 - 1)
+    x_T = torch.randn(2, 1, 24, 21, generator=g)
+    grid = make_grid(den, 10, None, sampler)
+    one = sample(den, x_T.shape, sampler, grid=grid, x_T=x_T, cond=cond)
+    assert torch.allclose(one, sample(oracle, x_T.shape, sampler, grid=grid, x_T=x_T, cond=cond), atol=1e-5)
+    tiled = sample(TiledDenoiser(den, Tiles((24, 21), (8, 8), (3, 3)), batch=5), x_T.shape, sampler, grid=grid,
+                   x_T=x_T, cond=cond)
+    assert float((tiled - one).abs().max()) < 1e-5
+
+
+def test_a_residual_upscaler_trains_loads_and_keeps_its_input(tmp_path: Path) -> None:
+    """A tiny residual 2x upscaler (EDM, sigma_data 0.25, 30 steps): config.json records it, the loaded model
+    predicts around its input, and its outputs shrunk back match their own inputs far better than another digit's."""
+    run = diffusa.load(diffusion_engine(load_config(overrides=[
+        *TINY, "data.super_resolution=2", "model.residual=true", "train.steps=30", 'process.name="edm"',
+        "process.sigma_data=0.25"]), tmp_path / "r",
+        progress=False).fit())
+    assert run.run.denoiser.residual and run.run.config.model.residual
+    x = load_dataset("digits", "test").x[:32]
+    low = block_mean(x, 2)
+    out = run.upscale(low, sampler="ddim", steps=10).samples
+    own, wrong = (block_mean(out, 2) - low).square().mean(), (block_mean(out, 2) - low.roll(1, 0)).square().mean()
+    assert float(own) < 0.3 * float(wrong), (own, wrong)
+
+
 # -- the cascade --------------------------------------------------------------------------------------------------
 def test_a_cascade_is_the_base_samples_upscaled(sr_run: Path, tmp_path: Path) -> None:
     """A 4x4 class-conditional base (data.image_size=4 on built-in digits) and the 2x upscaler: one call equals the
@@ -247,6 +335,7 @@ def test_a_cascade_is_the_base_samples_upscaled(sr_run: Path, tmp_path: Path) ->
     (["data.cond_noise_max=0.2"], r"augments a condition image; digits has none"),
     (["data.super_resolution=-2"], r"data.super_resolution must be an integer in \[0, 64\]"),
     (["data.cond_noise_max=1.5"], r"data.cond_noise_max must be a number in \[0, 1\]"),
+    (["model.residual=true"], r"model.residual predicts around the upsampled input of a super-resolution model"),
 ])
 def test_training_settings_are_refused_in_one_line(overrides: list[str], match: str) -> None:
     with pytest.raises(DiffusaError, match=match) as info:
@@ -322,6 +411,7 @@ def test_the_upscale_command(sr_run: Path, tmp_path: Path, cli) -> None:
             assert _digest(image) == before
 
 
+@pytest.mark.benchmark
 def test_the_benchmark_quick_mode(tmp_path: Path) -> None:
     """benchmarks/super_resolution.py --quick: every stage on 8x8 digits (~30 s), its table complete."""
     import subprocess

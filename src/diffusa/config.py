@@ -62,6 +62,7 @@ class ModelConfig:
     conditioning: str = "none"  # none | class | text (labels, or captions; a null label / empty caption for CFG)
     text: dict[str, Any] = field(default_factory=dict)  # text: the byte transformer's width, depth, heads, max_len
     clip_x0: bool = True  # clamp predicted x0 to the data range when sampling images
+    residual: bool = False  # super-resolution: predict around the upsampled condition (SRDiff; diffusa.prediction)
     net: dict[str, Any] = field(default_factory=dict)
 
 

@@ -215,12 +215,12 @@ class AutoGuided(Denoiser):
         for name, d in (("good", good), ("bad", bad)):
             if not isinstance(d, Denoiser):
                 raise DiffusaError(f"autoguidance's {name} model must be a Denoiser, got {type(d).__name__}")
-        if (bad.prediction, bad.learned_variance, bad.sigma_data) != (good.prediction, good.learned_variance,
-                                                                      good.sigma_data):
+        if (bad.prediction, bad.learned_variance, bad.sigma_data, bad.residual) != (
+                good.prediction, good.learned_variance, good.sigma_data, good.residual):
             # EDM's F-prediction reads its output through sigma_data: raw outputs mix as x0 only if it agrees
             raise DiffusaError(f"autoguidance mixes two models of one parameterization: the guiding model predicts "
-                               f"{bad.prediction} (sigma_data {bad.sigma_data}), the guided one {good.prediction} "
-                               f"(sigma_data {good.sigma_data})")
+                               f"{bad.prediction} (sigma_data {bad.sigma_data}, residual {bad.residual}), the guided "
+                               f"one {good.prediction} (sigma_data {good.sigma_data}, residual {good.residual})")
         t = torch.linspace(0.02, 0.98, 17, dtype=torch.float64)
         if type(bad.process) is not type(good.process) or not all(
                 torch.allclose(a, b, rtol=1e-5, atol=1e-7)

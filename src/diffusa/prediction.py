@@ -16,6 +16,13 @@ All parameterization conversions live here and nowhere else. With x = alpha x0 +
 Every target is an affine function of x0 at fixed x: target = A x0 + B x, so ||target error||^2 =
 A^2 ||x0 error||^2; `x0_error_gain` gives A^2, with which losses move a weighting between spaces exactly.
 
+Residual models (SRDiff, Li et al. 2022; `residual=True`): a super-resolution model whose condition image, resized
+to x (bilinear, as the U-Net resizes it), is the anchor mu. The network solves the residual problem r = x0 - mu:
+it sees x - alpha mu = alpha r + sigma eps and its output is read in its parameterization on that problem, so
+x0 = mu + x0_r and eps is unchanged; its target is the target of (x0 - mu, eps). The process, the samplers and the
+samples stay in image space. Without a network (output 0 for eps, v, edm) the x0 is mu plus the shrunk residual
+estimate of each parameterization: with edm and sigma_data = s_r it is E[x0 | x_t] for x0 ~ N(mu, s_r^2 I).
+
 A Denoiser derived from another (guidance, a loss's unclipped view) is built by a constructor, `Denoiser.derive`
 or a subclass's `__init__`, from the other's settings (`Denoiser.settings`): nothing copies and patches one.
 """
@@ -28,7 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
+from diffusa.cond import as_cond
 from diffusa.errors import DiffusaError
 from diffusa.process import Process, as_time, expand_as
 
@@ -210,6 +219,7 @@ class Denoiser:
         learned_variance: `raw` outputs twice the channels; the second half is IDDPM's v in [-1, 1].
         clip_x0: clamp x0 to [-clip_x0, clip_x0] (and re-derive eps) when sampling images; None = off.
         sigma_data: the data std of EDM's preconditioning; None = the process's own, else 0.5.
+        residual: predict around the condition image (SRDiff; the module docstring): x0 = mu + the residual's.
         net: the network behind `raw`, when there is one (`from_network`), for callers that count or move it.
 
     Wrappers (guidance) are subclasses built from a base Denoiser's process, prediction and `settings()`.
@@ -217,19 +227,21 @@ class Denoiser:
 
     def __init__(self, raw: RawFn, process: Process, prediction: str = "eps", *,
                  learned_variance: bool = False, clip_x0: float | None = None,
-                 sigma_data: float | None = None, net: torch.nn.Module | None = None) -> None:
+                 sigma_data: float | None = None, residual: bool = False,
+                 net: torch.nn.Module | None = None) -> None:
         self.raw = raw
         self.process = process
         self.prediction = check_parameterization(prediction)
         self.learned_variance = learned_variance
         self.clip_x0 = clip_x0
         self.sigma_data = default_sigma_data(process) if sigma_data is None else float(sigma_data)
+        self.residual = bool(residual)
         self.net = net
 
     def settings(self) -> dict[str, Any]:
         """The keyword arguments that rebuild this Denoiser's interpretation of `raw` (with process, prediction)."""
         return {"learned_variance": self.learned_variance, "clip_x0": self.clip_x0, "sigma_data": self.sigma_data,
-                "net": self.net}
+                "residual": self.residual, "net": self.net}
 
     def derive(self, raw: RawFn | None = None, *, learned_variance: bool = KEEP, clip_x0: float | None = KEEP,
                sigma_data: float = KEEP) -> Denoiser:
@@ -284,11 +296,32 @@ class Denoiser:
             extras = {"sigma_data": self.sigma_data}
         return expand_as(a, like), expand_as(s, like), extras
 
-    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """The regression target of this parameterization for clean data x0 and noise eps at time t."""
+    def anchor(self, like: torch.Tensor, cond: Any) -> torch.Tensor | None:
+        """A residual model's mu (module docstring): the first C channels of cond.image at like's (C, H, W) size,
+        resized bilinearly as the U-Net resizes its condition; None for any other model."""
+        if not self.residual:
+            return None
+        c = as_cond(cond)
+        if c is None or c.image is None:
+            raise DiffusaError("this model predicts around its condition image (model.residual), but none was given")
+        image = c.image[:, :like.shape[1]]
+        if tuple(image.shape[-2:]) != tuple(like.shape[-2:]):
+            image = F.interpolate(image, size=tuple(like.shape[-2:]), mode="bilinear", align_corners=False)
+        return image.to(like.dtype)
+
+    def _network_input(self, x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor | None) -> torch.Tensor:
+        """x, or for a residual model x - alpha mu (the noised residual)."""
+        if mu is None:
+            return x
+        return x - expand_as(self.process.alpha_sigma(t)[0], x).to(x.dtype) * mu
+
+    def target(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
+        """The regression target of this parameterization for clean data x0 and noise eps at time t (a residual
+        model's: of x0 - mu, its condition's anchor)."""
         t = as_time(t, x0.shape[0], x0.device)
         alpha, sigma, extras = self.levels(t, x0)
-        return target_of(self.prediction, x0, eps, alpha, sigma, **extras)
+        mu = self.anchor(x0, cond)
+        return target_of(self.prediction, x0 if mu is None else x0 - mu, eps, alpha, sigma, **extras)
 
     def x0_error_gain(self, t: torch.Tensor | float, batch: int | None = None) -> torch.Tensor:
         """Per-example A^2 (float64, shape (B,)): target-space squared error = A^2 x0-space squared error."""
@@ -298,21 +331,31 @@ class Denoiser:
 
     def output(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> torch.Tensor:
         """The raw network output (for losses that regress it directly)."""
-        return self.raw(x, as_time(t, x.shape[0], x.device), cond)
+        t = as_time(t, x.shape[0], x.device)
+        return self.raw(self._network_input(x, t, self.anchor(x, cond)), t, cond)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor | float, cond: Any = None) -> Prediction:
         t = as_time(t, x.shape[0], x.device)
-        out = self.raw(x, t, cond)
-        return self.interpret(out, x, t)
+        mu = self.anchor(x, cond)
+        out = self.raw(self._network_input(x, t, mu), t, cond)
+        return self.interpret(out, x, t, cond, mu=mu)
 
-    def interpret(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor) -> Prediction:
-        """Convert a raw output at (x, t) into a Prediction (split learned variance, clip)."""
+    def interpret(self, out: torch.Tensor, x: torch.Tensor, t: torch.Tensor, cond: Any = None, *,
+                  mu: torch.Tensor | None = None) -> Prediction:
+        """Convert a raw output at (x, t) into a Prediction (split learned variance, clip); a residual model's
+        output is read on x - alpha mu and mu added to its x0 (mu: the anchor of cond, unless given)."""
         v_var = None
         if self.learned_variance:
             out, v_raw = out.chunk(2, dim=1)
             v_var = (v_raw + 1) / 2
         alpha, sigma, extras = self.levels(t, x)
-        x0, eps = to_x0_eps(self.prediction, out, x, alpha, sigma, **extras)
+        if mu is None:
+            mu = self.anchor(x, cond)
+        if mu is None:
+            x0, eps = to_x0_eps(self.prediction, out, x, alpha, sigma, **extras)
+        else:
+            x0, eps = to_x0_eps(self.prediction, out, x - alpha.to(x.dtype) * mu, alpha, sigma, **extras)
+            x0 = x0 + mu
         if self.clip_x0 is not None:
             x0, eps = clamp_x0(x, x0, alpha, sigma, self.clip_x0)
         return Prediction(x=x, x0=x0, eps=eps, alpha=alpha, sigma=sigma, v_var=v_var)

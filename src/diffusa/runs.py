@@ -69,7 +69,8 @@ def make_denoiser(net: torch.nn.Module, process: Process, cfg: RunConfig, image:
     if prediction == "auto":
         prediction = auto_choice(cfg.process.name, "prediction")
     return Denoiser.from_network(net, process, prediction, learned_variance=cfg.model.learned_variance,
-                                 clip_x0=1.0 if (image and cfg.model.clip_x0) else None)
+                                 clip_x0=1.0 if (image and cfg.model.clip_x0) else None,
+                                 residual=bool(cfg.model.residual))
 
 
 def run_metadata(cfg: RunConfig, data_shape: tuple[int, ...], kind: str, spec: dict[str, Any],

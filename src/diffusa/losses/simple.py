@@ -77,14 +77,15 @@ class SimpleLoss:
         t = as_time(t, x0.shape[0], x0.device)
         a, s = denoiser.process.alpha_sigma(t)
         x_t = expand_as(a, x0) * x0 + expand_as(s, x0) * noise
-        return self.of_output(denoiser, denoiser.output(x_t, t, cond), x0, t, noise)
+        return self.of_output(denoiser, denoiser.output(x_t, t, cond), x0, t, noise, cond)
 
     def of_output(self, denoiser: Denoiser, out: torch.Tensor, x0: torch.Tensor, t: torch.Tensor,
-                  noise: torch.Tensor) -> torch.Tensor:
-        """The per-example loss of a raw output `out` already computed at x_t = alpha x0 + sigma noise, t (B,)."""
+                  noise: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """The per-example loss of a raw output `out` already computed at x_t = alpha x0 + sigma noise, t (B,)
+        (cond: for a residual model's target, `Denoiser.target`)."""
         if denoiser.learned_variance:
             out = out.chunk(2, dim=1)[0]
-        diff = out - denoiser.target(x0, noise, t)
+        diff = out - denoiser.target(x0, noise, t, cond)
         err = diff.square() if self.norm == "mse" else diff.abs()
         per_example = err.flatten(1).mean(dim=1)
         return per_example * self.weight(denoiser, t).to(per_example.device)

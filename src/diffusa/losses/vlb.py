@@ -50,12 +50,12 @@ class VLBLoss:
         self.variance = variance
 
     def term(self, denoiser: Denoiser, out: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-             t: torch.Tensor) -> torch.Tensor:
-        """T L_t (bits/dim) from a raw network output at (x_t, t)."""
+             t: torch.Tensor, cond: Any = None) -> torch.Tensor:
+        """T L_t (bits/dim) from a raw network output at (x_t, t) (cond: a residual model's anchor)."""
         proc = require_discrete(denoiser.process, "the vlb loss")
         t, s, t_above = chain_steps(proc, t)
         # without x0 clipping: IDDPM trains with clip_denoised=False
-        pred = denoiser.derive(clip_x0=None).interpret(out.float(), x_t, t)
+        pred = denoiser.derive(clip_x0=None).interpret(out.float(), x_t, t, cond)
         term = vlb_term_bpd(proc, x0, x_t, t, s, pred.x0, pred.v_var, variance=self.variance, t_above=t_above)
         return proc.num_steps * term
 
@@ -63,7 +63,7 @@ class VLBLoss:
                  cond: Any = None) -> torch.Tensor:
         t = as_time(t, x0.shape[0], x0.device)
         x_t = denoiser.process.q_sample(x0, t, noise)
-        return self.term(denoiser, denoiser.output(x_t, t, cond), x0, x_t, t)
+        return self.term(denoiser, denoiser.output(x_t, t, cond), x0, x_t, t, cond)
 
 
 class HybridLoss:
@@ -89,7 +89,7 @@ class HybridLoss:
         t = as_time(t, x0.shape[0], x0.device)
         x_t = denoiser.process.q_sample(x0, t, noise)
         out = denoiser.output(x_t, t, cond)
-        simple = self.simple.of_output(denoiser, out, x0, t, noise)  # the same output: no second forward pass
+        simple = self.simple.of_output(denoiser, out, x0, t, noise, cond)  # the same output: no second forward pass
         mean, var = out.chunk(2, dim=1)
         frozen = torch.cat([mean.detach(), var], dim=1)
-        return simple + self.vlb_weight * self.vlb.term(denoiser, frozen, x0, x_t, t)
+        return simple + self.vlb_weight * self.vlb.term(denoiser, frozen, x0, x_t, t, cond)

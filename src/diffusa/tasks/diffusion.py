@@ -74,6 +74,9 @@ class DiffusionTask(Task):
         self.settings = cfg.train
         self.source = ImageCondition.of(dc)  # condition images: super-resolution's, augmented (diffusa.superres)
         self.source.check(self.data, dc.latent)
+        if cfg.model.residual and not self.source.factor:
+            raise DiffusaError("model.residual predicts around the upsampled input of a super-resolution model: set "
+                               "data.super_resolution, or drop model.residual")
         self.kind, self.spec = network_spec(cfg, self.data.shape, self.data.num_classes,
                                             self.source.channels(self.data), data_kind=self.data.kind,
                                             image_level=self.source.augmented)
