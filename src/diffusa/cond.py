@@ -75,6 +75,18 @@ class Cond:
         return self.tokens, mask.to(torch.bool)
 
 
+def resized_condition(image: torch.Tensor, hw: tuple[int, ...]) -> torch.Tensor:
+    """A condition image (B, C, h, w) at size hw: bilinear with align_corners=False, which treats pixels as areas, so
+    the pixel centres of a low-resolution image land where they lie at any scale factor and the result is smooth,
+    not nearest-neighbour blocks a network would have to undo (SR3 conditions on an interpolated low-resolution
+    image likewise). The U-Net's concatenation and a residual model's anchor both read it so."""
+    import torch.nn.functional as F
+
+    if tuple(image.shape[-2:]) == tuple(hw):
+        return image
+    return F.interpolate(image, size=tuple(hw), mode="bilinear", align_corners=False)
+
+
 def as_cond(cond: Any) -> Cond | None:
     """A Cond from what callers pass: None, a Cond, a label tensor, or a {"tokens", "mask"} dict."""
     if cond is None or isinstance(cond, Cond):
@@ -92,4 +104,4 @@ def slice_cond(cond: Any, lo: int, hi: int) -> Cond | None:
     return None if c is None else c[lo:hi]
 
 
-__all__ = ["FIELDS", "Cond", "as_cond", "slice_cond"]
+__all__ = ["FIELDS", "Cond", "as_cond", "resized_condition", "slice_cond"]

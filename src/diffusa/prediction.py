@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from diffusa.cond import as_cond
+from diffusa.cond import as_cond, resized_condition
 from diffusa.errors import DiffusaError
 from diffusa.process import Process, as_time, expand_as
 
@@ -304,10 +303,7 @@ class Denoiser:
         c = as_cond(cond)
         if c is None or c.image is None:
             raise DiffusaError("this model predicts around its condition image (model.residual), but none was given")
-        image = c.image[:, :like.shape[1]]
-        if tuple(image.shape[-2:]) != tuple(like.shape[-2:]):
-            image = F.interpolate(image, size=tuple(like.shape[-2:]), mode="bilinear", align_corners=False)
-        return image.to(like.dtype)
+        return resized_condition(c.image[:, :like.shape[1]], tuple(like.shape[-2:])).to(like.dtype)
 
     def _network_input(self, x: torch.Tensor, t: torch.Tensor, mu: torch.Tensor | None) -> torch.Tensor:
         """x, or for a residual model x - alpha mu (the noised residual)."""
@@ -349,12 +345,9 @@ class Denoiser:
             out, v_raw = out.chunk(2, dim=1)
             v_var = (v_raw + 1) / 2
         alpha, sigma, extras = self.levels(t, x)
-        if mu is None:
-            mu = self.anchor(x, cond)
-        if mu is None:
-            x0, eps = to_x0_eps(self.prediction, out, x, alpha, sigma, **extras)
-        else:
-            x0, eps = to_x0_eps(self.prediction, out, x - alpha.to(x.dtype) * mu, alpha, sigma, **extras)
+        mu = self.anchor(x, cond) if mu is None else mu
+        x0, eps = to_x0_eps(self.prediction, out, self._network_input(x, t, mu), alpha, sigma, **extras)
+        if mu is not None:
             x0 = x0 + mu
         if self.clip_x0 is not None:
             x0, eps = clamp_x0(x, x0, alpha, sigma, self.clip_x0)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffusa.cond import Cond, as_cond
+from diffusa.cond import Cond, as_cond, resized_condition
 from diffusa.errors import DiffusaError
 from diffusa.nets.inputs import labels_or_null, read_cond
 from diffusa.nets.layers import (
@@ -203,13 +203,7 @@ class UNet(nn.Module):
             raise ValueError(f"cond.image must be (B={x.shape[0]}, {cc}, H, W) for this U-Net "
                              f"(cond_channels={cc}), got {tuple(image.shape)}")
         image = image.to(x.dtype)
-        if image.shape[-2:] != x.shape[-2:]:
-            # bilinear with align_corners=False treats pixels as areas: pixel centres of a low-resolution image
-            # land where they lie in the input's grid at any scale factor (align_corners=True would stretch it
-            # by half a pixel at the borders), and the result is smooth, not the blocks of nearest-neighbour
-            # the network would have to undo (SR3 conditions on an interpolated low-resolution image likewise)
-            image = F.interpolate(image, size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
-        return torch.cat([x, image], dim=1)
+        return torch.cat([x, resized_condition(image, tuple(x.shape[-2:]))], dim=1)
 
     def _run_layer(self, layer: nn.Module, h: torch.Tensor, emb: torch.Tensor, sizes: list[torch.Size],
                    ctx: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
