@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from diffusa import Denoiser, DiffusaError, DiscreteDDPM
-from diffusa.config import PROCESS_DEFAULTS, LossConfig, RunConfig, load_config, resolve_process_defaults
+from diffusa.config import (
+    PROCESS_DEFAULTS,
+    LossConfig,
+    RunConfig,
+    load_config,
+    resolve_defaults,
+    resolve_process_defaults,
+)
 from diffusa.losses import TIME_SAMPLERS, LogNormalTimeSampler, SimpleLoss, UniformTimeSampler, build_time_sampler
 from diffusa.losses.simple import x0_weight
 from diffusa.prediction import PREDICTIONS, edm_scalings, target_of, to_x0_eps
@@ -293,6 +300,25 @@ def test_lognormal_sampler_from_config_and_clamping() -> None:
     # reproducible from the generator
     again, _ = sampler.sample(20_000, generator=torch.Generator().manual_seed(1))
     assert torch.equal(t, again)
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 0.15, 1.0])
+def test_edm_levels_keep_their_ratio_to_sigma_data(sigma_data: float) -> None:
+    """ln sigma ~ N(-1.2 + ln(sigma_data / 0.5), 1.2^2): sigma / sigma_data is distributed as at EDM's 0.5, whether
+    the mean comes from a resolved config (recorded in config.json) or from the process when left unset."""
+    cfg = load_config(None, ["process.name='edm'", f"process.sigma_data={sigma_data}"])
+    assert cfg.loss.p_mean is None
+    resolve_defaults(cfg, "image")
+    assert cfg.loss.p_mean == pytest.approx(-1.2 + math.log(sigma_data / 0.5), abs=1e-6)
+    for loss in (cfg.loss, LossConfig(time_sampler="lognormal")):
+        t, _ = build_time_sampler(loss, EDM(sigma_data=sigma_data)).sample(20_000, torch.Generator().manual_seed(3))
+        ratio = torch.log(EDM().alpha_sigma(t)[1] / sigma_data)
+        assert ratio.mean().item() == pytest.approx(-1.2 - math.log(0.5), abs=0.045)
+    # an explicit mean is kept; other processes (no sigma_data) keep -1.2
+    explicit = load_config(None, ["process.name='edm'", "process.sigma_data=0.15", "loss.p_mean=-1.2"])
+    assert resolve_defaults(explicit, "image").loss.p_mean == -1.2
+    assert resolve_defaults(load_config(None, ["process.name='vp'"]), "image").loss.p_mean == -1.2
+    assert build_time_sampler(LossConfig(time_sampler="lognormal"), VE()).p_mean == -1.2
 
 
 def test_uniform_sampler_for_flow_starts_at_zero() -> None:

@@ -300,11 +300,33 @@ def test_a_residual_upscaler_trains_loads_and_keeps_its_input(tmp_path: Path) ->
         "process.sigma_data=0.25"]), tmp_path / "r",
         progress=False).fit())
     assert run.run.denoiser.residual and run.run.config.model.residual
+    # a residual model's defaults: no condition augmentation (its anchor is the condition), EDM's levels at 0.25
+    cfg = run.run.config
+    assert cfg.data.cond_noise_max == 0.0 and cfg.loss.p_mean == pytest.approx(-1.2 + math.log(0.25 / 0.5))
     x = load_dataset("digits", "test").x[:32]
     low = block_mean(x, 2)
     out = run.upscale(low, sampler="ddim", steps=10).samples
     own, wrong = (block_mean(out, 2) - low).square().mean(), (block_mean(out, 2) - low.roll(1, 0)).square().mean()
     assert float(own) < 0.3 * float(wrong), (own, wrong)
+
+
+def test_a_residual_edm_models_sigma_data_is_the_residuals_std_and_its_levels_follow() -> None:
+    """Left unset, a residual EDM upscaler's sigma_data is the std of x - up(down(x)) on its training examples,
+    computed here by hand (block means, bilinear up), and loss.p_mean moves by ln(sigma_data / 0.5); a plain
+    upscaler keeps 0.5, an explicit value is kept."""
+    task = DiffusionTask(load_config(overrides=[*TINY, "data.super_resolution=2", "model.residual=true",
+                                                'process.name="edm"']))
+    x = load_dataset("digits", "train").x[:1024]
+    by_hand = x - F.interpolate(block_mean(x, 2), size=(8, 8), mode="bilinear", align_corners=False)
+    sigma_data = task.cfg.process.sigma_data
+    assert sigma_data == pytest.approx(float(by_hand.std()), abs=1e-4) and 0.1 < sigma_data < float(x.std())
+    assert task.process.sigma_data == sigma_data
+    assert task.cfg.loss.p_mean == pytest.approx(-1.2 + math.log(sigma_data / 0.5), abs=1e-6)
+    plain = DiffusionTask(load_config(overrides=[*TINY, "data.super_resolution=2", 'process.name="edm"']))
+    assert plain.process.sigma_data == 0.5 and plain.cfg.loss.p_mean == -1.2
+    told = DiffusionTask(load_config(overrides=[*TINY, "data.super_resolution=2", "model.residual=true",
+                                                'process.name="edm"', "process.sigma_data=0.3"]))
+    assert told.process.sigma_data == 0.3
 
 
 # -- the cascade --------------------------------------------------------------------------------------------------

@@ -27,7 +27,8 @@ class DataConfig:
     stream: str = "auto"  # folders: auto (stream above 1/8 of memory decoded) | on | off (docs/data.md)
     # super-resolution (SR3; docs/super_resolution.md): > 1 conditions each example on itself shrunk by this factor
     super_resolution: int = 0
-    cond_noise_max: float | None = None  # condition augmentation: levels ~ U(0, max) (None: 0.3 with SR, else 0)
+    cond_noise_max: float | None = None  # condition augmentation: levels ~ U(0, max) (None: 0.3 with SR, else 0;
+    # 0 for a residual model, whose anchor is the condition)
     cond_noise: float | None = None  # the condition's fixed level when sampling (None: COND_NOISE, 0)
     # a mask-conditioned inpainting model (Palette; docs/editing.md): conditions each example on itself with a random
     # region blanked, plus the mask; "all" or mask kinds among box, strokes, half ("": off; diffusa.inpainting)
@@ -86,7 +87,8 @@ class LossConfig:
     weighting: str = "auto"  # auto (per process: PROCESS_DEFAULTS) | none | min_snr | sigma2 | likelihood | edm
     gamma: float = 5.0
     time_sampler: str = "auto"  # auto (per process) | uniform | lognormal (see diffusa.losses.TIME_SAMPLERS)
-    p_mean: float = -1.2  # lognormal: mean of ln(sigma / alpha) (Karras et al. 2022, Table 1)
+    p_mean: float | None = None  # lognormal: mean of ln(sigma / alpha); None: -1.2 (Karras et al. 2022, Table 1)
+    # at EDM's sigma_data 0.5, moved by ln(sigma_data / 0.5) so the levels keep their ratio to the data's std
     p_std: float = 1.2  # lognormal: its std
     vlb_weight: float = 0.001  # hybrid: lambda in L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1)
     ict: ConsistencyTrainingConfig = field(default_factory=ConsistencyTrainingConfig)  # kind = "ict"
@@ -157,6 +159,7 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 # condition: on held-out digits the 4x upscaler's judge accuracy 0.946 at 0 against 0.892 at 0.1, and the cascade's
 # FD 109 at 0 against 119 at 0.1 (docs/super_resolution.md)
 COND_NOISE_MAX, COND_NOISE = 0.3, 0.0
+EDM_SIGMA_DATA = 0.5  # the data std EDM's defaults assume: images in [-1, 1] (Karras et al. 2022, Sec. 5, Table 1)
 
 
 # What each process trains with when the config says "auto" (resolved values are saved in config.json):
@@ -216,12 +219,22 @@ def resolve_defaults(cfg: RunConfig, data_kind: str) -> RunConfig:
     for key, value in DATA_DEFAULTS[data_kind].items():
         if getattr(cfg.train, key) is None:
             setattr(cfg.train, key, value)
-    dc = cfg.data  # condition augmentation (Ho et al. 2022): on by default for super-resolution only
-    if dc.cond_noise_max is None:
-        dc.cond_noise_max = COND_NOISE_MAX if dc.super_resolution else 0.0
+    dc = cfg.data  # condition augmentation (Ho et al. 2022): on by default for super-resolution only, and not for a
+    if dc.cond_noise_max is None:  # residual model, whose anchor is the condition itself (a noised one moves it)
+        dc.cond_noise_max = COND_NOISE_MAX if dc.super_resolution and not cfg.model.residual else 0.0
     if dc.cond_noise is None:
         dc.cond_noise = min(COND_NOISE, dc.cond_noise_max)
+    if cfg.loss.p_mean is None:
+        pc = cfg.process
+        cfg.loss.p_mean = default_p_mean(pc.sigma_data if pc.name == "edm" and pc.sigma_data else EDM_SIGMA_DATA)
     return resolve_process_defaults(cfg)
+
+
+def default_p_mean(sigma_data: float = EDM_SIGMA_DATA) -> float:
+    """EDM's log-normal training levels, ln sigma ~ N(-1.2, 1.2^2) (Karras et al. 2022, Table 1), were set for data of
+    std sigma_data = 0.5; for another sigma_data (e.g. a residual upscaler's, diffusa.prediction) the mean moves by
+    ln(sigma_data / 0.5), so sigma / sigma_data, the ratio EDM's preconditioning sees, keeps its distribution."""
+    return round(-1.2 + math.log(sigma_data / EDM_SIGMA_DATA), 6)
 
 
 def _merge(obj: Any, values: dict[str, Any], where: str) -> None:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from diffusa.cond import as_cond, resized_condition
+from diffusa.config import EDM_SIGMA_DATA
 from diffusa.errors import DiffusaError
 from diffusa.process import Process, as_time, expand_as
 
@@ -44,7 +45,6 @@ from diffusa.process import Process, as_time, expand_as
 PARAMETERIZATIONS = ("eps", "x0", "v")
 # every name a Denoiser accepts: velocity also needs (alpha', sigma'), edm the data std sigma_data
 PREDICTIONS = (*PARAMETERIZATIONS, "velocity", "edm")
-DEFAULT_SIGMA_DATA = 0.5  # Karras et al. 2022, section 5: the std of images in [-1, 1]
 
 
 def check_parameterization(kind: str) -> str:
@@ -82,7 +82,7 @@ def edm_scalings(alpha: torch.Tensor, sigma: torch.Tensor,
 
 def to_x0_eps(kind: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
               d_alpha: torch.Tensor | None = None, d_sigma: torch.Tensor | None = None,
-              sigma_data: float = DEFAULT_SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
+              sigma_data: float = EDM_SIGMA_DATA) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn a network output of parameterization `kind` into (x0, eps). alpha, sigma (and for "velocity"
     d_alpha, d_sigma; for "edm" sigma_data) broadcast to x."""
     if kind == "eps":
@@ -108,7 +108,7 @@ def to_x0_eps(kind: str, out: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor
 
 def target_of(kind: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, *,
               d_alpha: torch.Tensor | None = None, d_sigma: torch.Tensor | None = None,
-              sigma_data: float = DEFAULT_SIGMA_DATA) -> torch.Tensor:
+              sigma_data: float = EDM_SIGMA_DATA) -> torch.Tensor:
     """The regression target for parameterization `kind` given the clean data and the noise.
 
     edm: F = (x0 - c_skip x) / c_out (Karras et al. 2022, eq. 8), which for x = alpha x0 + sigma eps is
@@ -130,7 +130,7 @@ def target_of(kind: str, x0: torch.Tensor, eps: torch.Tensor, alpha: torch.Tenso
 
 
 def x0_error_gain(kind: str, alpha: torch.Tensor, sigma: torch.Tensor, *, d_alpha: torch.Tensor | None = None,
-                  d_sigma: torch.Tensor | None = None, sigma_data: float = DEFAULT_SIGMA_DATA) -> torch.Tensor:
+                  d_sigma: torch.Tensor | None = None, sigma_data: float = EDM_SIGMA_DATA) -> torch.Tensor:
     """A^2 with ||target - target_hat||^2 = A^2 ||x0 - x0_hat||^2 at fixed x_t, for parameterization `kind`.
 
     eps: alpha^2 / sigma^2 (the SNR); x0: 1; v: (alpha^2 + sigma^2)^2 / sigma^2 (SNR + 1 for VP);
@@ -159,7 +159,7 @@ def clamp_x0(x: torch.Tensor, x0: torch.Tensor, alpha: torch.Tensor, sigma: torc
 
 def default_sigma_data(process: Process) -> float:
     """The data std EDM's preconditioning assumes: the process's own (EDM) or 0.5 (Karras et al. 2022)."""
-    return float(getattr(process, "sigma_data", DEFAULT_SIGMA_DATA))
+    return float(getattr(process, "sigma_data", EDM_SIGMA_DATA))
 
 
 @dataclass

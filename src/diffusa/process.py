@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from diffusa.config import EDM_SIGMA_DATA
 from diffusa.errors import DiffusaError
 from diffusa.limits import MAX_CHAIN_STEPS
 from diffusa.schedules import make_betas
@@ -342,7 +343,7 @@ class EDM(VE):
 
     name = "edm"
 
-    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = 0.5) -> None:
+    def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0, sigma_data: float = EDM_SIGMA_DATA) -> None:
         super().__init__(sigma_min, sigma_max)
         if not sigma_data > 0:
             raise DiffusaError(f"EDM needs sigma_data > 0, got {sigma_data}")

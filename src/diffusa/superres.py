@@ -29,11 +29,26 @@ from typing import Any
 
 import torch
 
-from diffusa.data import resize_images
+from diffusa.cond import resized_condition
+from diffusa.data import examples, resize_images
 from diffusa.errors import DiffusaError
 from diffusa.inpainting import drop_masks, masked_condition, parse_kinds, random_masks
 
 PREVIEW_SEED = 0  # the augmentation noise of training previews: fixed, so grids over training compare
+RESIDUAL_STD_EXAMPLES = 1024  # residual_std reads the first this many training examples
+
+
+def residual_std(data: Any, factor: int) -> float | None:
+    """The std of x - up(down(x)) over the first RESIDUAL_STD_EXAMPLES examples: what a residual upscaler diffuses
+    (SRDiff, Li et al. 2022; diffusa.prediction), so its EDM sigma_data (Karras et al. 2022: the std of the data
+    the process sees). down: block averages by `factor`; up: the bilinear resize the anchor uses. None when the data
+    cannot be shrunk so (ImageCondition.check says why in one line)."""
+    shape = tuple(getattr(data, "shape", ()))
+    if getattr(data, "kind", None) != "image" or factor < 2 or len(shape) != 3 or any(s % factor for s in shape[1:]):
+        return None
+    x = examples(data, RESIDUAL_STD_EXAMPLES)
+    low = resize_images(x, (shape[1] // factor, shape[2] // factor))
+    return round(float((x - resized_condition(low, shape[1:])).std()), 4)
 
 
 def augment(image: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

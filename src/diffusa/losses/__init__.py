@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from diffusa.config import EDM_SIGMA_DATA, default_p_mean
 from diffusa.errors import DiffusaError
 from diffusa.losses.importance import ImportanceTimeSampler
 from diffusa.losses.simple import WEIGHTINGS, SimpleLoss
@@ -30,7 +31,8 @@ def _uniform(cfg: Any, process: Process) -> UniformTimeSampler:
 
 
 def _lognormal(cfg: Any, process: Process) -> LogNormalTimeSampler:
-    return LogNormalTimeSampler(process, cfg.p_mean, cfg.p_std)
+    p_mean = default_p_mean(getattr(process, "sigma_data", EDM_SIGMA_DATA)) if cfg.p_mean is None else cfg.p_mean
+    return LogNormalTimeSampler(process, p_mean, cfg.p_std)
 
 
 def _vlb(cfg: Any, process: Process) -> VLBLoss:

@@ -24,7 +24,7 @@ from diffusa.process import DiscreteDDPM
 from diffusa.runs import build_process, make_denoiser, network_spec, run_metadata
 from diffusa.samplers import get_sampler, sample
 from diffusa.standardize import DATA_STD, Destandardize, data_stats, standardized, wanted
-from diffusa.superres import ImageCondition
+from diffusa.superres import ImageCondition, residual_std
 from diffusa.viz import save_samples
 
 TIME_SAMPLER_PREFIX = "time_sampler."
@@ -68,6 +68,8 @@ class DiffusionTask(Task):
             self.decoder = Destandardize(self.standardize)
             if cfg.process.name == "edm" and cfg.process.sigma_data is None:
                 cfg.process.sigma_data = DATA_STD
+        if cfg.model.residual and cfg.process.name == "edm" and cfg.process.sigma_data is None:
+            cfg.process.sigma_data = residual_std(self.data, dc.super_resolution or 0)  # EDM told what it diffuses
         resolve_defaults(cfg, self.data.kind)
         validate_settings(cfg.train)  # before the network is built (the engine checks again, for every task)
         get_sampler(cfg.train.sampler)  # the preview sampler: refused now, not after every step has run
