@@ -5,6 +5,7 @@ trained for the same minutes; and a 256x256 -> 1024x1024 tiled upscale's peak me
 
     OMP_NUM_THREADS=2 python benchmarks/super_resolution.py train     # the six runs under runs/sr/ (~60 min)
     python benchmarks/super_resolution.py eval [--n 500]              # both upscalers, held-out digits (~6 min)
+    python benchmarks/super_resolution.py residual [--steps 1200]     # 4x: SR3 vs residual vs residual EDM
     python benchmarks/super_resolution.py cascade [--n 500]           # cascade vs single stage (~8 min)
     python benchmarks/super_resolution.py tiled                       # 256 -> 1024 in tiles, peak memory (~4 min)
     python benchmarks/super_resolution.py rgb [--rgb-run R] [--n 200]  # 16 -> 64 RGB scenes (training: ~20 min)
@@ -150,32 +151,64 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(f"single28: {minutes:.1f} min", flush=True)
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
-    """Both upscalers on held-out digits, beside bicubic."""
+def measure_upscaler(args: argparse.Namespace, name: str, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor,
+                     figure: str | None = None) -> dict:
+    """Run `name` (`run_dir`) on the held-out digits x (labels y) beside bicubic: PSNR, SSIM, FD to ref, judge
+    accuracy and consistency of each; its strip of rows is written to --img as `figure` (default sr_rows_{F}x)."""
     from diffusa.viz import save_strip
 
+    pipe = diffusa.load(run_dir(args, name))
+    source = pipe.image_condition
+    low = source.low_res(x)
+    t0 = time.time()
+    res = pipe.upscale(low, sampler=args.sampler, steps=args.sample_steps, seed=0, noise_level=args.noise_level)
+    seconds = time.time() - t0
+    bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
+    row = {"run": dict(args.use).get(name, str(run_dir(args, name))), "sampler": res.settings["sampler"],
+           "factor": source.factor, "input": list(low.shape[-2:]), "noise_level": res.settings["noise_level"],
+           "seconds": seconds, "nfe": res.settings["nfe"]}
+    for method, out in (("diffusion", res.samples), ("bicubic", bicubic)):
+        row[method] = {"psnr": psnr(out, x), "ssim": ssim(out, x), **judged(out, y, ref),
+                       "consistency_mse": float((source.low_res(out) - low).square().mean())}
+    print(row, flush=True)
+    k, figure = min(8, len(x)), figure or f"sr_rows_{source.factor}x"
+    save_strip([F.interpolate(low[:k], size=x.shape[-2:], mode="nearest"), bicubic[:k], res.samples[:k], x[:k]],
+               Path(args.img) / f"{figure}.png", ["low-res", "bicubic", "diffusion", "original"])
+    return row
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Both upscalers on held-out digits, beside bicubic."""
+    x, y, ref = held_out(args)
+    rec: dict = {"n": len(x), "real": judged(x, y, ref),
+                 "upscalers": [measure_upscaler(args, name, x, y, ref) for name in ("sr4", "sr2")]}
+    write_json(Path(args.raw) / "super_resolution_eval.json", rec)
+
+
+RESIDUAL_RUNS = {"sr4": [], "sr4_res": ["model.residual=true"],
+                 "sr4_res_edm": ["model.residual=true", "process.name='edm'"]}  # residual: over data.sr=4
+
+
+def cmd_residual(args: argparse.Namespace) -> None:
+    """4x digit upscalers at equal steps: the default (SR3: the image, noise-conditioning augmentation), predicting
+    around the upsampled input (model.residual: SRDiff) with the default process, and with EDM at the measured
+    residual std; each trained for --steps if missing, then measured as `eval` measures."""
+    base = [f"data.name='{args.data}'", *COMMON, *args.set, "data.super_resolution=4", f"train.steps={args.steps}"]
+    for name, overrides in RESIDUAL_RUNS.items():
+        out = run_dir(args, name)
+        if name not in dict(args.use) and not (out / "model.safetensors").exists():
+            diffusion_engine(load_config(overrides=[*base, *overrides]), out, progress=False).fit()
     x, y, ref = held_out(args)
     rec: dict = {"n": len(x), "real": judged(x, y, ref), "upscalers": []}
-    for name in ("sr4", "sr2"):
-        pipe = diffusa.load(run_dir(args, name))
-        source = pipe.image_condition
-        low = source.low_res(x)
-        t0 = time.time()
-        res = pipe.upscale(low, sampler=args.sampler, steps=args.sample_steps, seed=0, noise_level=args.noise_level)
-        seconds = time.time() - t0
-        bicubic = F.interpolate(low, size=x.shape[-2:], mode="bicubic", align_corners=False).clamp(-1, 1)
-        row = {"run": dict(args.use).get(name, str(run_dir(args, name))), "sampler": res.settings["sampler"],
-               "factor": source.factor, "input": list(low.shape[-2:]), "noise_level": res.settings["noise_level"],
-               "seconds": seconds, "nfe": res.settings["nfe"]}
-        for method, out in (("diffusion", res.samples), ("bicubic", bicubic)):
-            row[method] = {"psnr": psnr(out, x), "ssim": ssim(out, x), **judged(out, y, ref),
-                           "consistency_mse": float((source.low_res(out) - low).square().mean())}
+    for name in RESIDUAL_RUNS:
+        row = measure_upscaler(args, name, x, y, ref, figure=f"sr_rows_{name}")
+        cfg = json.loads((run_dir(args, name) / "config.json").read_text())["config"]
+        log = last_log(run_dir(args, name))
+        row.update(name=name, process=cfg["process"]["name"], residual=bool(cfg["model"].get("residual")),
+                   sigma_data=cfg["process"].get("sigma_data"), cond_noise_max=cfg["data"]["cond_noise_max"],
+                   train_steps=log.get("step"), train_minutes=log.get("elapsed_s", math.nan) / 60)
         rec["upscalers"].append(row)
-        print(row, flush=True)
-        k = min(8, len(x))
-        save_strip([F.interpolate(low[:k], size=x.shape[-2:], mode="nearest"), bicubic[:k], res.samples[:k], x[:k]],
-                   Path(args.img) / f"sr_rows_{source.factor}x.png", ["low-res", "bicubic", "diffusion", "original"])
-    write_json(Path(args.raw) / "super_resolution_eval.json", rec)
+    write_json(Path(args.raw) / "super_resolution_residual.json", rec)
 
 
 def cmd_cascade(args: argparse.Namespace) -> None:
@@ -428,6 +461,24 @@ def report_lines(raw: Path) -> list[str]:
             lines.append(f"| {r['model']} | {aug} | {level} | {r['fd']:.1f} | {r['accuracy']:.3f} |")
         mins = ca["minutes"]
         lines += ["", "Training minutes: " + ", ".join(f"{k} {v:.1f}" for k, v in mins.items()) + "."]
+    rs = _load(raw / "super_resolution_residual.json")
+    lines += ["", "**Predicting around the input on digits** (`residual`: 4x upscalers at equal steps, held-out "
+              "digits):", "", "| upscaler | training (steps, minutes) | PSNR (dB) | SSIM | FD | judge accuracy | "
+              "consistency MSE |", "|---|---|---|---|---|---|---|"]
+    if rs is None:
+        lines.append(f"| sr4, sr4_res, sr4_res_edm | | {' | '.join([NOT_MEASURED] * 5)} |")
+    else:
+        for r in rs["upscalers"]:
+            m = r["diffusion"]
+            how = (f"{r['name']}: {r['process']}{', residual' if r['residual'] else ''}"
+                   f"{', sigma_data ' + format(r['sigma_data'], 'g') if r['sigma_data'] else ''}, augmentation "
+                   f"{r['cond_noise_max']:g}; {r['sampler']}")
+            lines.append(f"| {how} | {r['train_steps']} ({r['train_minutes']:.1f}) | {m['psnr']:.2f} | "
+                         f"{m['ssim']:.3f} | {m['fd']:.1f} | {m['accuracy']:.3f} | {m['consistency_mse']:.4f} |")
+        m = rs["upscalers"][0]["bicubic"]
+        lines.append(f"| bicubic | | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['fd']:.1f} | {m['accuracy']:.3f} | "
+                     f"{m['consistency_mse']:.4f} |")
+        lines.append(f"| real digits (n = {rs['n']}) | | | | | {rs['real']['accuracy']:.3f} | |")
     rgb = _load(raw / "super_resolution_rgb.json")
     lines += ["", "**A folder of RGB images** (`rgb`: synthetic scenes, 16 -> 64 (4x), held-out ones; SWD: sliced "
               "Wasserstein distance x 1e3 of 7x7 neighbourhoods per Laplacian level, finest first, to other real "
@@ -490,7 +541,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    ap = stage_parser(__doc__, ["train", "eval", "cascade", "tiled", "rgb", "rgb-cascade", "report",
+    ap = stage_parser(__doc__, ["train", "eval", "residual", "cascade", "tiled", "rgb", "rgb-cascade", "report",
                                   "tiled-child"])
     ap.add_argument("--data", default="mnist5k")
     ap.add_argument("--runs", default="runs/sr")
@@ -520,7 +571,8 @@ def main() -> None:
     ap.add_argument("--doc", help="report: also fill the marked results section of this page")
     ap.add_argument("--child-mode", choices=["load", "upscale"], help=argparse.SUPPRESS)
     args = ap.parse_args()
-    stages = {"train": cmd_train, "eval": cmd_eval, "cascade": cmd_cascade, "tiled": cmd_tiled, "rgb": cmd_rgb,
+    stages = {"train": cmd_train, "eval": cmd_eval, "residual": cmd_residual, "cascade": cmd_cascade,
+              "tiled": cmd_tiled, "rgb": cmd_rgb,
               "rgb-cascade": cmd_rgb_cascade, "report": cmd_report}
     if args.stage == "tiled-child":
         cmd_tiled_child(args)

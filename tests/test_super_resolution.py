@@ -460,6 +460,10 @@ def test_the_benchmark_quick_mode(tmp_path: Path) -> None:
     assert "| real scenes (n = 20) |" in table
     assert "| bicubic (x0 error: of the upscaled input itself) |" in table
     assert "| cascade | 3 (" in table and "| single stage | " in table
+    # residual: the SR3 default (augmented), residual on the default process, residual EDM at the measured std
+    assert "| sr4: ddpm, augmentation 0.3; dpmpp_2m | 3 (" in table
+    assert "| sr4_res: ddpm, residual, augmentation 0; dpmpp_2m | 3 (" in table
+    assert "| sr4_res_edm: edm, residual, sigma_data 0." in table and "| real digits (n = 20) |" in table
     assert "not yet measured" not in table
-    for fig in ("sr_rows_4x", "sr_rgb_rows"):
+    for fig in ("sr_rows_4x", "sr_rgb_rows", "sr_rows_sr4_res_edm"):
         assert (tmp_path / "quick" / "img" / f"{fig}.png").stat().st_size > 500
