@@ -318,6 +318,9 @@ def test_edm_levels_keep_their_ratio_to_sigma_data(sigma_data: float) -> None:
     explicit = load_config(None, ["process.name='edm'", "process.sigma_data=0.15", "loss.p_mean=-1.2"])
     assert resolve_defaults(explicit, "image").loss.p_mean == -1.2
     assert resolve_defaults(load_config(None, ["process.name='vp'"]), "image").loss.p_mean == -1.2
+    # points (standardised: sigma_data 1) keep -1.2, the recipe measured for them (docs/benchmarks.md)
+    assert resolve_defaults(load_config(None, ["process.name='edm'", "process.sigma_data=1"]), "points").loss.p_mean \
+        == -1.2
     assert build_time_sampler(LossConfig(time_sampler="lognormal"), VE()).p_mean == -1.2
 
 

@@ -88,7 +88,7 @@ class LossConfig:
     gamma: float = 5.0
     time_sampler: str = "auto"  # auto (per process) | uniform | lognormal (see diffusa.losses.TIME_SAMPLERS)
     p_mean: float | None = None  # lognormal: mean of ln(sigma / alpha); None: -1.2 (Karras et al. 2022, Table 1)
-    # at EDM's sigma_data 0.5, moved by ln(sigma_data / 0.5) so the levels keep their ratio to the data's std
+    # at EDM's sigma_data 0.5, for images moved by ln(sigma_data / 0.5) so the levels keep their ratio to the data's std
     p_std: float = 1.2  # lognormal: its std
     vlb_weight: float = 0.001  # hybrid: lambda in L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1)
     ict: ConsistencyTrainingConfig = field(default_factory=ConsistencyTrainingConfig)  # kind = "ict"
@@ -224,9 +224,10 @@ def resolve_defaults(cfg: RunConfig, data_kind: str) -> RunConfig:
         dc.cond_noise_max = COND_NOISE_MAX if dc.super_resolution and not cfg.model.residual else 0.0
     if dc.cond_noise is None:
         dc.cond_noise = min(COND_NOISE, dc.cond_noise_max)
-    if cfg.loss.p_mean is None:
+    if cfg.loss.p_mean is None:  # points keep -1.2 at their sigma_data 1, the recipe measured for them (issue 17)
         pc = cfg.process
-        cfg.loss.p_mean = default_p_mean(pc.sigma_data if pc.name == "edm" and pc.sigma_data else EDM_SIGMA_DATA)
+        moved = data_kind != "points" and pc.name == "edm" and pc.sigma_data
+        cfg.loss.p_mean = default_p_mean(pc.sigma_data if moved else EDM_SIGMA_DATA)
     return resolve_process_defaults(cfg)
 
 
