@@ -25,7 +25,7 @@ from diffusa.pipelines.upscale import stage_seed
 from diffusa.prediction import Denoiser
 from diffusa.process import expand_as, process_from_dict
 from diffusa.samplers import make_grid, sample
-from diffusa.superres import ImageCondition, augment
+from diffusa.superres import ImageCondition, augment, residual_std
 from diffusa.tasks.diffusion import DiffusionTask
 from diffusa.tiling import TiledDenoiser, Tiles, axis_starts, ramp
 from diffusa.train import diffusion_engine
@@ -327,6 +327,10 @@ def test_a_residual_edm_models_sigma_data_is_the_residuals_std_and_its_levels_fo
     told = DiffusionTask(load_config(overrides=[*TINY, "data.super_resolution=2", "model.residual=true",
                                                 'process.name="edm"', "process.sigma_data=0.3"]))
     assert told.process.sigma_data == 0.3
+    # images with no detail (each one constant): nothing to measure, EDM keeps its default instead of sigma_data 0
+    flat = load_dataset("digits", "train")
+    flat.x = flat.x.mean((1, 2, 3), keepdim=True).expand_as(flat.x).clone()
+    assert residual_std(flat, 2) is None
 
 
 # -- the cascade --------------------------------------------------------------------------------------------------

@@ -42,13 +42,15 @@ def residual_std(data: Any, factor: int) -> float | None:
     """The std of x - up(down(x)) over the first RESIDUAL_STD_EXAMPLES examples: what a residual upscaler diffuses
     (SRDiff, Li et al. 2022; diffusa.prediction), so its EDM sigma_data (Karras et al. 2022: the std of the data
     the process sees). down: block averages by `factor`; up: the bilinear resize the anchor uses. None when the data
-    cannot be shrunk so (ImageCondition.check says why in one line)."""
+    cannot be shrunk so (ImageCondition.check says why in one line), or holds no detail to diffuse (a std of 0:
+    EDM keeps its default)."""
     shape = tuple(getattr(data, "shape", ()))
     if getattr(data, "kind", None) != "image" or factor < 2 or len(shape) != 3 or any(s % factor for s in shape[1:]):
         return None
     x = examples(data, RESIDUAL_STD_EXAMPLES)
     low = resize_images(x, (shape[1] // factor, shape[2] // factor))
-    return round(float((x - resized_condition(low, shape[1:])).std()), 4)
+    std = round(float((x - resized_condition(low, shape[1:])).std()), 4)
+    return std if std > 0 else None
 
 
 def augment(image: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
