@@ -53,6 +53,8 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
     elif script == "toys.py":  # every sampler at 10 NFE, a built-in toy and a user-like array
         assert "| moons | edm |" in table and "| ring8 | edm |" in table and "dpmpp_2m_sde" in table
         assert "worst / geometric mean" in table
+        assert "Over 2 seeds (RK45: 2)" in table and "| ring8 | edm | " in table.split("Over 2 seeds")[1]
+        assert "unipc@logsnr-unit/10" in table and "sets within 2x" in table
     elif script == "distill_mnist.py":  # every stage, the bars, the figure and the sample grid
         for part in ("**Teacher**", "| DPM-Solver++(2M) SDE |", "**consistency distillation (CD)**",
                      "**consistency training (iCT)**", "**2-rectified flow (reflow)**", "| consistency | 4 |",

@@ -419,3 +419,22 @@ def test_dpmpp_3m_beats_2m():
             err2 = (sample_dpmpp_2m(den, x_T, grid, lower_order_final=False) - ref).abs().max()
             err3 = (sample_dpmpp_3m(den, x_T, grid, lower_order_final=False) - ref).abs().max()
             assert err3 < 0.6 * err2, (steps, float(err3), float(err2))
+
+
+def test_a_grid_starting_below_the_top_of_a_ve_process_starts_from_its_own_prior():
+    """A Karras grid stops at sigma 80; on a VE process of sigma_max 348 (score_sde's CIFAR-10) the prior is drawn at
+    t = 1 and scaled to the grid's first level (samplers.start_scale): DPM-Solver++(2M) with the exact Gaussian
+    denoiser then draws N(MU, SD^2) (about 500x the variance without the scaling); on a grid that starts at t = 1 and
+    on VP the draw is the plain prior, bit for bit."""
+    from diffusa.samplers import sample, start_scale
+
+    ve = VE(sigma_min=0.01, sigma_max=348.0)
+    den = gaussian_denoiser(ve)
+    grid = make_grid(den, 30, "karras", "dpmpp_2m")
+    assert float(ve.alpha_sigma(grid[:1].double())[1]) == pytest.approx(80.0, rel=1e-6)
+    assert start_scale(ve, grid) == pytest.approx(80.0 / 348.0, rel=1e-6)
+    x = sample(den, (20000, 2), "dpmpp_2m", grid=grid, generator=torch.Generator().manual_seed(0)).double()
+    assert torch.allclose(x.mean(0), MU, atol=0.03), x.mean(0)
+    assert torch.allclose(x.std(0), SD, rtol=0.03), x.std(0)
+    assert start_scale(ve, make_grid(den, 30, None, "dpmpp_2m")) == 1.0
+    assert start_scale(PROCS["vp"], make_grid(gaussian_denoiser(PROCS["vp"]), 10, "logsnr-unit", "unipc")) == 1.0

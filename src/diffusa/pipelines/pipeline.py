@@ -41,6 +41,7 @@ from diffusa.pipelines.sampling import (
     sampling_grid,
 )
 from diffusa.runs import Run
+from diffusa.samplers import start_scale
 from diffusa.superres import ImageCondition
 
 
@@ -168,6 +169,7 @@ class Pipeline:
                            classifier_scale=classifier_scale, image=image, autoguidance=autoguidance, guide=guide)
         g = torch.Generator().manual_seed(seed)
         x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
+        x_T = x_T * start_scale(req.denoiser.process, grid)  # the prior at the grid's first level
         req = self.augmented(req, g)
         samples, nfe, stopped = self.run_batches(req, x_T, grid, sampler, g, batch_size,
                                                  sampler_kwargs(eta, variance), callback)

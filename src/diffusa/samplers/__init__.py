@@ -11,7 +11,7 @@ import torch
 
 from diffusa.errors import DiffusaError
 from diffusa.prediction import Denoiser
-from diffusa.process import DiscreteDDPM
+from diffusa.process import DiscreteDDPM, Process
 from diffusa.samplers.ancestral import sample_ancestral
 from diffusa.samplers.common import Callback
 from diffusa.samplers.consistency import consistency_grid, sample_consistency
@@ -170,10 +170,28 @@ def sample(denoiser: Denoiser, shape: tuple[int, ...], sampler: str = "ddim", st
         raise DiffusaError(f"need a positive number of samples, got shape {tuple(shape)}")
     if grid is None:
         grid = make_grid(denoiser, steps, spacing, sampler)
-    if x_T is None:
+    if x_T is None:  # a given x_T is the state at grid[0] (the pipeline scales its own draw, img2img noises)
         x_T = denoiser.process.prior_sample(tuple(shape), generator=generator, device=device)
+        x_T = x_T * start_scale(denoiser.process, grid)
     with torch.no_grad():
         return fn(denoiser, x_T, grid, cond=cond, generator=generator, callback=callback, **options)
+
+
+def start_scale(process: Process, grid: torch.Tensor) -> float:
+    """What x_T drawn from the prior at t = 1 (`Process.prior_sample`) is multiplied by to start a grid at
+    t0 = grid[0]: sigma(t0) / sigma(1) on a variance-exploding process (alpha = 1: VE, EDM), whose prior at t0 is
+    N(0, sigma(t0)^2) (Song et al. 2021, eq. 31; Karras et al. 2022, Algorithm 1) — a grid clipped below the
+    trained top, e.g. Karras' sigma 80 on a VE of sigma_max 348, else starts an order of magnitude too loud; 1 where
+    the grid starts at t = 1, and on the variance-preserving family and flow, whose marginals near t = 1 keep the
+    prior's scale (alpha^2 + sigma^2 ~ 1 for data of unit scale)."""
+    t0 = float(grid[0])
+    if t0 >= 1.0:
+        return 1.0
+    one = torch.ones((), dtype=torch.float64)
+    a1, s1 = process.alpha_sigma(one)
+    if abs(float(a1) - 1.0) > 1e-9:
+        return 1.0
+    return float(process.alpha_sigma(one * t0)[1] / s1)
 
 
 __all__ = [
@@ -202,5 +220,6 @@ __all__ = [
     "sample_rk45",
     "sample_unipc",
     "sampler_options",
+    "start_scale",
     "unit_log_snr_grid",
 ]
