@@ -125,7 +125,8 @@ class Pipeline:
 
     # -- sampling ------------------------------------------------------------------------------------------
     def noise(self, n: int, seed: int) -> torch.Tensor:
-        """x_T of the first n samples that a call with this seed starts from (on the CPU)."""
+        """x_T of the first n samples that a call with this seed starts from (on the CPU), drawn at t = 1: a call
+        whose grid starts lower on a VE or EDM process scales it to that level (samplers.start_scale)."""
         g = torch.Generator().manual_seed(check_seed(seed))
         return self.run.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
 
