@@ -414,6 +414,8 @@ def main() -> None:
         sets, processes, steps, args.seeds = ["moons", "ring8"], ["edm"], 20, max(args.seeds, 2)
     if args.bar_only and args.seeds < 2:
         sys.exit("--bar-only needs --seeds 2 or more")
+    if args.runs and Path(args.runs).exists() and not Path(args.runs).is_dir():
+        sys.exit(f"--runs {args.runs}: not a folder")
     bad = [s for s in sets if s not in BUILTIN + USER] + [p for p in processes if p not in PROCESSES]
     if bad:
         sys.exit(f"unknown set or process: {', '.join(bad)}")
