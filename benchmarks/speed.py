@@ -9,6 +9,13 @@ same work: full resolution (no patch folding), width 30, channel multipliers 1/2
 torch.utils.flop_counter (the script checks both and refuses to print ratios otherwise). A second
 diffusa row shows the default mnist5k network (2x2 patches folded into channels: a quarter of the FLOPs).
 
+Each library runs as its users get it by default. diffusa calls its network as a Denoiser does
+(`diffusa.threads.batch_call`: on CPU without autograd the batch is cut into one slice per thread, each on one
+torch thread; a small batch runs on one thread) and trains with the engine's batch shards
+(`diffusa.engine.shards`); diffusers calls its UNet2DModel whole with torch's intra-op threads. A fifth column,
+for honesty, runs the peer's network through diffusa's threading (the same slices and shards), so the share of
+the speed-up that is threading and the share that is the network can be told apart.
+
 Rows, each a median over `--repeats` rounds after a warm-up, the models alternating round by round:
 forward at batch 1, 16 and 64 (inference mode); a training step at batch 64 (forward, MSE, backward,
 AdamW, EMA); 64 images with 50 DDIM steps end to end (diffusers: DDIMScheduler's loop as DDIMPipeline
@@ -35,11 +42,14 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from diffusa.config import RunConfig, TrainConfig
 from diffusa.engine.loop import ema_update, make_optimizer
+from diffusa.engine.shards import Shards, auto_shards
+from diffusa.engine.task import StepLoss
 from diffusa.nets import build_network
 from diffusa.prediction import Denoiser
 from diffusa.process import DiscreteDDPM
 from diffusa.runs import network_spec
 from diffusa.samplers import sample
+from diffusa.threads import batch_call
 
 # the peer's channels (32/64/64) at full resolution; attention at 7x7 (and in the middle block); a 96-wide noise
 # embedding: 1.03x the peer's parameters and 0.97x its FLOPs
@@ -47,13 +57,14 @@ EQUAL_WORK = {"patch_size": 1, "channels": 32, "channel_mult": [1, 2, 2], "atten
               "emb_mult": 3}
 # the same with attention at 14x14 as well, where the peer has it (1.03x parameters, 1.08x FLOPs)
 EQUAL_WORK_ATTN14 = {**EQUAL_WORK, "attention_resolutions": [14]}
-MODELS = ("diffusers", "diffusa", "diffusa attn14", "diffusa default")
+MODELS = ("diffusers", "diffusa", "diffusa attn14", "diffusa default", "diffusers threaded")
+MEMORY_MODELS = MODELS[:4]  # the threaded peer is a speed reference only
 
 
 def build(name: str) -> torch.nn.Module:
     """One of MODELS, with fixed initial weights."""
     torch.manual_seed(0)
-    if name == "diffusers":
+    if name.startswith("diffusers"):
         from diffusers import UNet2DModel
 
         return UNet2DModel(sample_size=28, in_channels=1, out_channels=1, layers_per_block=1,
@@ -69,10 +80,13 @@ def build(name: str) -> torch.nn.Module:
 
 
 def forward_fn(name: str, net: torch.nn.Module) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """net(x, integer timesteps) -> output tensor, whichever library."""
+    """net(x, integer timesteps) -> output tensor, whichever library, called as that library calls it (module
+    docstring): diffusa's, and the threaded peer's, through `batch_call`."""
     if name == "diffusers":
         return lambda x, t: net(x, t).sample
-    return lambda x, t: net(x, t.float(), None)
+    if name == "diffusers threaded":
+        return lambda x, t: batch_call(lambda xs, ts, _: net(xs, ts).sample, x, t, None)
+    return lambda x, t: batch_call(net, x, t.float(), None)
 
 
 def params(net: torch.nn.Module) -> int:
@@ -80,8 +94,11 @@ def params(net: torch.nn.Module) -> int:
 
 
 def flops_per_image(name: str, net: torch.nn.Module) -> int:
+    """The network's forward FLOPs for one image, counted in this thread (a counting mode is per thread, so not
+    through `batch_call`'s workers)."""
+    x, t = torch.randn(1, 1, 28, 28), torch.tensor([500])
     with FlopCounterMode(display=False) as fc, torch.inference_mode():
-        forward_fn(name, net)(torch.randn(1, 1, 28, 28), torch.tensor([500]))
+        net(x, t) if name.startswith("diffusers") else net(x, t.float(), None)
     return fc.get_total_flops()
 
 
@@ -97,7 +114,7 @@ class Bench:
         self.train_fwd = forward_fn(name, self.train_net)
         # each library as its users train: diffusers' example uses torch's AdamW defaults and its EMAModel;
         # diffusa the engine's optimizer (fused AdamW) and foreach EMA
-        if name == "diffusers":
+        if name.startswith("diffusers"):
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.train_net.parameters(), decay=0.999)
@@ -109,17 +126,29 @@ class Bench:
         self.xb = torch.randn(train_batch, 1, 28, 28, generator=g)
         self.tb = torch.randint(0, 1000, (train_batch,), generator=g)
         self.target = torch.randn(train_batch, 1, 28, 28, generator=g)
+        k = 1 if name == "diffusers" else auto_shards(torch.get_num_threads(), train_batch, cpu=True, world=1,
+                                                       scaler=False, model=self.train_net, shardable=True)
+        self.shards = Shards(k, list(self.train_net.parameters()), None) if k > 1 else None
+
+    def _losses(self, idx: torch.Tensor, x: torch.Tensor, _: torch.Generator) -> StepLoss:
+        """Per-example MSE of examples idx (a shard's share of the step)."""
+        out = self.train_fwd(x, self.tb[idx])
+        return StepLoss(((out - self.target[idx]) ** 2).flatten(1).mean(1))
 
     def forward(self, batch: int) -> None:
         with torch.inference_mode():
             self.fwd(self.xb[:batch], self.tb[:batch])
 
     def train_step(self) -> None:
-        loss = torch.nn.functional.mse_loss(self.train_fwd(self.xb, self.tb), self.target)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.shards is not None:  # as the engine steps: the batch in threads, gradients summed in order
+            _, _, grads = self.shards(self._losses, torch.arange(self.xb.shape[0]), self.xb, 0)
+            for p, grad in zip(self.shards.params, grads, strict=True):
+                p.grad = grad
+        else:
+            torch.nn.functional.mse_loss(self.train_fwd(self.xb, self.tb), self.target).backward()
         self.opt.step()
-        if self.name == "diffusers":
+        if self.name.startswith("diffusers"):
             self.ema.step(self.train_net.parameters())
         else:
             ema_update(self.ema, self.train_net, 0.999)
@@ -127,7 +156,7 @@ class Bench:
     def sample(self) -> torch.Tensor:
         g = torch.Generator().manual_seed(0)
         shape = (self.sample_batch, 1, 28, 28)
-        if self.name == "diffusers":
+        if self.name.startswith("diffusers"):
             from diffusers import DDIMScheduler
 
             sched = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear")
@@ -223,7 +252,8 @@ def main() -> None:
                 times[task][m].append(timed(lambda fn=fn, b=b, reps=reps: [fn(b) for _ in range(reps)]) / reps)
     med = {t: {m: statistics.median(v) for m, v in d.items()} for t, d in times.items()}
     mem_tasks = ("train",) if args.quick else ("train", "sample")  # quick: one child per model, same code path
-    mem = {m: {task: peak_memory(m, task, args) for task in mem_tasks} for m in MODELS} if "memory" in chosen else {}
+    mem = ({m: {task: peak_memory(m, task, args) for task in mem_tasks} for m in MEMORY_MODELS}
+           if "memory" in chosen else {})
     peak = cpu_peak_gflops()
 
     threads = torch.get_num_threads()
@@ -240,26 +270,27 @@ def main() -> None:
              f"{shape('diffusa attn14')}; diffusa's default network: {shape('diffusa default')}.", "",
              "| task | diffusers (s) | diffusa (s) | speed-up at equal work | target 1.3x | diffusers GFLOP/s "
              "(% peak) | diffusa GFLOP/s (% peak) | diffusa, attention at 14x14 (s) | its speed-up "
-             "| diffusa default (s) | default speed-up |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| diffusa default (s) | default speed-up | diffusers on diffusa's threading (s) | attention at 14x14 "
+             "over it |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def rate(m: str, task: str, images: int) -> str:
         g = info[m]["flops"] * images / med[task][m] / 1e9
         return f"{g:.1f} ({g / peak:.0%})"
 
     for task, (_, images) in tasks.items():
-        d, a, a14, dd = (med[task][m] for m in MODELS)
+        d, a, a14, dd, dt = (med[task][m] for m in MODELS)
         lines.append(f"| {task} | {d:.4f} | {a:.4f} | {d / a:.2f}x | {'met' if d / a >= 1.3 else 'missed'} | "
                      f"{rate('diffusers', task, images)} | {rate('diffusa', task, images)} | {a14:.4f} | "
-                     f"{d / a14:.2f}x | {dd:.4f} | {d / dd:.2f}x |")
+                     f"{d / a14:.2f}x | {dd:.4f} | {d / dd:.2f}x | {dt:.4f} | {dt / a14:.2f}x |")
     for task, label in (("train", f"training, batch {args.train_batch}"),
                         ("sample", f"sampling {args.sample_batch} images")) if mem else ():
         if task not in mem_tasks:
             continue
-        d, a, a14, dd = (mem[m][task]["peak_mib"] for m in MODELS)
+        d, a, a14, dd = (mem[m][task]["peak_mib"] for m in MEMORY_MODELS)
         lines.append(f"| peak RSS (MiB), {label} | {d:.0f} | {a:.0f} | {d / a:.2f}x less | "
                      f"{'met' if a <= d else 'missed'} (no higher) | | | {a14:.0f} | {d / a14:.2f}x less | "
-                     f"{dd:.0f} | {d / dd:.2f}x less |")
+                     f"{dd:.0f} | {d / dd:.2f}x less | | |")
     emit(lines, args.out)
     if args.json:
         Path(args.json).write_text(json.dumps({"info": info, "median_s": med, "memory": mem, "peak_gflops": peak},

@@ -40,6 +40,7 @@ from diffusa.cond import as_cond, resized_condition
 from diffusa.config import EDM_SIGMA_DATA
 from diffusa.errors import DiffusaError
 from diffusa.process import Process, as_time, expand_as
+from diffusa.threads import batch_call
 
 # the parameterizations fixed by (alpha, sigma) alone
 PARAMETERIZATIONS = ("eps", "x0", "v")
@@ -268,7 +269,7 @@ class Denoiser:
             if prediction == "edm":
                 a, s = process.alpha_sigma(t)
                 x = x * expand_as(edm_scalings(a, s, sd)[2], x)
-            return net(x, process.c_noise(t).to(x.dtype), cond)
+            return batch_call(net, x, process.c_noise(t).to(x.dtype), cond)  # sliced over threads if no grad
 
         return cls(raw, process, prediction, net=net, **kwargs)
 
