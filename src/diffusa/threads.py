@@ -73,9 +73,10 @@ _pools: dict[int, tuple[int, ThreadPoolExecutor]] = {}  # slice count -> (the pi
 _pools_lock = threading.Lock()
 
 
-def _pool(k: int) -> ThreadPoolExecutor:
-    """k worker threads, each with one torch thread, started now (so their setting cannot leak later), made anew
-    in a forked child (a fork keeps the pool object but not its threads)."""
+def worker_pool(k: int) -> ThreadPoolExecutor:
+    """The process's k worker threads (sampling's slices and training's batch shards share them), each with one
+    torch thread, all started now (so their setting cannot leak into threads started later), made anew in a forked
+    child (a fork keeps the pool object but not its threads)."""
     import torch
 
     with _pools_lock:
@@ -156,9 +157,9 @@ def batch_call(net: Callable[..., Any], x: Any, c_noise: Any, cond: Any) -> Any:
         with torch.inference_mode() if inference else torch.no_grad():  # grad mode is per thread
             return net(x[lo:hi], _rows(c_noise, n, lo, hi), _rows(cond, n, lo, hi))
 
-    outs = list(_pool(k).map(part, range(k)))
+    outs = list(worker_pool(k).map(part, range(k)))
     return outs[0] if k == 1 else torch.cat(outs)
 
 
 __all__ = ["MAX_THREADS", "SLICE_ELEMENTS", "auto_threads", "batch_call", "set_wait_policy", "slice_count",
-           "use_threads"]
+           "use_threads", "worker_pool"]

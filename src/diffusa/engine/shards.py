@@ -18,13 +18,13 @@ shard is the plain step, unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 from torch import nn
 
 from diffusa.engine.task import StepLoss
+from diffusa.threads import worker_pool
 
 MIN_SHARD = 8  # examples per shard: smaller slices leave each thread too little work per op
 
@@ -65,14 +65,12 @@ class Shards:
 
     def __init__(self, k: int, params: Sequence[nn.Parameter], amp_dtype: torch.dtype | None) -> None:
         self.k, self.params, self.amp_dtype = k, list(params), amp_dtype
-        self.main_threads = torch.get_num_threads()
-        # each worker runs its ops on one torch thread (a per-thread setting: the calling thread's keeps its count)
-        self.pool = ThreadPoolExecutor(k, thread_name_prefix="diffusa-shard", initializer=torch.set_num_threads,
-                                       initargs=(1,))
-        self.started = False
+        # each worker runs its ops on one torch thread (a per-thread setting: the calling thread's keeps its count);
+        # the process's pool, shared with sampling's batch slices (diffusa.threads), made anew after a fork
+        self.pool = worker_pool(k)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Nothing to stop: the workers are the process's (idle between calls), not this object's."""
 
     def __call__(self, loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Generator], StepLoss], idx: torch.Tensor,
                  x: torch.Tensor, seed: int) -> tuple[torch.Tensor, StepLoss, list[torch.Tensor | None]]:
@@ -89,9 +87,6 @@ class Shards:
             return result, total.detach(), grads
 
         done: list[Any] = list(self.pool.map(work, range(self.k)))
-        if not self.started:  # the workers' setting also set torch's default for threads started later: put it back
-            torch.set_num_threads(self.main_threads)
-            self.started = True
         loss = sum(d[1] for d in done) / n
         grads: list[torch.Tensor | None] = []
         for j in range(len(self.params)):
