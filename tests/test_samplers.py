@@ -389,12 +389,12 @@ def test_level_spacings_on_any_process(proc):
     assert float(sig[0]) == pytest.approx(min(80.0, float((-lam_ends[0] / 2).exp())), rel=1e-5)  # EDM's [0.002, 80]
     assert float(sig[-1]) == pytest.approx(max(0.002, float((-lam_ends[1] / 2).exp())), rel=1e-5)  # within training
     assert torch.equal(make_grid(den, 12, "uniform"), torch.linspace(1, 0, 13, dtype=torch.float64))
-    # logsnr-unit: log-SNR evenly spaced over sigma / alpha in [0.05, 80] (within the trained levels), then t = 0
+    # logsnr-unit: log-SNR evenly spaced over sigma / alpha in [0.05, 20] (within the trained levels), then t = 0
     unit = make_grid(den, 12, "logsnr-unit")
     lam = proc.log_snr(unit[:-1])
     assert unit[-1] == 0 and len(lam) == 12 and torch.allclose(lam.diff(), lam.diff()[:1].expand(11), rtol=1e-6)
     assert float((-lam[-1] / 2).exp()) == pytest.approx(0.05, rel=1e-6)
-    assert float((-lam[0] / 2).exp()) == pytest.approx(min(80.0, float((-lam_ends[0] / 2).exp())), rel=1e-5)
+    assert float((-lam[0] / 2).exp()) == pytest.approx(min(20.0, float((-lam_ends[0] / 2).exp())), rel=1e-5)
     with pytest.raises(DiffusaError, match="unknown spacing"):
         make_grid(den, 12, "sideways")
     if not isinstance(proc, DiscreteDDPM):
@@ -403,12 +403,12 @@ def test_level_spacings_on_any_process(proc):
 
 
 def test_unit_grid_outside_a_process_levels_is_one_line():
-    """logsnr-unit on a process whose levels miss [0.05, 80] (a VE that stops at sigma 0.04): one line naming the
+    """logsnr-unit on a process whose levels miss [0.05, 20] (a VE that stops at sigma 0.04): one line naming the
     spacing and the range, not a complaint about repeated times."""
     from diffusa.process import process_from_dict
 
     den = gaussian_denoiser(process_from_dict({"name": "ve", "sigma_min": 0.001, "sigma_max": 0.04}), MU, SD)
-    with pytest.raises(DiffusaError, match=r"^spacing 'logsnr-unit' needs noise levels sigma/alpha in \[0\.05, 80"
+    with pytest.raises(DiffusaError, match=r"^spacing 'logsnr-unit' needs noise levels sigma/alpha in \[0\.05, 20"
                                            r"\.0\]; this process's levels .* do not reach them$"):
         make_grid(den, 10, "logsnr-unit")
 

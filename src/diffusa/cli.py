@@ -442,7 +442,7 @@ def build_parser() -> Parser:
         q.add_argument("--steps", type=positive_int, help=f"sampling steps (default: {STEPS_DEFAULT_TEXT})")
         q.add_argument("--spacing", choices=[*LEVEL_SPACINGS, *CHAIN_SPACINGS],
                        help="the sampling grid: uniform in t, uniform in log-SNR (over the process's levels, or "
-                            "logsnr-unit: over sigma/alpha in [0.05, 80], for few steps on points), Karras rho = 7 "
+                            "logsnr-unit: over sigma/alpha in [0.05, 20], for few steps on points), Karras rho = 7 "
                             "(any process); "
                             "or how a discrete chain's steps are picked (even and ddim as in IDDPM's respacing)")
         q.add_argument("--eta", type=non_negative_float, help=ETA_DEFAULT_TEXT)

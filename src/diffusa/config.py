@@ -190,8 +190,9 @@ PROCESS_DEFAULTS: dict[str, dict[str, str]] = {
 # process's levels and the one over the levels of unit-scale data ("logsnr-unit"), the best geometric mean of energy
 # distance / floor over eight 2-D sets, the built-in toys and four user-like arrays (other scales, narrow and wide
 # modes), a tie within 5% going to the smaller worst case (`python benchmarks/toys.py`, docs/results/toys.md): the SDE
-# solver on "logsnr-unit" for every process (within 2x the floor on 45 of the 48 cells). At 10 steps UniPC on the
-# same grid is the better choice (docs/benchmarks.md, the 2-D points section).
+# solver on "logsnr-unit" for every process (within 2x the floor on 45 of the 48 cells in that one draw; on all 48 over
+# 24 seeds with the grid's top at 20). At 10 steps UniPC on the same grid is the better choice (docs/benchmarks.md,
+# the 2-D points section).
 POINT_SAMPLING: dict[str, tuple[str, int, str | None]] = {
     name: ("dpmpp_2m_sde", 20, "logsnr-unit") for name in ("ddpm", "vp", "subvp", "ve", "edm", "flow")
 }
