@@ -67,7 +67,8 @@ def use_threads(n: int | None, is_image: bool) -> int:
 
 
 # the input elements one slice needs before splitting pays: 8 digits of 28 x 28 (smaller slices leave a thread too
-# little work per op); below twice this a whole call runs on one thread
+# little work per op); a whole call below this runs on one thread, one that cannot be split into two such slices (a
+# single 64 x 64 RGB image) keeps torch's intra-op threads
 SLICE_ELEMENTS = 8 * 28 * 28
 _pools: dict[int, tuple[int, ThreadPoolExecutor]] = {}  # slice count -> (the pid that made it, its pool)
 _pools_lock = threading.Lock()
@@ -95,8 +96,9 @@ def worker_pool(k: int) -> ThreadPoolExecutor:
 
 def slice_count(x: Any, net: Any = None) -> int:
     """How many slices `batch_call` cuts x's batch into: 0 for a plain call (autograd on, not CPU, one torch thread,
-    a network in training mode, autocast on, or one example too large to share), 1 for the whole call on one worker
-    thread (small work), else min(threads, batch, elements / SLICE_ELEMENTS)."""
+    a network in training mode, autocast on, or work that does not split into two slices of SLICE_ELEMENTS: torch's
+    intra-op threads share it), 1 for the whole call on one worker thread (under SLICE_ELEMENTS: small ops, where an
+    OpenMP barrier costs more than a second core gains), else min(threads, batch, elements / SLICE_ELEMENTS)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -104,10 +106,10 @@ def slice_count(x: Any, net: Any = None) -> int:
             or torch.is_autocast_enabled("cpu") or getattr(net, "training", False)):
         return 0
     work = x.numel() // SLICE_ELEMENTS
+    if work == 0:
+        return 1
     k = min(threads, x.shape[0], work)
-    if k >= 2:
-        return k
-    return 0 if work >= 2 else 1
+    return k if k >= 2 else 0
 
 
 def _sliceable(value: Any, n: int) -> bool:
