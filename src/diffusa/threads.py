@@ -114,29 +114,27 @@ def slice_count(x: Any, net: Any = None) -> int:
 
 def _sliceable(value: Any, n: int) -> bool:
     """Whether `_rows` can cut `value` (None, a tensor, a diffusa.Cond, or a dict of them) by example."""
+    import torch
+
     from diffusa.cond import Cond
 
     if isinstance(value, dict):
         return all(_sliceable(v, n) for v in value.values())
-    return value is None or (isinstance(value, Cond) and len(value) in (0, n)) or _is_tensor(value)
-
-
-def _is_tensor(value: Any) -> bool:
-    import torch
-
-    return torch.is_tensor(value)
+    return value is None or (isinstance(value, Cond) and len(value) in (0, n)) or torch.is_tensor(value)
 
 
 def _rows(value: Any, n: int, lo: int, hi: int) -> Any:
     """Examples lo..hi of a per-example value, its type kept; a tensor without the batch as its first dimension (a
     shared scalar) is passed whole."""
+    import torch
+
     from diffusa.cond import Cond
 
     if isinstance(value, dict):
         return {k: _rows(v, n, lo, hi) for k, v in value.items()}
     if isinstance(value, Cond):
         return value[lo:hi] if len(value) else value
-    if _is_tensor(value) and value.ndim and value.shape[0] == n:
+    if torch.is_tensor(value) and value.ndim and value.shape[0] == n:
         return value[lo:hi]
     return value
 
