@@ -171,7 +171,7 @@ def cell(name: str, process: str, steps: int | None, work: str, seeds: int = 1, 
     from diffusa.metrics import energy_distance
     from diffusa.pipelines.sampling import network_calls
     from diffusa.runs import load_run
-    from diffusa.samplers import sample
+    from diffusa.samplers import UNIT_SIGMA_MAX, sample
     from diffusa.train import diffusion_engine
 
     data, test, real = real_splits(name, Path(work))
@@ -200,6 +200,7 @@ def cell(name: str, process: str, steps: int | None, work: str, seeds: int = 1, 
         refs = [(fresh_draw(name, 200 + j) - mean) / std for j in range(seeds)]
         row["floors"] = [energy_distance((fresh_draw(name, 100 + j) - mean) / std, refs[j]) for j in range(seeds)]
         row["seeded"] = {}
+        row["unit_sigma_max"] = UNIT_SIGMA_MAX  # the logsnr-unit grid's top these scores were drawn on
         for sampler, k, spacing in SEEDED:
             row["seeded"][seeded_key(sampler, k, spacing)] = [
                 energy_distance((run.to_data(sample(run.denoiser, (N, 2), sampler, k or NFE, spacing=spacing,
@@ -354,11 +355,13 @@ def seeded_report(rows: list[dict[str, Any]], processes: list[str]) -> list[str]
     rows = [r for r in rows if "seeded" in r]
     if not rows:
         return []
+    top = rows[0].get("unit_sigma_max", 80.0)  # raw written before the top was recorded: it was 80 then
     keys = [seeded_key(*c) for c in SEEDED]
     seeds = max(len(v) for r in rows for v in r["seeded"].values())
     head = ["set", "process", "mean floor", "one real set / mean floor: min-max", *keys]
     lines = [f"Over {seeds} seeds (RK45: {min(seeds, RK45_SEEDS)}), a fresh reference set and a fresh real set each: "
-             "mean energy distance of the samples / the real sets', +- one standard error", "",
+             f"mean energy distance of the samples / the real sets', +- one standard error; logsnr-unit's top at "
+             f"sigma/alpha {top:g}", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         floor = sum(r["floors"]) / len(r["floors"])

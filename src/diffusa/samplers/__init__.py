@@ -94,8 +94,9 @@ def default_karras_grid(denoiser: Denoiser, steps: int) -> torch.Tensor:
 # The "logsnr-unit" grid's noise levels sigma / alpha: data of unit scale (standardised points, diffusa.standardize)
 # take their shape between these; below UNIT_SIGMA_MIN the last step's denoised estimate is the sample. With the
 # exact denoisers of four user-like 2-D mixtures (narrow modes of std 0.05-0.2 after standardising), UniPC at 10
-# steps on it draws within 1.6x the energy-distance floor on every process, against 1.5-21x on the processes'
-# default grids; a last level of 0.02 gives 2.0x, 0.12 gives 2.2x (docs/benchmarks.md, the 2-D points section). The
+# steps on it (then with its top at 80) draws within 1.6x the energy-distance floor on every process, against 1.5-21x
+# on the processes' default grids; a last level of 0.02 gives 2.0x, 0.12 gives 2.2x (docs/benchmarks.md, the 2-D
+# points section; tests/test_mixture_oracle.py holds the top-20 grid under 2x). The
 # top is 20, not EDM's 80: unit-scale data are noise long before (SNR 1/400), and the steps spent above 20 are taken
 # from where the shape forms -- over 24 seeds on the toy benchmark's 48 trained cells, UniPC at 10 steps is within
 # 2x the floor on all 48 (worst 1.76 +- 0.13) with the top at 20, on 47 with it at 80 (ddpm on `metres` 2.20 +- 0.33)
