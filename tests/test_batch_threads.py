@@ -158,3 +158,21 @@ def test_a_forked_child_makes_its_own_workers(two_threads: None) -> None:
     assert not alive, "the forked child hung on its parent's workers"
     assert p.exitcode == 0
     assert isinstance(q.get(timeout=5), float)
+
+
+def test_a_conditioning_that_is_not_a_cond_goes_whole_to_one_plain_call(two_threads: None) -> None:
+    """A user's dict (or other object) may hold a shared tensor as long as the batch: batch_call cannot tell it
+    from a per-example one, so it does not cut it (a Cond's fields are per example by definition)."""
+    seen: list[tuple[int, int]] = []
+
+    def net(x: torch.Tensor, c: torch.Tensor, cond: dict) -> torch.Tensor:
+        seen.append((x.shape[0], cond["table"].shape[0]))
+        return x * cond["table"].sum()  # every example needs the whole table
+
+    x, c = torch.randn(16, 1, 28, 28), torch.rand(16)
+    table = torch.arange(16.0)
+    with torch.no_grad():
+        assert slice_count(x) == 2
+        out = batch_call(net, x, c, {"table": table})
+    assert seen == [(16, 16)]  # one call, the table whole
+    torch.testing.assert_close(out, x * table.sum())

@@ -113,13 +113,13 @@ def slice_count(x: Any, net: Any = None) -> int:
 
 
 def _sliceable(value: Any, n: int) -> bool:
-    """Whether `_rows` can cut `value` (None, a tensor, a diffusa.Cond, or a dict of them) by example."""
+    """Whether `_rows` can cut `value` by example: None, a tensor, or a diffusa.Cond (whose fields are per example
+    by definition). Anything else (a user's dict or object) goes to a plain call: which of its tensors are per
+    example cannot be told from their shapes."""
     import torch
 
     from diffusa.cond import Cond
 
-    if isinstance(value, dict):
-        return all(_sliceable(v, n) for v in value.values())
     return value is None or (isinstance(value, Cond) and len(value) in (0, n)) or torch.is_tensor(value)
 
 
@@ -130,8 +130,6 @@ def _rows(value: Any, n: int, lo: int, hi: int) -> Any:
 
     from diffusa.cond import Cond
 
-    if isinstance(value, dict):
-        return {k: _rows(v, n, lo, hi) for k, v in value.items()}
     if isinstance(value, Cond):
         return value[lo:hi] if len(value) else value
     if torch.is_tensor(value) and value.ndim and value.shape[0] == n:
