@@ -11,7 +11,7 @@ pytestmark = pytest.mark.benchmark  # make test-benchmarks, not make test (the M
 
 
 @pytest.mark.parametrize("script", ["iddpm_repro.py", "nfe.py", "guidance.py", "ldm.py", "two_processes.py",
-                                    "reflow_toy.py", "editing.py", "sketches.py",
+                                    "reflow_toy.py", "editing.py", "sketches.py", "inpaint_seeds.py",
                                     "autoguidance.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     check_quick_mode(script, tmp_path)
