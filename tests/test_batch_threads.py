@@ -176,3 +176,22 @@ def test_a_conditioning_that_is_not_a_cond_goes_whole_to_one_plain_call(two_thre
         out = batch_call(net, x, c, {"table": table})
     assert seen == [(16, 16)]  # one call, the table whole
     torch.testing.assert_close(out, x * table.sum())
+
+
+def test_a_sliced_draw_reports_the_network_evaluations_it_spent_not_the_slices(two_threads: None) -> None:
+    """The pipeline's NFE counts a call cut into slices over threads once: 20 samples (two slices) at 4 DDIM
+    steps are 4 evaluations, as at one thread."""
+    from diffusa.pipelines.sampling import network_calls
+
+    net = _unet()
+    den = Denoiser.from_network(net, DiscreteDDPM("cosine", 100), "eps")
+    x = torch.randn(20, 1, 28, 28)
+    with torch.no_grad():
+        assert slice_count(x, net) == 2
+        with network_calls(net) as calls:
+            sample(den, x.shape, "ddim", 4, x_T=x, generator=torch.Generator().manual_seed(0))
+    assert calls[0] == 4
+    torch.set_num_threads(1)
+    with torch.no_grad(), network_calls(net) as calls:
+        sample(den, x.shape, "ddim", 4, x_T=x, generator=torch.Generator().manual_seed(0))
+    assert calls[0] == 4

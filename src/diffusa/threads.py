@@ -70,6 +70,15 @@ def use_threads(n: int | None, is_image: bool) -> int:
 # little work per op); a whole call below this runs on one thread, one that cannot be split into two such slices (a
 # single 64 x 64 RGB image) keeps torch's intra-op threads
 SLICE_ELEMENTS = 8 * 28 * 28
+_slice = threading.local()  # .index: which slice of a batch_call this worker thread runs (unset: a whole call)
+
+
+def counts_as_call() -> bool:
+    """Whether a network's forward call on this thread is one network evaluation: a whole call, or the first slice
+    of a `batch_call` (its other slices are the same evaluation). What NFE counters ask (`pipelines.sampling`)."""
+    return getattr(_slice, "index", 0) == 0
+
+
 _pools: dict[int, tuple[int, ThreadPoolExecutor]] = {}  # slice count -> (the pid that made it, its pool)
 _pools_lock = threading.Lock()
 
@@ -152,12 +161,16 @@ def batch_call(net: Callable[..., Any], x: Any, c_noise: Any, cond: Any) -> Any:
 
     def part(i: int) -> Any:
         lo, hi = bounds[i], bounds[i + 1]
-        with torch.inference_mode() if inference else torch.no_grad():  # grad mode is per thread
-            return net(x[lo:hi], _rows(c_noise, n, lo, hi), _rows(cond, n, lo, hi))
+        _slice.index = i
+        try:
+            with torch.inference_mode() if inference else torch.no_grad():  # grad mode is per thread
+                return net(x[lo:hi], _rows(c_noise, n, lo, hi), _rows(cond, n, lo, hi))
+        finally:
+            _slice.index = 0  # the worker thread runs other calls later
 
     outs = list(worker_pool(k).map(part, range(k)))
     return outs[0] if k == 1 else torch.cat(outs)
 
 
-__all__ = ["MAX_THREADS", "SLICE_ELEMENTS", "auto_threads", "batch_call", "set_wait_policy", "slice_count",
-           "use_threads", "worker_pool"]
+__all__ = ["MAX_THREADS", "SLICE_ELEMENTS", "auto_threads", "batch_call", "counts_as_call", "set_wait_policy",
+           "slice_count", "use_threads", "worker_pool"]

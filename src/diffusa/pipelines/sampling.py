@@ -127,9 +127,16 @@ def check_sampling(sampler: Any, steps: Any, batch_size: Any, seed: Any, eta: An
 @contextmanager
 def network_calls(*nets: torch.nn.Module) -> Iterator[list[int]]:
     """Count the networks' forward calls (the NFE a sampler spent; an autoguided draw asks two) in `counter[0]`
-    while the block runs."""
+    while the block runs; the slices of one call run on worker threads count once."""
+    from diffusa.threads import counts_as_call
+
     counter = [0]
-    handles = [net.register_forward_hook(lambda *_: counter.__setitem__(0, counter[0] + 1)) for net in nets]
+
+    def count(*_: Any) -> None:
+        if counts_as_call():  # a call sliced over threads (`threads.batch_call`) is one evaluation
+            counter[0] += 1
+
+    handles = [net.register_forward_hook(count) for net in nets]
     try:
         yield counter
     finally:
