@@ -26,6 +26,7 @@ from editing import held_out, split_masks
 
 import diffusa
 from diffusa.data import load_dataset
+from diffusa.errors import DiffusaError
 from diffusa.metrics import classify
 
 
@@ -44,7 +45,18 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.steps, args.seeds, args.raw = 20, 2, "0,1", "quick/raw/editing_inpaint_seeds.json"
-    seeds = [int(s) for s in args.seeds.split(",")]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --seeds {args.seeds!r}: give comma-separated integers, e.g. 2,3,4") from None
+    try:
+        run(args, seeds)
+    except DiffusaError as e:  # a bad mask name, a damaged or missing run: one line, as the CLI says it
+        raise SystemExit(f"error: {e}") from None
+
+
+def run(args: argparse.Namespace, seeds: list[int]) -> None:
+    """Draw the row at every seed; write the raw record and the table."""
     x, y, idx = held_out(args.n)
     if args.mask == "strokes":  # one mask per digit, drawn for the whole split as editing.py draws them
         mask = split_masks(args.mask, len(load_dataset("mnist5k", "test")))[idx]

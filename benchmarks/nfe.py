@@ -36,6 +36,7 @@ from _tables import emit, run_stages, stage_parser, write_json
 from diffusa.config import load_config
 from diffusa.data import load_dataset
 from diffusa.metrics import classify, frechet_distance, kernel_inception_distance
+from diffusa.pipelines.sampling import network_calls
 from diffusa.runs import load_run
 from diffusa.samplers import KARRAS_DEFAULT, LEVEL_SPACINGS, sample
 from diffusa.train import diffusion_engine
@@ -53,27 +54,17 @@ PEERS = ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler
 PEERS_LONG = PEERS  # also at NFE 50, 100 and 250, default spacing
 
 
-class CallCounter:
-    """Counts the network's forward calls (one per batch evaluation)."""
-
-    def __init__(self, net: torch.nn.Module) -> None:
-        self.calls = 0
-        net.register_forward_hook(self._hook)
-
-    def _hook(self, *_: object) -> None:
-        self.calls += 1
+def nfe_of(run, sampler: str, steps: int, spacing: str | None = None) -> int:
+    """The network evaluations `steps` steps of `sampler` spend (one example; `network_calls` counts them)."""
+    with network_calls(run.denoiser.net) as calls:
+        sample(run.denoiser, (1, *run.data_shape), sampler, steps, generator=torch.Generator().manual_seed(0),
+               spacing=spacing)
+    return calls[0]
 
 
-def nfe_of(run, counter: CallCounter, sampler: str, steps: int, spacing: str | None = None) -> int:
-    counter.calls = 0
-    sample(run.denoiser, (1, *run.data_shape), sampler, steps, generator=torch.Generator().manual_seed(0),
-           spacing=spacing)
-    return counter.calls
-
-
-def steps_for(run, counter: CallCounter, sampler: str, target: int, spacing: str | None = None) -> tuple[int, int]:
+def steps_for(run, sampler: str, target: int, spacing: str | None = None) -> tuple[int, int]:
     """The largest step count whose NFE is at most `target` (at least one step), and that NFE."""
-    a, b = nfe_of(run, counter, sampler, 4, spacing), nfe_of(run, counter, sampler, 8, spacing)
+    a, b = nfe_of(run, sampler, 4, spacing), nfe_of(run, sampler, 8, spacing)
     per = (b - a) / 4
     base = a - 4 * per
     steps = max(1, int((target - base) // per))
@@ -147,7 +138,6 @@ def cmd_eval(args: argparse.Namespace) -> None:
         rec = json.loads(path.read_text()) if path.exists() else {"family": fam, "diffusa": {}, "diffusers": {}}
         rec["floor"], rec["n"] = floor, args.n
         run = load_run(run_path(args, fam))
-        counter = CallCounter(run.denoiser.net)
         jobs: list[tuple[str, int, str | None, dict]] = []
         for s in args.samplers:
             other = [sp for sp in args.spacings if not (sp == "karras" and s in KARRAS_DEFAULT)]  # no repeats
@@ -159,12 +149,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
             key = f"{name}@{target}" if s != "rk45" else f"rk45@tol{opts['rtol']:g}"
             if key in rec["diffusa"]:
                 continue
-            steps = steps_for(run, counter, s, target, spacing)[0] if s != "rk45" else 2
+            steps = steps_for(run, s, target, spacing)[0] if s != "rk45" else 2
             g = torch.Generator().manual_seed(0)
             t0 = time.time()
-            counter.calls = 0
-            x = sample(run.denoiser, (args.n, *run.data_shape), s, steps, generator=g, spacing=spacing, **opts)
-            nfe = counter.calls  # one batch: one call per network evaluation
+            with network_calls(run.denoiser.net) as calls:  # one batch: one call per network evaluation
+                x = sample(run.denoiser, (args.n, *run.data_shape), s, steps, generator=g, spacing=spacing, **opts)
+            nfe = calls[0]
             rec["diffusa"][key] = {"sampler": s, "target": target, "steps": steps, **({"spacing": spacing} if spacing
                                                                                         else {}),
                                    **score(x, f"{fam}_{name.replace('/', '_')}_{target or opts['rtol']}",
