@@ -45,6 +45,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.steps, args.seeds, args.raw = 20, 2, "0,1", "quick/raw/editing_inpaint_seeds.json"
+    if args.n < 1 or args.steps < 1:
+        raise SystemExit(f"error: --n {args.n} and --steps {args.steps}: both must be at least 1")
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
