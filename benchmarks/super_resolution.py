@@ -7,6 +7,7 @@ trained for the same minutes; and a 256x256 -> 1024x1024 tiled upscale's peak me
     python benchmarks/super_resolution.py eval [--n 500]              # both upscalers, held-out digits (~6 min)
     python benchmarks/super_resolution.py residual [--steps 1200]     # 4x: SR3 vs residual vs residual EDM
     python benchmarks/super_resolution.py cascade [--n 500]           # cascade vs single stage (~8 min)
+    python benchmarks/super_resolution.py train --budget 20 --only base14,sr2,single28 --runs runs/sr20  # 40 min
     python benchmarks/super_resolution.py tiled                       # 256 -> 1024 in tiles, peak memory (~4 min)
     python benchmarks/super_resolution.py rgb [--rgb-run R] [--n 200]  # 16 -> 64 RGB scenes (training: ~20 min)
     python benchmarks/super_resolution.py rgb-cascade --n 200          # 16x16 base + it vs one 64x64 model (~45 min)
@@ -16,7 +17,10 @@ trained for the same minutes; and a 256x256 -> 1024x1024 tiled upscale's peak me
 `train` trains whichever run is missing: sr4 (data.super_resolution=4), sr2 (=2), sr2_noaug (=2, without
 augmentation: data.cond_noise_max=0), base14 (data.image_size=14, class-conditional) for --steps each, and single28
 (class-conditional 28x28) for the minutes base14 and sr2 took together (train.max_minutes; its step count is a
-ceiling). Held-out digits: the first --n of the test split, every class in turn. Upscaling: DPM-Solver++(2M),
+ceiling). With --budget M (minutes) the comparison is at equal minutes with every schedule completed: base14
+trains for --base-share of M, each upscaler for the rest, single28 for M (train.budget_minutes fits each run's
+steps to its minutes); --only names the runs to train (e.g. base14,sr2,single28). Held-out digits: the first --n
+of the test split, every class in turn. Upscaling: DPM-Solver++(2M),
 --sample-steps steps, seed 0, the run's own sampling level. PSNR and SSIM (Wang et al. 2004: Gaussian window 11,
 sigma 1.5, on [0, 1] pixels) against the originals; FD: Frechet distance in the digit judge's features to the 1,000
 held-out digits; accuracy: the judge's argmax against the digit's label; consistency: the output shrunk back (block
@@ -133,22 +137,34 @@ def runs(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """Train whichever run is missing (of --only, if given). With --budget, each run's step count is fitted to its
+    minutes (train.budget_minutes: the cosine schedule ends on time): base14 --base-share of the budget, each
+    upscaler the rest, single28 the whole; otherwise the step options, single28 stopped after base14 + sr2's
+    minutes (train.max_minutes)."""
     base = [f"data.name='{args.data}'", *COMMON, *args.set]
+    only = set(args.only.split(",")) if args.only else None
+    budgets = {"base14": args.budget * args.base_share, "single28": args.budget}
     for name, overrides in runs(args).items():
         out = run_dir(args, name)
+        if only is not None and name not in only:
+            continue
         if name not in dict(args.use) and not (out / "model.safetensors").exists():
             t0 = time.time()
-            steps = args.base_steps if name == "base14" else args.steps
-            cfg = load_config(overrides=[*base, *overrides, f"train.steps={steps}"])
+            length = (f"train.budget_minutes={budgets.get(name, args.budget * (1 - args.base_share))}"
+                      if args.budget > 0 else f"train.steps={args.base_steps if name == 'base14' else args.steps}")
+            cfg = load_config(overrides=[*base, *overrides, length])
             diffusion_engine(cfg, out, progress=False).fit()
             print(f"{name}: {time.time() - t0:.0f} s", flush=True)
     single = run_dir(args, "single28")
-    if not (single / "model.safetensors").exists():
-        minutes = sum(last_log(run_dir(args, k))["elapsed_s"] for k in ("base14", "sr2")) / 60
-        cfg = load_config(overrides=[*base, "model.conditioning='class'", f"train.steps={args.single_steps}",
-                                     f"train.max_minutes={minutes}"])
+    if (only is None or "single28" in only) and not (single / "model.safetensors").exists():
+        if args.budget > 0:
+            length = [f"train.budget_minutes={args.budget}"]
+        else:
+            minutes = sum(last_log(run_dir(args, k))["elapsed_s"] for k in ("base14", "sr2")) / 60
+            length = [f"train.steps={args.single_steps}", f"train.max_minutes={minutes}"]
+        cfg = load_config(overrides=[*base, "model.conditioning='class'", *length])
         diffusion_engine(cfg, single, progress=False).fit()
-        print(f"single28: {minutes:.1f} min", flush=True)
+        print(f"single28: {last_log(single)['elapsed_s'] / 60:.1f} min", flush=True)
 
 
 def measure_upscaler(args: argparse.Namespace, name: str, x: torch.Tensor, y: torch.Tensor, ref: torch.Tensor,
@@ -212,16 +228,21 @@ def cmd_residual(args: argparse.Namespace) -> None:
 
 
 def cmd_cascade(args: argparse.Namespace) -> None:
-    """The 14x14 base model + 2x upscaler, with and without augmentation, against the single-stage model."""
+    """The 14x14 base model + 2x upscaler, with and without augmentation, against the single-stage model; and the
+    augmented upscaler alone on held-out digits shrunk to the base's size (the cascade with a perfect base: what the
+    upscaler costs, the rest is the base's)."""
     from diffusa.pipelines import cascade
     from diffusa.viz import save_image_grid
 
-    _, _, ref = held_out(args)
+    x, y, ref = held_out(args)
     labels = torch.arange(args.n) % 10
     base = diffusa.load(run_dir(args, "base14"))
     rec: dict = {"n": args.n, "rows": []}
     variants = [("sr2", level) for level in args.levels] + [("sr2_noaug", 0.0)]
     for name, level in variants:
+        if not (run_dir(args, name) / "config.json").exists() and name not in dict(args.use):
+            print(f"{name}: not trained (train --only left it out), its rows skipped", flush=True)
+            continue
         up = diffusa.load(run_dir(args, name))
         if level > up.image_condition.noise_max:
             continue
@@ -232,13 +253,20 @@ def cmd_cascade(args: argparse.Namespace) -> None:
         rec["rows"].append(row)
         print(row, flush=True)
         save_image_grid(res.samples[:64], Path(args.img) / f"sr_cascade_{name}_{level:g}.png")
+        if name == "sr2" and level == 0:
+            real = up.upscale(up.image_condition.low_res(x), steps=args.sample_steps, seed=0, noise_level=0.0)
+            rec["rows"].append({"model": "sr2 alone, on real digits shrunk to the base's size", "augmented": True,
+                                "noise_level": 0.0, **judged(real.samples, y, ref)})
+            print(rec["rows"][-1], flush=True)
     single = diffusa.load(run_dir(args, "single28"))
     t0 = time.time()
     res = single(n=args.n, label="all", steps=args.sample_steps, seed=0)
     rec["rows"].append({"model": "single stage 28x28", "augmented": None, "noise_level": None,
                         **judged(res.samples, labels, ref), "seconds": time.time() - t0})
-    rec["minutes"] = {k: last_log(run_dir(args, k)).get("elapsed_s", math.nan) / 60
-                      for k in ("base14", "sr2", "sr2_noaug", "single28")}
+    save_image_grid(res.samples[:64], Path(args.img) / "sr_cascade_single.png")
+    trained = [k for k in ("base14", "sr2", "sr2_noaug", "single28") if (run_dir(args, k) / "config.json").exists()]
+    rec["minutes"] = {k: last_log(run_dir(args, k)).get("elapsed_s", math.nan) / 60 for k in trained}
+    rec["steps"] = {k: last_log(run_dir(args, k)).get("step") for k in rec["minutes"]}
     print(rec["rows"][-1], rec["minutes"], flush=True)
     write_json(Path(args.raw) / "super_resolution_cascade.json", rec)
 
@@ -549,6 +577,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200, help="training steps of each upscaler")
     ap.add_argument("--base-steps", type=int, default=2400, help="training steps of the 14x14 base model")
     ap.add_argument("--single-steps", type=int, default=3000, help="the single-stage model's step ceiling")
+    ap.add_argument("--budget", type=float, default=0.0,
+                    help="train: minutes of the cascade (base14 + one upscaler) and of single28, each run's steps "
+                         "fitted to its share (0: the step options)")
+    ap.add_argument("--base-share", type=float, default=0.4, help="train --budget: base14's share of the minutes")
+    ap.add_argument("--only", help="train: only these runs, comma-separated (e.g. base14,sr2,single28)")
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--sample-steps", type=int, default=20)
     ap.add_argument("--sampler", default=None, help="eval: the upscalers' sampler (default: each run's recommended)")

@@ -471,3 +471,26 @@ def test_the_benchmark_quick_mode(tmp_path: Path) -> None:
     assert "not yet measured" not in table
     for fig in ("sr_rows_4x", "sr_rgb_rows", "sr_rows_sr4_res_edm"):
         assert (tmp_path / "quick" / "img" / f"{fig}.png").stat().st_size > 500
+
+
+@pytest.mark.benchmark
+def test_the_benchmark_trains_at_equal_minutes(tmp_path: Path) -> None:
+    """`train --budget M --only base14,single28`: base14 fitted to --base-share of M, single28 to M (each run's
+    schedule completes: config.json's train.budget_minutes and the steps it chose), the runs not named untouched."""
+    import json
+    import subprocess
+    import sys
+
+    from benchmark_quick import ROOT
+
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "super_resolution.py"), "train", "--data",
+                           "digits", "--base-size", "4", "--runs", "r", "--budget", "0.2", "--base-share", "0.25",
+                           "--only", "base14,single28", "--set", "model.net.channels=8"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["base14", "single28"]
+    for name, minutes in (("base14", 0.05), ("single28", 0.2)):
+        cfg = json.loads((tmp_path / "r" / name / "config.json").read_text())
+        assert cfg["config"]["train"]["budget_minutes"] == pytest.approx(minutes)
+        log = (tmp_path / "r" / name / "log.jsonl").read_text().strip().splitlines()
+        assert json.loads(log[-1])["step"] == cfg["config"]["train"]["steps"] >= 100  # the fitted count, all trained
