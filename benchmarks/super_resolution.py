@@ -143,14 +143,20 @@ def cmd_train(args: argparse.Namespace) -> None:
     minutes (train.max_minutes)."""
     base = [f"data.name='{args.data}'", *COMMON, *args.set]
     only = set(args.only.split(",")) if args.only else None
-    budgets = {"base14": args.budget * args.base_share, "single28": args.budget}
+    known = [*runs(args), "single28"]
+    if only is not None and (unknown := sorted(only - set(known))):
+        raise SystemExit(f"error: --only {args.only}: unknown run(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if args.budget < 0 or (args.budget > 0 and not 0 < args.base_share < 1):
+        raise SystemExit(f"error: --budget {args.budget:g} --base-share {args.base_share:g}: the budget must be >= 0 "
+                         "and the base's share strictly between 0 and 1")
     for name, overrides in runs(args).items():
         out = run_dir(args, name)
         if only is not None and name not in only:
             continue
         if name not in dict(args.use) and not (out / "model.safetensors").exists():
             t0 = time.time()
-            length = (f"train.budget_minutes={budgets.get(name, args.budget * (1 - args.base_share))}"
+            share = args.base_share if name == "base14" else 1 - args.base_share
+            length = (f"train.budget_minutes={round(args.budget * share, 4)}"
                       if args.budget > 0 else f"train.steps={args.base_steps if name == 'base14' else args.steps}")
             cfg = load_config(overrides=[*base, *overrides, length])
             diffusion_engine(cfg, out, progress=False).fit()
@@ -160,7 +166,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         if args.budget > 0:
             length = [f"train.budget_minutes={args.budget}"]
         else:
-            minutes = sum(last_log(run_dir(args, k))["elapsed_s"] for k in ("base14", "sr2")) / 60
+            logs = {k: last_log(run_dir(args, k)) for k in ("base14", "sr2")}
+            if missing := [k for k, log in logs.items() if "elapsed_s" not in log]:
+                raise SystemExit(f"error: single28 trains for the minutes of base14 and sr2; {', '.join(missing)} "
+                                 "not trained yet (train it, or give --budget)")
+            minutes = sum(log["elapsed_s"] for log in logs.values()) / 60
             length = [f"train.steps={args.single_steps}", f"train.max_minutes={minutes}"]
         cfg = load_config(overrides=[*base, "model.conditioning='class'", *length])
         diffusion_engine(cfg, single, progress=False).fit()
@@ -240,7 +250,7 @@ def cmd_cascade(args: argparse.Namespace) -> None:
     rec: dict = {"n": args.n, "rows": []}
     variants = [("sr2", level) for level in args.levels] + [("sr2_noaug", 0.0)]
     for name, level in variants:
-        if not (run_dir(args, name) / "config.json").exists() and name not in dict(args.use):
+        if not (run_dir(args, name) / "model.safetensors").exists() and name not in dict(args.use):
             print(f"{name}: not trained (train --only left it out), its rows skipped", flush=True)
             continue
         up = diffusa.load(run_dir(args, name))
@@ -264,7 +274,8 @@ def cmd_cascade(args: argparse.Namespace) -> None:
     rec["rows"].append({"model": "single stage 28x28", "augmented": None, "noise_level": None,
                         **judged(res.samples, labels, ref), "seconds": time.time() - t0})
     save_image_grid(res.samples[:64], Path(args.img) / "sr_cascade_single.png")
-    trained = [k for k in ("base14", "sr2", "sr2_noaug", "single28") if (run_dir(args, k) / "config.json").exists()]
+    trained = [k for k in ("base14", "sr2", "sr2_noaug", "single28")
+               if (run_dir(args, k) / "model.safetensors").exists()]
     rec["minutes"] = {k: last_log(run_dir(args, k)).get("elapsed_s", math.nan) / 60 for k in trained}
     rec["steps"] = {k: last_log(run_dir(args, k)).get("step") for k in rec["minutes"]}
     print(rec["rows"][-1], rec["minutes"], flush=True)

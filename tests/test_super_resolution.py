@@ -485,12 +485,18 @@ def test_the_benchmark_trains_at_equal_minutes(tmp_path: Path) -> None:
 
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "super_resolution.py"), "train", "--data",
                            "digits", "--base-size", "4", "--runs", "r", "--budget", "0.2", "--base-share", "0.25",
-                           "--only", "base14,single28", "--set", "model.net.channels=8"],
+                           "--only", "base14,sr2,single28", "--set", "model.net.channels=8"],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["base14", "single28"]
-    for name, minutes in (("base14", 0.05), ("single28", 0.2)):
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["base14", "single28", "sr2"]
+    for name, minutes in (("base14", 0.05), ("sr2", 0.15), ("single28", 0.2)):
         cfg = json.loads((tmp_path / "r" / name / "config.json").read_text())
         assert cfg["config"]["train"]["budget_minutes"] == pytest.approx(minutes)
         log = (tmp_path / "r" / name / "log.jsonl").read_text().strip().splitlines()
-        assert json.loads(log[-1])["step"] == cfg["config"]["train"]["steps"] >= 100  # the fitted count, all trained
+        assert json.loads(log[-1])["step"] == cfg["config"]["train"]["steps"]  # the fitted count, trained to its end
+    for bad, says in ((["--only", "base,sr2"], "unknown run(s) base"), (["--budget", "1", "--base-share", "1"],
+                                                                         "strictly between 0 and 1")):
+        proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "super_resolution.py"), "train", "--runs",
+                               "r2", *bad], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "r2").exists()
