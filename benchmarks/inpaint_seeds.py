@@ -74,6 +74,8 @@ def main() -> None:
 def run(args: argparse.Namespace, seeds: list[int]) -> None:
     """Draw the row at every seed; write the raw record and the table."""
     train = load_dataset("mnist5k", "train")
+    if args.n > (size := len(load_dataset("mnist5k", args.split))):
+        raise DiffusaError(f"--n {args.n}: the {args.split} split holds {size} digits")
     if args.split == "test":
         x, y, idx = held_out(args.n)
     else:
