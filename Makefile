@@ -35,10 +35,10 @@ demo: $(STAMP)
 demo-train: $(STAMP)
 	rm -rf $(TRAIN_RUN)
 	$(VENV)/bin/diffusa forward --data mnist5k --out $(TRAIN_RUN)/forward.png
-	$(VENV)/bin/diffusa train --data mnist5k --budget 10 --out $(TRAIN_RUN)
-	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --sampler dpmpp_2m_sde --steps 20 --eta 3 --autoguidance 2 \
+	$(VENV)/bin/diffusa train --data mnist5k --class-conditional --budget 10 --out $(TRAIN_RUN)
+	$(VENV)/bin/diffusa sample $(TRAIN_RUN) --n 64 --label all --sampler dpmpp_2m_sde --steps 20 --eta 3 \
 		--out $(TRAIN_RUN)/grid.png --trajectory $(TRAIN_RUN)/trajectory.png
-	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 1000 --sampler dpmpp_2m_sde --steps 20 --eta 3 --autoguidance 2 \
+	$(VENV)/bin/diffusa eval $(TRAIN_RUN) --n 1000 --label all --sampler dpmpp_2m_sde --steps 20 --eta 3 \
 		--out $(TRAIN_RUN)/metrics.json
 
 # `make serve`: the web page and REST API over the shipped models and the runs under runs/ (docs/serve.md)
