@@ -287,16 +287,18 @@ def geo(values: list[float]) -> float:
     return math.exp(sum(math.log(max(v, 1e-9)) for v in values) / len(values))
 
 
-def cells20(rows: list[dict[str, Any]]) -> list[str]:
-    """The (sampler, grid) keys every row scored at STEPS steps: the CANDIDATES on each grid measured."""
-    return [key(s, g) for g in GRIDS for s in CANDIDATES if all(key(s, g) in r["ed20"] for r in rows)]
+def cells20(rows: list[dict[str, Any]], field: str = "ed20") -> list[str]:
+    """The (sampler, grid) keys every row scored at STEPS steps (`field` "ed": at NFE): the CANDIDATES on each grid
+    measured."""
+    return [key(s, g) for g in GRIDS for s in CANDIDATES if all(key(s, g) in r[field] for r in rows)]
 
 
-def recommend(rows: list[dict[str, Any]]) -> tuple[str, float, float]:
-    """(sampler key, geometric mean, worst) of the CANDIDATES at STEPS steps, on every grid measured, over the sets
-    of one process: the best geometric mean of energy distance / floor; within CLOSE of it, the smallest worst case.
-    The key is `key(sampler, spacing)`."""
-    scored = [(geo(q), max(q), s) for s in cells20(rows) for q in [[r["ed20"][s] / r["floor"] for r in rows]]]
+def recommend(rows: list[dict[str, Any]], field: str = "ed20") -> tuple[str, float, float]:
+    """(sampler key, geometric mean, worst) of the CANDIDATES at STEPS steps (`field` "ed": at NFE, the few-step
+    recommendation, config.POINT_FEW_STEPS), on every grid measured, over the sets of one process: the best
+    geometric mean of energy distance / floor; within CLOSE of it, the smallest worst case. The key is
+    `key(sampler, spacing)`."""
+    scored = [(geo(q), max(q), s) for s in cells20(rows, field) for q in [[r[field][s] / r["floor"] for r in rows]]]
     best = min(g for g, _, _ in scored)
     g, worst, s = min((t for t in scored if t[0] <= CLOSE * best), key=lambda t: t[1])
     return s, g, worst

@@ -113,6 +113,9 @@ CONFIG_MUTATIONS: list[tuple[str, str, Any]] = [
     ("sampling_steps_huge", "sampling", {"sampler": "ddim", "steps": 10**12}),
     ("sampling_steps_beyond_chain", "sampling", {"sampler": "ddim", "steps": 5000}),
     ("sampling_str", "sampling", "fast"),
+    ("sampling_few_steps_str", "sampling", {"sampler": "ddim", "steps": 8, "few_steps": "fast"}),
+    ("sampling_few_steps_too_many", "sampling", {"sampler": "ddim", "steps": 8,
+                                                 "few_steps": {"max_steps": 10**12, "sampler": "unipc"}}),
 ]
 
 

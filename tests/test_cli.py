@@ -278,8 +278,9 @@ def test_eval_points(cli, moons_run: Path, tmp_path: Path) -> None:
     assert res.code == 0, res.err
     metrics = json.loads(res.out)
     assert json.loads((tmp_path / "m.json").read_text()) == metrics
-    rec = json.loads((moons_run / "config.json").read_text())["sampling"]["sampler"]  # the process's (POINT_SAMPLING)
-    assert metrics["n"] == 300 and metrics["steps"] == 5 and metrics["sampler"] == rec
+    few = json.loads((moons_run / "config.json").read_text())["sampling"]["few_steps"]  # POINT_FEW_STEPS: <= 10 steps
+    assert metrics["n"] == 300 and metrics["steps"] == 5
+    assert (metrics["sampler"], metrics["spacing"]) == (few["sampler"], few["spacing"]) == ("unipc", "logsnr-unit")
     assert 0 < metrics["energy_distance_floor"] < metrics["energy_distance"] < 1.0
     assert metrics["ratio_to_floor"] == pytest.approx(metrics["energy_distance"] / metrics["energy_distance_floor"])
 

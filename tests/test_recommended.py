@@ -134,6 +134,18 @@ BAD = [
                                                            "model has no conditional and unconditional branches"),
     ({"sampler": "ddim", "steps": 5000}, r"sampling \(sampler ddim, steps 5000\) does not suit this model: steps "
                                          "5000 exceeds the model's 1000 training steps"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": "unipc"}, "sampling.few_steps must be a table"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "unipc", "nfe": 4}},
+     "sampling.few_steps.nfe is not a key of it"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 8, "sampler": "unipc"}},
+     r"sampling.few_steps.max_steps must be an integer in 1\.\.7 \(below sampling.steps\), got 8"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": {"sampler": "unipc"}}, "sampling.few_steps.max_steps must be"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "warp"}},
+     "sampling.few_steps.sampler must be a sampler's name"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "unipc", "eta": 1.0}},
+     "sampling.few_steps.eta is an option of a stochastic sampler"),
+    ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "unipc", "spacing": "zigzag"}},
+     "sampling.few_steps.spacing must be a grid's name"),
 ]
 
 
@@ -164,7 +176,7 @@ def test_cli_uses_the_recommendation(cli, rec_run: Path, moons_run: Path, tmp_pa
     res = cli("generate", "--model", rec_run, "--n", "2", "--out", tmp_path / "g.png")
     assert res.code == 0, res.err
     assert "dpmpp_2m_sde 4 steps" in res.out
-    help_text = cli("sample", "--help").out
+    help_text = " ".join(cli("sample", "--help").out.split())  # argparse wraps the lines where it likes
     assert "recommended sampler" in help_text and "else dpmpp_2m" in help_text and "else 20" in help_text
     moons = with_sampling(moons_run, tmp_path / "moons", {"sampler": "ddim", "steps": 5, "why": "test"})
     res = cli("eval", moons, "--n", "300")
@@ -257,6 +269,13 @@ def test_point_runs_record_their_process_recommendation(moons_run: Path) -> None
     pipe = diffusa.load(moons_run)
     assert torch.equal(pipe(n=8, seed=3).samples,
                        pipe(n=8, seed=3, sampler=sampler, steps=steps, spacing=spacing).samples)
+    from diffusa.config import POINT_FEW_STEPS
+
+    few_sampler, top, few_spacing = POINT_FEW_STEPS[meta["config"]["process"]["name"]]
+    assert entry["few_steps"] == {"max_steps": top, "sampler": few_sampler, "spacing": few_spacing}
+    ten = pipe(n=8, seed=3, steps=top)
+    assert (ten.settings["sampler"], ten.settings["spacing"]) == (few_sampler, few_spacing)
+    assert torch.equal(ten.samples, pipe(n=8, seed=3, sampler=few_sampler, steps=top, spacing=few_spacing).samples)
 
 
 def test_a_recommended_grid_goes_with_its_sampler(rec_run: Path, tmp_path: Path) -> None:
@@ -280,6 +299,36 @@ def test_a_recommended_grid_goes_with_its_sampler(rec_run: Path, tmp_path: Path)
     bad = with_sampling(rec_run, tmp_path / "bad", {**REC, "spacing": "zigzag"})
     with pytest.raises(DiffusaError, match=r"sampling\.spacing must be a grid's name"):
         diffusa.load(bad)
+
+
+def test_a_few_step_recommendation_takes_over_at_few_steps(rec_run: Path, tmp_path: Path) -> None:
+    """A recommendation may name another sampler for draws of few steps ("few_steps": point runs draw with UniPC on
+    the logsnr-unit grid at 10 steps or fewer, the SDE solver at more; docs/benchmarks.md): a draw that names no
+    sampler uses it at steps <= max_steps, with its own grid and eta; at more steps, or with a sampler given, the
+    main recommendation's rule holds."""
+    from diffusa.pipelines.sampling import resolve_recommended
+
+    few = {"max_steps": 3, "sampler": "ddim", "spacing": "logsnr", "eta": 0.5}
+    run = with_sampling(rec_run, tmp_path / "few", {**REC, "steps": 6, "eta": 3.0, "few_steps": few})
+    pipe = diffusa.load(run)
+    assert resolve_sampling(pipe) == ("dpmpp_2m_sde", 6, 250)  # the recommended steps: the main sampler
+    assert resolve_sampling(pipe, None, 3) == ("ddim", 3, 250)  # at max_steps and below: the few-step sampler
+    assert resolve_sampling(pipe, None, 1) == ("ddim", 1, 250)
+    assert resolve_sampling(pipe, None, 4) == ("dpmpp_2m_sde", 4, 250)
+    assert resolve_sampling(pipe, "euler", 3) == ("euler", 3, 250)  # given: kept
+    assert resolve_sampling(pipe, None, 3, task_sampler="ddpm") == ("ddpm", 3, 250)  # a task's own sampler wins
+    assert resolve_recommended(pipe, "ddim", None, None, 3) == ("logsnr", 0.5)
+    assert resolve_recommended(pipe, "ddim", None, None, 4) == (None, None)  # past max_steps: ddim's own
+    assert resolve_recommended(pipe, "dpmpp_2m_sde", None, None, 3) == (None, 3.0)  # the main sampler, asked
+    assert resolve_recommended(pipe, "ddim", "karras", 0.0, 3) == ("karras", 0.0)  # given: kept
+    a = pipe(n=2, seed=0, steps=3)
+    b = pipe(n=2, seed=0, sampler="ddim", steps=3, spacing="logsnr", eta=0.5)
+    assert torch.equal(a.samples, b.samples)
+    assert (a.settings["sampler"], a.settings["spacing"], a.settings["eta"]) == ("ddim", "logsnr", 0.5)
+    c = pipe(n=2, seed=0, steps=5)
+    assert torch.equal(c.samples, pipe(n=2, seed=0, sampler="dpmpp_2m_sde", steps=5, eta=3.0).samples)
+    edited = pipe.img2img(torch.zeros(2, *pipe.run.data_shape), strength=0.5, steps=3, seed=0)
+    assert edited.settings["sampler"] == "ddim"  # edits resolve through the same rule
 
 
 def test_a_recommended_eta_goes_with_its_sampler(rec_run: Path, tmp_path: Path) -> None:
@@ -308,12 +357,12 @@ def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:
     the constant cannot drift from the measurement."""
     import sys
 
-    from diffusa.config import POINT_SAMPLING
+    from diffusa.config import POINT_FEW_STEPS, POINT_SAMPLING
 
     root = Path(__file__).resolve().parents[1]
     sys.path.insert(0, str(root / "benchmarks"))
     try:
-        from toys import STEPS, key, recommend
+        from toys import NFE, STEPS, key, recommend
     finally:
         sys.path.remove(str(root / "benchmarks"))
     rows = json.loads((root / "docs" / "results" / "raw" / "toys.json").read_text())
@@ -321,6 +370,8 @@ def test_point_recommendations_are_what_the_toy_benchmark_measured() -> None:
         mine = [r for r in rows if r["process"] == process]
         assert len(mine) == 8 and steps == STEPS
         assert recommend(mine)[0] == key(sampler, spacing), process
+        few_sampler, top, few_spacing = POINT_FEW_STEPS[process]
+        assert top == NFE and recommend(mine, "ed")[0] == key(few_sampler, few_spacing), process
 
 
 def test_a_recommended_grid_that_does_not_suit_the_model_is_refused_when_read(moons_run: Path, tmp_path: Path) -> None:

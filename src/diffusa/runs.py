@@ -204,21 +204,21 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
     recommended_sampling(meta, cfg_file)
 
 
-SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "why")
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "few_steps", "why")
+FEW_STEPS_KEYS = ("max_steps", "sampler", "spacing", "eta")
 
 
 def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config.json") -> tuple[str, int] | None:
     """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "eta": ETA,
-    "guidance_scale": W, "why": "what was measured"} (spacing, eta and guidance_scale optional): the sampler, steps,
-    grid, stochasticity and guidance scale measured best for this model, which a draw uses where it is not told
-    (`pipelines.sampling.resolve_sampling`, `resolve_recommended`; grid and eta only with the recommended sampler;
-    the scale with any, `Run.recommended_guidance`, `check_recommended_guidance`). (sampler, steps), or None without
-    the entry; one DiffusaError naming the file and the key for an entry that is not one (checked when the run is
-    read)."""
+    "guidance_scale": W, "few_steps": {...}, "why": "what was measured"} (spacing, eta, guidance_scale and few_steps
+    optional): the sampler, steps, grid, stochasticity and guidance scale measured best for this model, which a draw
+    uses where it is not told (`pipelines.sampling.resolve_sampling`, `resolve_recommended`; grid and eta only with
+    the recommended sampler; the scale with any, `Run.recommended_guidance`, `check_recommended_guidance`); few_steps
+    (`few_steps_sampling`) the sampler for draws of few steps. (sampler, steps), or None without the entry; one
+    DiffusaError naming the file and the key for an entry that is not one (checked when the run is read)."""
     if "sampling" not in meta:
         return None
     from diffusa.limits import MAX_SAMPLING_STEPS
-    from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS
 
     entry = meta["sampling"]
     fix = "correct or remove the entry"
@@ -226,37 +226,23 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
         raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"spacing\": GRID "
                            f"(optional), \"eta\": ETA (optional), \"guidance_scale\": W (optional), \"why\": TEXT}}, "
                            f"got {entry!r:.80}; {fix}")
-    unknown = sorted(str(k) for k in entry if k not in SAMPLING_KEYS)
-    if unknown:
-        raise DiffusaError(f"{cfg_file}: sampling.{unknown[0]:.40} is not a key of it (its keys: "
-                           f"{', '.join(SAMPLING_KEYS)}); {fix}")
+    _check_keys(entry, SAMPLING_KEYS, "sampling", cfg_file)
     sampler, steps, why = entry.get("sampler"), entry.get("steps"), entry.get("why")
-    if not isinstance(sampler, str) or sampler not in SAMPLERS:
-        raise DiffusaError(f"{cfg_file}: sampling.sampler must be a sampler's name ({', '.join(sorted(SAMPLERS))}), "
-                           f"got {sampler!r:.80}; {fix}")
+    _check_choice(entry, "sampling", cfg_file)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_SAMPLING_STEPS:
         raise DiffusaError(f"{cfg_file}: sampling.steps must be an integer in 1..{MAX_SAMPLING_STEPS}, "
                            f"got {steps!r:.80}; {fix}")
-    spacing = entry.get("spacing")
-    if spacing is not None and spacing not in LEVEL_SPACINGS + CHAIN_SPACINGS:
-        raise DiffusaError(f"{cfg_file}: sampling.spacing must be a grid's name "
-                           f"({', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}), got {spacing!r:.80}; {fix}")
-    eta = entry.get("eta")
-    if eta is not None:
-        from diffusa.samplers import sampler_options
-
-        if "eta" not in sampler_options(sampler):
-            raise DiffusaError(f"{cfg_file}: sampling.eta is an option of a stochastic sampler (ddim, euler_ancestral, "
-                               f"dpmpp_2m_sde), not of {sampler}; {fix}")
-        from diffusa.samplers.common import check_eta
-
-        try:  # the samplers' own rule (finite, >= 0), said of the file's key
-            if isinstance(eta, bool) or not isinstance(eta, (int, float)):
-                raise DiffusaError("not a number")
-            check_eta(float(eta))
-        except DiffusaError:
-            raise DiffusaError(f"{cfg_file}: sampling.eta must be a finite number >= 0, got {eta!r:.80}; "
-                               f"{fix}") from None
+    few = entry.get("few_steps")
+    if few is not None:
+        if not isinstance(few, dict):
+            raise DiffusaError(f"{cfg_file}: sampling.few_steps must be a table {{\"max_steps\": K, \"sampler\": NAME, "
+                               f"\"spacing\": GRID (optional), \"eta\": ETA (optional)}}, got {few!r:.80}; {fix}")
+        _check_keys(few, FEW_STEPS_KEYS, "sampling.few_steps", cfg_file)
+        top = few.get("max_steps")
+        if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top < steps:
+            raise DiffusaError(f"{cfg_file}: sampling.few_steps.max_steps must be an integer in 1..{steps - 1} (below "
+                               f"sampling.steps), got {top!r:.80}; {fix}")
+        _check_choice(few, "sampling.few_steps", cfg_file)
     scale = entry.get("guidance_scale")
     if scale is not None:
         try:  # the one rule for guidance scales (finite, a real number), said of the file's key; and > 0
@@ -268,6 +254,51 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
+
+
+def few_steps_sampling(meta: Mapping[str, Any], steps: int) -> dict[str, Any] | None:
+    """The "sampling" entry's "few_steps" table when it applies at `steps` (steps <= its max_steps), else None: a
+    sampler measured best at few steps where the main recommendation is measured at more (2-D point runs: UniPC on
+    the logsnr-unit grid at 10 steps, DPM-Solver++(2M) SDE at 20; benchmarks/toys.py). Checked by
+    `recommended_sampling`, which reads the entry first."""
+    entry = meta.get("sampling")
+    few = entry.get("few_steps") if isinstance(entry, dict) else None
+    return few if few is not None and steps <= few["max_steps"] else None
+
+
+def _check_keys(entry: Mapping[str, Any], keys: tuple[str, ...], name: str, cfg_file: str | Path) -> None:
+    unknown = sorted(str(k) for k in entry if k not in keys)
+    if unknown:
+        raise DiffusaError(f"{cfg_file}: {name}.{unknown[0]:.40} is not a key of it (its keys: {', '.join(keys)}); "
+                           f"correct or remove the entry")
+
+
+def _check_choice(entry: Mapping[str, Any], name: str, cfg_file: str | Path) -> None:
+    """A recommendation's sampler, and its optional grid and eta, each one line naming the file and the key."""
+    from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS, sampler_options
+    from diffusa.samplers.common import check_eta
+
+    fix = "correct or remove the entry"
+    sampler = entry.get("sampler")
+    if not isinstance(sampler, str) or sampler not in SAMPLERS:
+        raise DiffusaError(f"{cfg_file}: {name}.sampler must be a sampler's name ({', '.join(sorted(SAMPLERS))}), "
+                           f"got {sampler!r:.80}; {fix}")
+    spacing = entry.get("spacing")
+    if spacing is not None and spacing not in LEVEL_SPACINGS + CHAIN_SPACINGS:
+        raise DiffusaError(f"{cfg_file}: {name}.spacing must be a grid's name "
+                           f"({', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}), got {spacing!r:.80}; {fix}")
+    eta = entry.get("eta")
+    if eta is None:
+        return
+    if "eta" not in sampler_options(sampler):
+        raise DiffusaError(f"{cfg_file}: {name}.eta is an option of a stochastic sampler (ddim, euler_ancestral, "
+                           f"dpmpp_2m_sde), not of {sampler}; {fix}")
+    try:  # the samplers' own rule (finite, >= 0), said of the file's key
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)):
+            raise DiffusaError("not a number")
+        check_eta(float(eta))
+    except DiffusaError:
+        raise DiffusaError(f"{cfg_file}: {name}.eta must be a finite number >= 0, got {eta!r:.80}; {fix}") from None
 
 
 @dataclass(frozen=True)
@@ -421,13 +452,18 @@ def check_recommended_grid(den: Denoiser, meta: dict[str, Any], cfg_file: Path) 
         return
     from diffusa.samplers import make_grid
 
-    spacing = meta["sampling"].get("spacing")
-    try:
-        make_grid(den, rec[1], spacing, rec[0])
-    except DiffusaError as e:
-        grid = "" if spacing is None else f", spacing {spacing}"
-        raise DiffusaError(f"{cfg_file}: sampling (sampler {rec[0]}, steps {rec[1]}{grid}) does not suit this model: "
-                           f"{str(e).removeprefix('--')}; correct or remove the entry") from None
+    entry = meta["sampling"]
+    few = entry.get("few_steps")
+    choices = [("sampling", rec[0], rec[1], entry.get("spacing"))]
+    if few is not None:
+        choices.append(("sampling.few_steps", few["sampler"], few["max_steps"], few.get("spacing")))
+    for name, sampler, steps, spacing in choices:
+        try:
+            make_grid(den, steps, spacing, sampler)
+        except DiffusaError as e:
+            grid = "" if spacing is None else f", spacing {spacing}"
+            raise DiffusaError(f"{cfg_file}: {name} (sampler {sampler}, steps {steps}{grid}) does not suit this model: "
+                               f"{str(e).removeprefix('--')}; correct or remove the entry") from None
 
 
 def init_weights(spec: str | Path) -> tuple[Path, dict[str, Any]]:

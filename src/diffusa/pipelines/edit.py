@@ -197,7 +197,7 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
 
     pipe.refuse_mask_model("img2img")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
-    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta)
+    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta, steps)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     strength = check_strength(DEFAULT_STRENGTH if strength is None else strength)
     images = as_images(image, image_shape(pipe))
@@ -271,7 +271,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
                            "jump_length out")
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size,
                                                   task_sampler=None if conditional else DEFAULT_INPAINT_SAMPLER)
-    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta)
+    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta, steps)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     if mask_model and cond_image is not None:
         raise DiffusaError(f"cond_image: {pipe.name} is a mask-conditioned inpainting model; its condition is made "

@@ -161,7 +161,7 @@ class Pipeline:
         """
         self.refuse_mask_model("plain sampling")
         sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
-        spacing, eta = resolve_recommended(self, sampler, spacing, eta)
+        spacing, eta = resolve_recommended(self, sampler, spacing, eta, steps)
         seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
         n = count(n, prompt, label, DEFAULT_N)
         self.check_memory(n)

@@ -14,13 +14,14 @@ import torch
 
 from diffusa.errors import DiffusaError
 from diffusa.pipelines.request import check_seed
-from diffusa.runs import recommended_sampling
+from diffusa.runs import few_steps_sampling, recommended_sampling
 
 DEFAULT_SAMPLER, DEFAULT_STEPS = "dpmpp_2m", 20  # DPM-Solver++(2M): the best at 10-20 NFE (docs/benchmarks.md)
 DEFAULT_N, DEFAULT_BATCH = 16, 250
 CONSISTENCY_STEPS = 1  # a consistency model's (`diffusa distill`) default: one network evaluation
 # the rule of `resolve_sampling` in words, for help texts (the command line, the API's schema)
-SAMPLER_DEFAULT_TEXT = f"the model's recommended sampler (config.json \"sampling\"), else {DEFAULT_SAMPLER}"
+SAMPLER_DEFAULT_TEXT = (f"the model's recommended sampler (config.json \"sampling\"; at few steps its \"few_steps\" "
+                        f"one), else {DEFAULT_SAMPLER}")
 STEPS_DEFAULT_TEXT = f"the model's recommended steps (config.json \"sampling\"), else {DEFAULT_STEPS}"
 ETA_DEFAULT_TEXT = ("stochasticity of ddim, euler_ancestral, dpmpp_2m_sde (0 = deterministic; default: the model's "
                     "recommended eta with its recommended sampler, config.json \"sampling\", else the sampler's own: "
@@ -73,32 +74,48 @@ def resolve_sampling(model: Any, sampler: Any = None, steps: Any = None, batch_s
     """The one place where None becomes a default, for every way a pipeline draws (`__call__`, img2img, inpaint,
     upscale, cascade), the command line and the server: (sampler, steps, batch_size), each as given unless None.
     sampler: `task_sampler` (a task's own default: inpainting's ancestral, measured for RePaint), else the
-    model's recommended sampler (config.json "sampling"), else DEFAULT_SAMPLER ("consistency" for a consistency
+    model's recommended sampler (config.json "sampling"; its "few_steps" sampler where the draw's steps are at most
+    that table's max_steps, `runs.few_steps_sampling`), else DEFAULT_SAMPLER ("consistency" for a consistency
     model: `model_defaults`). steps: the model's recommended steps, else DEFAULT_STEPS (a consistency model's: 1),
     whichever sampler is used (a recommendation's steps are a budget for the model, not a property of one sampler).
     batch_size: DEFAULT_BATCH. `model` as `model_defaults`. What is given passes through unchecked
     (`check_sampling` refuses it)."""
     if sampler is None or steps is None:
         default_sampler, default_steps = model_defaults(model)
-        if sampler is None:
-            sampler = default_sampler if task_sampler is None else task_sampler
         if steps is None:
             steps = default_steps
+        if sampler is None:
+            few = _few_steps(model, steps)
+            sampler = task_sampler or (default_sampler if few is None else few["sampler"])
     return sampler, steps, DEFAULT_BATCH if batch_size is None else batch_size
 
 
-def resolve_recommended(model: Any, sampler: str, spacing: str | None,
-                        eta: float | None) -> tuple[str | None, float | None]:
-    """(spacing, eta) a draw uses: each as given; else the model's recommendation (config.json "sampling" "spacing",
-    "eta") when `sampler` is its recommended sampler (a grid and a stochasticity are measured with their sampler:
-    point runs draw with DPM-Solver++(2M) SDE on the logsnr-unit grid, docs/results/toys.md; the shipped
-    mnist-pixel with it at eta 3, docs/demo.md); else None, the sampler's own default. `model` as
-    `model_defaults`."""
+def _few_steps(model: Any, steps: Any) -> dict[str, Any] | None:
+    """The model's "few_steps" recommendation where it applies at `steps` (`runs.few_steps_sampling`), else None."""
+    meta, cfg_file = _config_of(model)
+    if meta is None or isinstance(steps, bool) or not isinstance(steps, int):
+        return None  # steps that are not a count are check_sampling's to refuse
+    recommended_sampling(meta, cfg_file)  # checked, as model_defaults reads it
+    return few_steps_sampling(meta, steps)
+
+
+def resolve_recommended(model: Any, sampler: str, spacing: str | None, eta: float | None,
+                        steps: Any = None) -> tuple[str | None, float | None]:
+    """(spacing, eta) a draw of `steps` uses: each as given; else the model's recommendation for `sampler` at those
+    steps: the "few_steps" table's "spacing" and "eta" when it applies and names `sampler`, else the "sampling"
+    entry's when `sampler` is its recommended sampler (a grid and a stochasticity are measured with their sampler:
+    point runs draw with DPM-Solver++(2M) SDE on the logsnr-unit grid, and at 10 steps or fewer with UniPC on it,
+    docs/results/toys.md; the shipped mnist-pixel with the SDE solver at eta 3, docs/demo.md); else None, the
+    sampler's own default. `model` as `model_defaults`."""
     if spacing is not None and eta is not None:
         return spacing, eta
     meta, cfg_file = _config_of(model)
     rec = None if meta is None else recommended_sampling(meta, cfg_file)  # checked, as model_defaults reads it
-    entry = meta["sampling"] if rec is not None and rec[0] == sampler else {}
+    few = _few_steps(model, steps)
+    if few is not None and few["sampler"] == sampler:
+        entry = few
+    else:
+        entry = meta["sampling"] if rec is not None and rec[0] == sampler else {}
     return (entry.get("spacing") if spacing is None else spacing,
             entry.get("eta") if eta is None else eta)
 

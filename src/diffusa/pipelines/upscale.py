@@ -119,7 +119,7 @@ def upscale(pipe: Pipeline, image: Any, prompt: str | Sequence[str] | None = Non
     from diffusa.pipelines.sampling import resolve_recommended, resolve_sampling, sampling_grid
 
     sampler, steps, batch_size = resolve_sampling(pipe, sampler, steps, batch_size)
-    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta)
+    spacing, eta = resolve_recommended(pipe, sampler, spacing, eta, steps)
     seed = check_sampling(sampler, steps, batch_size, seed, eta, callback)
     source = super_resolution(pipe)
     low = low_res_images(pipe, image)

@@ -90,7 +90,7 @@ class Models:
                 "super_resolution": _image_condition(path, meta).factor,
                 "inpaint": bool(_image_condition(path, meta).inpaint),
                 "recommended": None if rec is None else {k: rec.get(k) for k in SAMPLING_KEYS
-                                                         if k not in ("spacing", "eta", "guidance_scale") or k in rec},
+                                                         if k in ("sampler", "steps", "why") or k in rec},
                 "defaults": {"sampler": sampler, "steps": steps}}
 
     def super_resolution(self, path: Path, name: str) -> int:
