@@ -25,6 +25,9 @@ from diffusa.pipelines.sampling import (
 from diffusa.shipped import resolve_model
 
 REC = {"sampler": "dpmpp_2m_sde", "steps": 4, "why": "FD 35.5 vs 57.3 for dpmpp_2m at 20 steps (issue 17)"}
+# a recommendation with a few-step sampler (point runs: UniPC on logsnr-unit at <= 10 steps, the SDE solver at 20)
+FEW_REC = {**REC, "steps": 6, "eta": 3.0, "few_steps": {"max_steps": 3, "sampler": "ddim", "spacing": "logsnr",
+                                                        "eta": 0.5}}
 
 
 def with_sampling(src: Path, dest: Path, entry: Any) -> Path:
@@ -197,6 +200,7 @@ def server(rec_run: Path, digits_run: Path, tmp_path_factory: pytest.TempPathFac
     base = tmp_path_factory.mktemp("serve-rec")
     shutil.copytree(rec_run, base / "runs" / "rec")
     with_sampling(digits_run, base / "runs" / "bad", {"sampler": "warp_drive", "steps": 4})
+    with_sampling(digits_run, base / "runs" / "few", FEW_REC)
     app = create_app(runs=base / "runs", history=base / "history", max_queue=1)
     with TestClient(app, base_url="http://127.0.0.1:7860", raise_server_exceptions=False) as c:
         yield c
@@ -220,6 +224,25 @@ def test_api_uses_the_recommendation(server: Any, rec_run: Path, tmp_path: Path)
     assert r.status_code == 200, r.text
     settings = json.loads(r.headers["x-diffusa-settings"])
     assert (settings["sampler"], settings["steps"]) == ("ddpm", 4)
+
+
+def test_api_and_page_use_a_few_step_recommendation(server: Any) -> None:
+    """The server resolves a request's sampler at its steps, as the pipeline does: a request for few steps that
+    names no sampler gets the few-step one (with its grid and eta); the page's sampler box follows the steps box
+    while it holds one of the model's own choices, and keeps a sampler the user picked."""
+    from diffusa.serve.ui import steps_sampler
+
+    for steps, want in ((3, ("ddim", "logsnr", 0.5)), (5, ("dpmpp_2m_sde", "default", 3.0))):
+        r = server.post("/api/generate", json={"model": "few", "n": 2, "seed": 0, "steps": steps, "format": "npz"})
+        assert r.status_code == 200, r.text
+        settings = json.loads(r.headers["x-diffusa-settings"])
+        assert (settings["sampler"], settings["spacing"], settings["eta"]) == want, steps
+        assert server.get(f"/api/history/{r.headers['x-diffusa-id']}").json()["request"]["sampler"] == want[0]
+    service = server.app.state.service
+    assert steps_sampler(service, "few", "generate", 3, "dpmpp_2m_sde") == "ddim"
+    assert steps_sampler(service, "few", "generate", 8, "ddim") == "dpmpp_2m_sde"
+    assert steps_sampler(service, "few", "generate", 3, "euler") == "euler"  # the user's pick stays
+    assert steps_sampler(service, "few", "generate", None, "dpmpp_2m_sde") == "dpmpp_2m_sde"  # a blank box
 
 
 def test_api_models_and_a_bad_recommendation(server: Any) -> None:
@@ -308,8 +331,7 @@ def test_a_few_step_recommendation_takes_over_at_few_steps(rec_run: Path, tmp_pa
     main recommendation's rule holds."""
     from diffusa.pipelines.sampling import resolve_recommended
 
-    few = {"max_steps": 3, "sampler": "ddim", "spacing": "logsnr", "eta": 0.5}
-    run = with_sampling(rec_run, tmp_path / "few", {**REC, "steps": 6, "eta": 3.0, "few_steps": few})
+    run = with_sampling(rec_run, tmp_path / "few", FEW_REC)
     pipe = diffusa.load(run)
     assert resolve_sampling(pipe) == ("dpmpp_2m_sde", 6, 250)  # the recommended steps: the main sampler
     assert resolve_sampling(pipe, None, 3) == ("ddim", 3, 250)  # at max_steps and below: the few-step sampler

@@ -197,8 +197,9 @@ POINT_SAMPLING: dict[str, tuple[str, int, str | None]] = {
     name: ("dpmpp_2m_sde", 20, "logsnr-unit") for name in ("ddpm", "vp", "subvp", "ve", "edm", "flow")
 }
 # ... and at 10 steps or fewer (config.json "sampling" "few_steps"; runs.few_steps_sampling), by the same rule applied
-# to the scores at 10 network evaluations: UniPC on "logsnr-unit" for every process (within 2x the floor on all 48
-# cells over 24 seeds, where the SDE solver at 10 steps is 13-19x on the worst set; docs/benchmarks.md).
+# to the scores at 10 network evaluations: UniPC on "logsnr-unit" for every process (over 24 seeds within 2x the
+# floor on all 48 cells; in one draw its worst set 3.5-4.8x where the SDE solver at 10 steps is 13-19x;
+# docs/benchmarks.md).
 POINT_FEW_STEPS: dict[str, tuple[str, int, str | None]] = {
     name: ("unipc", 10, "logsnr-unit") for name in ("ddpm", "vp", "subvp", "ve", "edm", "flow")
 }

@@ -205,6 +205,7 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
 
 
 SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "few_steps", "why")
+FIX_ENTRY = "correct or remove the entry"  # how every refusal of a "sampling" entry ends
 FEW_STEPS_KEYS = ("max_steps", "sampler", "spacing", "eta")
 
 
@@ -221,10 +222,11 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
     from diffusa.limits import MAX_SAMPLING_STEPS
 
     entry = meta["sampling"]
-    fix = "correct or remove the entry"
+    fix = FIX_ENTRY
     if not isinstance(entry, dict):
         raise DiffusaError(f"{cfg_file}: sampling must be a table {{\"sampler\": NAME, \"steps\": K, \"spacing\": GRID "
-                           f"(optional), \"eta\": ETA (optional), \"guidance_scale\": W (optional), \"why\": TEXT}}, "
+                           f"(optional), \"eta\": ETA (optional), \"guidance_scale\": W (optional), \"few_steps\": "
+                           f"{{...}} (optional), \"why\": TEXT}}, "
                            f"got {entry!r:.80}; {fix}")
     _check_keys(entry, SAMPLING_KEYS, "sampling", cfg_file)
     sampler, steps, why = entry.get("sampler"), entry.get("steps"), entry.get("why")
@@ -270,7 +272,7 @@ def _check_keys(entry: Mapping[str, Any], keys: tuple[str, ...], name: str, cfg_
     unknown = sorted(str(k) for k in entry if k not in keys)
     if unknown:
         raise DiffusaError(f"{cfg_file}: {name}.{unknown[0]:.40} is not a key of it (its keys: {', '.join(keys)}); "
-                           f"correct or remove the entry")
+                           f"{FIX_ENTRY}")
 
 
 def _check_choice(entry: Mapping[str, Any], name: str, cfg_file: str | Path) -> None:
@@ -278,7 +280,7 @@ def _check_choice(entry: Mapping[str, Any], name: str, cfg_file: str | Path) -> 
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS, sampler_options
     from diffusa.samplers.common import check_eta
 
-    fix = "correct or remove the entry"
+    fix = FIX_ENTRY
     sampler = entry.get("sampler")
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise DiffusaError(f"{cfg_file}: {name}.sampler must be a sampler's name ({', '.join(sorted(SAMPLERS))}), "
@@ -398,7 +400,7 @@ def check_recommended_guidance(run: Run) -> None:
            else "the model has no conditional and unconditional branches to mix")
     if why is not None:
         raise DiffusaError(f"{run.path / 'config.json'}: sampling.guidance_scale does not suit this model: {why}; "
-                           "correct or remove the entry")
+                           f"{FIX_ENTRY}")
 
 
 def load_guide(run: Run, spec: str | Path | None = None) -> Run:
@@ -463,7 +465,7 @@ def check_recommended_grid(den: Denoiser, meta: dict[str, Any], cfg_file: Path) 
         except DiffusaError as e:
             grid = "" if spacing is None else f", spacing {spacing}"
             raise DiffusaError(f"{cfg_file}: {name} (sampler {sampler}, steps {steps}{grid}) does not suit this model: "
-                               f"{str(e).removeprefix('--')}; correct or remove the entry") from None
+                               f"{str(e).removeprefix('--')}; {FIX_ENTRY}") from None
 
 
 def init_weights(spec: str | Path) -> tuple[Path, dict[str, Any]]:

@@ -113,8 +113,9 @@ class Pipeline:
 
     @property
     def default_sampler(self) -> str:
-        """The sampler a call uses unless told: the recommended one, else "consistency" for a consistency model
-        (`diffusa distill`), else DEFAULT_SAMPLER (`pipelines.sampling.model_defaults`)."""
+        """The sampler a call at the default steps uses unless told: the recommended one, else "consistency" for a
+        consistency model (`diffusa distill`), else DEFAULT_SAMPLER (`pipelines.sampling.model_defaults`); at few
+        steps a recommendation's "few_steps" sampler may take over (`resolve_sampling`)."""
         return model_defaults(self)[0]
 
     @property

@@ -24,7 +24,8 @@ SAMPLER_DEFAULT_TEXT = (f"the model's recommended sampler (config.json \"samplin
                         f"one), else {DEFAULT_SAMPLER}")
 STEPS_DEFAULT_TEXT = f"the model's recommended steps (config.json \"sampling\"), else {DEFAULT_STEPS}"
 ETA_DEFAULT_TEXT = ("stochasticity of ddim, euler_ancestral, dpmpp_2m_sde (0 = deterministic; default: the model's "
-                    "recommended eta with its recommended sampler, config.json \"sampling\", else the sampler's own: "
+                    "recommended eta with its recommended sampler, config.json \"sampling\" (or its \"few_steps\" "
+                    "table's, at few steps), else the sampler's own: "
                     "ddim 0, the others 1)")
 
 # callback(step, t, x_t, x0) after each step: `step` 0-based, x_t the state at time t, x0 the step's prediction

@@ -122,13 +122,15 @@ class Service:
         """(C, H, W) of the images a model draws, from its config.json (a latent model's decoded images)."""
         return self.models.image_shape(self.models.resolve(name))
 
-    def defaults(self, name: str, task_sampler: str | None = None) -> tuple[str, int]:
+    def defaults(self, name: str, task_sampler: str | None = None, steps: int | None = None) -> tuple[str, int]:
         """The sampler and steps a request for model `name` gets where it leaves them out, from its config.json
         (`resolve_sampling`, as the pipeline resolves them: its recommendation, else the global defaults;
-        `task_sampler`, a task's own default sampler, ahead of the recommendation)."""
+        `task_sampler`, a task's own default sampler, ahead of the recommendation); `steps` given: the sampler at
+        those steps (a recommendation's "few_steps" one at few)."""
         from diffusa.pipelines.sampling import resolve_sampling
 
-        sampler, steps, _ = resolve_sampling(self.models.config(self.models.resolve(name)), task_sampler=task_sampler)
+        cfg = self.models.config(self.models.resolve(name))
+        sampler, steps, _ = resolve_sampling(cfg, None, steps, task_sampler=task_sampler)
         return sampler, steps
 
     def resolved(self, req: R) -> R:
@@ -137,7 +139,7 @@ class Service:
         the history records and what the progress bar counts."""
         if req.sampler is not None and req.steps is not None:
             return req
-        sampler, steps = self.defaults(req.model_name, req.task_sampler)
+        sampler, steps = self.defaults(req.model_name, req.task_sampler, req.steps)
         body = {**req.model_dump(exclude_unset=True), "sampler": sampler if req.sampler is None else req.sampler,
                 "steps": steps if req.steps is None else req.steps}
         return parse_request(body, type(req))

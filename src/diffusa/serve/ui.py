@@ -132,20 +132,31 @@ def page_request(model: Any, prompt: Any, label: Any, sampler: Any, steps: Any, 
     return parse_request(page_body(model, prompt, label, sampler, steps, guidance_scale, eta, seed, n))
 
 
-def model_sampling(service: Service, model: Any, task: str = "generate") -> tuple[str, int]:
+def model_sampling(service: Service, model: Any, task: str = "generate", steps: int | None = None) -> tuple[str, int]:
     """The sampler and steps a tab shows for `model`: what a request that leaves them out gets (`Service.defaults`:
-    the model's recommendation in its config.json, else the global defaults; inpainting's own sampler first); the
-    global ones for a blank model or one that cannot be read (a request for it then says why)."""
+    the model's recommendation in its config.json, else the global defaults; inpainting's own sampler first; at
+    `steps` if given); the global ones for a blank model or one that cannot be read (a request for it then says
+    why)."""
     from diffusa.pipelines.sampling import resolve_sampling
 
     task_sampler = TASK_REQUESTS[task].task_sampler
     if isinstance(model, str) and model.strip():
         try:
-            return service.defaults(model, task_sampler)
+            return service.defaults(model, task_sampler, steps)
         except DiffusaError:
             pass
-    sampler, steps, _ = resolve_sampling(None, task_sampler=task_sampler)
+    sampler, steps, _ = resolve_sampling(None, None, steps, task_sampler=task_sampler)
     return sampler, steps
+
+
+def steps_sampler(service: Service, model: Any, task: str, steps: Any, sampler: Any) -> str:
+    """The sampler a tab shows after its steps change: the model's choice at the new steps (a recommendation's
+    "few_steps" sampler at few, its main one at more) where the field holds one of the model's own choices; a
+    sampler the user picked stays."""
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps < 1:
+        return sampler  # the request says what is wrong with it
+    own = {model_sampling(service, model, task, k)[0] for k in (None, 1)}
+    return model_sampling(service, model, task, int(steps))[0] if sampler in own else sampler
 
 
 def inpaint_passes(service: Service, model: Any) -> int:
@@ -804,6 +815,8 @@ def build_ui(service: Service) -> Any:
             # a model picked: its recommended sampler and steps (`.input`: not when a history entry sets the model)
             c["model"].input(lambda m, t=task: model_sampling(service, m, t), c["model"], [c["sampler"], c["steps"]],
                              **quiet)
+            c["steps"].input(lambda m, k, s, t=task: steps_sampler(service, m, t, k, s),  # few steps: its sampler
+                             [c["model"], c["steps"], c["sampler"]], c["sampler"], **quiet)
         tab["inpaint"]["model"].input(lambda m: inpaint_passes(service, m), tab["inpaint"]["model"],
                                       tab["inpaint"]["jump_n_sample"], **quiet)  # and its RePaint passes
         for task, on_source, shown in (("img2img", on_edit_source, "before"), ("inpaint", on_inpaint_source, "editor"),
