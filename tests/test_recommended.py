@@ -243,6 +243,8 @@ def test_api_and_page_use_a_few_step_recommendation(server: Any) -> None:
     assert steps_sampler(service, "few", "generate", 8, "ddim") == "dpmpp_2m_sde"
     assert steps_sampler(service, "few", "generate", 3, "euler") == "euler"  # the user's pick stays
     assert steps_sampler(service, "few", "generate", None, "dpmpp_2m_sde") == "dpmpp_2m_sde"  # a blank box
+    for odd in (float("nan"), float("inf"), 2.5, 0, -3, True):  # the request, not the box, says what is wrong
+        assert steps_sampler(service, "few", "generate", odd, "dpmpp_2m_sde") == "dpmpp_2m_sde"
 
 
 def test_api_models_and_a_bad_recommendation(server: Any) -> None:

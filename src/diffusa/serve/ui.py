@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import queue
 import secrets
@@ -153,7 +154,8 @@ def steps_sampler(service: Service, model: Any, task: str, steps: Any, sampler: 
     """The sampler a tab shows after its steps change: the model's choice at the new steps (a recommendation's
     "few_steps" sampler at few, its main one at more) where the field holds one of the model's own choices; a
     sampler the user picked stays."""
-    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or steps != int(steps) or steps < 1:
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not math.isfinite(steps) or steps < 1 \
+            or steps != int(steps):
         return sampler  # the request says what is wrong with it
     own = {model_sampling(service, model, task, k)[0] for k in (None, 1)}
     return model_sampling(service, model, task, int(steps))[0] if sampler in own else sampler
