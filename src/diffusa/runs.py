@@ -280,27 +280,27 @@ def _check_choice(entry: Mapping[str, Any], name: str, cfg_file: str | Path) -> 
     from diffusa.samplers import CHAIN_SPACINGS, LEVEL_SPACINGS, SAMPLERS, sampler_options
     from diffusa.samplers.common import check_eta
 
-    fix = FIX_ENTRY
     sampler = entry.get("sampler")
     if not isinstance(sampler, str) or sampler not in SAMPLERS:
         raise DiffusaError(f"{cfg_file}: {name}.sampler must be a sampler's name ({', '.join(sorted(SAMPLERS))}), "
-                           f"got {sampler!r:.80}; {fix}")
+                           f"got {sampler!r:.80}; {FIX_ENTRY}")
     spacing = entry.get("spacing")
     if spacing is not None and spacing not in LEVEL_SPACINGS + CHAIN_SPACINGS:
         raise DiffusaError(f"{cfg_file}: {name}.spacing must be a grid's name "
-                           f"({', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}), got {spacing!r:.80}; {fix}")
+                           f"({', '.join(LEVEL_SPACINGS + CHAIN_SPACINGS)}), got {spacing!r:.80}; {FIX_ENTRY}")
     eta = entry.get("eta")
     if eta is None:
         return
     if "eta" not in sampler_options(sampler):
         raise DiffusaError(f"{cfg_file}: {name}.eta is an option of a stochastic sampler (ddim, euler_ancestral, "
-                           f"dpmpp_2m_sde), not of {sampler}; {fix}")
+                           f"dpmpp_2m_sde), not of {sampler}; {FIX_ENTRY}")
     try:  # the samplers' own rule (finite, >= 0), said of the file's key
         if isinstance(eta, bool) or not isinstance(eta, (int, float)):
             raise DiffusaError("not a number")
         check_eta(float(eta))
     except DiffusaError:
-        raise DiffusaError(f"{cfg_file}: {name}.eta must be a finite number >= 0, got {eta!r:.80}; {fix}") from None
+        raise DiffusaError(f"{cfg_file}: {name}.eta must be a finite number >= 0, got {eta!r:.80}; "
+                           f"{FIX_ENTRY}") from None
 
 
 @dataclass(frozen=True)

@@ -92,11 +92,11 @@ def resolve_sampling(model: Any, sampler: Any = None, steps: Any = None, batch_s
 
 
 def _few_steps(model: Any, steps: Any) -> dict[str, Any] | None:
-    """The model's "few_steps" recommendation where it applies at `steps` (`runs.few_steps_sampling`), else None."""
-    meta, cfg_file = _config_of(model)
+    """The model's "few_steps" recommendation where it applies at `steps` (`runs.few_steps_sampling`), else None.
+    Both callers have checked the entry (`recommended_sampling`, through `model_defaults` or directly) first."""
+    meta, _ = _config_of(model)
     if meta is None or isinstance(steps, bool) or not isinstance(steps, int):
         return None  # steps that are not a count are check_sampling's to refuse
-    recommended_sampling(meta, cfg_file)  # checked, as model_defaults reads it
     return few_steps_sampling(meta, steps)
 
 
