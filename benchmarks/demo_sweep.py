@@ -15,8 +15,10 @@ the run's own from the first step, with the same warm-up; the choice of EMA leng
 2024 make post hoc, here for a few exponential lengths), each scored with the last sampler of `--samplers`. `--steps
 N` fixes the step count instead of timing: for a recipe on the same network as one already measured (a different
 process or loss costs the same per step), equal steps are equal time whatever else the machine is doing; the training
-time is still recorded. Sampling and scoring are not counted in the budget. One JSON line per point to stdout and to
-docs/results/raw/demo_sweep/NAME.jsonl. Run one at a time on a quiet machine: the budget is wall-clock.
+time is still recorded. `--base` overrides are the recipe's own and the reference's alike (e.g. the demo's
+`model.conditioning='class'`); `--set` overrides are the candidate's. Sampling and scoring are not counted in the
+budget. One JSON line per point to stdout and to docs/results/raw/demo_sweep/NAME.jsonl. Run one at a time on a
+quiet machine: the budget is wall-clock.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from diffusa.cond import Cond
 from diffusa.config import load_config
 from diffusa.data import examples, load_dataset
 from diffusa.engine import Engine
@@ -47,14 +50,26 @@ KEEP = ("fd", "fd_floor", "kid", "kid_floor", "precision", "precision_floor", "r
         "confident_share", "confident_share_floor", "classes_present")
 
 
-def score(tr: Engine, sampler: str, steps: int, n: int, denoiser: object = None) -> dict[str, object]:
-    """The judge's numbers for `n` EMA samples (of `denoiser`, else the run's EMA), against the held-out split and
-    a floor of n training digits (as `diffusa eval` picks them)."""
+def parse_spec(spec: str) -> tuple[str, int, dict[str, float]]:
+    """`SAMPLER:STEPS` or `SAMPLER:STEPS:ETA` -> (sampler, steps, its options)."""
+    name, steps, *eta = spec.split(":")
+    return name, int(steps), ({"eta": float(eta[0])} if eta else {})
+
+
+def score(tr: Engine, spec: str, n: int, denoiser: object = None) -> dict[str, object]:
+    """The judge's numbers for `n` EMA samples (of `denoiser`, else the run's EMA) drawn with the sampler `spec`,
+    against the held-out split and a floor of n training digits (as `diffusa eval` picks them); a class-conditional
+    recipe draws the labels 0, 1, ..., K-1 in turn, unguided."""
+    sampler, steps, options = parse_spec(spec)
     test = examples(load_dataset("mnist5k", "test"), 10_000)
     train = load_dataset("mnist5k", "train")
     floor = train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
     g = torch.Generator().manual_seed(0)
-    x = sample(denoiser or tr.task.ema_denoiser, (n, *test.shape[1:]), sampler, steps, generator=g, device=tr.device)
+    conditioner = getattr(tr.task, "conditioner", None)
+    k = conditioner.num_classes if conditioner is not None and conditioner.mode == "class" else 0
+    cond = Cond(labels=torch.arange(n) % k).to(tr.device) if k else None
+    x = sample(denoiser or tr.task.ema_denoiser, (n, *test.shape[1:]), sampler, steps, generator=g, device=tr.device,
+               cond=cond, **options)
     m = image_metrics(x.cpu(), test, floor)
     return {k: (round(m[k], 4) if isinstance(m[k], float) else m[k]) for k in KEEP}
 
@@ -81,11 +96,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("name")
     ap.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override of the recipe and of the reference alike")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="the candidate's override")
     ap.add_argument("--points", type=int, default=4, help="moments of the budget at which to score")
     ap.add_argument("--n", type=int, default=1000, help="samples per score")
+    ap.add_argument("--curve", default="dpmpp_2m:20", help="SAMPLER:STEPS[:ETA] scored at every point")
     ap.add_argument("--samplers", default="dpmpp_2m:20,unipc:20,ddim:20,ancestral:20,dpmpp_2m_sde:20",
-                    help="SAMPLER:STEPS,... scored at the end")
+                    help="SAMPLER:STEPS[:ETA],... also scored at the end ('' for none)")
     ap.add_argument("--reference", type=float, help="seconds per step of the default recipe, measured alone")
     ap.add_argument("--steps", type=int, help="train this many steps instead of sizing them from the budget")
     ap.add_argument("--emas", default="", help="other EMA decays to track and score at the end, e.g. 0.995,0.9995")
@@ -93,7 +111,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"sweep-{args.name}-")) / "run"
     overrides = ["data.name='mnist5k'", "train.steps=1000000", "train.sample_every=0", "train.checkpoint_every=0",
-                 *args.set]
+                 *args.base, *args.set]
     tr = diffusion_engine(load_config(overrides=overrides), out, progress=False)
     tr.start_data()
     budget = args.minutes * 60
@@ -101,7 +119,7 @@ def main() -> None:
     if args.steps:
         per_step = budget / args.steps
     elif args.reference:
-        per_step = args.reference * relative_cost(tr, overrides[:4])
+        per_step = args.reference * relative_cost(tr, overrides[:4 + len(args.base)])
     else:
         for _ in range(CALIBRATION):
             tr.train_step()
@@ -120,17 +138,19 @@ def main() -> None:
         for d, ema in emas.items():  # the engine's warm-up rule, at the step just taken
             ema_update(ema, tr.model, min(d, tr.step / (9 + tr.step)) if tr.cfg.ema_warmup else d)
         if tr.step in points:
-            rec: dict[str, object] = {"exp": args.name, "set": args.set, "step": tr.step, "steps": total,
+            rec: dict[str, object] = {"exp": args.name, "base": args.base, "set": args.set,
+                                      "step": tr.step, "steps": total,
                                       "train_s": round(trained, 1), "calibrated_s_per_step": round(per_step, 4),
-                                      "loss": round(float(loss), 4), "dpmpp_2m:20": score(tr, "dpmpp_2m", 20, args.n)}
+                                      "loss": round(float(loss), 4), args.curve: score(tr, args.curve, args.n)}
             if tr.step == total:
-                for spec in args.samplers.split(","):
-                    name, steps = spec.split(":")
-                    if spec != "dpmpp_2m:20":
-                        rec[spec] = score(tr, name, int(steps), args.n)
+                specs = [spec for spec in args.samplers.split(",") if spec]
+                for spec in specs:
+                    if spec != args.curve:
+                        rec[spec] = score(tr, spec, args.n)
+                last = specs[-1] if specs else args.curve
                 for d, ema in emas.items():
                     den = make_denoiser(ema, tr.task.process, tr.task.cfg, True)
-                    rec[f"ema {d} {spec}"] = score(tr, name, int(steps), args.n, den)
+                    rec[f"ema {d} {last}"] = score(tr, last, args.n, den)
                 if args.keep:
                     tr.save()
             line = json.dumps(rec)

@@ -143,6 +143,8 @@ BAD = [
     ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 8, "sampler": "unipc"}},
      r"sampling.few_steps.max_steps must be an integer in 1\.\.7 \(below sampling.steps\), got 8"),
     ({"sampler": "ddim", "steps": 8, "few_steps": {"sampler": "unipc"}}, "sampling.few_steps.max_steps must be"),
+    ({"sampler": "ddim", "steps": 1, "few_steps": {"max_steps": 1, "sampler": "unipc"}},
+     "sampling.few_steps is for draws of fewer steps than sampling.steps, which is 1; remove few_steps"),
     ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "warp"}},
      "sampling.few_steps.sampler must be a sampler's name"),
     ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "unipc", "eta": 1.0}},

@@ -241,6 +241,9 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
                                f"\"spacing\": GRID (optional), \"eta\": ETA (optional)}}, got {few!r:.80}; {fix}")
         _check_keys(few, FEW_STEPS_KEYS, "sampling.few_steps", cfg_file)
         top = few.get("max_steps")
+        if steps == 1:  # no draw has fewer steps than one: the table could never apply
+            raise DiffusaError(f"{cfg_file}: sampling.few_steps is for draws of fewer steps than sampling.steps, "
+                               f"which is 1; remove few_steps or raise sampling.steps")
         if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top < steps:
             raise DiffusaError(f"{cfg_file}: sampling.few_steps.max_steps must be an integer in 1..{steps - 1} (below "
                                f"sampling.steps), got {top!r:.80}; {fix}")
