@@ -2,6 +2,7 @@
 
     python benchmarks/demo_sweep.py NAME [--minutes 10] [--set KEY=VALUE ...] [--points 4] [--n 1000]
                                          [--steps N] [--emas D1,D2] [--reference S] [--keep DIR]
+    python benchmarks/demo_sweep.py NAME [NAME ...] --plot PNG [--curve SPEC]   # the recorded curves, one figure
 
 Trains with the given overrides for a fixed wall-clock budget, not a fixed step count: the run's length is set before
 training from the time of one step (so the learning-rate schedule ends at the budget) and recorded. On a quiet machine
@@ -17,8 +18,9 @@ N` fixes the step count instead of timing: for a recipe on the same network as o
 process or loss costs the same per step), equal steps are equal time whatever else the machine is doing; the training
 time is still recorded. `--base` overrides are the recipe's own and the reference's alike (e.g. the demo's
 `model.conditioning='class'`); `--set` overrides are the candidate's. Sampling and scoring are not counted in the
-budget. One JSON line per point to stdout and to docs/results/raw/demo_sweep/NAME.jsonl. Run one at a time on a
-quiet machine: the budget is wall-clock.
+budget. One JSON line per point to stdout and to docs/results/raw/demo_sweep/NAME.jsonl; `--plot` draws the
+recorded curves of the NAMEs (FD over its floor against training minutes, `--curve`'s sampler) as one PNG. Run
+one at a time on a quiet machine: the budget is wall-clock.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from _tables import line_figure
 
 from diffusa.cond import Cond
 from diffusa.config import load_config
@@ -92,9 +95,25 @@ def relative_cost(tr: Engine, default: list[str], rounds: int = 3, steps: int = 
     return statistics.median(times["tr"]) / statistics.median(times["ref"])
 
 
+def plot(names: list[str], curve: str, path: Path) -> None:
+    """The recorded time-quality curves of `names` (RAW/NAME.jsonl): FD over its floor against training minutes."""
+    series = []
+    for name in names:
+        file = RAW / f"{name}.jsonl"
+        if not file.exists():
+            raise SystemExit(f"error: no record {file} (run the candidate first)")
+        rows = [r for r in map(json.loads, file.read_text().splitlines()) if curve in r]
+        series.append((f"{name} ({rows[-1]['steps']:,} steps)" if rows else name,
+                       [r["train_s"] / 60 for r in rows], [r[curve]["fd"] / r[curve]["fd_floor"] for r in rows],
+                       {"marker": "o"}))
+    line_figure(series, path, xlabel="training minutes", ylabel="FD / real-vs-real floor",
+                title=f"time-quality, {curve} (1,000 samples)", hline=(1.0, "floor"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("name")
+    ap.add_argument("name", nargs="+", help="the candidate (several only with --plot)")
+    ap.add_argument("--plot", type=Path, help="draw the recorded curves of the NAMEs into this PNG and stop")
     ap.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
     ap.add_argument("--base", action="append", default=[], metavar="KEY=VALUE",
                     help="an override of the recipe and of the reference alike")
@@ -109,6 +128,12 @@ def main() -> None:
     ap.add_argument("--emas", default="", help="other EMA decays to track and score at the end, e.g. 0.995,0.9995")
     ap.add_argument("--keep", help="save the trained run here (a folder `diffusa sample/eval` reads)")
     args = ap.parse_args()
+    if args.plot:
+        plot(args.name, args.curve, args.plot)
+        return
+    if len(args.name) > 1:
+        ap.error("one NAME to train (several only with --plot)")
+    args.name = args.name[0]
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"sweep-{args.name}-")) / "run"
     overrides = ["data.name='mnist5k'", "train.steps=1000000", "train.sample_every=0", "train.checkpoint_every=0",
                  *args.base, *args.set]
