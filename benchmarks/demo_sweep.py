@@ -1,26 +1,29 @@
 """Quality against training time for one mnist5k recipe, the time budget fixed: the sweep behind the demo's defaults.
 
-    python benchmarks/demo_sweep.py NAME [--minutes 10] [--set KEY=VALUE ...] [--points 4] [--n 1000]
+    python benchmarks/demo_sweep.py NAME [--minutes 10] [--base KEY=VALUE ...] [--set KEY=VALUE ...] [--points 4]
+                                         [--n 1000] [--curve SAMPLER:STEPS[:ETA]] [--samplers SPEC,...]
                                          [--steps N] [--emas D1,D2] [--reference S] [--keep DIR]
     python benchmarks/demo_sweep.py NAME [NAME ...] --plot PNG [--curve SPEC]   # the recorded curves, one figure
 
 Trains with the given overrides for a fixed wall-clock budget, not a fixed step count: the run's length is set before
 training from the time of one step (so the learning-rate schedule ends at the budget) and recorded. On a quiet machine
-the first 30 steps are timed; with `--reference S` (seconds per step of the default recipe measured alone) the
-recipe's steps are timed against the default's, interleaved, and the ratio scales S — robust to whatever else runs. At
-`--points` evenly spaced moments of the budget it draws `--n` EMA samples (DPM-Solver++(2M), 20 steps, seed 0) and
-scores them with the digit judge exactly as `diffusa eval` does (FD, KID, precision/recall beside their real-vs-real
-floors, the share recognised with p >= 0.9, the classes present). At the end it also scores the samplers of
-`--samplers`, and with `--emas D1,D2,...` the same training's weights averaged with other EMA decays (tracked beside
+the first 30 steps are timed; with `--reference S` (seconds per step of the default recipe measured alone) the recipe's
+steps are timed against the default's (with the `--base` overrides), interleaved, and the ratio scales S — robust to
+whatever else runs. At `--points` evenly spaced moments of the budget it draws `--n` EMA samples with `--curve`'s
+sampler (default DPM-Solver++(2M), 20 steps; seed 0; a conditional recipe draws the sample grid's conditions, labels 0,
+1, ..., 9 in turn as `diffusa eval --label all` does, unguided) and scores them with the digit judge exactly as `diffusa
+eval` does (FD, KID, precision/recall beside their real-vs-real floors, the share recognised with p >= 0.9, the classes
+present). At the end it also scores the samplers of `--samplers` (each `SAMPLER:STEPS` or `SAMPLER:STEPS:ETA`, checked
+before training), and with `--emas D1,D2,...` the same training's weights averaged with other EMA decays (tracked beside
 the run's own from the first step, with the same warm-up; the choice of EMA length after training that Karras et al.
-2024 make post hoc, here for a few exponential lengths), each scored with the last sampler of `--samplers`. `--steps
-N` fixes the step count instead of timing: for a recipe on the same network as one already measured (a different
-process or loss costs the same per step), equal steps are equal time whatever else the machine is doing; the training
-time is still recorded. `--base` overrides are the recipe's own and the reference's alike (e.g. the demo's
-`model.conditioning='class'`); `--set` overrides are the candidate's. Sampling and scoring are not counted in the
-budget. One JSON line per point to stdout and to docs/results/raw/demo_sweep/NAME.jsonl; `--plot` draws the
-recorded curves of the NAMEs (FD over its floor against training minutes, `--curve`'s sampler) as one PNG. Run
-one at a time on a quiet machine: the budget is wall-clock.
+2024 make post hoc, here for a few exponential lengths), each scored with the last sampler of `--samplers` (or
+`--curve`'s). `--steps N` fixes the step count instead of timing: for a recipe on the same network as one already
+measured (a different process or loss costs the same per step), equal steps are equal time whatever else the machine is
+doing; the training time is still recorded. `--base` overrides are the recipe's own and the reference's alike (e.g. the
+demo's `model.conditioning='class'`); `--set` overrides are the candidate's. Sampling and scoring are not counted in the
+budget. One JSON line per point to stdout and to docs/results/raw/demo_sweep/NAME.jsonl; `--plot` draws the recorded
+curves of the NAMEs (FD over its floor against training minutes, `--curve`'s sampler) as one PNG. Run one at a time on a
+quiet machine: the budget is wall-clock.
 """
 
 from __future__ import annotations
@@ -37,14 +40,13 @@ from pathlib import Path
 import torch
 from _tables import line_figure
 
-from diffusa.cond import Cond
 from diffusa.config import load_config
 from diffusa.data import examples, load_dataset
 from diffusa.engine import Engine
 from diffusa.engine.loop import ema_update
 from diffusa.metrics import image_metrics
 from diffusa.runs import make_denoiser
-from diffusa.samplers import sample
+from diffusa.samplers import SAMPLERS, sample, sampler_options
 from diffusa.train import diffusion_engine
 
 RAW = Path(__file__).resolve().parents[1] / "docs" / "results" / "raw" / "demo_sweep"
@@ -54,9 +56,17 @@ KEEP = ("fd", "fd_floor", "kid", "kid_floor", "precision", "precision_floor", "r
 
 
 def parse_spec(spec: str) -> tuple[str, int, dict[str, float]]:
-    """`SAMPLER:STEPS` or `SAMPLER:STEPS:ETA` -> (sampler, steps, its options)."""
-    name, steps, *eta = spec.split(":")
-    return name, int(steps), ({"eta": float(eta[0])} if eta else {})
+    """`SAMPLER:STEPS` or `SAMPLER:STEPS:ETA` -> (sampler, steps, its options); ValueError naming the problem."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[0] not in SAMPLERS:
+        raise ValueError(f"{spec!r}: give SAMPLER:STEPS or SAMPLER:STEPS:ETA with a sampler of {', '.join(SAMPLERS)}")
+    try:
+        steps, options = int(parts[1]), ({"eta": float(parts[2])} if len(parts) == 3 else {})
+    except ValueError:
+        raise ValueError(f"{spec!r}: STEPS must be an integer and ETA a number") from None
+    if steps < 1 or (options and "eta" not in sampler_options(parts[0])):
+        raise ValueError(f"{spec!r}: steps must be >= 1, and an eta needs a stochastic sampler")
+    return parts[0], steps, options
 
 
 def score(tr: Engine, spec: str, n: int, denoiser: object = None) -> dict[str, object]:
@@ -69,8 +79,8 @@ def score(tr: Engine, spec: str, n: int, denoiser: object = None) -> dict[str, o
     floor = train.get(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n])
     g = torch.Generator().manual_seed(0)
     conditioner = getattr(tr.task, "conditioner", None)
-    k = conditioner.num_classes if conditioner is not None and conditioner.mode == "class" else 0
-    cond = Cond(labels=torch.arange(n) % k).to(tr.device) if k else None
+    cond = conditioner.grid(n, tr.device) if conditioner is not None else None
+    cond = cond if cond is not None and cond.present() else None
     x = sample(denoiser or tr.task.ema_denoiser, (n, *test.shape[1:]), sampler, steps, generator=g, device=tr.device,
                cond=cond, **options)
     m = image_metrics(x.cpu(), test, floor)
@@ -102,12 +112,14 @@ def plot(names: list[str], curve: str, path: Path) -> None:
         file = RAW / f"{name}.jsonl"
         if not file.exists():
             raise SystemExit(f"error: no record {file} (run the candidate first)")
-        rows = [r for r in map(json.loads, file.read_text().splitlines()) if curve in r]
+        rows = [r for r in map(json.loads, filter(str.strip, file.read_text().splitlines())) if curve in r]
+        if not rows:
+            raise SystemExit(f"error: {file} has no {curve!r} points (give the --curve it was recorded with)")
         series.append((f"{name} ({rows[-1]['steps']:,} steps)" if rows else name,
                        [r["train_s"] / 60 for r in rows], [r[curve]["fd"] / r[curve]["fd_floor"] for r in rows],
                        {"marker": "o"}))
     line_figure(series, path, xlabel="training minutes", ylabel="FD / real-vs-real floor",
-                title=f"time-quality, {curve} (1,000 samples)", hline=(1.0, "floor"))
+                title=f"time-quality, {curve}", hline=(1.0, "floor"))
 
 
 def main() -> None:
@@ -123,7 +135,8 @@ def main() -> None:
     ap.add_argument("--curve", default="dpmpp_2m:20", help="SAMPLER:STEPS[:ETA] scored at every point")
     ap.add_argument("--samplers", default="dpmpp_2m:20,unipc:20,ddim:20,ancestral:20,dpmpp_2m_sde:20",
                     help="SAMPLER:STEPS[:ETA],... also scored at the end ('' for none)")
-    ap.add_argument("--reference", type=float, help="seconds per step of the default recipe, measured alone")
+    ap.add_argument("--reference", type=float,
+                    help="seconds per step of the default recipe (with the --base overrides), measured alone")
     ap.add_argument("--steps", type=int, help="train this many steps instead of sizing them from the budget")
     ap.add_argument("--emas", default="", help="other EMA decays to track and score at the end, e.g. 0.995,0.9995")
     ap.add_argument("--keep", help="save the trained run here (a folder `diffusa sample/eval` reads)")
@@ -134,9 +147,16 @@ def main() -> None:
     if len(args.name) > 1:
         ap.error("one NAME to train (several only with --plot)")
     args.name = args.name[0]
+    specs = [spec for spec in args.samplers.split(",") if spec]
+    try:  # a bad spec is refused now, not after the budget
+        curve, *others = [parse_spec(spec) for spec in (args.curve, *specs)]
+    except ValueError as e:
+        ap.error(str(e))
+    extra = [spec for spec, parsed in zip(specs, others, strict=True) if parsed != curve]  # the curve's is scored
     out = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=f"sweep-{args.name}-")) / "run"
-    overrides = ["data.name='mnist5k'", "train.steps=1000000", "train.sample_every=0", "train.checkpoint_every=0",
-                 *args.base, *args.set]
+    reference = ["data.name='mnist5k'", "train.steps=1000000", "train.sample_every=0", "train.checkpoint_every=0",
+                 *args.base]
+    overrides = [*reference, *args.set]
     tr = diffusion_engine(load_config(overrides=overrides), out, progress=False)
     tr.start_data()
     budget = args.minutes * 60
@@ -144,7 +164,7 @@ def main() -> None:
     if args.steps:
         per_step = budget / args.steps
     elif args.reference:
-        per_step = args.reference * relative_cost(tr, overrides[:4 + len(args.base)])
+        per_step = args.reference * relative_cost(tr, reference)
     else:
         for _ in range(CALIBRATION):
             tr.train_step()
@@ -168,10 +188,8 @@ def main() -> None:
                                       "train_s": round(trained, 1), "calibrated_s_per_step": round(per_step, 4),
                                       "loss": round(float(loss), 4), args.curve: score(tr, args.curve, args.n)}
             if tr.step == total:
-                specs = [spec for spec in args.samplers.split(",") if spec]
-                for spec in specs:
-                    if spec != args.curve:
-                        rec[spec] = score(tr, spec, args.n)
+                for spec in extra:
+                    rec[spec] = score(tr, spec, args.n)
                 last = specs[-1] if specs else args.curve
                 for d, ema in emas.items():
                     den = make_denoiser(ema, tr.task.process, tr.task.cfg, True)
