@@ -144,7 +144,8 @@ BAD = [
      r"sampling.few_steps.max_steps must be an integer in 1\.\.7 \(below sampling.steps\), got 8"),
     ({"sampler": "ddim", "steps": 8, "few_steps": {"sampler": "unipc"}}, "sampling.few_steps.max_steps must be"),
     ({"sampler": "ddim", "steps": 1, "few_steps": {"max_steps": 1, "sampler": "unipc"}},
-     "sampling.few_steps is for draws of fewer steps than sampling.steps, which is 1; remove few_steps"),
+     r"sampling.few_steps is for draws of fewer steps than sampling.steps, which is 1 \(raise sampling.steps to use "
+     r"it\); correct or remove the entry"),
     ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "warp"}},
      "sampling.few_steps.sampler must be a sampler's name"),
     ({"sampler": "ddim", "steps": 8, "few_steps": {"max_steps": 4, "sampler": "unipc", "eta": 1.0}},

@@ -243,7 +243,7 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
         top = few.get("max_steps")
         if steps == 1:  # no draw has fewer steps than one: the table could never apply
             raise DiffusaError(f"{cfg_file}: sampling.few_steps is for draws of fewer steps than sampling.steps, "
-                               f"which is 1; remove few_steps or raise sampling.steps")
+                               f"which is 1 (raise sampling.steps to use it); {fix}")
         if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top < steps:
             raise DiffusaError(f"{cfg_file}: sampling.few_steps.max_steps must be an integer in 1..{steps - 1} (below "
                                f"sampling.steps), got {top!r:.80}; {fix}")
