@@ -4,6 +4,7 @@ The formula itself is checked against the closed form for Gaussians in test_guid
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -110,8 +111,8 @@ def test_cli_autoguidance_matches_the_pipeline_and_refuses_in_one_line(cli, digi
                           "autoguidance")
     assert_one_line_error(cli("sample", digits_run, "--autoguidance", 2, "--guide", "step_7",
                               "--out", tmp_path / "x.npz"), "no snapshot step_7")
-    assert_one_line_error(cli("generate", "--autoguidance", 2, "--n", 2, "--out", tmp_path / "g.png"),
-                          "no snapshot step_4000")
+    assert_one_line_error(cli("generate", "a 7", "--autoguidance", 2, "--n", 2, "--out", tmp_path / "g.png"),
+                          "no snapshot step_900")  # mnist-text ships no snapshot and no guide
     assert_one_line_error(cli("eval", digits_run, "--bpd", "--autoguidance", 2), "--autoguidance")
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "g.png").exists()
 
@@ -147,3 +148,47 @@ def test_edits_are_autoguided_too(cli, digits_run: Path, tmp_path: Path) -> None
         extra = {"strength": 0.7} if args[0] == "edit" else {"mask": "top", "jump_length": 2, "jump_n_sample": 2}
         want = fn(np.load(src)["images"], **extra, **kw, autoguidance=2.0).images
         assert np.array_equal(np.load(out)["images"], want)
+
+
+def test_a_recommended_autoguidance_goes_with_its_sampler(cli, digits_run: Path, tmp_path: Path) -> None:
+    """config.json "sampling" may carry "autoguidance": W and "guide": a path in the model's folder (the shipped
+    mnist-pixel: w 1.5 against a ten-minute run, docs/demo.md). A draw that names neither is autoguided with the
+    recommended sampler, not with another; w = 1 draws without; a w given uses the model's own guide; the
+    command line draws the same; a bad entry is one line naming the key."""
+    from shutil import copytree
+
+    from test_recommended import with_sampling
+
+    entry = {"sampler": "dpmpp_2m_sde", "steps": 4, "autoguidance": 2.0, "guide": "snapshots/step_5.safetensors"}
+    run = with_sampling(digits_run, tmp_path / "ag", entry)
+    pipe, plain_pipe = diffusa.load(run), diffusa.load(digits_run)
+    a = pipe(n=6, seed=3)
+    assert (a.settings["autoguidance"], a.settings["nfe"]) == (2.0, 8)
+    assert a.settings["guide"].endswith("snapshots/step_5.safetensors")
+    assert torch.equal(a.samples, plain_pipe(autoguidance=2.0, **KW).samples)  # the run's own snapshot, w 2
+    off = pipe(n=6, seed=3, autoguidance=1.0)
+    assert off.settings["autoguidance"] is None and torch.equal(off.samples, plain_pipe(**KW).samples)
+    other = pipe(n=6, seed=3, sampler="ddim")  # another sampler: not autoguided, as a recommended eta
+    assert other.settings["autoguidance"] is None and other.settings["nfe"] == 4
+    # a guide folder in the model's folder; a w given takes the model's own guide
+    copytree(digits_run, run / "guide")
+    meta = json.loads((run / "config.json").read_text())
+    meta["sampling"]["guide"] = "guide"
+    (run / "config.json").write_text(json.dumps(meta))
+    itself = diffusa.load(run)(n=6, seed=3, autoguidance=3.0)  # guided by the same weights: the model alone
+    assert itself.settings["guide"].endswith("guide/model.safetensors")
+    assert torch.allclose(itself.samples, plain_pipe(**KW).samples, atol=1e-5)
+    res = cli("sample", run, "--n", 6, "--seed", 3, "--out", tmp_path / "s.npz")
+    assert res.code == 0 and "autoguidance 2 (8 network calls)" in res.out, res.err
+    want = diffusa.load(run)(n=6, seed=3).images
+    assert np.array_equal(np.load(tmp_path / "s.npz")["images"], want)
+    refused = (({**entry, "autoguidance": 0}, "sampling.autoguidance must be a finite number > 0"),
+               ({**entry, "autoguidance": "2"}, "sampling.autoguidance must be a finite number > 0"),
+               ({"sampler": "ddim", "steps": 4, "guide": "guide"}, "sampling.guide names autoguidance's weaker model"),
+               ({**entry, "guide": "../elsewhere"}, "sampling.guide must be a path inside the model's folder"),
+               ({**entry, "guide": str(digits_run)}, "sampling.guide must be a path inside the model's folder"),
+               ({**entry, "guide": "missing"}, "sampling.guide missing is neither a run folder nor a .safetensors"))
+    for i, (bad, message) in enumerate(refused):
+        with pytest.raises(DiffusaError, match=re.escape(message)) as info:
+            diffusa.load(with_sampling(digits_run, tmp_path / f"bad{i}", bad))
+        assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / f"bad{i}" / "config.json"))

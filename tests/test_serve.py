@@ -50,10 +50,19 @@ class Payload:
         return open, (str(self.marker), "w")
 
 
-def copy_run(src: Path, dest: Path) -> Path:
+def copy_run(src: Path, dest: Path, guide: bool = True) -> Path:
+    """A copy of a run folder's config and weights (and mnist-pixel's autoguidance guide/); guide=False leaves the
+    guide out and drops its recommendation (a run that guides only with a snapshot it kept)."""
     dest.mkdir(parents=True)
     for name in ("config.json", "model.safetensors"):
         shutil.copyfile(src / name, dest / name)
+    if (src / "guide").is_dir() and guide:
+        shutil.copytree(src / "guide", dest / "guide")
+    elif not guide:
+        meta = json.loads((dest / "config.json").read_text())
+        for key in ("autoguidance", "guide"):
+            meta.get("sampling", {}).pop(key, None)
+        (dest / "config.json").write_text(json.dumps(meta))
     return dest
 
 
@@ -143,11 +152,12 @@ def test_stochastic_sampler_and_run_folder_bit_identical(client: TestClient, pla
 
 
 def test_autoguidance_api_is_python_autoguidance(client: TestClient, place: dict[str, Path], tmp_path: Path) -> None:
-    """`autoguidance` draws against the snapshot the run kept (here a copy of mnist-pixel given one at a quarter of
-    its 16,000 steps), bit-identical to the pipeline; a model without one is a 4xx naming it, no path disclosed."""
+    """`autoguidance` draws against the snapshot the run kept (here a copy of mnist-pixel without its guide, given
+    one at a quarter of its 16,000 steps) or the model's own guide (mnist-pixel's guide/), bit-identical to the
+    pipeline; a model without either is a 4xx naming it, no path disclosed."""
     from diffusa.checkpoint import load_tensors, save_tensors
 
-    guided = copy_run(place["pixel"], place["runs"] / "guided")
+    guided = copy_run(place["pixel"], place["runs"] / "guided", guide=False)
     weights = load_tensors(guided / "model.safetensors")
     save_tensors(guided / "snapshots" / "step_4000.safetensors", {k: 0.97 * v for k, v in weights.items()})
     kw = {"n": 2, "sampler": "dpmpp_2m_sde", "steps": 3, "seed": 5, "autoguidance": 2.0}
@@ -158,9 +168,18 @@ def test_autoguidance_api_is_python_autoguidance(client: TestClient, place: dict
     assert res.settings["nfe"] == 6
     with np.load(tmp_path / "g.npz", allow_pickle=False) as z:
         assert torch.equal(torch.from_numpy(z["samples"]), res.samples)
-    r = post(client, {"model": "pixel", **kw})
+    own = post(client, {"model": "pixel", **kw, "format": "npz"})  # the model's own guide/
+    assert own.status_code == 200, own.text
+    (tmp_path / "o.npz").write_bytes(own.content)
+    res = diffusa.load(place["pixel"])(**kw)
+    assert res.settings["guide"].endswith("guide/model.safetensors")
+    with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), res.samples)
+    unguided = copy_run(place["pixel"], place["runs"] / "unguided", guide=False)
+    r = post(client, {"model": "unguided", **kw})
     assert r.status_code == 400 and "no snapshot step_4000" in r.json()["detail"], r.text
     assert str(place["base"]) not in r.text
+    shutil.rmtree(unguided)
     r = post(client, {"model": "guided", **kw, "autoguidance": 1e9})
     assert r.status_code == 422 and "autoguidance" in r.text
     shutil.rmtree(guided)

@@ -30,10 +30,13 @@ REFERENCE = Path(__file__).parent / "data" / "shipped_reference.safetensors"
 def test_shipped_model_loads_and_says_how_it_was_trained(name: str):
     path = resolve_model(name)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-    assert size < 8e6  # a few MB
+    guided = name == "mnist-pixel"  # it carries its autoguidance guide, a second network of the same size
+    assert size < (1.1e7 if guided else 6e6)  # a few MB
     meta = json.loads((path / "config.json").read_text())
-    rec = meta["shipped"]
-    assert rec["command"].startswith("python scripts/train_shipped_models.py") and rec["train_seconds"] > 0
+    for rec in (meta["shipped"], *([json.loads((path / "guide" / "config.json").read_text())["shipped"]]
+                                    if guided else [])):
+        assert rec["command"].startswith("python scripts/train_shipped_models.py") and rec["train_seconds"] > 0
+    assert (meta.get("sampling", {}).get("guide") == "guide") == guided
     run = load_run(path)
     text = name.startswith("mnist-text")  # the text model and its one-step student
     assert run.is_text == text and (run.decoder is not None) == text

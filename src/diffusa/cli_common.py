@@ -87,10 +87,13 @@ def autoguidance_flags(parser: argparse.ArgumentParser) -> None:
     """Add --autoguidance W and --guide to a command that draws samples (`Pipeline.__call__`'s keywords)."""
     parser.add_argument("--autoguidance", type=float, metavar="W",
                         help="autoguidance (Karras et al. 2024): D_guide + W (D - D_guide), two network calls per "
-                             "step; W = 1.5 for a ten-minute mnist run (docs/demo.md)")
+                             "step; W = 1.5 for a ten-minute mnist run (docs/demo.md); default: the model's "
+                             "recommended W with its recommended sampler (config.json \"sampling\": mnist-pixel's "
+                             "1.5), else none; 1 draws without")
     parser.add_argument("--guide", metavar="SNAPSHOT|RUN",
                         help="autoguidance's weaker model: step_N (a snapshot the run kept), a .safetensors file of "
-                             "the run's network, or another run (default: the snapshot at train.guide_at)")
+                             "the run's network, or another run (default: the model's own guide, config.json "
+                             "\"sampling\" \"guide\", else the snapshot at train.guide_at)")
 
 
 def threads_flag(parser: argparse.ArgumentParser, default_help: str = AUTO_HELP) -> None:

@@ -134,6 +134,17 @@ class Run:
         return None if scale is None else float(scale)
 
     @property
+    def recommended_autoguidance(self) -> tuple[float, Path | None] | None:
+        """(w, guide) of autoguidance measured best for this model with its recommended sampler (config.json
+        "sampling" "autoguidance" and "guide"; `Pipeline.autoguided`): the guide a path in the model's folder, or
+        None for the snapshot the run kept (`load_guide`); None without a recommendation."""
+        entry = self.meta.get("sampling", {})
+        if entry.get("autoguidance") is None:
+            return None
+        guide = entry.get("guide")
+        return float(entry["autoguidance"]), None if guide is None else self.path / guide
+
+    @property
     def mask_guided(self) -> bool:
         """An unconditional mask-conditioned inpainting model trained with mask dropout (data.inpaint_dropout > 0,
         as config.json records it; runs from before the setting have none): guidance_scale guides it against the
@@ -204,19 +215,21 @@ def check_run_meta(meta: dict[str, Any], cfg_file: Path) -> None:
     recommended_sampling(meta, cfg_file)
 
 
-SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "few_steps", "why")
+SAMPLING_KEYS = ("sampler", "steps", "spacing", "eta", "guidance_scale", "autoguidance", "guide", "few_steps", "why")
 FIX_ENTRY = "correct or remove the entry"  # how every refusal of a "sampling" entry ends
 FEW_STEPS_KEYS = ("max_steps", "sampler", "spacing", "eta")
 
 
 def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config.json") -> tuple[str, int] | None:
     """config.json's optional "sampling" entry, {"sampler": NAME, "steps": K, "spacing": GRID, "eta": ETA,
-    "guidance_scale": W, "few_steps": {...}, "why": "what was measured"} (spacing, eta, guidance_scale and few_steps
-    optional): the sampler, steps, grid, stochasticity and guidance scale measured best for this model, which a draw
-    uses where it is not told (`pipelines.sampling.resolve_sampling`, `resolve_recommended`; grid and eta only with
-    the recommended sampler; the scale with any, `Run.recommended_guidance`, `check_recommended_guidance`); few_steps
-    (`few_steps_sampling`) the sampler for draws of few steps. (sampler, steps), or None without the entry; one
-    DiffusaError naming the file and the key for an entry that is not one (checked when the run is read)."""
+    "guidance_scale": W, "autoguidance": W, "guide": PATH, "few_steps": {...}, "why": "what was measured"} (all but
+    sampler and steps optional): the sampler, steps, grid, stochasticity and guidance measured best for this model,
+    which a draw uses where it is not told (`pipelines.sampling.resolve_sampling`, `resolve_recommended`; grid, eta
+    and autoguidance only with the recommended sampler, `Run.recommended_autoguidance`; the guidance scale with any,
+    `Run.recommended_guidance`, `check_recommended_guidance`); guide: autoguidance's weaker model shipped in the
+    model's folder (a run folder or a weights file, relative to it; `load_guide`); few_steps (`few_steps_sampling`)
+    the sampler for draws of few steps. (sampler, steps), or None without the entry; one DiffusaError naming the
+    file and the key for an entry that is not one (checked when the run is read)."""
     if "sampling" not in meta:
         return None
     from diffusa.limits import MAX_SAMPLING_STEPS
@@ -248,14 +261,24 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
             raise DiffusaError(f"{cfg_file}: sampling.few_steps.max_steps must be an integer in 1..{steps - 1} (below "
                                f"sampling.steps), got {top!r:.80}; {fix}")
         _check_choice(few, "sampling.few_steps", cfg_file)
-    scale = entry.get("guidance_scale")
-    if scale is not None:
+    for key in ("guidance_scale", "autoguidance"):
+        scale = entry.get(key)
+        if scale is None:
+            continue
         try:  # the one rule for guidance scales (finite, a real number), said of the file's key; and > 0
             if isinstance(scale, str) or check_scale(scale) <= 0:
                 raise DiffusaError("not > 0")
         except DiffusaError:
-            raise DiffusaError(f"{cfg_file}: sampling.guidance_scale must be a finite number > 0, got {scale!r:.80}; "
+            raise DiffusaError(f"{cfg_file}: sampling.{key} must be a finite number > 0, got {scale!r:.80}; "
                                f"{fix}") from None
+    guide = entry.get("guide")
+    if guide is not None:
+        if "autoguidance" not in entry:
+            raise DiffusaError(f"{cfg_file}: sampling.guide names autoguidance's weaker model, but the entry has no "
+                               f"sampling.autoguidance (its w); {fix}")
+        if not isinstance(guide, str) or not guide or Path(guide).is_absolute() or ".." in Path(guide).parts:
+            raise DiffusaError(f"{cfg_file}: sampling.guide must be a path inside the model's folder (relative, "
+                               f"without '..'), got {guide!r:.80}; {fix}")
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
@@ -386,6 +409,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
     check_recommended_grid(den, meta, path / "config.json")
     run = Run(path, cfg, meta, net, den, decoder, str(weights))
     check_recommended_guidance(run)
+    rec = run.recommended_autoguidance
+    if rec is not None and rec[1] is not None and not (rec[1] / "config.json").is_file() and not (
+            rec[1].suffix == ".safetensors" and rec[1].is_file()):
+        raise DiffusaError(f"{path / 'config.json'}: sampling.guide {rec[1].relative_to(path)} is neither a run folder "
+                           f"nor a .safetensors file in the model's folder; {FIX_ENTRY}")
     return run
 
 
@@ -408,13 +436,17 @@ def check_recommended_guidance(run: Run) -> None:
 
 def load_guide(run: Run, spec: str | Path | None = None) -> Run:
     """The weaker model that autoguidance (Karras et al. 2024; `diffusa.guidance.AutoGuided`) guides `run` away
-    from, on the run's device. `spec` None: the snapshot the run kept at `train.guide_at` of its steps; "step_N" or
+    from, on the run's device. `spec` None: the model's own guide (config.json "sampling" "guide",
+    `Run.recommended_autoguidance`), else the snapshot the run kept at `train.guide_at` of its steps; "step_N" or
     N: its snapshots/step_N.safetensors; a .safetensors file: those weights in the run's network; else another run
     folder or shipped model with the same data shape and conditioning (a smaller or shorter-trained one)."""
     from diffusa.engine.loop import guide_step
     from diffusa.shipped import run_path
 
     device = next(run.net.parameters()).device
+    rec = run.recommended_autoguidance
+    if spec is None and rec is not None and rec[1] is not None:
+        spec = rec[1]
     if spec is None:
         from diffusa.engine.budget import UNFITTED_STEPS
 

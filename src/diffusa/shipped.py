@@ -82,11 +82,12 @@ def run_path(spec: str | Path) -> Path:
 
 
 def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
-               measured: dict[str, Any] | None = None) -> Path:
+               measured: dict[str, Any] | None = None, guide: tuple[str | Path, dict[str, Any]] | None = None) -> Path:
     """Copy a trained run's config and EMA weights (and its autoencoder) to `dest`, atomically, adding `record`
     (how it was trained) as config.json["shipped"] and `measured` (entries measured best: "sampling", a guided
     student's "guidance" table; checked by the caller, runs.recommended_sampling and GuidanceRange.from_table) over
-    the run's own. Optimizer state and logs stay behind."""
+    the run's own. `guide`: (run folder, its record), autoguidance's weaker model, exported the same way into
+    dest/guide (config.json "sampling" "guide": "guide"). Optimizer state and logs stay behind."""
     run_dir, dest = Path(run_dir), Path(dest)
     meta = load_json(run_dir / "config.json")
     meta.update(measured or {})
@@ -105,6 +106,11 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
             meta["config"]["data"]["latent"] = "autoencoder"  # no path of the machine that trained it
         meta["shipped"] = record
         save_json(tmp / "config.json", meta)
+        if guide is not None:  # its own config and EMA weights, its own record (no recommendation of its own)
+            (tmp / "guide").mkdir()
+            shutil.copyfile(Path(guide[0]) / "model.safetensors", tmp / "guide" / "model.safetensors")
+            guide_meta = {k: v for k, v in load_json(Path(guide[0]) / "config.json").items() if k != "sampling"}
+            save_json(tmp / "guide" / "config.json", {**guide_meta, "shipped": guide[1]})
         umask = os.umask(0)
         os.umask(umask)
         for d in (tmp, *(p for p in tmp.rglob("*") if p.is_dir())):

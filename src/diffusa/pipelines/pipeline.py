@@ -156,9 +156,11 @@ class Pipeline:
         and every later one (`Samples.stopped_at`). sampler, steps, batch_size: unless given, the model's
         recommendation (config.json "sampling", `recommended`), else dpmpp_2m, 20 steps, batches of 250
         (`pipelines.sampling.resolve_sampling`; `settings` reports what was used). autoguidance: w of
-        autoguidance (Karras et al. 2024), D_guide + w (D - D_guide), against `guide`: by default the snapshot the
-        run kept at `train.guide_at` of its training, else "step_N", a weights file or another run
-        (`diffusa.runs.load_guide`); two network calls per step (`settings["nfe"]` counts both).
+        autoguidance (Karras et al. 2024), D_guide + w (D - D_guide), against `guide`: by default the model's own
+        guide (config.json "sampling" "guide") or the snapshot the run kept at `train.guide_at` of its training,
+        else "step_N", a weights file or another run (`diffusa.runs.load_guide`); two network calls per step
+        (`settings["nfe"]` counts both). Unless given, the model's recommended w with its recommended sampler
+        (config.json "sampling" "autoguidance": the shipped mnist-pixel's); autoguidance=1 draws without it.
         """
         self.refuse_mask_model("plain sampling")
         sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
@@ -168,7 +170,8 @@ class Pipeline:
         self.check_memory(n)
         grid = sampling_grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
         req = self.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
-                           classifier_scale=classifier_scale, image=image, autoguidance=autoguidance, guide=guide)
+                           classifier_scale=classifier_scale, image=image, autoguidance=autoguidance, guide=guide,
+                           sampler=sampler)
         g = torch.Generator().manual_seed(seed)
         x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
         x_T = x_T * start_scale(req.denoiser.process, grid)  # the prior at the grid's first level
@@ -180,12 +183,17 @@ class Pipeline:
                                     prompt=prompt, label=label)
         return Samples(samples, settings, self.run.meta["data_kind"], req.labels, req.prompts, stopped)
 
-    def autoguided(self, scale: Any, guide: str | Path | None) -> tuple[Any, Any]:
+    def autoguided(self, scale: Any, guide: str | Path | None, sampler: str | None = None) -> tuple[Any, Any]:
         """(the guide Run, the autoguided Denoiser) for autoguidance at `scale` against `guide` (see `__call__`);
-        (None, None) for none (scale None or 1). Guides are loaded once per pipeline."""
+        (None, None) for none (scale None or 1). Scale and guide None with the model's recommended `sampler`: its
+        recommended autoguidance (`Run.recommended_autoguidance`), as a recommended eta goes with its sampler.
+        Guides are loaded once per pipeline."""
         from diffusa.guidance import AutoGuided, check_scale
         from diffusa.runs import load_guide
 
+        rec = self.run.recommended_autoguidance
+        if scale is None and guide is None and rec is not None and sampler == model_defaults(self)[0]:
+            scale = rec[0]
         if scale is None:
             if guide is not None:
                 raise DiffusaError("guide names autoguidance's weaker model: give autoguidance=W (e.g. 2) too")
@@ -200,10 +208,11 @@ class Pipeline:
 
     def request(self, n: int, *, prompt: Any, label: Label, guidance_scale: float | None, classifier: Any,
                 classifier_scale: float | None, image: Any, autoguidance: float | None = None,
-                guide: str | Path | None = None) -> Request:
+                guide: str | Path | None = None, sampler: str | None = None) -> Request:
         """The resolved Request (`pipelines.request.resolve`) of n samples, autoguided at `autoguidance` against
-        `guide` (`autoguided`) under any classifier-free or classifier guidance: every task's one way in."""
-        weaker, base = self.autoguided(autoguidance, guide)
+        `guide` (`autoguided`; `sampler` the draw's, for the model's recommended autoguidance) under any
+        classifier-free or classifier guidance: every task's one way in."""
+        weaker, base = self.autoguided(autoguidance, guide, sampler)
         req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
                       classifier=classifier, classifier_scale=classifier_scale, image=image,
                       image_channels=self.image_channels, base=base)

@@ -106,7 +106,9 @@ class Settings(BaseModel):
 class GenerateRequest(Settings):
     """What to draw. `model`: a shipped model's name or a run folder under --runs (default: mnist-text with a
     prompt, mnist-pixel without, as `diffusa generate`); `format`: "png" (a grid, as `--out x.png`) or "npz";
-    `autoguidance`: w against the snapshot the run kept (`train.guide_at`; no other guide can be named here)."""
+    `autoguidance`: w against the model's own guide (config.json "sampling" "guide") or the snapshot the run kept
+    (`train.guide_at`; no other guide can be named here); unset, the model's recommended w with its recommended
+    sampler (1: none)."""
 
     extra_fields: ClassVar[tuple[str, ...]] = ("autoguidance",)
     autoguidance: Annotated[float, Field(ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)] | None = None
