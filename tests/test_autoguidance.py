@@ -153,8 +153,8 @@ def test_edits_are_autoguided_too(cli, digits_run: Path, tmp_path: Path) -> None
 def test_a_recommended_autoguidance_goes_with_its_sampler(cli, digits_run: Path, tmp_path: Path) -> None:
     """config.json "sampling" may carry "autoguidance": W and "guide": a path in the model's folder (the shipped
     mnist-pixel: w 1.5 against a ten-minute run, docs/demo.md). A draw that names neither is autoguided with the
-    recommended sampler, not with another; w = 1 draws without; a w given uses the model's own guide; the
-    command line draws the same; a bad entry is one line naming the key."""
+    recommended sampler, not with another, and not in an edit unless asked; w = 1 draws without; a w given uses the
+    model's own guide; the command line draws the same; a bad entry is one line naming the key."""
     from shutil import copytree
 
     from test_recommended import with_sampling
@@ -170,6 +170,11 @@ def test_a_recommended_autoguidance_goes_with_its_sampler(cli, digits_run: Path,
     assert off.settings["autoguidance"] is None and torch.equal(off.samples, plain_pipe(**KW).samples)
     other = pipe(n=6, seed=3, sampler="ddim")  # another sampler: not autoguided, as a recommended eta
     assert other.settings["autoguidance"] is None and other.settings["nfe"] == 4
+    edited = pipe.img2img(a.samples, 0.5, seed=3)  # measured on draws from noise: an edit only when asked
+    assert edited.settings["sampler"] == "dpmpp_2m_sde" and edited.settings["autoguidance"] is None
+    asked = pipe.img2img(a.samples, 0.5, seed=3, autoguidance=2.0)  # ... then against the model's guide
+    assert asked.settings["guide"].endswith("snapshots/step_5.safetensors")
+    assert asked.settings["nfe"] == 2 * edited.settings["nfe"]
     # a guide folder in the model's folder; a w given takes the model's own guide
     copytree(digits_run, run / "guide")
     meta = json.loads((run / "config.json").read_text())

@@ -206,8 +206,7 @@ def img2img(pipe: Pipeline, image: Any, strength: float | None = None, prompt: s
     images = _per_sample(images, n, "image")
     grid = sampling_grid(pipe.run.denoiser, steps, spacing, sampler)
     req = pipe.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
-                       classifier_scale=classifier_scale, image=cond_image, autoguidance=autoguidance, guide=guide,
-                       sampler=sampler)
+                       classifier_scale=classifier_scale, image=cond_image, autoguidance=autoguidance, guide=guide)
     process = req.denoiser.process
     t_start = strength_time(process, strength, grid)
     sub = start_grid(grid, t_start)
@@ -295,8 +294,7 @@ def inpaint(pipe: Pipeline, image: Any, mask: Any, prompt: str | Sequence[str] |
     if mask_model:
         cond_image = masked_condition(images, repaint_px)
     req = pipe.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
-                       classifier_scale=classifier_scale, image=cond_image, autoguidance=autoguidance, guide=guide,
-                       sampler=sampler)
+                       classifier_scale=classifier_scale, image=cond_image, autoguidance=autoguidance, guide=guide)
     common = {"n": n, "sampler": sampler, "steps": steps, "spacing": spacing, "classifier": classifier, "eta": eta,
               "variance": variance, "seed": seed, "batch_size": batch_size, "prompt": prompt, "label": label}
     done = {"masked_fraction": float(covered.mean()), **({"conditioning": "mask"} if mask_model else {})}

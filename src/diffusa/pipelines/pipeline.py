@@ -160,7 +160,8 @@ class Pipeline:
         guide (config.json "sampling" "guide") or the snapshot the run kept at `train.guide_at` of its training,
         else "step_N", a weights file or another run (`diffusa.runs.load_guide`); two network calls per step
         (`settings["nfe"]` counts both). Unless given, the model's recommended w with its recommended sampler
-        (config.json "sampling" "autoguidance": the shipped mnist-pixel's); autoguidance=1 draws without it.
+        (config.json "sampling" "autoguidance": the shipped mnist-pixel's; measured on draws from noise, so edits
+        take it only when asked); autoguidance=1 draws without it.
         """
         self.refuse_mask_model("plain sampling")
         sampler, steps, batch_size = resolve_sampling(self, sampler, steps, batch_size)
@@ -185,8 +186,9 @@ class Pipeline:
 
     def autoguided(self, scale: Any, guide: str | Path | None, sampler: str | None = None) -> tuple[Any, Any]:
         """(the guide Run, the autoguided Denoiser) for autoguidance at `scale` against `guide` (see `__call__`);
-        (None, None) for none (scale None or 1). Scale and guide None with the model's recommended `sampler`: its
-        recommended autoguidance (`Run.recommended_autoguidance`), as a recommended eta goes with its sampler.
+        (None, None) for none (scale None or 1). Scale and guide None with the model's recommended `sampler` (a draw
+        from noise gives it; edits do not): its recommended autoguidance (`Run.recommended_autoguidance`), as a
+        recommended eta goes with its sampler.
         Guides are loaded once per pipeline."""
         from diffusa.guidance import AutoGuided, check_scale
         from diffusa.runs import load_guide
@@ -210,7 +212,7 @@ class Pipeline:
                 classifier_scale: float | None, image: Any, autoguidance: float | None = None,
                 guide: str | Path | None = None, sampler: str | None = None) -> Request:
         """The resolved Request (`pipelines.request.resolve`) of n samples, autoguided at `autoguidance` against
-        `guide` (`autoguided`; `sampler` the draw's, for the model's recommended autoguidance) under any
+        `guide` (`autoguided`; `sampler` a draw from noise's, for the model's recommended autoguidance) under any
         classifier-free or classifier guidance: every task's one way in."""
         weaker, base = self.autoguided(autoguidance, guide, sampler)
         req = resolve(self.run, self.name, n, prompt=prompt, label=label, guidance_scale=guidance_scale,
