@@ -33,7 +33,7 @@ def draw(pipe: object, guide: str | None, w: float, seed: int, args: argparse.Na
 
     t0 = time.perf_counter()
     res = pipe(n=args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=seed,
-               autoguidance=None if w == 1 else w, guide=None if w == 1 else guide)
+               autoguidance=w, guide=None if w == 1 else guide)  # w 1: none (None would be a recommended w)
     seconds = time.perf_counter() - t0
     dc = pipe.run.config.data
     m = image_metrics(res.samples, eval_reference(dc), eval_floor(dc, args.n))

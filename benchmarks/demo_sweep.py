@@ -44,9 +44,11 @@ from diffusa.config import load_config
 from diffusa.data import examples, load_dataset
 from diffusa.engine import Engine
 from diffusa.engine.loop import ema_update
+from diffusa.errors import DiffusaError
 from diffusa.metrics import image_metrics
 from diffusa.runs import make_denoiser
 from diffusa.samplers import SAMPLERS, sample, sampler_options
+from diffusa.samplers.common import check_eta
 from diffusa.train import diffusion_engine
 
 RAW = Path(__file__).resolve().parents[1] / "docs" / "results" / "raw" / "demo_sweep"
@@ -66,6 +68,11 @@ def parse_spec(spec: str) -> tuple[str, int, dict[str, float]]:
         raise ValueError(f"{spec!r}: STEPS must be an integer and ETA a number") from None
     if steps < 1 or (options and "eta" not in sampler_options(parts[0])):
         raise ValueError(f"{spec!r}: steps must be >= 1, and an eta needs a stochastic sampler")
+    try:
+        if options:
+            check_eta(options["eta"])  # the samplers' own rule: finite, >= 0
+    except DiffusaError as e:
+        raise ValueError(f"{spec!r}: {e}") from None
     return parts[0], steps, options
 
 
@@ -115,7 +122,7 @@ def plot(names: list[str], curve: str, path: Path) -> None:
         rows = [r for r in map(json.loads, filter(str.strip, file.read_text().splitlines())) if curve in r]
         if not rows:
             raise SystemExit(f"error: {file} has no {curve!r} points (give the --curve it was recorded with)")
-        series.append((f"{name} ({rows[-1]['steps']:,} steps)" if rows else name,
+        series.append((f"{name} ({rows[-1]['steps']:,} steps)",
                        [r["train_s"] / 60 for r in rows], [r[curve]["fd"] / r[curve]["fd_floor"] for r in rows],
                        {"marker": "o"}))
     line_figure(series, path, xlabel="training minutes", ylabel="FD / real-vs-real floor",

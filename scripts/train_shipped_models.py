@@ -124,6 +124,7 @@ def stage_pixel(args: argparse.Namespace) -> None:
 
 
 def stage_guide(args: argparse.Namespace) -> None:
+    recommended_sampling({"sampling": SAMPLING["mnist-pixel"]}, "SAMPLING['mnist-pixel']")  # checked first
     train([], args.work / "pixel-guide", args.guide_steps)
     dest = shipped_root() / "mnist-pixel"
     record = load_json(dest / "config.json")["shipped"]
@@ -134,6 +135,8 @@ def stage_guide(args: argparse.Namespace) -> None:
 def guide_of(args: argparse.Namespace) -> tuple[Path, dict[str, object]]:
     """mnist-pixel's guide (`stage_guide`): its run folder and how it was trained (its config.json "shipped")."""
     run = args.work / "pixel-guide"
+    if not (run / "model.safetensors").is_file():
+        raise SystemExit(f"error: mnist-pixel ships with its guide: train it first (stage guide; no {run})")
     log = last_log(run)
     return run, {"command": f"python scripts/train_shipped_models.py guide --guide-steps {args.guide_steps}",
                  "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),

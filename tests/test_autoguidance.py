@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from conftest import DIGITS_OVERRIDES, train_run
 from test_cli import assert_one_line_error
 
 import diffusa
-from diffusa.checkpoint import load_tensors
+from diffusa.checkpoint import load_tensors, save_tensors
 from diffusa.config import load_config
 from diffusa.engine.loop import guide_step
 from diffusa.errors import DiffusaError
@@ -152,20 +153,23 @@ def test_edits_are_autoguided_too(cli, digits_run: Path, tmp_path: Path) -> None
 
 def test_a_recommended_autoguidance_goes_with_its_sampler(cli, digits_run: Path, tmp_path: Path) -> None:
     """config.json "sampling" may carry "autoguidance": W and "guide": a path in the model's folder (the shipped
-    mnist-pixel: w 1.5 against a ten-minute run, docs/demo.md). A draw that names neither is autoguided with the
-    recommended sampler, not with another, and not in an edit unless asked; w = 1 draws without; a w given uses the
-    model's own guide; the command line draws the same; a bad entry is one line naming the key."""
+    mnist-pixel: w 1.5 against a ten-minute run, docs/demo.md). A draw that names neither is autoguided against that
+    guide (not the snapshot the run kept) with the recommended sampler, not with another, not at few steps where a
+    "few_steps" table takes over, and not in an edit unless asked; w = 1 draws without; a w given uses the model's
+    own guide; settings name it relative to the model's folder; the command line draws the same."""
     from shutil import copytree
 
     from test_recommended import with_sampling
 
-    entry = {"sampler": "dpmpp_2m_sde", "steps": 4, "autoguidance": 2.0, "guide": "snapshots/step_5.safetensors"}
+    entry = {"sampler": "dpmpp_2m_sde", "steps": 4, "autoguidance": 2.0, "guide": "guide.safetensors"}
     run = with_sampling(digits_run, tmp_path / "ag", entry)
+    weights = load_tensors(digits_run / "snapshots" / "step_5.safetensors")  # a guide of its own, not step_5
+    save_tensors(run / "guide.safetensors", {k: 0.5 * v for k, v in weights.items()})
     pipe, plain_pipe = diffusa.load(run), diffusa.load(digits_run)
     a = pipe(n=6, seed=3)
-    assert (a.settings["autoguidance"], a.settings["nfe"]) == (2.0, 8)
-    assert a.settings["guide"].endswith("snapshots/step_5.safetensors")
-    assert torch.equal(a.samples, plain_pipe(autoguidance=2.0, **KW).samples)  # the run's own snapshot, w 2
+    assert (a.settings["autoguidance"], a.settings["guide"], a.settings["nfe"]) == (2.0, "guide.safetensors", 8)
+    assert torch.equal(a.samples, plain_pipe(autoguidance=2.0, guide=str(run / "guide.safetensors"), **KW).samples)
+    assert (a.samples - plain_pipe(autoguidance=2.0, **KW).samples).abs().max() > 1e-3  # not the kept snapshot
     off = pipe(n=6, seed=3, autoguidance=1.0)
     assert off.settings["autoguidance"] is None and torch.equal(off.samples, plain_pipe(**KW).samples)
     other = pipe(n=6, seed=3, sampler="ddim")  # another sampler: not autoguided, as a recommended eta
@@ -173,27 +177,57 @@ def test_a_recommended_autoguidance_goes_with_its_sampler(cli, digits_run: Path,
     edited = pipe.img2img(a.samples, 0.5, seed=3)  # measured on draws from noise: an edit only when asked
     assert edited.settings["sampler"] == "dpmpp_2m_sde" and edited.settings["autoguidance"] is None
     asked = pipe.img2img(a.samples, 0.5, seed=3, autoguidance=2.0)  # ... then against the model's guide
-    assert asked.settings["guide"].endswith("snapshots/step_5.safetensors")
-    assert asked.settings["nfe"] == 2 * edited.settings["nfe"]
+    assert asked.settings["guide"] == "guide.safetensors" and asked.settings["nfe"] == 2 * edited.settings["nfe"]
+    few = with_sampling(run, tmp_path / "few", {**entry, "few_steps": {"max_steps": 2, "sampler": "dpmpp_2m_sde"}})
+    drawn = diffusa.load(few)(n=6, seed=3, steps=2)  # the few-step table's choice carries no autoguidance
+    assert drawn.settings["autoguidance"] is None and drawn.settings["nfe"] == 2
+    assert diffusa.load(few)(n=6, seed=3).settings["autoguidance"] == 2.0  # at the recommended steps it does
     # a guide folder in the model's folder; a w given takes the model's own guide
     copytree(digits_run, run / "guide")
     meta = json.loads((run / "config.json").read_text())
     meta["sampling"]["guide"] = "guide"
     (run / "config.json").write_text(json.dumps(meta))
     itself = diffusa.load(run)(n=6, seed=3, autoguidance=3.0)  # guided by the same weights: the model alone
-    assert itself.settings["guide"].endswith("guide/model.safetensors")
+    assert itself.settings["guide"] == "guide/model.safetensors"
     assert torch.allclose(itself.samples, plain_pipe(**KW).samples, atol=1e-5)
     res = cli("sample", run, "--n", 6, "--seed", 3, "--out", tmp_path / "s.npz")
     assert res.code == 0 and "autoguidance 2 (8 network calls)" in res.out, res.err
     want = diffusa.load(run)(n=6, seed=3).images
     assert np.array_equal(np.load(tmp_path / "s.npz")["images"], want)
+
+
+def test_a_bad_recommended_autoguidance_is_one_line_when_read(digits_run: Path, tmp_path: Path) -> None:
+    """w not > 0, a guide without a w, a path out of the folder (by '..', absolutely or through a link), the model
+    itself, a folder without weights, nothing there, or no guide and no snapshot kept: one line naming the key, when
+    the model is read."""
+    from test_recommended import with_sampling
+
+    entry = {"sampler": "dpmpp_2m_sde", "steps": 4, "autoguidance": 2.0, "guide": "guide"}
+    link, empty = tmp_path / "bad-link", tmp_path / "bad-empty"
     refused = (({**entry, "autoguidance": 0}, "sampling.autoguidance must be a finite number > 0"),
                ({**entry, "autoguidance": "2"}, "sampling.autoguidance must be a finite number > 0"),
                ({"sampler": "ddim", "steps": 4, "guide": "guide"}, "sampling.guide names autoguidance's weaker model"),
+               ({**entry, "autoguidance": None}, "sampling.guide names autoguidance's weaker model"),
                ({**entry, "guide": "../elsewhere"}, "sampling.guide must be a path inside the model's folder"),
                ({**entry, "guide": str(digits_run)}, "sampling.guide must be a path inside the model's folder"),
-               ({**entry, "guide": "missing"}, "sampling.guide missing is neither a run folder nor a .safetensors"))
+               ({**entry, "guide": "."}, "sampling.guide '.' is the model itself"),
+               ({**entry, "guide": "model.safetensors"}, "sampling.guide 'model.safetensors' is the model itself"),
+               ({**entry, "guide": "missing"}, "sampling.guide 'missing' is neither a run folder nor a .safetensors"),
+               ({**entry, "guide": "a\nb"}, "sampling.guide 'a\\nb' is neither"))
     for i, (bad, message) in enumerate(refused):
         with pytest.raises(DiffusaError, match=re.escape(message)) as info:
             diffusa.load(with_sampling(digits_run, tmp_path / f"bad{i}", bad))
         assert "\n" not in str(info.value) and str(info.value).startswith(str(tmp_path / f"bad{i}" / "config.json"))
+    with_sampling(digits_run, link, entry)
+    (link / "guide").symlink_to(digits_run, target_is_directory=True)  # a run, but outside the folder
+    with_sampling(digits_run, empty, entry)
+    (empty / "guide").mkdir()
+    shutil.copyfile(digits_run / "config.json", empty / "guide" / "config.json")
+    nosnap = with_sampling(digits_run, tmp_path / "bad-nosnap", {k: v for k, v in entry.items() if k != "guide"})
+    shutil.rmtree(nosnap / "snapshots")
+    for folder, message in ((link, "leads out of the model's folder"),
+                            (empty, "is a folder without config.json and model.safetensors"),
+                            (nosnap, "names no sampling.guide and the model kept no snapshot")):
+        with pytest.raises(DiffusaError, match=re.escape(message)) as info:
+            diffusa.load(folder)
+        assert "\n" not in str(info.value)

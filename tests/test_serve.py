@@ -172,9 +172,18 @@ def test_autoguidance_api_is_python_autoguidance(client: TestClient, place: dict
     assert own.status_code == 200, own.text
     (tmp_path / "o.npz").write_bytes(own.content)
     res = diffusa.load(place["pixel"])(**kw)
-    assert res.settings["guide"].endswith("guide/model.safetensors")
+    assert res.settings["guide"] == "guide/model.safetensors"
     with np.load(tmp_path / "o.npz", allow_pickle=False) as z:
         assert torch.equal(torch.from_numpy(z["samples"]), res.samples)
+    plain = {"n": 2, "steps": 3, "seed": 5}  # no sampler, no autoguidance: the model's recommendation, as in Python
+    r = post(client, {"model": "pixel", **plain, "format": "npz"})
+    assert r.status_code == 200, r.text
+    said = json.loads(r.headers["x-diffusa-settings"])
+    assert (said["sampler"], said["autoguidance"], said["guide"], said["nfe"]) == (
+        "dpmpp_2m_sde", 1.5, "guide/model.safetensors", 6)  # the guide named inside the model: no server path
+    (tmp_path / "d.npz").write_bytes(r.content)
+    with np.load(tmp_path / "d.npz", allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), diffusa.load(place["pixel"])(**plain).samples)
     unguided = copy_run(place["pixel"], place["runs"] / "unguided", guide=False)
     r = post(client, {"model": "unguided", **kw})
     assert r.status_code == 400 and "no snapshot step_4000" in r.json()["detail"], r.text

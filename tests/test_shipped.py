@@ -37,6 +37,10 @@ def test_shipped_model_loads_and_says_how_it_was_trained(name: str):
                                     if guided else [])):
         assert rec["command"].startswith("python scripts/train_shipped_models.py") and rec["train_seconds"] > 0
     assert (meta.get("sampling", {}).get("guide") == "guide") == guided
+    if guided:  # its default draw is autoguided at 1.5 against guide/: two networks per step
+        s = diffusa.load(name)(n=2, steps=3, seed=0).settings
+        assert (s["sampler"], s["eta"], s["autoguidance"], s["guide"], s["nfe"]) == (
+            "dpmpp_2m_sde", 3.0, 1.5, "guide/model.safetensors", 6)
     run = load_run(path)
     text = name.startswith("mnist-text")  # the text model and its one-step student
     assert run.is_text == text and (run.decoder is not None) == text

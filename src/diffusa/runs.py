@@ -273,7 +273,7 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
                                f"{fix}") from None
     guide = entry.get("guide")
     if guide is not None:
-        if "autoguidance" not in entry:
+        if entry.get("autoguidance") is None:
             raise DiffusaError(f"{cfg_file}: sampling.guide names autoguidance's weaker model, but the entry has no "
                                f"sampling.autoguidance (its w); {fix}")
         if not isinstance(guide, str) or not guide or Path(guide).is_absolute() or ".." in Path(guide).parts:
@@ -409,12 +409,41 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", weights: str 
     check_recommended_grid(den, meta, path / "config.json")
     run = Run(path, cfg, meta, net, den, decoder, str(weights))
     check_recommended_guidance(run)
-    rec = run.recommended_autoguidance
-    if rec is not None and rec[1] is not None and not (rec[1] / "config.json").is_file() and not (
-            rec[1].suffix == ".safetensors" and rec[1].is_file()):
-        raise DiffusaError(f"{path / 'config.json'}: sampling.guide {rec[1].relative_to(path)} is neither a run folder "
-                           f"nor a .safetensors file in the model's folder; {FIX_ENTRY}")
+    check_recommended_guide(run)
     return run
+
+
+def check_recommended_guide(run: Run) -> None:
+    """A recommended autoguidance (config.json "sampling" "autoguidance") has a guide to draw with, checked when the
+    model is read rather than at every draw: its "guide", a run folder (config.json and model.safetensors) or a
+    .safetensors file inside the model's folder, not the model itself and not a link out of the folder; without
+    one, the snapshot the run kept at `train.guide_at` (`load_guide`)."""
+    from diffusa.engine.loop import guide_step
+
+    rec = run.recommended_autoguidance
+    if rec is None:
+        return
+    home, cfg_file = Path(run.path).resolve(), run.path / "config.json"
+    if rec[1] is None:
+        step = guide_step(run.config.train)
+        if step is None or not (run.path / "snapshots" / f"step_{step}.safetensors").is_file():
+            raise DiffusaError(f"{cfg_file}: sampling.autoguidance names no sampling.guide and the model kept no "
+                               f"snapshot at train.guide_at to guide it; name a guide or {FIX_ENTRY}")
+        return
+    name = run.meta["sampling"]["guide"]
+    target = rec[1].resolve()
+    if not target.is_relative_to(home):
+        why = "leads out of the model's folder (a link?)"
+    elif target in (home, (run.path / "model.safetensors").resolve()):
+        why = "is the model itself, which guides nothing (twice the calls for the same samples)"
+    elif target.is_dir():
+        why = None if (target / "config.json").is_file() and (target / "model.safetensors").is_file() else (
+            "is a folder without config.json and model.safetensors")
+    else:
+        why = None if target.suffix == ".safetensors" and target.is_file() else (
+            "is neither a run folder nor a .safetensors file in the model's folder")
+    if why is not None:
+        raise DiffusaError(f"{cfg_file}: sampling.guide {name!r:.80} {why}; {FIX_ENTRY}")
 
 
 def check_recommended_guidance(run: Run) -> None:

@@ -107,9 +107,11 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
         meta["shipped"] = record
         save_json(tmp / "config.json", meta)
         if guide is not None:  # its own config and EMA weights, its own record (no recommendation of its own)
+            guide_meta = {k: v for k, v in load_json(Path(guide[0]) / "config.json").items() if k != "sampling"}
+            if "latent" in guide_meta:  # its autoencoder would need a copy of its own
+                raise DiffusaError(f"{guide[0]}: a latent guide is not exported; guide with a pixel-space run")
             (tmp / "guide").mkdir()
             shutil.copyfile(Path(guide[0]) / "model.safetensors", tmp / "guide" / "model.safetensors")
-            guide_meta = {k: v for k, v in load_json(Path(guide[0]) / "config.json").items() if k != "sampling"}
             save_json(tmp / "guide" / "config.json", {**guide_meta, "shipped": guide[1]})
         umask = os.umask(0)
         os.umask(umask)

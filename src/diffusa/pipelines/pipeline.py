@@ -40,7 +40,7 @@ from diffusa.pipelines.sampling import (
     sampler_kwargs,
     sampling_grid,
 )
-from diffusa.runs import Run
+from diffusa.runs import Run, few_steps_sampling
 from diffusa.samplers import start_scale
 from diffusa.superres import ImageCondition
 
@@ -172,7 +172,7 @@ class Pipeline:
         grid = sampling_grid(self.run.denoiser, steps, spacing, sampler)  # guidance keeps the process: the same grid
         req = self.request(n, prompt=prompt, label=label, guidance_scale=guidance_scale, classifier=classifier,
                            classifier_scale=classifier_scale, image=image, autoguidance=autoguidance, guide=guide,
-                           sampler=sampler)
+                           sampler=None if few_steps_sampling(self.run.meta, steps) else sampler)  # few: its own
         g = torch.Generator().manual_seed(seed)
         x_T = req.denoiser.process.prior_sample((n, *self.data_shape), generator=g)
         x_T = x_T * start_scale(req.denoiser.process, grid)  # the prior at the grid's first level
@@ -274,7 +274,16 @@ class Pipeline:
                 "classifier_scale": req.classifier_scale, "eta": eta, "variance": variance, "seed": seed,
                 "batch_size": batch_size, "nfe": nfe, "prompt": prompt,
                 "label": label.tolist() if torch.is_tensor(label) else label, "autoguidance": req.autoguidance,
-                "guide": None if req.guide is None else str(req.guide.path / req.guide.weights), **extra}
+                "guide": self._guide_name(req), **extra}
+
+    def _guide_name(self, req: Request) -> str | None:
+        """The guide's weights file as settings report it: relative to the model's folder when inside it (a snapshot
+        the run kept, the model's own guide/: no path of the machine, e.g. over the API), else its full path."""
+        if req.guide is None:
+            return None
+        weights = (Path(req.guide.path) / req.guide.weights).resolve()
+        home = Path(self.run.path).resolve()
+        return str(weights.relative_to(home)) if weights.is_relative_to(home) else str(weights)
 
     def check_memory(self, n: int) -> None:
         """Refuse n samples whose tensors (x_T, the samples, their decoded images: about four copies of n
