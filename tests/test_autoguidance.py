@@ -113,7 +113,7 @@ def test_cli_autoguidance_matches_the_pipeline_and_refuses_in_one_line(cli, digi
     assert_one_line_error(cli("sample", digits_run, "--autoguidance", 2, "--guide", "step_7",
                               "--out", tmp_path / "x.npz"), "no snapshot step_7")
     assert_one_line_error(cli("generate", "a 7", "--autoguidance", 2, "--n", 2, "--out", tmp_path / "g.png"),
-                          "no snapshot step_900")  # mnist-text ships no snapshot and no guide
+                          "(kept: none)")  # mnist-text ships no snapshot and no guide
     assert_one_line_error(cli("eval", digits_run, "--bpd", "--autoguidance", 2), "--autoguidance")
     assert not (tmp_path / "x.npz").exists() and not (tmp_path / "g.png").exists()
 
