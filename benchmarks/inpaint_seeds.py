@@ -2,12 +2,14 @@
 from the model's, on the mask where the bar is closest.
 
     python benchmarks/inpaint_seeds.py [--model mnist-inpaint] [--mask center] [--seeds 2,3,4,5,6] [--w 3]
-                                       [--n 1000] [--target 0.785] [--out docs/results/editing_inpaint_seeds.md]
+                                       [--autoguidance W --guide RUN] [--n 1000] [--target 0.785]
+                                       [--out docs/results/editing_inpaint_seeds.md]
     python benchmarks/inpaint_seeds.py --quick --out table.md     # seconds: 20 digits, 2 steps, two seeds
 
 The row is editing.py's "replacement, ancestral, mask guidance w = W" on the mask-conditioned model: the first --n
 held-out digits (classes in turn: `editing.held_out`), the named mask (`editing.split_masks`), ancestral steps
-(20), the known region replaced before every step, mask guidance W; the accuracy is the digit judge's reading
+(20), the known region replaced before every step, mask guidance W (with `--autoguidance W --guide RUN` also
+autoguided against a weaker mask-conditioned run: Karras et al. 2024); the accuracy is the digit judge's reading
 against the true label, as there. Each seed is one draw of all n digits; the table gives each seed, their mean and
 its standard error (over the seeds), beside --target (the issue's bar, the ceiling minus 3 points, from editing.py's
 table). One JSON record (every seed) in --raw.
@@ -48,6 +50,8 @@ def main() -> None:
     ap.add_argument("--mask", default="center", help="top, bottom, left, right, center or strokes")
     ap.add_argument("--seeds", default="2,3,4,5,6", help="comma-separated sampling seeds")
     ap.add_argument("--w", type=float, default=3.0, help="mask guidance scale (1: none)")
+    ap.add_argument("--autoguidance", type=float, help="autoguidance w against --guide (default: none)")
+    ap.add_argument("--guide", help="autoguidance's weaker model: a mask-conditioned run folder")
     ap.add_argument("--n", type=int, default=1000, help="held-out digits per seed")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--target", type=float, default=0.785, help="the bar: the ceiling minus 3 points")
@@ -91,7 +95,7 @@ def run(args: argparse.Namespace, seeds: list[int]) -> None:
     for seed in seeds:
         t0 = time.time()
         res = pipe.inpaint(x, mask, steps=args.steps, seed=seed, sampler="ddpm", jump_length=5, jump_n_sample=1,
-                           guidance_scale=args.w)
+                           guidance_scale=args.w, autoguidance=args.autoguidance, guide=args.guide)
         right.append(classify(res.samples)[1].argmax(1) == y)
         acc = float(right[-1].float().mean())
         rows.append({"seed": seed, "accuracy": acc, "nearest_training": near(res.samples), "nfe": res.settings["nfe"],
@@ -105,12 +109,15 @@ def run(args: argparse.Namespace, seeds: list[int]) -> None:
     tally = {"every": int((times == len(seeds)).sum()), "none": int((times == 0).sum()),
              "some": int(((times > 0) & (times < len(seeds))).sum()),
              "right_on_most_seeds": float((times > len(seeds) / 2).float().mean())}
-    write_json(Path(args.raw), {"model": args.model, "mask": args.mask, "w": args.w, "n": args.n, "split": args.split,
+    write_json(Path(args.raw), {"model": args.model, "mask": args.mask, "w": args.w, "autoguidance": args.autoguidance,
+                                "guide": args.guide, "n": args.n, "split": args.split,
                                 "steps": args.steps, "target": args.target, "real_nearest_training": real,
                                 "digits_right_on": tally, "rows": rows})
     digits = "held-out digits" if args.split == "test" else "training digits (a random draw, seed 0)"
     emit([f"Inpainting `{args.model}`, mask {args.mask}, {args.n} {digits}, ancestral {args.steps} steps with "
-          f"replacement, mask guidance w = {args.w:g} (`python benchmarks/inpaint_seeds.py`); nearest training: the "
+          f"replacement, mask guidance w = {args.w:g}"
+          f"{'' if args.autoguidance is None else f', autoguidance {args.autoguidance:g} against {args.guide}'} "
+          "(`python benchmarks/inpaint_seeds.py`); nearest training: the "
           "median L2 distance of the masked region to the nearest training digit's:", "",
           "| seed | accuracy | nearest training | NFE | seconds |", "|---|---|---|---|---|",
           *(f"| {r['seed']} | {r['accuracy']:.3f} | {r['nearest_training']:.2f} | {r['nfe']} | {r['seconds']} |"
