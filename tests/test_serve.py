@@ -184,6 +184,17 @@ def test_autoguidance_api_is_python_autoguidance(client: TestClient, place: dict
     (tmp_path / "d.npz").write_bytes(r.content)
     with np.load(tmp_path / "d.npz", allow_pickle=False) as z:
         assert torch.equal(torch.from_numpy(z["samples"]), diffusa.load(place["pixel"])(**plain).samples)
+    # a new guide (the model's own files untouched) is loaded afresh, as a retrained model is
+    guided2 = copy_run(place["pixel"], place["runs"] / "guided2")
+    r1 = post(client, {"model": "guided2", **plain, "format": "npz"})
+    g = load_tensors(guided2 / "guide" / "model.safetensors")
+    save_tensors(guided2 / "guide" / "model.safetensors", {k: 0.5 * v for k, v in g.items()})
+    r2 = post(client, {"model": "guided2", **plain, "format": "npz"})
+    (tmp_path / "r2.npz").write_bytes(r2.content)
+    assert r1.status_code == r2.status_code == 200 and r1.content != r2.content
+    with np.load(tmp_path / "r2.npz", allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), diffusa.load(guided2)(**plain).samples)
+    shutil.rmtree(guided2)
     unguided = copy_run(place["pixel"], place["runs"] / "unguided", guide=False)
     r = post(client, {"model": "unguided", **kw})
     assert r.status_code == 400 and "no snapshot step_4000" in r.json()["detail"], r.text

@@ -9,6 +9,7 @@ disconnects) stops waiting once it is set and raises `Gone`: nothing runs, nothi
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -174,9 +175,17 @@ class Service:
 
 
 def _stamp(path: Path) -> tuple[int, ...]:
-    """Size and modification time of a run's files: a retrained run is loaded afresh."""
+    """Size and modification time of a run's files, and of its own autoguidance guide's (config.json "sampling"
+    "guide"): a retrained run, or one given a new guide, is loaded afresh."""
+    names = ["config.json", "model.safetensors"]
+    try:
+        guide = json.loads((path / "config.json").read_text()).get("sampling", {}).get("guide")
+    except (OSError, ValueError, AttributeError):  # unreadable or not a table: the load refuses it, in one line
+        guide = None
+    if isinstance(guide, str):
+        names += [guide, f"{guide}/config.json", f"{guide}/model.safetensors"]
     out: list[int] = []
-    for name in ("config.json", "model.safetensors"):
+    for name in names:
         try:
             st = (path / name).stat()
             out += [st.st_mtime_ns, st.st_size]
