@@ -84,7 +84,7 @@ SAMPLING = {
 }
 # how exported weights were actually trained, where not by the stage itself (config.json "shipped" "note")
 TRAINED_AS = {
-    "mnist-text": "these weights: the mnist-text shipped 2026-11-30 (ae text: 3,600 steps, 774 s) fine-tuned by "
+    "mnist-text": "these weights: the mnist-text shipped 2026-11-22 (ae text: 3,600 steps, 774 s) fine-tuned by "
                   "diffusa train --data mnist5k --init mnist-text --budget 20 --set train.lr=5e-4 --set "
                   "train.sample_every=0 --out runs/text-ft (fitted to 7,628 steps, the run --steps 7628 trains; "
                   "1,343 s; AMD EPYC, 2 cores); steps and train_seconds count both",
@@ -128,13 +128,18 @@ def stage_text(args: argparse.Namespace) -> None:
 
 
 def stage_textft(args: argparse.Namespace) -> None:
-    out = args.work / "text-ft"
-    if (out / "model.safetensors").exists():
+    out, text = args.work / "text-ft", args.work / "text"
+    if (out / "model.safetensors").exists() and last_log(out).get("step", 0) >= args.textft_steps:
         print(f"{out}: already trained", flush=True)
         return
-    subprocess.run([sys.executable, "-m", "diffusa", "train", "--data", "mnist5k", "--init", str(args.work / "text"),
-                    "--steps", str(args.textft_steps), "--set", "train.lr=0.0005", "--set", "train.sample_every=0",
-                    "--out", str(out)], check=True)
+    if (out / "train_state.json").exists():  # an interrupted fine-tune: continue it, not start another
+        argv = ["--out", str(out), "--resume"]
+    elif not (text / "model.safetensors").is_file():
+        raise SystemExit(f"error: textft fine-tunes the text stage's run: train it first (no {text})")
+    else:
+        argv = ["--init", str(text), "--steps", str(args.textft_steps), "--set", "train.lr=0.0005", "--set",
+                "train.sample_every=0", "--out", str(out)]
+    subprocess.run([sys.executable, "-m", "diffusa", "train", "--data", "mnist5k", *argv], check=True)
 
 
 def stage_pixel(args: argparse.Namespace) -> None:
@@ -195,6 +200,8 @@ def stage_export(args: argparse.Namespace) -> None:
              f"python scripts/train_shipped_models.py inpaint --inpaint-steps {args.inpaint_steps}")):
         if name not in args.models:
             continue
+        if not (run / "model.safetensors").is_file():
+            raise SystemExit(f"error: export {name}: no trained run {run} (run its stage first)")
         log = last_log(run)
         record = {"command": command, "steps": log.get("step"), "train_seconds": round(log.get("elapsed_s", 0), 1),
                   "machine": "2-core CPU", "date": time.strftime("%Y-%m-%d")}

@@ -1,5 +1,5 @@
-"""Pipelines (`diffusa.load(...)(...)`): the same samples as the command line drew before they existed, the CLI's
-output bit for bit, every kind of run folder, one-line errors naming the argument, callbacks, batches, likelihood."""
+"""Pipelines (`diffusa.load(...)(...)`): the CLI's output bit for bit, every kind of run folder, one-line errors
+naming the argument, callbacks, batches, likelihood."""
 
 from __future__ import annotations
 

@@ -276,7 +276,8 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
         if entry.get("autoguidance") is None:
             raise DiffusaError(f"{cfg_file}: sampling.guide names autoguidance's weaker model, but the entry has no "
                                f"sampling.autoguidance (its w); {fix}")
-        if not isinstance(guide, str) or not guide or Path(guide).is_absolute() or ".." in Path(guide).parts:
+        if not isinstance(guide, str) or not guide or "\x00" in guide or Path(guide).is_absolute() or (
+                ".." in Path(guide).parts):
             raise DiffusaError(f"{cfg_file}: sampling.guide must be a path inside the model's folder (relative, "
                                f"without '..'), got {guide!r:.80}; {fix}")
     if why is not None and not isinstance(why, str):

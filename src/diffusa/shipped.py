@@ -104,6 +104,8 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
                 shutil.copyfile(ae / name, tmp / "autoencoder" / name)
             meta["latent"] = {**meta["latent"], "autoencoder": "autoencoder"}
             meta["config"]["data"]["latent"] = "autoencoder"  # no path of the machine that trained it
+        if isinstance(meta.get("init"), dict) and "from" in meta["init"]:  # no path of the machine that trained it
+            meta["init"] = {**meta["init"], "from": Path(str(meta["init"]["from"])).name}
         meta["shipped"] = record
         save_json(tmp / "config.json", meta)
         if guide is not None:  # its own config and EMA weights, its own record (no recommendation of its own)

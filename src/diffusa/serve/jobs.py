@@ -177,19 +177,20 @@ class Service:
 def _stamp(path: Path) -> tuple[int, ...]:
     """Size and modification time of a run's files, and of its own autoguidance guide's (config.json "sampling"
     "guide"): a retrained run, or one given a new guide, is loaded afresh."""
-    names = ["config.json", "model.safetensors"]
+    files = [path / "config.json", path / "model.safetensors"]
     try:
-        guide = json.loads((path / "config.json").read_text()).get("sampling", {}).get("guide")
-    except (OSError, ValueError, AttributeError):  # unreadable or not a table: the load refuses it, in one line
+        guide = json.loads((path / "config.json").read_text(encoding="utf-8")).get("sampling", {}).get("guide")
+    except (OSError, ValueError, AttributeError, RecursionError):  # not a config: the load refuses it, in one line
         guide = None
-    if isinstance(guide, str):
-        names += [guide, f"{guide}/config.json", f"{guide}/model.safetensors"]
+    if isinstance(guide, str) and guide and "\x00" not in guide and not Path(guide).is_absolute() and (
+            ".." not in Path(guide).parts):  # only a guide inside the folder (the load refuses any other)
+        files += [path / guide, path / guide / "config.json", path / guide / "model.safetensors"]
     out: list[int] = []
-    for name in names:
+    for file in files:
         try:
-            st = (path / name).stat()
+            st = file.stat()
             out += [st.st_mtime_ns, st.st_size]
-        except OSError:
+        except (OSError, ValueError):
             out += [0, 0]
     return tuple(out)
 
