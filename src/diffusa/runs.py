@@ -276,13 +276,19 @@ def recommended_sampling(meta: Mapping[str, Any], cfg_file: str | Path = "config
         if entry.get("autoguidance") is None:
             raise DiffusaError(f"{cfg_file}: sampling.guide names autoguidance's weaker model, but the entry has no "
                                f"sampling.autoguidance (its w); {fix}")
-        if not isinstance(guide, str) or not guide or "\x00" in guide or Path(guide).is_absolute() or (
-                ".." in Path(guide).parts):
+        if not guide_inside(guide):
             raise DiffusaError(f"{cfg_file}: sampling.guide must be a path inside the model's folder (relative, "
                                f"without '..'), got {guide!r:.80}; {fix}")
     if why is not None and not isinstance(why, str):
         raise DiffusaError(f"{cfg_file}: sampling.why must be text (what was measured), got {why!r:.80}; {fix}")
     return sampler, steps
+
+
+def guide_inside(guide: Any) -> bool:
+    """Whether config.json's "sampling" "guide" names a path inside the model's folder as text can: a non-empty
+    relative path without '..' or NUL (`check_recommended_guide` then resolves links, on the files)."""
+    return isinstance(guide, str) and bool(guide) and "\x00" not in guide and not Path(guide).is_absolute() and (
+        ".." not in Path(guide).parts)
 
 
 def few_steps_sampling(meta: Mapping[str, Any], steps: int) -> dict[str, Any] | None:

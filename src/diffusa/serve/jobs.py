@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from diffusa.pipelines import Pipeline, Samples, StepCallback
+from diffusa.runs import guide_inside
 from diffusa.serve.history import Entry, History
 from diffusa.serve.images import Inputs
 from diffusa.serve.limits import DEFAULT_QUEUE, MAX_QUEUE, Busy
@@ -182,8 +183,7 @@ def _stamp(path: Path) -> tuple[int, ...]:
         guide = json.loads((path / "config.json").read_text(encoding="utf-8")).get("sampling", {}).get("guide")
     except (OSError, ValueError, AttributeError, RecursionError):  # not a config: the load refuses it, in one line
         guide = None
-    if isinstance(guide, str) and guide and "\x00" not in guide and not Path(guide).is_absolute() and (
-            ".." not in Path(guide).parts):  # only a guide inside the folder (the load refuses any other)
+    if guide_inside(guide):  # only a guide inside the folder (the load refuses any other)
         files += [path / guide, path / guide / "config.json", path / guide / "model.safetensors"]
     out: list[int] = []
     for file in files:
