@@ -81,6 +81,13 @@ def run_path(spec: str | Path) -> Path:
     return path
 
 
+def _strip_init_path(meta: dict[str, Any]) -> None:
+    """A fine-tuned run's config.json names the run it started from (`init.from`): keep its name, not the path of
+    the machine that trained it."""
+    if isinstance(meta.get("init"), dict) and "from" in meta["init"]:
+        meta["init"] = {**meta["init"], "from": Path(str(meta["init"]["from"])).name}
+
+
 def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
                measured: dict[str, Any] | None = None, guide: tuple[str | Path, dict[str, Any]] | None = None) -> Path:
     """Copy a trained run's config and EMA weights (and its autoencoder) to `dest`, atomically, adding `record`
@@ -104,14 +111,14 @@ def export_run(run_dir: str | Path, dest: str | Path, record: dict[str, Any],
                 shutil.copyfile(ae / name, tmp / "autoencoder" / name)
             meta["latent"] = {**meta["latent"], "autoencoder": "autoencoder"}
             meta["config"]["data"]["latent"] = "autoencoder"  # no path of the machine that trained it
-        if isinstance(meta.get("init"), dict) and "from" in meta["init"]:  # no path of the machine that trained it
-            meta["init"] = {**meta["init"], "from": Path(str(meta["init"]["from"])).name}
+        _strip_init_path(meta)
         meta["shipped"] = record
         save_json(tmp / "config.json", meta)
         if guide is not None:  # its own config and EMA weights, its own record (no recommendation of its own)
             guide_meta = {k: v for k, v in load_json(Path(guide[0]) / "config.json").items() if k != "sampling"}
             if "latent" in guide_meta:  # its autoencoder would need a copy of its own
                 raise DiffusaError(f"{guide[0]}: a latent guide is not exported; guide with a pixel-space run")
+            _strip_init_path(guide_meta)
             (tmp / "guide").mkdir()
             shutil.copyfile(Path(guide[0]) / "model.safetensors", tmp / "guide" / "model.safetensors")
             save_json(tmp / "guide" / "config.json", {**guide_meta, "shipped": guide[1]})
