@@ -116,6 +116,39 @@ def test_init_from_the_cli_and_an_incompatible_network(cli, digits_run: Path, tm
     assert r.code == 2 and "does not exist" in r.err
 
 
+def test_init_widens_a_plain_model_into_an_image_conditioned_one(digits_run: Path, tmp_path: Path) -> None:
+    """An inpainting (or super-resolution) model from an unconditional one, as Stable Diffusion's inpainting model
+    was made: the masked image and mask enter as extra input channels whose weights start at zero, so at step 0 the
+    new network is the base, whatever the condition; every other tensor is the base's; training moves the new
+    columns."""
+    from diffusa.cond import Cond
+    from diffusa.train import init_base
+
+    cfg = load_config(overrides=[*DIGITS_TINY, "train.steps=3", "data.inpaint='all'"], base=init_base(digits_run))
+    engine = diffusion_engine(cfg, tmp_path / "inpaint", progress=False, init=digits_run)
+    base, own = load_tensors(digits_run / "model.safetensors"), engine.model.state_dict()
+    assert engine.model.cfg.cond_channels == 2 and set(own) == set(base)
+    w = own["conv_in.weight"]
+    plain = base["conv_in.weight"].shape[1]
+    assert w.shape[1] == 3 * plain and torch.equal(w[:, :plain], base["conv_in.weight"])
+    assert not w[:, plain:].any()
+    assert all(torch.equal(own[k], v) for k, v in base.items() if k != "conv_in.weight")
+    from diffusa.runs import load_run
+
+    plain_net = load_run(digits_run).net
+    x, t = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.full((4,), 250.0)
+    image = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(engine.model(x, t, Cond(image=image)), plain_net(x, t), atol=1e-6)
+    out = engine.fit()
+    tuned = load_tensors(out / "model.safetensors")["conv_in.weight"]
+    assert tuned[:, plain:].any() and engine.model.conv_in.weight[:, plain:].any()  # the condition's columns train
+    # only a base without a condition image is widened: an inpainter's two channels do not become an upscaler's one
+    sr = load_config(overrides=[*DIGITS_TINY, "data.super_resolution=2"], base=init_base(out))
+    with pytest.raises(DiffusaError, match=r"does not fit this one: tensor conv_in\.weight"):
+        diffusion_engine(sr, tmp_path / "sr", progress=False, init=out)
+
+
 def test_init_from_a_shipped_model_keeps_its_weights(tmp_path: Path) -> None:
     from diffusa.shipped import resolve_model
     from diffusa.train import init_base

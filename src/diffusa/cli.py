@@ -385,7 +385,8 @@ def build_parser() -> Parser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     t.add_argument("--init", metavar="RUN",
                    help="fine-tune: start from this run's (or shipped model's) weights, process and network, with "
-                        "new data, a new --out and a fresh optimizer")
+                        "new data, a new --out and a fresh optimizer (a plain image model may start an inpainting or "
+                        "super-resolution one: the condition's input channels start at zero)")
     t.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision (default fp32)")
     t.add_argument("--grad-checkpoint", action="store_true", help="recompute activations in backward: less memory")
     t.add_argument("--latent", metavar="AUTOENCODER",

@@ -199,10 +199,13 @@ def make_optimizer(params: Any, tc: TrainConfig, device: torch.device) -> torch.
 def load_init(model: nn.Module, path: Path, new: Collection[str] = ()) -> None:
     """Start from another run's weights (`--init`): every tensor must match by name and shape, but those named in
     `new` (inputs the other network lacks, e.g. a guided student's guidance embedding), which keep their initial
-    values where the file lacks them."""
+    values where the file lacks them, and those the network widens itself (`widen_init`: an image-conditioned U-Net
+    from one without the condition, its new input channels at zero)."""
     own = model.state_dict()
     tensors = load_tensors(path)
     tensors = {**{k: own[k] for k in new if k in own and k not in tensors}, **tensors}
+    if callable(widen := getattr(model, "widen_init", None)):
+        tensors = widen(tensors)
     for name in sorted(set(own) | set(tensors)):
         if name not in tensors or name not in own or tensors[name].shape != own[name].shape:
             theirs = tuple(tensors[name].shape) if name in tensors else "absent"

@@ -190,6 +190,23 @@ class UNet(nn.Module):
             mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         return features, mask.to(torch.bool)
 
+    def widen_init(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Another network's weights made to fit this image-conditioned one (`--init`): where theirs takes no
+        condition image, its input convolution's weight gains this one's condition channels at zero, so the new
+        network starts as the base exactly and learns to read the condition (the recipe of Stable Diffusion's
+        inpainting model: Rombach et al. 2022, an image model fine-tuned with the masked image and mask as extra,
+        zero-initialised input channels; SR3's or Palette's concatenation here). The image channels come first
+        after patching as before it, so theirs fill the leading columns. Anything else is returned unchanged."""
+        name, mine = "conv_in.weight", self.conv_in.weight
+        theirs = tensors.get(name)
+        plain = self.cfg.in_channels * self.cfg.patch_size ** 2  # the input's own channels, after patching
+        if (theirs is None or not self.cfg.cond_channels or theirs.ndim != 4 or theirs.shape[1] != plain
+                or theirs.shape[0] != mine.shape[0] or theirs.shape[2:] != mine.shape[2:]):
+            return tensors
+        widened = torch.zeros(mine.shape, dtype=theirs.dtype)
+        widened[:, :plain] = theirs
+        return {**tensors, name: widened}
+
     def _with_image(self, x: torch.Tensor, cond: Cond | None) -> torch.Tensor:
         """x with cond.image concatenated as extra channels (before patching), resized to x's size."""
         cc = self.cfg.cond_channels
