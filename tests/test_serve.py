@@ -168,6 +168,13 @@ def test_autoguidance_api_is_python_autoguidance(client: TestClient, place: dict
     assert res.settings["nfe"] == 6
     with np.load(tmp_path / "g.npz", allow_pickle=False) as z:
         assert torch.equal(torch.from_numpy(z["samples"]), res.samples)
+    # a snapshot replaced (the guide when the model names none) is read afresh too
+    save_tensors(guided / "snapshots" / "step_4000.safetensors", {k: 0.9 * v for k, v in weights.items()})
+    r2 = post(client, {"model": "guided", **kw, "format": "npz"})
+    (tmp_path / "g2.npz").write_bytes(r2.content)
+    assert r2.status_code == 200 and r2.content != r.content, r2.text
+    with np.load(tmp_path / "g2.npz", allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), diffusa.load(guided)(**kw).samples)
     own = post(client, {"model": "pixel", **kw, "format": "npz"})  # the model's own guide/
     assert own.status_code == 200, own.text
     (tmp_path / "o.npz").write_bytes(own.content)

@@ -176,9 +176,14 @@ class Service:
 
 
 def _stamp(path: Path) -> tuple[int, ...]:
-    """Size and modification time of a run's files, and of its own autoguidance guide's (config.json "sampling"
-    "guide"): a retrained run, or one given a new guide, is loaded afresh."""
+    """Size and modification time of a run's files, of its own autoguidance guide's (config.json "sampling"
+    "guide") and of the snapshots it kept (the guide when it names none): a retrained run, or one given a new guide,
+    is loaded afresh."""
     files = [path / "config.json", path / "model.safetensors"]
+    try:
+        files += sorted((path / "snapshots").glob("step_*.safetensors"))
+    except OSError:
+        pass
     try:
         guide = json.loads((path / "config.json").read_text(encoding="utf-8")).get("sampling", {}).get("guide")
     except (OSError, ValueError, AttributeError, RecursionError):  # not a config: the load refuses it, in one line
