@@ -1,8 +1,11 @@
 """Quick test: mask guidance in a noise interval (t > t0: w_hi; else w_lo)."""
-import json, sys, time
+import json
+import sys
+import time
+
 sys.path.insert(0, "/work/main/benchmarks")
-import torch
 from editing import held_out, split_masks
+
 import diffusa
 from diffusa import guidance
 from diffusa.metrics import classify
@@ -30,7 +33,8 @@ for spec in sys.argv[3:]:
     accs = []
     for seed in seeds:
         t1 = time.time()
-        res = pipe.inpaint(x, mask, steps=20, seed=seed, sampler="ddpm", jump_length=5, jump_n_sample=1, guidance_scale=3.0)
+        res = pipe.inpaint(x, mask, steps=20, seed=seed, sampler="ddpm", jump_length=5, jump_n_sample=1,
+                           guidance_scale=3.0)
         accs.append(float((classify(res.samples)[1].argmax(1) == y).float().mean()))
     print(json.dumps({"mask": sys.argv[1], "hi": hi, "lo": lo, "t0": t0, "seeds": seeds, "acc": accs,
                       "mean": sum(accs) / len(accs), "s": round(time.time() - t1, 1)}), flush=True)
