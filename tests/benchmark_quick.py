@@ -83,5 +83,7 @@ def check_quick_mode(script: str, tmp_path: Path) -> None:
     elif script == "inpaint_seeds.py":  # each seed's row (20 digits, 2 ancestral steps, mask guidance batched: NFE 2)
         assert "| 0 | " in table and "| 1 | " in table and "| 2 |" in table and "| **mean of 2** |" in table
         assert "| target (ceiling - 3 points) | 0.785 |" in table and "| the real digits themselves | |" in table
+    elif script == "inpaint_posterior.py":  # the box, one classifier: its ceiling, the bar, posterior sampling
+        assert "| center | " in table and "posterior sampling, calibrated" in table
     else:
         assert "moons" in table

@@ -11,6 +11,6 @@ pytestmark = pytest.mark.benchmark  # make test-benchmarks, not make test (the M
 
 
 @pytest.mark.parametrize("script", ["toys.py", "speed.py", "memory.py", "time_to_quality.py", "streaming.py",
-                                    "serve_load.py", "distill_mnist.py"])
+                                    "serve_load.py", "distill_mnist.py", "inpaint_posterior.py"])
 def test_benchmark_quick_mode(script: str, tmp_path: Path) -> None:
     check_quick_mode(script, tmp_path)
