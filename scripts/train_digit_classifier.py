@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from diffusa.checkpoint import save_json, save_tensors
 from diffusa.data import load_dataset
-from diffusa.metrics import judge_report
+from diffusa.metrics import fit_temperature, judge_report
 from diffusa.nets.classifier import DIGITS, NOT_A_DIGIT, TRAIN_KINDS, DigitClassifier, augment_digits, non_digits
 
 
@@ -49,14 +49,6 @@ def mixed_non_digits(digits: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if sel.any():
             out[sel] = non_digits(kind, digits[sel], g)
     return out
-
-
-@torch.no_grad()
-def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """T minimising the NLL of softmax(logits / T) (Guo et al. 2017, sec. 4.2), on a log grid 0.2-10."""
-    grid = torch.logspace(-0.7, 1.0, 341)
-    nll = torch.stack([F.cross_entropy(logits / t, labels) for t in grid])
-    return float(grid[nll.argmin()])
 
 
 def main() -> None:

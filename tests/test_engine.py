@@ -143,10 +143,18 @@ def test_init_widens_a_plain_model_into_an_image_conditioned_one(digits_run: Pat
     out = engine.fit()
     tuned = load_tensors(out / "model.safetensors")["conv_in.weight"]
     assert tuned[:, plain:].any() and engine.model.conv_in.weight[:, plain:].any()  # the condition's columns train
+    # an upscaler from the same base, with noise-conditioning augmentation (a level embedding the base lacks, added
+    # at zero): at step 0 it is the base too, whatever the condition and its level
+    sr = diffusion_engine(load_config(overrides=[*DIGITS_TINY, "data.super_resolution=2"], base=init_base(digits_run)),
+                          tmp_path / "sr", progress=False, init=digits_run).model
+    assert sr.cfg.cond_channels == 1 and sr.cfg.image_level and not sr.level_emb[2].weight.any()
+    low = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.allclose(sr(x, t, Cond(image=low, image_level=torch.full((4,), 0.2))), plain_net(x, t), atol=1e-6)
     # only a base without a condition image is widened: an inpainter's two channels do not become an upscaler's one
     sr = load_config(overrides=[*DIGITS_TINY, "data.super_resolution=2"], base=init_base(out))
     with pytest.raises(DiffusaError, match=r"does not fit this one: tensor conv_in\.weight"):
-        diffusion_engine(sr, tmp_path / "sr", progress=False, init=out)
+        diffusion_engine(sr, tmp_path / "sr2", progress=False, init=out)
 
 
 def test_init_from_a_shipped_model_keeps_its_weights(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from diffusa.metrics import (
     JUDGE_SEED,
     classify,
     expected_calibration_error,
+    fit_temperature,
     judge_report,
     load_digit_classifier,
     precision_recall,
@@ -62,6 +63,16 @@ def test_precision_recall_on_gaussian_clouds_with_known_overlap() -> None:
 
 
 # -- expected calibration error ----------------------------------------------------------------
+
+
+def test_fit_temperature_recovers_a_known_overconfidence() -> None:
+    """Labels drawn from softmax(z), logits given as 2 z (twice as confident): the NLL-optimal temperature is 2,
+    found on the grid to within its spacing and the sampling noise of 20,000 draws."""
+    g = torch.Generator().manual_seed(0)
+    z = 1.5 * torch.randn(20000, 10, generator=g)
+    labels = torch.multinomial(torch.softmax(z, 1), 1, generator=g)[:, 0]
+    assert fit_temperature(2 * z, labels) == pytest.approx(2.0, rel=0.05)
+    assert fit_temperature(z, labels) == pytest.approx(1.0, rel=0.05)
 
 
 def test_expected_calibration_error_by_hand() -> None:

@@ -188,6 +188,15 @@ def confidence_stats(probs: torch.Tensor, threshold: float = CONFIDENCE) -> dict
             "rejected_share": float((conf < REJECT).float().mean())}
 
 
+@torch.no_grad()
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """T minimising the NLL of softmax(logits / T) (temperature scaling: Guo et al. 2017, sec. 4.2), on a log grid
+    0.2-10."""
+    grid = torch.logspace(-0.7, 1.0, 341)
+    nll = torch.stack([F.cross_entropy(logits.float() / t, labels) for t in grid])
+    return float(grid[nll.argmin()])
+
+
 def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, bins: int = 15) -> float:
     """ECE (Guo et al. 2017, eq. 3): sum over equal-width confidence bins of |B|/n |acc(B) - conf(B)|, with the
     confidence max p and the prediction its argmax."""

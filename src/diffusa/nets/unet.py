@@ -191,12 +191,11 @@ class UNet(nn.Module):
         return features, mask.to(torch.bool)
 
     def widen_init(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Another network's weights made to fit this image-conditioned one (`--init`): where theirs takes no
-        condition image, its input convolution's weight gains this one's condition channels at zero, so the new
-        network starts as the base exactly and learns to read the condition (the recipe of Stable Diffusion's
-        inpainting model: Rombach et al. 2022, an image model fine-tuned with the masked image and mask as extra,
-        zero-initialised input channels; SR3's or Palette's concatenation here). The image channels come first
-        after patching as before it, so theirs fill the leading columns. Anything else is returned unchanged."""
+        """Weights of a network without a condition image made to fit this image-conditioned one (`--init`), as
+        Stable Diffusion's inpainting model was made from Stable Diffusion (Rombach et al. 2022): the input
+        convolution gains the condition's channels at zero (theirs fill the leading columns: the image comes first,
+        before patching and after), and an augmentation-level embedding theirs lacks adds zero until trained, so
+        the new network starts as the base exactly. Anything else is returned unchanged."""
         name, mine = "conv_in.weight", self.conv_in.weight
         theirs = tensors.get(name)
         plain = self.cfg.in_channels * self.cfg.patch_size ** 2  # the input's own channels, after patching
@@ -205,7 +204,11 @@ class UNet(nn.Module):
             return tensors
         widened = torch.zeros(mine.shape, dtype=theirs.dtype)
         widened[:, :plain] = theirs
-        return {**tensors, name: widened}
+        out = {**tensors, name: widened}
+        if self.level_emb is not None and not any(k.startswith("level_emb.") for k in tensors):
+            for key, value in self.level_emb.state_dict().items():  # its last layer at zero: it adds nothing
+                out[f"level_emb.{key}"] = value.detach().clone() if key.startswith("0.") else torch.zeros_like(value)
+        return out
 
     def _with_image(self, x: torch.Tensor, cond: Cond | None) -> torch.Tensor:
         """x with cond.image concatenated as extra channels (before patching), resized to x's size."""

@@ -176,7 +176,7 @@ class Service:
 
 
 def _stamp(path: Path) -> tuple[int, ...]:
-    """Size and modification time of a run's files, of its own autoguidance guide's (config.json "sampling"
+    """Size, modification time and inode of a run's files, of its own autoguidance guide's (config.json "sampling"
     "guide") and of the snapshots it kept (the guide when it names none): a retrained run, or one given a new guide,
     is loaded afresh."""
     files = [path / "config.json", path / "model.safetensors"]
@@ -194,9 +194,9 @@ def _stamp(path: Path) -> tuple[int, ...]:
     for file in files:
         try:
             st = file.stat()
-            out += [st.st_mtime_ns, st.st_size]
+            out += [st.st_mtime_ns, st.st_size, st.st_ino]
         except (OSError, ValueError):
-            out += [0, 0]
+            out += [0, 0, 0]
     return tuple(out)
 
 
