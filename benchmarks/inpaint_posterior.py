@@ -62,6 +62,8 @@ def main() -> None:
     if args.quick:
         args.masks, args.seeds, args.epochs, args.raw = "center", "0", 1, "quick/raw/inpaint_posterior.json"
         args.out = args.out if args.out != DEFAULT_OUT else "quick/inpaint_posterior.md"
+    if args.epochs < 1:
+        raise SystemExit(f"error: --epochs {args.epochs}: each classifier needs at least one epoch")
     masks = args.masks.split(",")
     if unknown := [m for m in masks if m not in MASKS]:
         raise SystemExit(f"error: --masks: unknown {', '.join(unknown)}; known: {', '.join(MASKS)}")
